@@ -1,0 +1,426 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.28;
+
+/// @title CohortStudy: escrow and quorum attestation for one Cohort federated study
+/// @notice The sponsor deploys one contract per study and funds its bounty. After each
+/// training round the aggregator committee attests the hash of the aggregate and the
+/// canonical list of contributing data owners; once `quorum` distinct members agree on the
+/// same (round, aggregateHash, contributors) the round is final and every contributor earns
+/// one accepted contribution. When the study ends the sponsor settles: each data owner is
+/// credited `bounty * contributions / totalContributions` and withdraws it (pull payments).
+/// @dev Committee members sign off-chain (EIP-191 personal-sign over `attestationDigest`), so
+/// they need no funds: anyone, usually the coordinator, relays the signature and pays gas.
+/// The digest binds the chain id, this contract's address and the study id, so a signature
+/// can never be replayed on another chain, another study or another round.
+contract CohortStudy {
+    // ------------------------------------------------------------------ constants
+
+    /// @notice Domain-separation tag of an attestation, the first word of the signed struct.
+    bytes32 public constant ATTESTATION_TYPEHASH = keccak256(
+        "cohort/v1/attestation(uint256 chainId,address study,bytes32 studyId,uint256 round,"
+        "bytes32 aggregateHash,bytes32 contributorsHash)"
+    );
+
+    /// @notice Largest committee the contract accepts (bounds per-attestation work).
+    uint256 public constant MAX_COMMITTEE = 64;
+
+    /// @notice Largest data-owner roster the contract accepts (bounds the settlement loop).
+    uint256 public constant MAX_DATA_OWNERS = 256;
+
+    /// @dev secp256k1n / 2: signatures with a larger `s` are malleable twins and rejected.
+    uint256 private constant HALF_CURVE_ORDER =
+        0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
+
+    // ------------------------------------------------------------------ errors
+
+    /// @notice The committee roster is empty or longer than MAX_COMMITTEE.
+    error InvalidCommitteeSize(uint256 size);
+    /// @notice The data-owner roster is empty or longer than MAX_DATA_OWNERS.
+    error InvalidDataOwnerCount(uint256 count);
+    /// @notice Quorum must satisfy committeeSize / 2 < quorum <= committeeSize.
+    error InvalidQuorum(uint256 quorum, uint256 committeeSize);
+    /// @notice The study id must not be zero.
+    error ZeroStudyId();
+    /// @notice A roster lists the zero address.
+    error ZeroAddress();
+    /// @notice An address appears twice in the committee roster.
+    error DuplicateCommitteeMember(address member);
+    /// @notice An address appears twice in the data-owner roster.
+    error DuplicateDataOwner(address owner);
+    /// @notice A call that must carry ether carried none.
+    error ZeroValue();
+    /// @notice The caller is not the sponsor.
+    error NotSponsor(address caller);
+    /// @notice The study has been settled; no more funding or attestations.
+    error StudyAlreadySettled();
+    /// @notice The signature is not 65 bytes long.
+    error InvalidSignatureLength(uint256 length);
+    /// @notice The signature has a bad `v`, a malleable (high) `s`, or recovers no signer.
+    error InvalidSignature();
+    /// @notice The recovered signer is not on the committee.
+    error NotCommitteeMember(address signer);
+    /// @notice This committee member already attested this round.
+    error AlreadyAttested(uint256 round, address member);
+    /// @notice The aggregate hash must not be zero (zero marks an unfinalized round).
+    error ZeroAggregateHash();
+    /// @notice An attestation must name at least one contributor.
+    error EmptyContributors();
+    /// @notice Contributors must be strictly increasing addresses; `index` breaks the order.
+    error ContributorsNotCanonical(uint256 index);
+    /// @notice A contributor is not a registered data owner.
+    error NotDataOwner(address account);
+    /// @notice The caller has no credit to withdraw.
+    error NothingToWithdraw(address account);
+    /// @notice The ether transfer to `account` failed.
+    error TransferFailed(address account, uint256 amount);
+    /// @notice A guarded function was re-entered.
+    error Reentrancy();
+
+    // ------------------------------------------------------------------ events
+
+    /// @notice The study was created with its rosters and initial bounty.
+    event StudyCreated(
+        bytes32 indexed studyId,
+        address indexed sponsor,
+        address[] committee,
+        uint256 quorum,
+        address[] dataOwners,
+        uint256 bounty
+    );
+    /// @notice The sponsor added `amount` wei; `bounty` is the new total.
+    event Funded(address indexed sponsor, uint256 amount, uint256 bounty);
+    /// @notice `member` attested `aggregateHash` for `round`; `votes` members now agree on it.
+    event Attested(
+        uint256 indexed round,
+        address indexed member,
+        bytes32 indexed aggregateHash,
+        bytes32 contributorsHash,
+        uint256 votes,
+        address relayer
+    );
+    /// @notice `round` reached quorum on `aggregateHash` with these contributors.
+    event RoundFinalized(
+        uint256 indexed round,
+        bytes32 indexed aggregateHash,
+        bytes32 contributorsHash,
+        address[] contributors
+    );
+    /// @notice `account` was credited `amount` wei at settlement.
+    event Credited(address indexed account, uint256 amount);
+    /// @notice The study was settled: `sponsorCredit` is the refund plus rounding dust.
+    event Settled(uint256 bounty, uint256 totalContributions, uint256 sponsorCredit);
+    /// @notice `account` withdrew `amount` wei.
+    event Withdrawn(address indexed account, uint256 amount);
+
+    // ------------------------------------------------------------------ state
+
+    /// @notice Study id (32 bytes) that every attestation signs.
+    bytes32 public immutable studyId;
+    /// @notice Deployer: funds the bounty, settles, and receives refunds and dust.
+    address public immutable sponsor;
+    /// @notice Distinct committee members needed to finalize a round.
+    uint256 public immutable quorum;
+
+    /// @notice Total wei escrowed for the study (constructor value plus every fund()).
+    uint256 public bounty;
+    /// @notice Whether settle() has run.
+    bool public settled;
+    /// @notice Number of rounds finalized so far.
+    uint256 public finalizedRounds;
+    /// @notice Sum of every data owner's accepted contributions.
+    uint256 public totalContributions;
+    /// @notice Accepted contributions (finalized rounds it contributed to) per data owner.
+    mapping(address owner => uint256 count) public contributions;
+    /// @notice Wei an account may withdraw (set by settle(), cleared by withdraw()).
+    mapping(address account => uint256 amount) public credit;
+    /// @notice Whether an address is on the committee.
+    mapping(address account => bool member) public isCommitteeMember;
+    /// @notice Whether an address is a registered data owner.
+    mapping(address account => bool owner) public isDataOwner;
+
+    address[] private _committee;
+    address[] private _dataOwners;
+
+    /// @dev A round is finalized exactly when its aggregateHash is non-zero (attest() refuses
+    /// a zero hash), which saves a storage slot per round.
+    struct RoundState {
+        bytes32 aggregateHash;
+        bytes32 contributorsHash;
+    }
+
+    mapping(uint256 round => RoundState state) private _rounds;
+    mapping(uint256 round => mapping(address member => bool done)) private _attested;
+    mapping(bytes32 voteKey => uint256 count) private _votes;
+
+    bool private transient _locked;
+
+    // ------------------------------------------------------------------ modifiers
+
+    modifier onlySponsor() {
+        if (msg.sender != sponsor) revert NotSponsor(msg.sender);
+        _;
+    }
+
+    modifier notSettled() {
+        if (settled) revert StudyAlreadySettled();
+        _;
+    }
+
+    modifier nonReentrant() {
+        if (_locked) revert Reentrancy();
+        _locked = true;
+        _;
+        _locked = false;
+    }
+
+    // ------------------------------------------------------------------ construction
+
+    /// @notice Create a study; the deployer becomes the sponsor and msg.value the bounty.
+    /// @param studyId_ Non-zero 32-byte study id.
+    /// @param committee_ Distinct, non-zero committee member addresses (1..MAX_COMMITTEE).
+    /// @param quorum_ Members needed to finalize: more than half the committee, at most all.
+    /// @param dataOwners_ Distinct, non-zero data-owner addresses (1..MAX_DATA_OWNERS).
+    constructor(
+        bytes32 studyId_,
+        address[] memory committee_,
+        uint256 quorum_,
+        address[] memory dataOwners_
+    ) payable {
+        if (studyId_ == bytes32(0)) revert ZeroStudyId();
+        uint256 size = committee_.length;
+        if (size == 0 || size > MAX_COMMITTEE) revert InvalidCommitteeSize(size);
+        if (quorum_ == 0 || quorum_ > size || 2 * quorum_ <= size) {
+            revert InvalidQuorum(quorum_, size);
+        }
+        uint256 owners = dataOwners_.length;
+        if (owners == 0 || owners > MAX_DATA_OWNERS) revert InvalidDataOwnerCount(owners);
+
+        for (uint256 i = 0; i < size; ++i) {
+            address member = committee_[i];
+            if (member == address(0)) revert ZeroAddress();
+            if (isCommitteeMember[member]) revert DuplicateCommitteeMember(member);
+            isCommitteeMember[member] = true;
+        }
+        for (uint256 i = 0; i < owners; ++i) {
+            address owner = dataOwners_[i];
+            if (owner == address(0)) revert ZeroAddress();
+            if (isDataOwner[owner]) revert DuplicateDataOwner(owner);
+            isDataOwner[owner] = true;
+        }
+
+        studyId = studyId_;
+        sponsor = msg.sender;
+        quorum = quorum_;
+        bounty = msg.value;
+        _committee = committee_;
+        _dataOwners = dataOwners_;
+        emit StudyCreated(studyId_, msg.sender, committee_, quorum_, dataOwners_, msg.value);
+    }
+
+    // ------------------------------------------------------------------ sponsor
+
+    /// @notice Add msg.value to the bounty. Sponsor only, before settlement.
+    function fund() external payable onlySponsor notSettled {
+        if (msg.value == 0) revert ZeroValue();
+        uint256 total = bounty + msg.value;
+        bounty = total;
+        emit Funded(msg.sender, msg.value, total);
+    }
+
+    /// @notice Close the study and credit every payout. Sponsor only, once.
+    /// @dev Data owner i gets bounty * contributions[i] / totalContributions (rounded down);
+    /// the sponsor gets the rounding dust, or the whole bounty if no round was finalized.
+    function settle() external onlySponsor notSettled {
+        settled = true;
+        uint256 total = totalContributions;
+        uint256 pool = bounty;
+        uint256 paid = 0;
+        if (total > 0) {
+            uint256 owners = _dataOwners.length;
+            for (uint256 i = 0; i < owners; ++i) {
+                address owner = _dataOwners[i];
+                uint256 share = (pool * contributions[owner]) / total;
+                if (share > 0) {
+                    credit[owner] += share;
+                    paid += share;
+                    emit Credited(owner, share);
+                }
+            }
+        }
+        uint256 rest = pool - paid;
+        if (rest > 0) {
+            credit[sponsor] += rest;
+            emit Credited(sponsor, rest);
+        }
+        emit Settled(pool, total, rest);
+    }
+
+    // ------------------------------------------------------------------ committee
+
+    /// @notice Relay a committee member's signed attestation for `round`.
+    /// @dev Anyone may call; the signer is recovered from `signature` over
+    /// attestationDigest(round, aggregateHash, contributors).
+    /// @param round Training round number.
+    /// @param aggregateHash 32-byte hash of the round's aggregate, never zero.
+    /// @param contributors Data owners whose updates are in the aggregate, strictly increasing.
+    /// @param signature 65 bytes r || s || v with v in {27, 28} and low s.
+    /// @return finalizedNow True if this attestation brought the round to quorum.
+    function attest(
+        uint256 round,
+        bytes32 aggregateHash,
+        address[] calldata contributors,
+        bytes calldata signature
+    ) external notSettled returns (bool finalizedNow) {
+        if (aggregateHash == bytes32(0)) revert ZeroAggregateHash();
+        bytes32 contributorsHash = _checkContributors(contributors);
+        bytes32 digest = _digest(round, aggregateHash, contributorsHash);
+        address member = _recover(digest, signature);
+        if (!isCommitteeMember[member]) revert NotCommitteeMember(member);
+        if (_attested[round][member]) revert AlreadyAttested(round, member);
+        _attested[round][member] = true;
+
+        bytes32 key = keccak256(abi.encode(round, aggregateHash, contributorsHash));
+        uint256 count = _votes[key] + 1;
+        _votes[key] = count;
+        emit Attested(round, member, aggregateHash, contributorsHash, count, msg.sender);
+
+        RoundState storage state = _rounds[round];
+        if (count >= quorum && state.aggregateHash == bytes32(0)) {
+            state.aggregateHash = aggregateHash;
+            state.contributorsHash = contributorsHash;
+            finalizedRounds += 1;
+            uint256 n = contributors.length;
+            for (uint256 i = 0; i < n; ++i) {
+                contributions[contributors[i]] += 1;
+            }
+            totalContributions += n;
+            emit RoundFinalized(round, aggregateHash, contributorsHash, contributors);
+            return true;
+        }
+        return false;
+    }
+
+    // ------------------------------------------------------------------ data owners
+
+    /// @notice Pay msg.sender its whole credit.
+    /// @return amount Wei sent.
+    function withdraw() external nonReentrant returns (uint256 amount) {
+        return _payOut(msg.sender);
+    }
+
+    /// @notice Pay `account` its whole credit; anyone may call (and pay the gas).
+    /// @dev The funds can only ever go to `account` itself, so relaying is harmless: it lets
+    ///      the sponsor push payouts to data owners whose payout accounts hold no gas.
+    /// @return amount Wei sent.
+    function release(address account) external nonReentrant returns (uint256 amount) {
+        return _payOut(account);
+    }
+
+    function _payOut(address account) private returns (uint256 amount) {
+        amount = credit[account];
+        if (amount == 0) revert NothingToWithdraw(account);
+        credit[account] = 0;
+        emit Withdrawn(account, amount);
+        (bool ok, ) = payable(account).call{value: amount}("");
+        if (!ok) revert TransferFailed(account, amount);
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// @notice The EIP-191-prefixed digest a committee member signs for this attestation.
+    /// @dev Reverts like attest() if `contributors` is not canonical.
+    function attestationDigest(
+        uint256 round,
+        bytes32 aggregateHash,
+        address[] calldata contributors
+    ) external view returns (bytes32) {
+        return _digest(round, aggregateHash, _checkContributors(contributors));
+    }
+
+    /// @notice The finalized aggregate hash of `round`, or zero if it is not finalized.
+    function finalizedHash(uint256 round) external view returns (bytes32) {
+        return _rounds[round].aggregateHash;
+    }
+
+    /// @notice keccak256(abi.encodePacked(contributors)) of the finalized result of `round`.
+    function finalizedContributorsHash(uint256 round) external view returns (bytes32) {
+        return _rounds[round].contributorsHash;
+    }
+
+    /// @notice Whether `round` reached quorum.
+    function isFinalized(uint256 round) external view returns (bool) {
+        return _rounds[round].aggregateHash != bytes32(0);
+    }
+
+    /// @notice Whether `member` has attested `round`.
+    function hasAttested(uint256 round, address member) external view returns (bool) {
+        return _attested[round][member];
+    }
+
+    /// @notice Members that attested exactly this (round, aggregateHash, contributorsHash).
+    function votes(
+        uint256 round,
+        bytes32 aggregateHash,
+        bytes32 contributorsHash
+    ) external view returns (uint256) {
+        return _votes[keccak256(abi.encode(round, aggregateHash, contributorsHash))];
+    }
+
+    /// @notice The committee roster in deployment order.
+    function committee() external view returns (address[] memory) {
+        return _committee;
+    }
+
+    /// @notice The data-owner roster in deployment order.
+    function dataOwners() external view returns (address[] memory) {
+        return _dataOwners;
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    function _checkContributors(address[] calldata contributors) private view returns (bytes32) {
+        uint256 n = contributors.length;
+        if (n == 0) revert EmptyContributors();
+        address previous = address(0);
+        for (uint256 i = 0; i < n; ++i) {
+            address current = contributors[i];
+            if (i > 0 && current <= previous) revert ContributorsNotCanonical(i);
+            if (!isDataOwner[current]) revert NotDataOwner(current);
+            previous = current;
+        }
+        return keccak256(abi.encodePacked(contributors));
+    }
+
+    function _digest(
+        uint256 round,
+        bytes32 aggregateHash,
+        bytes32 contributorsHash
+    ) private view returns (bytes32) {
+        bytes32 structHash = keccak256(
+            abi.encode(
+                ATTESTATION_TYPEHASH,
+                block.chainid,
+                address(this),
+                studyId,
+                round,
+                aggregateHash,
+                contributorsHash
+            )
+        );
+        return keccak256(abi.encodePacked("\x19Ethereum Signed Message:\n32", structHash));
+    }
+
+    function _recover(bytes32 digest, bytes calldata signature) private pure returns (address) {
+        if (signature.length != 65) revert InvalidSignatureLength(signature.length);
+        bytes32 r = bytes32(signature[0:32]);
+        bytes32 s = bytes32(signature[32:64]);
+        uint8 v = uint8(signature[64]);
+        if (v != 27 && v != 28) revert InvalidSignature();
+        if (uint256(s) > HALF_CURVE_ORDER || r == bytes32(0) || s == bytes32(0)) {
+            revert InvalidSignature();
+        }
+        address signer = ecrecover(digest, v, r, s);
+        if (signer == address(0)) revert InvalidSignature();
+        return signer;
+    }
+}

@@ -1,0 +1,461 @@
+"""Python client for the ``CohortStudy`` contract (one deployment per federated study).
+
+Roles: the sponsor deploys, funds and settles; the coordinator relays committee members'
+signed attestations (members need no ether); data owners withdraw their credit; auditors
+read finalized rounds, contributions and payouts. Each method says who runs it.
+
+The contract is the single source of truth for every rule (quorum range, canonical
+contributors, membership, replay): this client checks only what it must to encode a call,
+and maps the contract's custom errors to Cohort errors (:data:`ERROR_KINDS`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from types import MappingProxyType
+from typing import Any, cast
+
+from web3.contract import Contract
+from web3.logs import DISCARD
+from web3.types import EventData, TxReceipt
+
+from cohort.bounties.attestation import (
+    ATTESTATION_TYPEHASH,
+    attestation_digest,
+    canonical_contributors,
+    checksum_address,
+    contributors_hash,
+    recover_signer,
+    sign_attestation,
+)
+from cohort.bounties.chain import ChainProvider, ErrorKinds
+from cohort.errors import BadInputError, ProtocolAbort, VerificationError
+from cohort.logs import fields, get_logger
+
+__all__ = [
+    "ARTIFACT_NAME",
+    "ATTESTATION_TYPEHASH",
+    "ERROR_KINDS",
+    "AttestationEvent",
+    "FinalizedRound",
+    "StudyContract",
+    "attestation_digest",
+    "canonical_contributors",
+    "contributors_hash",
+    "load_artifact",
+    "recover_signer",
+    "sign_attestation",
+]
+
+log = get_logger(__name__)
+
+ARTIFACT_NAME = "CohortStudy"
+
+#: Which Cohort error each custom error of the contract becomes. Tampering and
+#: authorization failures are VerificationError, malformed arguments BadInputError, calls
+#: in the wrong state ProtocolAbort.
+ERROR_KINDS: ErrorKinds = MappingProxyType(
+    {
+        "InvalidSignature": VerificationError,
+        "InvalidSignatureLength": VerificationError,
+        "NotCommitteeMember": VerificationError,
+        "AlreadyAttested": VerificationError,
+        "NotSponsor": VerificationError,
+        "InvalidCommitteeSize": BadInputError,
+        "InvalidDataOwnerCount": BadInputError,
+        "InvalidQuorum": BadInputError,
+        "ZeroStudyId": BadInputError,
+        "ZeroAddress": BadInputError,
+        "DuplicateCommitteeMember": BadInputError,
+        "DuplicateDataOwner": BadInputError,
+        "ZeroValue": BadInputError,
+        "ZeroAggregateHash": BadInputError,
+        "EmptyContributors": BadInputError,
+        "ContributorsNotCanonical": BadInputError,
+        "NotDataOwner": BadInputError,
+        "StudyAlreadySettled": ProtocolAbort,
+        "NothingToWithdraw": ProtocolAbort,
+        "TransferFailed": ProtocolAbort,
+        "Reentrancy": ProtocolAbort,
+    }
+)
+
+
+@cache
+def load_artifact(name: str = ARTIFACT_NAME) -> Mapping[str, Any]:
+    """The committed compiler output ``bounties/artifacts/<name>.json`` (package data)."""
+    path = resources.files("cohort.bounties").joinpath("artifacts", f"{name}.json")
+    try:
+        artifact = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(f"artifact {name}.json is missing from cohort.bounties") from None
+    if not isinstance(artifact, dict) or not {"abi", "bytecode"} <= artifact.keys():
+        raise BadInputError(f"artifact {name}.json: expected 'abi' and 'bytecode'")
+    return MappingProxyType(artifact)
+
+
+@dataclass(frozen=True)
+class FinalizedRound:
+    """A ``RoundFinalized`` event: the result a quorum agreed on."""
+
+    round: int
+    aggregate_hash: bytes
+    contributors_hash: bytes
+    contributors: tuple[str, ...]
+    block_number: int
+    tx_hash: str
+
+
+@dataclass(frozen=True)
+class AttestationEvent:
+    """An ``Attested`` event: one member's vote (``votes`` agree on it after this one)."""
+
+    round: int
+    member: str
+    aggregate_hash: bytes
+    contributors_hash: bytes
+    votes: int
+    relayer: str
+    block_number: int
+    tx_hash: str
+
+
+class StudyContract:
+    """One deployed ``CohortStudy``, bound to the provider that talks to its chain."""
+
+    def __init__(self, provider: ChainProvider, address: str, *, deploy_block: int = 0) -> None:
+        artifact = load_artifact()
+        self._provider = provider
+        self._address = checksum_address(address, field="address")
+        self._deploy_block = deploy_block
+        self._contract: Contract = provider.web3.eth.contract(
+            address=self._address, abi=artifact["abi"]
+        )
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def deploy(
+        cls,
+        provider: ChainProvider,
+        *,
+        sponsor: str,
+        study_id: bytes,
+        committee: Sequence[str],
+        quorum: int,
+        data_owners: Sequence[str],
+        bounty_wei: int,
+    ) -> StudyContract:
+        """Deploy a study escrowing ``bounty_wei``. Run by the sponsor, who pays for it.
+
+        The contract validates the rosters and the quorum (BadInputError naming the rule).
+        """
+        artifact = load_artifact()
+        factory = provider.web3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+        if not isinstance(study_id, bytes | bytearray) or len(study_id) != 32:
+            raise BadInputError("study_id: expected 32 bytes")
+        if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 0:
+            raise BadInputError(f"quorum: expected a non-negative member count, got {quorum!r}")
+        members = [checksum_address(a, field="committee") for a in committee]
+        owners = [checksum_address(a, field="data_owners") for a in data_owners]
+        receipt = provider.transact(
+            factory.constructor(bytes(study_id), members, quorum, owners),
+            sender=sponsor,
+            value=bounty_wei,
+            action="deploy",
+            error_kinds=ERROR_KINDS,
+        )
+        address = receipt["contractAddress"]
+        if address is None:
+            raise ProtocolAbort("deploy: receipt has no contract address")
+        log.info(
+            "study deployed",
+            extra=fields(
+                provider=provider.name,
+                contract=address,
+                study_id=bytes(study_id).hex(),
+                committee=len(members),
+                quorum=quorum,
+                data_owners=len(owners),
+                bounty_wei=bounty_wei,
+                gas_used=receipt["gasUsed"],
+            ),
+        )
+        return cls(provider, address, deploy_block=int(receipt["blockNumber"]))
+
+    @classmethod
+    def at(cls, provider: ChainProvider, address: str) -> StudyContract:
+        """Attach to an existing deployment; BadInputError if no CohortStudy code is there."""
+        address = checksum_address(address, field="address")
+        code = bytes(provider.web3.eth.get_code(address))
+        if not code:
+            raise BadInputError(f"address: no contract at {address}")
+        if not _matches_artifact(code):
+            raise BadInputError(
+                f"address: the code at {address} is not the committed CohortStudy build"
+            )
+        return cls(provider, address)
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @property
+    def provider(self) -> ChainProvider:
+        return self._provider
+
+    @property
+    def contract(self) -> Contract:
+        """The raw web3 contract (for calls this class does not wrap)."""
+        return self._contract
+
+    def study_id(self) -> bytes:
+        return bytes(self._contract.functions.studyId().call())
+
+    def sponsor(self) -> str:
+        return str(self._contract.functions.sponsor().call())
+
+    def quorum(self) -> int:
+        return int(self._contract.functions.quorum().call())
+
+    def committee(self) -> list[str]:
+        return [str(a) for a in self._contract.functions.committee().call()]
+
+    def data_owners(self) -> list[str]:
+        return [str(a) for a in self._contract.functions.dataOwners().call()]
+
+    # ------------------------------------------------------------------ sponsor
+
+    def fund(self, *, sponsor: str, amount_wei: int) -> None:
+        """Add ``amount_wei`` to the bounty. Run by the sponsor before settlement."""
+        self._transact("fund", sender=sponsor, value=amount_wei)
+
+    def settle(self, *, sponsor: str) -> None:
+        """Close the study and credit payouts. Run by the sponsor, once."""
+        receipt = self._transact("settle", sender=sponsor)
+        (event,) = self._events_in(receipt, "Settled")
+        log.info(
+            "study settled",
+            extra=fields(
+                contract=self._address,
+                bounty_wei=event["args"]["bounty"],
+                total_contributions=event["args"]["totalContributions"],
+                sponsor_credit_wei=event["args"]["sponsorCredit"],
+            ),
+        )
+
+    # ------------------------------------------------------------------ committee
+
+    def attestation_digest(
+        self, *, round: int, aggregate_hash: bytes, contributors: Sequence[str]
+    ) -> bytes:
+        """The digest a committee member signs for this deployment (computed locally)."""
+        return attestation_digest(
+            chain_id=self._provider.chain_id,
+            contract=self._address,
+            study_id=self.study_id(),
+            round=round,
+            aggregate_hash=aggregate_hash,
+            contributors=contributors,
+        )
+
+    def submit_attestation(
+        self,
+        *,
+        relayer: str,
+        round: int,
+        aggregate_hash: bytes,
+        contributors: Sequence[str],
+        signature: bytes,
+    ) -> bool:
+        """Relay a member's signed attestation; True if it finalized ``round``.
+
+        Run by the coordinator (``relayer`` pays gas). ``contributors`` may come in any order;
+        they are sent in canonical order, the order the signature covers. Raises
+        VerificationError for a bad signature, a non-member or a repeated attestation.
+        """
+        ordered = canonical_contributors(contributors)
+        if not isinstance(aggregate_hash, bytes | bytearray) or len(aggregate_hash) != 32:
+            raise BadInputError("aggregate_hash: expected 32 bytes")
+        if not isinstance(signature, bytes | bytearray):
+            raise BadInputError("signature: expected bytes")
+        receipt = self._transact(
+            "attest",
+            round,
+            bytes(aggregate_hash),
+            ordered,
+            bytes(signature),
+            sender=relayer,
+            action="attestation",
+        )
+        (attested,) = self._events_in(receipt, "Attested")
+        finalized = bool(self._events_in(receipt, "RoundFinalized"))
+        log.info(
+            "attestation relayed",
+            extra=fields(
+                contract=self._address,
+                round=round,
+                member=attested["args"]["member"],
+                votes=attested["args"]["votes"],
+                finalized=finalized,
+                gas_used=receipt["gasUsed"],
+            ),
+        )
+        return finalized
+
+    # ------------------------------------------------------------------ data owners
+
+    def withdraw(self, *, account: str) -> int:
+        """Pay ``account`` its credit and return the wei paid (0 if it has none).
+
+        Run by a data owner (or the sponsor for refunds); ``account`` sends and pays gas.
+        """
+        if self.credit(account) == 0:
+            return 0
+        receipt = self._transact("withdraw", sender=account)
+        (event,) = self._events_in(receipt, "Withdrawn")
+        amount = int(event["args"]["amount"])
+        log.info(
+            "credit withdrawn",
+            extra=fields(contract=self._address, account=account, amount_wei=amount),
+        )
+        return amount
+
+    def release(self, *, account: str, relayer: str) -> int:
+        """Pay ``account`` its credit, sent (and paid for) by ``relayer``; 0 if no credit.
+
+        Run by the sponsor after settlement so that data owners need no gas of their own.
+        The contract only ever pays ``account`` itself.
+        """
+        if self.credit(account) == 0:
+            return 0
+        receipt = self._transact("release", account, sender=relayer)
+        (event,) = self._events_in(receipt, "Withdrawn")
+        amount = int(event["args"]["amount"])
+        log.info(
+            "credit released",
+            extra=fields(contract=self._address, account=account, amount_wei=amount),
+        )
+        return amount
+
+    # ------------------------------------------------------------------ reads
+
+    def finalized_hash(self, round: int) -> bytes | None:
+        """The aggregate hash ``round`` was finalized with, or None if it is not final."""
+        state = self._contract.functions
+        if not state.isFinalized(round).call():
+            return None
+        return bytes(state.finalizedHash(round).call())
+
+    def is_finalized(self, round: int) -> bool:
+        return bool(self._contract.functions.isFinalized(round).call())
+
+    def finalized_rounds(self) -> int:
+        return int(self._contract.functions.finalizedRounds().call())
+
+    def has_attested(self, round: int, member: str) -> bool:
+        member = checksum_address(member, field="member")
+        return bool(self._contract.functions.hasAttested(round, member).call())
+
+    def votes(self, *, round: int, aggregate_hash: bytes, contributors: Sequence[str]) -> int:
+        """Members that attested exactly this result for ``round``."""
+        digest = contributors_hash(contributors)
+        fn = self._contract.functions.votes(round, bytes(aggregate_hash), digest)
+        return int(fn.call())
+
+    def contributions(self, owner: str) -> int:
+        owner = checksum_address(owner, field="owner")
+        return int(self._contract.functions.contributions(owner).call())
+
+    def total_contributions(self) -> int:
+        return int(self._contract.functions.totalContributions().call())
+
+    def credit(self, account: str) -> int:
+        account = checksum_address(account, field="account")
+        return int(self._contract.functions.credit(account).call())
+
+    def bounty_wei(self) -> int:
+        return int(self._contract.functions.bounty().call())
+
+    def is_settled(self) -> bool:
+        return bool(self._contract.functions.settled().call())
+
+    # ------------------------------------------------------------------ audit
+
+    def finalized_events(self) -> list[FinalizedRound]:
+        """Every ``RoundFinalized`` event since deployment, in chain order (auditors)."""
+        return [
+            FinalizedRound(
+                round=int(e["args"]["round"]),
+                aggregate_hash=bytes(e["args"]["aggregateHash"]),
+                contributors_hash=bytes(e["args"]["contributorsHash"]),
+                contributors=tuple(str(a) for a in e["args"]["contributors"]),
+                block_number=int(e["blockNumber"]),
+                tx_hash=e["transactionHash"].to_0x_hex(),
+            )
+            for e in self._logs("RoundFinalized")
+        ]
+
+    def attestation_events(self) -> list[AttestationEvent]:
+        """Every ``Attested`` event since deployment, late ones included (auditors)."""
+        return [
+            AttestationEvent(
+                round=int(e["args"]["round"]),
+                member=str(e["args"]["member"]),
+                aggregate_hash=bytes(e["args"]["aggregateHash"]),
+                contributors_hash=bytes(e["args"]["contributorsHash"]),
+                votes=int(e["args"]["votes"]),
+                relayer=str(e["args"]["relayer"]),
+                block_number=int(e["blockNumber"]),
+                tx_hash=e["transactionHash"].to_0x_hex(),
+            )
+            for e in self._logs("Attested")
+        ]
+
+    def payouts(self) -> dict[str, int]:
+        """Wei credited to each account at settlement (empty before), from ``Credited`` events."""
+        credited: dict[str, int] = {}
+        for e in self._logs("Credited"):
+            account = str(e["args"]["account"])
+            credited[account] = credited.get(account, 0) + int(e["args"]["amount"])
+        return credited
+
+    # ------------------------------------------------------------------ internals
+
+    def _transact(
+        self, name: str, *args: Any, sender: str, value: int = 0, action: str | None = None
+    ) -> TxReceipt:
+        fn = self._contract.functions[name](*args)
+        return self._provider.transact(
+            fn, sender=sender, value=value, action=action or name, error_kinds=ERROR_KINDS
+        )
+
+    def _events_in(self, receipt: TxReceipt, event: str) -> list[EventData]:
+        handler = self._contract.events[event]()
+        return list(handler.process_receipt(receipt, errors=DISCARD))
+
+    def _logs(self, event: str) -> list[EventData]:
+        handler = self._contract.events[event]()
+        return list(handler.get_logs(from_block=self._deploy_block, to_block="latest"))
+
+
+def _matches_artifact(code: bytes) -> bool:
+    """Whether deployed ``code`` equals the artifact's, ignoring the immutables' bytes."""
+    artifact = load_artifact()
+    expected = bytearray.fromhex(str(artifact["deployedBytecode"])[2:])
+    if len(code) != len(expected):
+        return False
+    actual = bytearray(code)
+    refs = cast(Mapping[str, list[dict[str, int]]], artifact.get("immutableReferences", {}))
+    for ranges in refs.values():
+        for r in ranges:
+            start, length = int(r["start"]), int(r["length"])
+            actual[start : start + length] = bytes(length)
+            expected[start : start + length] = bytes(length)
+    return actual == expected

@@ -1,0 +1,247 @@
+"""CKKS encryption of model updates with TenSEAL, for pure homomorphic addition.
+
+Who runs what:
+
+* Data owners hold :class:`CkksSecretContext` (one secret key shared by the study's data
+  owners, symmetric encryption): they :meth:`~CkksSecretContext.encrypt` their weighted
+  update and later :meth:`~CkksSecretContext.decrypt` the committee's sum.
+* Committee members and the coordinator hold :class:`CkksPublicContext`: parameters only,
+  no secret key, no Galois keys, no relinearization keys. They
+  :meth:`~CkksPublicContext.check` uploads and :meth:`~CkksPublicContext.add` them; the
+  sum is bit-identical for the same inputs in the same order, so honest members agree on
+  its hash.
+
+Parameters and their justification: :mod:`cohort.crypto.ckks_params` and
+docs/ckks-parameters.md. Framing: :mod:`cohort.crypto.ckks_wire`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cohort.crypto import ckks_wire as wire
+from cohort.crypto.ckks_params import (
+    DEFAULT_PARAMS,
+    HE_STANDARD_128_MAX_BITS,
+    MAX_SUMMANDS,
+    CkksParams,
+)
+from cohort.crypto.ckks_tenseal import (
+    encrypt_chunk,
+    load_chunk,
+    load_context,
+    new_context,
+    serialize_context,
+)
+from cohort.crypto.hashing import Tag, tagged_hash
+from cohort.errors import BadInputError
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "HE_STANDARD_128_MAX_BITS",
+    "MAX_SUMMANDS",
+    "CkksParams",
+    "CkksPublicContext",
+    "CkksSecretContext",
+]
+
+
+class CkksPublicContext:
+    """Parameters without keys. Run by committee members (check, add) and the coordinator."""
+
+    __slots__ = ("_bytes", "_ctx", "_fingerprint", "_frame")
+
+    def __init__(self, frame: wire.ContextFrame) -> None:
+        what = "CKKS public context"
+        ctx = load_context(frame.tenseal_bytes, frame.params, what=what)
+        if ctx.is_private() or ctx.has_secret_key():
+            raise BadInputError(f"{what}: holds a secret key")
+        if serialize_context(ctx, secret=False) != frame.tenseal_bytes:
+            raise BadInputError(f"{what}: TenSEAL context is not in canonical form")
+        self._frame = frame
+        self._ctx = ctx
+        self._bytes = frame.to_bytes()
+        self._fingerprint = tagged_hash(Tag.CKKS_CONTEXT, self._bytes)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CkksPublicContext:
+        """Load a public context; BadInputError if malformed or if it holds any key."""
+        return cls(wire.parse_context(data, magic=wire.PUBLIC_MAGIC, what="CKKS public context"))
+
+    def to_bytes(self) -> bytes:
+        return self._bytes
+
+    @property
+    def params(self) -> CkksParams:
+        return self._frame.params
+
+    def fingerprint(self) -> bytes:
+        """``tagged_hash(Tag.CKKS_CONTEXT, to_bytes())``; every EncryptedVector carries it."""
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        return f"CkksPublicContext({self.params}, fingerprint={self._fingerprint[:8].hex()})"
+
+    def check(self, blob: bytes, *, length: int) -> None:
+        """Run by a committee member on each upload before accepting it.
+
+        Raises BadInputError on malformed framing, a value count other than ``length``, a
+        wrong chunk count, another context's fingerprint, or a chunk that does not
+        deserialize under this context as a ``slots``-value ciphertext at the right scale.
+        It cannot see the plaintext, so it cannot check ``|value| <= max_abs``.
+        """
+        frame = wire.parse_vector(blob, self.params, length=length, fingerprint=self._fingerprint)
+        sizes = wire.chunk_sizes(frame.length, self.params.slots)
+        for i, (chunk, size) in enumerate(zip(frame.chunks, sizes, strict=True)):
+            self._chunk(chunk, f"encrypted vector: chunk {i}", size)
+
+    def _chunk(self, data: bytes, where: str, size: int) -> Any:
+        return load_chunk(self._ctx, self.params, data, where=where, size=size)
+
+    def add(self, blobs: Sequence[bytes]) -> bytes:
+        """Run by a committee member: the homomorphic sum of ``blobs`` as EncryptedVector bytes.
+
+        Deterministic: the same blobs in the same order give bit-identical output. At most
+        :data:`MAX_SUMMANDS` blobs, all with the same value count under this context.
+        """
+        if len(blobs) == 0:
+            raise BadInputError("add: expected a non-empty sequence of encrypted vectors")
+        if len(blobs) > MAX_SUMMANDS:
+            raise BadInputError(
+                f"add: {len(blobs)} encrypted vectors, more than the {MAX_SUMMANDS} the "
+                "parameters leave headroom for"
+            )
+        first = wire.parse_vector(
+            blobs[0], self.params, what="encrypted vector 0", fingerprint=self._fingerprint
+        )
+        frames = [first] + [
+            wire.parse_vector(
+                blob,
+                self.params,
+                what=f"encrypted vector {i}",
+                length=first.length,
+                fingerprint=self._fingerprint,
+            )
+            for i, blob in enumerate(blobs[1:], start=1)
+        ]
+        sizes = wire.chunk_sizes(first.length, self.params.slots)
+        out: list[bytes] = []
+        for j, size in enumerate(sizes):
+            acc = self._chunk(frames[0].chunks[j], f"encrypted vector 0: chunk {j}", size)
+            for i, frame in enumerate(frames[1:], start=1):
+                acc.add_(self._chunk(frame.chunks[j], f"encrypted vector {i}: chunk {j}", size))
+            out.append(bytes(acc.serialize()))
+        return wire.VectorFrame(
+            length=first.length, fingerprint=self._fingerprint, chunks=tuple(out)
+        ).to_bytes()
+
+
+class CkksSecretContext:
+    """The study's CKKS secret key and parameters. Data owners only; never sent in clear."""
+
+    __slots__ = ("_ctx", "_key_id", "_params", "_public")
+
+    def __init__(self, ctx: Any, params: CkksParams, key_id: bytes) -> None:
+        self._ctx = ctx
+        self._params = params
+        self._key_id = key_id
+        self._public = CkksPublicContext(
+            wire.ContextFrame(
+                magic=wire.PUBLIC_MAGIC,
+                key_id=key_id,
+                params=params,
+                tenseal_bytes=serialize_context(ctx, secret=False),
+            )
+        )
+
+    @classmethod
+    def generate(cls, params: CkksParams = DEFAULT_PARAMS) -> CkksSecretContext:
+        """Run once per study by the data owner that creates the key (then shared sealed)."""
+        params.validate()
+        return cls(new_context(params), params, secrets.token_bytes(wire.KEY_ID_SIZE))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CkksSecretContext:
+        """Load :meth:`to_bytes` output; BadInputError if malformed or without a secret key."""
+        what = "CKKS secret context"
+        frame = wire.parse_context(data, magic=wire.SECRET_MAGIC, what=what)
+        ctx = load_context(frame.tenseal_bytes, frame.params, what=what)
+        if not ctx.has_secret_key():
+            raise BadInputError(f"{what}: holds no secret key")
+        return cls(ctx, frame.params, frame.key_id)
+
+    def to_bytes(self) -> bytes:
+        """Serialized context WITH the secret key: for key stores and sealed boxes only."""
+        return wire.ContextFrame(
+            magic=wire.SECRET_MAGIC,
+            key_id=self._key_id,
+            params=self._params,
+            tenseal_bytes=serialize_context(self._ctx, secret=True),
+        ).to_bytes()
+
+    @property
+    def params(self) -> CkksParams:
+        return self._params
+
+    def public(self) -> CkksPublicContext:
+        """The context to send to the committee and coordinator: no secret/Galois/relin keys."""
+        return self._public
+
+    def __repr__(self) -> str:
+        fingerprint = self._public.fingerprint()[:8].hex()
+        return f"CkksSecretContext({self._params}, fingerprint={fingerprint})"
+
+    def encrypt(self, vector: np.ndarray) -> bytes:
+        """Run by a data owner on its (weighted) update: EncryptedVector bytes.
+
+        BadInputError if ``vector`` is not a non-empty 1-D real vector, holds NaN or inf, or
+        has a value with ``|value| > params.max_abs`` (the message names the first index).
+        """
+        v = np.asarray(vector)
+        if v.dtype.kind not in "fiu":
+            raise BadInputError(f"encrypt: expected real numbers, got dtype {v.dtype}")
+        if v.ndim != 1:
+            raise BadInputError(f"encrypt: expected a 1-D vector, got shape {v.shape}")
+        if v.size == 0:
+            raise BadInputError("encrypt: vector is empty")
+        v = v.astype(np.float64, copy=False)
+        finite = np.isfinite(v)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            kind = "NaN" if np.isnan(v[i]) else "infinite"
+            raise BadInputError(f"encrypt: value at index {i} is {kind}")
+        too_big = np.abs(v) > self._params.max_abs
+        if too_big.any():
+            i = int(np.argmax(too_big))
+            raise BadInputError(
+                f"encrypt: value at index {i} exceeds max_abs {self._params.max_abs:g} in magnitude"
+            )
+        slots = self._params.slots
+        chunks = tuple(
+            encrypt_chunk(self._ctx, v[start : start + slots]) for start in range(0, v.size, slots)
+        )
+        return wire.VectorFrame(
+            length=int(v.size), fingerprint=self._public.fingerprint(), chunks=chunks
+        ).to_bytes()
+
+    def decrypt(self, blob: bytes) -> np.ndarray:
+        """Run by a data owner on the committee's sum: float64 values (sum of the inputs).
+
+        Values are rounded to multiples of ``params.release_grid`` so that what a data owner
+        releases does not carry the exact decryption noise (see docs/ckks-parameters.md).
+        """
+        frame = wire.parse_vector(blob, self._params, fingerprint=self._public.fingerprint())
+        slots = self._params.slots
+        out = np.empty(frame.length, dtype=np.float64)
+        sizes = wire.chunk_sizes(frame.length, slots)
+        for j, (chunk, size) in enumerate(zip(frame.chunks, sizes, strict=True)):
+            vec = load_chunk(
+                self._ctx, self._params, chunk, where=f"encrypted vector: chunk {j}", size=size
+            )
+            out[j * slots : j * slots + size] = vec.decrypt()
+        steps = 1.0 / self._params.release_grid  # a power of two: exact scaling
+        return np.round(out * steps) / steps

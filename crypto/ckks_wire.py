@@ -1,0 +1,166 @@
+"""Binary framing of CKKS contexts and encrypted vectors (no TenSEAL calls here).
+
+EncryptedVector (big-endian)::
+
+    "CHCV" | u8 version=1 | u64 value count | u32 chunk count | 32-byte context fingerprint
+    | chunk count x (u32 length | serialized TenSEAL CKKSVector of up to `slots` values)
+
+Contexts::
+
+    "CHPK" (public) or "CHSK" (secret) | u8 version=1 | 16-byte key id | params
+    | u32 length | serialized TenSEAL context
+
+    params = u32 N | u8 prime count | u8 bits per prime ... | u8 scale_bits
+
+The key id is drawn at random when the secret context is generated, so two studies with
+the same parameters still have different context fingerprints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cohort.crypto import framing
+from cohort.crypto.ckks_params import CkksParams
+from cohort.crypto.hashing import DIGEST_SIZE
+from cohort.errors import BadInputError
+
+VECTOR_MAGIC = b"CHCV"
+PUBLIC_MAGIC = b"CHPK"
+SECRET_MAGIC = b"CHSK"
+VERSION = 1
+KEY_ID_SIZE = 16
+MAX_CONTEXT_BYTES = 64 << 20  # a secret context at N=32768 stays far below this
+CHUNK_SLACK_BYTES = 4096  # TenSEAL + SEAL headers around one ciphertext
+
+
+def max_chunk_bytes(params: CkksParams) -> int:
+    """Upper bound on one serialized chunk: 2 polynomials x N coefficients x 8 bytes."""
+    return 16 * params.poly_modulus_degree + CHUNK_SLACK_BYTES
+
+
+def chunk_sizes(length: int, slots: int) -> list[int]:
+    """How many values each chunk of a ``length``-value vector holds."""
+    full, rest = divmod(length, slots)
+    return [slots] * full + ([rest] if rest else [])
+
+
+@dataclass(frozen=True)
+class VectorFrame:
+    """A parsed EncryptedVector: header fields and the raw chunk bytes."""
+
+    length: int
+    fingerprint: bytes
+    chunks: tuple[bytes, ...]
+
+    def to_bytes(self) -> bytes:
+        return b"".join(
+            (
+                VECTOR_MAGIC,
+                framing.u8(VERSION),
+                framing.u64(self.length),
+                framing.u32(len(self.chunks)),
+                self.fingerprint,
+                *(framing.prefixed(chunk) for chunk in self.chunks),
+            )
+        )
+
+
+def parse_vector(
+    blob: bytes,
+    params: CkksParams,
+    *,
+    what: str = "encrypted vector",
+    length: int | None = None,
+    fingerprint: bytes | None = None,
+) -> VectorFrame:
+    """Parse an EncryptedVector; BadInputError on malformed framing.
+
+    Checks, in order: magic and version, the value count (against ``length`` if given),
+    the chunk count, the context fingerprint (against ``fingerprint`` if given), then
+    each chunk's length prefix and the absence of trailing bytes.
+    """
+    r = framing.Reader(blob, what)
+    r.magic(VECTOR_MAGIC)
+    r.version(VERSION)
+    count = r.u64("value count")
+    chunk_count = r.u32("chunk count")
+    fp = r.take(DIGEST_SIZE, "context fingerprint")
+    if count == 0:
+        raise r.error("holds no values")
+    if length is not None and count != length:
+        raise r.error(f"holds {count} values, expected {length}")
+    expected_chunks = -(-count // params.slots)
+    if chunk_count != expected_chunks:
+        raise r.error(
+            f"has {chunk_count} chunks, expected {expected_chunks} for {count} values "
+            f"at {params.slots} per chunk"
+        )
+    if fingerprint is not None and fp != fingerprint:
+        raise r.error(
+            f"made under another CKKS context (fingerprint {fp[:8].hex()}, "
+            f"expected {fingerprint[:8].hex()})"
+        )
+    limit = max_chunk_bytes(params)
+    chunks = tuple(r.prefixed(f"chunk {i}", max_size=limit) for i in range(chunk_count))
+    r.end()
+    return VectorFrame(length=count, fingerprint=fp, chunks=chunks)
+
+
+def encode_params(params: CkksParams) -> bytes:
+    bits = params.coeff_mod_bit_sizes
+    return b"".join(
+        (
+            framing.u32(params.poly_modulus_degree),
+            framing.u8(len(bits)),
+            *(framing.u8(b) for b in bits),
+            framing.u8(params.scale_bits),
+        )
+    )
+
+
+def read_params(r: framing.Reader) -> CkksParams:
+    n = r.u32("poly_modulus_degree")
+    count = r.u8("prime count")
+    bits = tuple(r.u8(f"coeff_mod_bit_sizes[{i}]") for i in range(count))
+    scale_bits = r.u8("scale_bits")
+    params = CkksParams(poly_modulus_degree=n, coeff_mod_bit_sizes=bits, scale_bits=scale_bits)
+    try:
+        params.validate()
+    except BadInputError as exc:
+        raise r.error(f"unusable parameters: {exc}") from None
+    return params
+
+
+@dataclass(frozen=True)
+class ContextFrame:
+    """A parsed context header plus the serialized TenSEAL context it carries."""
+
+    magic: bytes
+    key_id: bytes
+    params: CkksParams
+    tenseal_bytes: bytes
+
+    def to_bytes(self) -> bytes:
+        return b"".join(
+            (
+                self.magic,
+                framing.u8(VERSION),
+                self.key_id,
+                encode_params(self.params),
+                framing.prefixed(self.tenseal_bytes),
+            )
+        )
+
+
+def parse_context(data: bytes, *, magic: bytes, what: str) -> ContextFrame:
+    r = framing.Reader(data, what)
+    if magic == PUBLIC_MAGIC and bytes(data[:4]) == SECRET_MAGIC:
+        raise r.error("holds a secret key (this is a secret context; send public() instead)")
+    r.magic(magic)
+    r.version(VERSION)
+    key_id = r.take(KEY_ID_SIZE, "key id")
+    params = read_params(r)
+    raw = r.prefixed("TenSEAL context", max_size=MAX_CONTEXT_BYTES)
+    r.end()
+    return ContextFrame(magic=magic, key_id=key_id, params=params, tenseal_bytes=raw)

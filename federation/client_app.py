@@ -1,0 +1,79 @@
+"""Cohort's Flower ClientApp: the data owner's entry point.
+
+Each handler decodes one message with :mod:`cohort.federation.wire`, runs the matching step
+of :mod:`cohort.federation.hospital` and encodes the reply. The owner's local settings (data,
+key store, own epsilon cap) come from the SuperNode, never from the coordinator:
+
+* deployment: ``flower-supernode --node-config 'party-id="h1" workdir="/srv/cohort"
+  data="/data/h1.csv" epsilon-cap=3.0'``;
+* ``cohort simulate``: :func:`make_client_app` with a resolver from Flower's partition id
+  to :class:`~cohort.federation.hospital.HospitalSettings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from cohort.errors import BadInputError
+from cohort.federation import hospital, wire
+
+SettingsResolver = Callable[[Context], hospital.HospitalSettings]
+
+
+def settings_from_node_config(context: Context) -> hospital.HospitalSettings:
+    """Read a deployed SuperNode's ``--node-config`` into HospitalSettings."""
+    cfg = context.node_config
+    missing = [k for k in ("party-id", "workdir", "data") if k not in cfg]
+    if missing:
+        raise BadInputError(f"SuperNode node-config is missing {', '.join(missing)}")
+    cap = cfg.get("epsilon-cap")
+    return hospital.HospitalSettings(
+        party_id=str(cfg["party-id"]),
+        workdir=str(cfg["workdir"]),
+        data=str(cfg["data"]),
+        label_column=str(cfg.get("label-column", "label")),
+        epsilon_cap=None if cap is None else float(cap),
+    )
+
+
+def make_client_app(resolve: SettingsResolver) -> ClientApp:
+    """Build the ClientApp; ``resolve`` gives the owner's local settings for a node."""
+    app = ClientApp()
+
+    @app.query("enroll")
+    def _enroll(msg: Message, context: Context) -> Message:
+        reply = hospital.enroll(resolve(context), wire.EnrollRequest.from_record(msg.content))
+        return Message(reply.to_record(), reply_to=msg)
+
+    @app.query("keygen")
+    def _keygen(msg: Message, context: Context) -> Message:
+        reply = hospital.keygen(resolve(context), wire.KeygenRequest.from_record(msg.content))
+        return Message(reply.to_record(), reply_to=msg)
+
+    @app.query("install_key")
+    def _install_key(msg: Message, context: Context) -> Message:
+        reply = hospital.install_key(resolve(context), wire.InstallKeyRequest.from_record(msg.content))
+        return Message(reply.to_record(), reply_to=msg)
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        instruction = wire.TrainInstruction.from_record(msg.content)
+        global_model = wire.get_vector(msg.content, message=wire.TRAIN)
+        outcome = hospital.train(resolve(context), instruction, global_model)
+        content = outcome.receipt.to_record()
+        if outcome.update is not None:
+            wire.put_vector(content, outcome.update)
+        return Message(content, reply_to=msg)
+
+    @app.query("decrypt")
+    def _decrypt(msg: Message, context: Context) -> Message:
+        reply, vector = hospital.decrypt(resolve(context), wire.DecryptRequest.from_record(msg.content))
+        return Message(wire.put_vector(reply.to_record(), vector), reply_to=msg)
+
+    return app
+
+
+app = make_client_app(settings_from_node_config)

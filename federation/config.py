@@ -1,0 +1,139 @@
+"""Study configuration, validated when it is built.
+
+A :class:`StudyConfig` is what the sponsor launches: how many hospitals, rounds, the committee
+size and quorum, the secure mode and each hospital's privacy budget. Every field is checked in
+``__post_init__`` with a message that names the parameter and its unit, so a typo fails before
+anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cohort.crypto.hashing import Tag, tagged_hash
+from cohort.errors import ConfigError
+
+
+class SecureMode(str, enum.Enum):
+    """How updates travel from data owners to the aggregate."""
+
+    CKKS = "ckks"  # CKKS ciphertexts summed by the committee; data owners decrypt the sum
+    NONE = "none"  # plaintext FedAvg through the coordinator, for comparison only
+
+    @classmethod
+    def parse(cls, value: str) -> SecureMode:
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise ConfigError(f"secure mode {value!r} is not one of: {choices}") from None
+
+
+@dataclass(frozen=True)
+class DpSettings:
+    """DP-SGD settings every data owner applies locally (sent with each round).
+
+    ``epsilon`` is the per-hospital budget for the whole study, (epsilon, delta)-DP.
+    """
+
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    local_epochs: int = 1
+    batch_size: int = 32
+    max_grad_norm: float = 1.0
+    lr: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.epsilon > 0:
+            raise ConfigError(f"epsilon must be > 0 (per-hospital (epsilon, delta) budget), got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"delta must be in (0, 1) (probability of privacy failure), got {self.delta}")
+        if self.local_epochs < 1:
+            raise ConfigError(f"local_epochs must be >= 1 (passes over local data per round), got {self.local_epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1 (expected examples per Poisson batch), got {self.batch_size}")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"max_grad_norm must be > 0 (L2 clipping bound C per example), got {self.max_grad_norm}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0 (local SGD learning rate), got {self.lr}")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything the sponsor fixes before round 1."""
+
+    name: str = "breast-cancer-demo"
+    clients: int = 5
+    rounds: int = 5
+    committee: int = 3
+    quorum: int = 2
+    secure: SecureMode = SecureMode.CKKS
+    dp: DpSettings = field(default_factory=DpSettings)
+    seed: int | None = None
+    model: str = "mlp"
+    min_clients: int = 2
+    server_lr: float = 1.0
+    bounty_wei: int = 10**18
+    dirichlet_alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name) > 64:
+            raise ConfigError("name must be 1..64 characters (the study's label)")
+        if self.clients < 2:
+            raise ConfigError(f"clients must be >= 2 (hospitals in the study), got {self.clients}")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1 (federated rounds), got {self.rounds}")
+        if self.committee < 1:
+            raise ConfigError(f"committee must be >= 1 (aggregator members), got {self.committee}")
+        if not self.committee // 2 < self.quorum <= self.committee:
+            raise ConfigError(
+                f"quorum must be a strict majority of the committee: "
+                f"{self.committee // 2 + 1}..{self.committee} members, got {self.quorum}"
+            )
+        if not 2 <= self.min_clients <= self.clients:
+            raise ConfigError(
+                f"min_clients must be in 2..clients (smallest client set whose aggregate may be "
+                f"decrypted), got {self.min_clients}"
+            )
+        if not self.server_lr > 0:
+            raise ConfigError(f"server_lr must be > 0 (server step on the mean update), got {self.server_lr}")
+        if self.bounty_wei < 0:
+            raise ConfigError(f"bounty_wei must be >= 0 (wei), got {self.bounty_wei}")
+        if not self.dirichlet_alpha > 0:
+            raise ConfigError(f"dirichlet_alpha must be > 0 (label-skew concentration), got {self.dirichlet_alpha}")
+        if self.seed is not None and self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+
+    @property
+    def study_id(self) -> str:
+        """Stable id: the name plus a short hash of the configuration."""
+        digest = tagged_hash(Tag.STUDY_ID, json.dumps(self.to_dict(), sort_keys=True).encode())
+        return f"{self.name}-{digest.hex()[:12]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["secure"] = self.secure.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
+        try:
+            dp = DpSettings(**data.get("dp", {}))
+            rest = {k: v for k, v in data.items() if k != "dp"}
+            rest["secure"] = SecureMode.parse(str(rest.get("secure", "ckks")))
+            return cls(dp=dp, **rest)
+        except TypeError as exc:
+            raise ConfigError(f"study config: {exc}") from None
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,305 @@
+"""Typed schemas of the Flower messages between the coordinator and the data owners.
+
+Each message is a frozen dataclass with ``to_record()`` (sender side) and ``from_record()``
+(receiver side). Records are decoded once, here, at the boundary: a missing or mistyped
+field raises :class:`~cohort.errors.BadInputError` naming the message and the field, and no
+other module reads string-keyed records.
+
+Message types (Flower ``<category>.<action>``):
+
+=====================  ==================================  ===================================
+type                   coordinator -> data owner           data owner -> coordinator
+=====================  ==================================  ===================================
+``query.enroll``       :class:`EnrollRequest`              :class:`EnrollReply`
+``query.keygen``       :class:`KeygenRequest`              :class:`KeygenReply`
+``query.install_key``  :class:`InstallKeyRequest`          :class:`InstallKeyReply`
+``train``              :class:`TrainInstruction`           :class:`TrainReceipt` (+ update in
+                       (+ global model ArrayRecord)        ``none`` mode only)
+``query.decrypt``      :class:`DecryptRequest`             :class:`DecryptReply` (+ aggregate)
+=====================  ==================================  ===================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from cohort.crypto.identity import PublicIdentity
+from cohort.errors import BadInputError
+
+ENROLL = "query.enroll"
+KEYGEN = "query.keygen"
+INSTALL_KEY = "query.install_key"
+TRAIN = "train"
+DECRYPT = "query.decrypt"
+
+_CONFIG_KEY = "cohort"
+_ARRAY_KEY = "arrays"
+_FLAT = "flat"
+
+T = TypeVar("T", bound="_Schema")
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """One committee member as data owners see it (from the coordinator's roster)."""
+
+    member_id: str
+    sign_key: bytes
+    box_key: bytes
+    endpoint: str
+
+    def identity(self) -> PublicIdentity:
+        return PublicIdentity(party_id=self.member_id, sign_key=self.sign_key, box_key=self.box_key)
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """Base: a flat dataclass of str/int/float/bytes/bool and lists of them."""
+
+    MESSAGE: ClassVar[str] = ""
+
+    def to_config(self) -> ConfigRecord:
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values[f.name] = list(value) if isinstance(value, tuple) else value
+        return ConfigRecord(values)
+
+    def to_record(self) -> RecordDict:
+        return RecordDict({_CONFIG_KEY: self.to_config()})
+
+    @classmethod
+    def from_record(cls: type[T], content: RecordDict) -> T:
+        if _CONFIG_KEY not in content.config_records:
+            raise BadInputError(f"{cls.MESSAGE or cls.__name__}: message has no '{_CONFIG_KEY}' record")
+        return cls.from_mapping(content.config_records[_CONFIG_KEY])
+
+    @classmethod
+    def from_mapping(cls: type[T], record: Mapping[str, Any]) -> T:
+        name = cls.MESSAGE or cls.__name__
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in record:
+                raise BadInputError(f"{name}: missing field '{f.name}'")
+            kwargs[f.name] = _coerce(name, f.name, str(f.type), record[f.name])
+        return cls(**kwargs)
+
+
+def _coerce(message: str, name: str, annotation: str, value: Any) -> Any:
+    expected: dict[str, type | tuple[type, ...]] = {
+        "str": str,
+        "int": int,
+        "float": (float, int),
+        "bytes": bytes,
+        "bool": bool,
+    }
+    if annotation.startswith("tuple["):
+        inner = annotation[len("tuple[") : -len(", ...]")]
+        if not isinstance(value, list | tuple):
+            raise BadInputError(f"{message}: field '{name}' must be a list, got {type(value).__name__}")
+        kind = expected.get(inner)
+        if kind is None or not all(isinstance(v, kind) for v in value):
+            raise BadInputError(f"{message}: field '{name}' must be a list of {inner}")
+        return tuple(value)
+    kind = expected.get(annotation)
+    if kind is None:
+        raise BadInputError(f"{message}: field '{name}' has unsupported type {annotation}")
+    if isinstance(value, bool) and annotation != "bool":
+        raise BadInputError(f"{message}: field '{name}' must be {annotation}, got bool")
+    if not isinstance(value, kind):
+        raise BadInputError(f"{message}: field '{name}' must be {annotation}, got {type(value).__name__}")
+    return float(value) if annotation == "float" else value
+
+
+# ---------------------------------------------------------------- enrolment and keys
+
+
+@dataclass(frozen=True)
+class EnrollRequest(_Schema):
+    MESSAGE: ClassVar[str] = ENROLL
+    study_id: str
+
+
+@dataclass(frozen=True)
+class EnrollReply(_Schema):
+    MESSAGE: ClassVar[str] = ENROLL
+    party_id: str
+    sign_key: bytes
+    box_key: bytes
+    payout_address: str
+    examples: int
+    features: int
+
+    def identity(self) -> PublicIdentity:
+        return PublicIdentity(party_id=self.party_id, sign_key=self.sign_key, box_key=self.box_key)
+
+
+@dataclass(frozen=True)
+class KeygenRequest(_Schema):
+    """Sent to the key dealer: the data owners to share the CKKS secret context with."""
+
+    MESSAGE: ClassVar[str] = KEYGEN
+    study_id: str
+    party_ids: tuple[str, ...]
+    sign_keys: tuple[bytes, ...]
+    box_keys: tuple[bytes, ...]
+
+    def roster(self) -> list[PublicIdentity]:
+        if not len(self.party_ids) == len(self.sign_keys) == len(self.box_keys):
+            raise BadInputError(f"{KEYGEN}: roster lists have different lengths")
+        return [
+            PublicIdentity(party_id=p, sign_key=s, box_key=b)
+            for p, s, b in zip(self.party_ids, self.sign_keys, self.box_keys, strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class KeygenReply(_Schema):
+    MESSAGE: ClassVar[str] = KEYGEN
+    party_id: str
+    public_context: bytes
+    fingerprint: bytes
+    recipients: tuple[str, ...]
+    boxes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class InstallKeyRequest(_Schema):
+    """A sealed CKKS secret context from the dealer (Box: only the recipient can open it)."""
+
+    MESSAGE: ClassVar[str] = INSTALL_KEY
+    study_id: str
+    dealer_id: str
+    dealer_sign_key: bytes
+    dealer_box_key: bytes
+    box: bytes
+    fingerprint: bytes
+
+
+@dataclass(frozen=True)
+class InstallKeyReply(_Schema):
+    MESSAGE: ClassVar[str] = INSTALL_KEY
+    party_id: str
+    fingerprint: bytes
+
+
+# ---------------------------------------------------------------- training round
+
+
+@dataclass(frozen=True)
+class TrainInstruction(_Schema):
+    """Round r instructions; the global model travels beside it as an ArrayRecord."""
+
+    MESSAGE: ClassVar[str] = TRAIN
+    study_id: str
+    round: int
+    total_rounds: int
+    total_examples: int  # sum of enrolled owners' examples: owners weight by examples / total
+    secure: str
+    seed: int  # -1: noise from the operating system's entropy
+    model: str
+    epsilon: float
+    delta: float
+    local_epochs: int
+    batch_size: int
+    max_grad_norm: float
+    lr: float
+    quorum: int
+    min_clients: int
+    member_ids: tuple[str, ...]
+    member_sign_keys: tuple[bytes, ...]
+    member_box_keys: tuple[bytes, ...]
+    member_endpoints: tuple[str, ...]
+
+    def committee(self) -> list[MemberInfo]:
+        lists = (self.member_ids, self.member_sign_keys, self.member_box_keys, self.member_endpoints)
+        if len({len(x) for x in lists}) != 1:
+            raise BadInputError(f"{TRAIN}: committee lists have different lengths")
+        return [MemberInfo(*row) for row in zip(*lists, strict=True)]
+
+
+@dataclass(frozen=True)
+class TrainReceipt(_Schema):
+    """A data owner's reply: what it did, never the update itself (in ``ckks`` mode)."""
+
+    MESSAGE: ClassVar[str] = TRAIN
+    party_id: str
+    status: str  # "ok" | "declined" | "failed"
+    reason: str
+    examples: int
+    epsilon: float
+    train_loss: float
+    payload_hash: bytes
+    delivered: tuple[str, ...]  # committee members that accepted the upload
+
+
+@dataclass(frozen=True)
+class DecryptRequest(_Schema):
+    """Coordinator -> rotating decryptor: the quorum-backed aggregate of client set S."""
+
+    MESSAGE: ClassVar[str] = DECRYPT
+    study_id: str
+    round: int
+    client_ids: tuple[str, ...]
+    aggregate: bytes
+    aggregate_hash: bytes
+    member_ids: tuple[str, ...]
+    member_signatures: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class DecryptReply(_Schema):
+    MESSAGE: ClassVar[str] = DECRYPT
+    party_id: str
+    round: int
+    length: int
+
+
+# ---------------------------------------------------------------- arrays
+
+
+def vector_record(vector: np.ndarray) -> ArrayRecord:
+    """One flat float vector as an ArrayRecord."""
+    return ArrayRecord({_FLAT: Array(np.ascontiguousarray(vector))})
+
+
+def put_vector(content: RecordDict, vector: np.ndarray) -> RecordDict:
+    content[_ARRAY_KEY] = vector_record(vector)
+    return content
+
+
+def get_vector(content: RecordDict, *, message: str, length: int | None = None) -> np.ndarray:
+    """Read the flat vector of a message; BadInputError on absence, wrong shape or NaN."""
+    if _ARRAY_KEY not in content.array_records:
+        raise BadInputError(f"{message}: message carries no array record")
+    record = content.array_records[_ARRAY_KEY]
+    if _FLAT not in record:
+        raise BadInputError(f"{message}: array record has no '{_FLAT}' array")
+    vector = np.asarray(record[_FLAT].numpy())
+    if vector.ndim != 1:
+        raise BadInputError(f"{message}: expected a 1-D vector, got shape {vector.shape}")
+    if length is not None and vector.shape[0] != length:
+        raise BadInputError(f"{message}: expected {length} values, got {vector.shape[0]}")
+    if not np.all(np.isfinite(vector)):
+        bad = int(np.flatnonzero(~np.isfinite(vector))[0])
+        raise BadInputError(f"{message}: value at index {bad} is not finite")
+    return vector
+
+
+def has_vector(content: RecordDict) -> bool:
+    return _ARRAY_KEY in content.array_records
+
+
+def committee_lists(members: Sequence[MemberInfo]) -> dict[str, tuple[Any, ...]]:
+    return {
+        "member_ids": tuple(m.member_id for m in members),
+        "member_sign_keys": tuple(m.sign_key for m in members),
+        "member_box_keys": tuple(m.box_key for m in members),
+        "member_endpoints": tuple(m.endpoint for m in members),
+    }

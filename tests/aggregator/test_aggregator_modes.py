@@ -1,0 +1,109 @@
+"""Contract tests every AggregationMode passes (CKKS now; MPC inherits the same class later)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cohort.aggregator.modes import AggregationMode, CkksMode, CkksSpec, ModeSpec, build_mode
+from cohort.crypto.ckks import CkksSecretContext
+from cohort.errors import BadInputError, ConfigError
+
+LENGTH = 6
+
+
+class AggregationModeContract(ABC):
+    """Subclass per mode: provide the mode, an encoder of one update and a decoder."""
+
+    @abstractmethod
+    def mode(self) -> AggregationMode: ...
+
+    @abstractmethod
+    def encode(self, vector: np.ndarray) -> bytes: ...
+
+    @abstractmethod
+    def decode(self, blob: bytes) -> np.ndarray: ...
+
+    tolerance = 1e-3
+
+    def test_has_a_name(self) -> None:
+        assert isinstance(type(self.mode()).name, str)
+        assert type(self.mode()).name
+
+    def test_check_accepts_a_good_payload(self) -> None:
+        self.mode().check(self.encode(np.ones(LENGTH)), length=LENGTH)
+
+    @pytest.mark.parametrize("bad", [b"", b"\x00" * 64, b"garbage" * 100])
+    def test_check_rejects_garbage(self, bad: bytes) -> None:
+        with pytest.raises(BadInputError):
+            self.mode().check(bad, length=LENGTH)
+
+    def test_check_rejects_a_wrong_length(self) -> None:
+        with pytest.raises(BadInputError):
+            self.mode().check(self.encode(np.ones(LENGTH + 1)), length=LENGTH)
+
+    def test_combine_is_deterministic_and_sums(self) -> None:
+        rng = np.random.default_rng(3)
+        vectors = [rng.normal(size=LENGTH) for _ in range(3)]
+        payloads = [self.encode(v) for v in vectors]
+        first = self.mode().combine(payloads)
+        assert self.mode().combine(payloads) == first
+        np.testing.assert_allclose(
+            self.decode(first)[:LENGTH], np.sum(vectors, axis=0), atol=self.tolerance
+        )
+
+    @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.lists(
+            st.lists(
+                st.floats(-10, 10, allow_nan=False, allow_infinity=False),
+                min_size=LENGTH,
+                max_size=LENGTH,
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    def test_combine_matches_the_plaintext_oracle(self, rows: list[list[float]]) -> None:
+        vectors = [np.asarray(r) for r in rows]
+        combined = self.mode().combine([self.encode(v) for v in vectors])
+        np.testing.assert_allclose(
+            self.decode(combined)[:LENGTH], np.sum(vectors, axis=0), atol=self.tolerance
+        )
+
+
+_SECRET = CkksSecretContext.generate()
+
+
+class TestCkksMode(AggregationModeContract):
+    def mode(self) -> AggregationMode:
+        return build_mode(CkksSpec(_SECRET.public().to_bytes()))
+
+    def encode(self, vector: np.ndarray) -> bytes:
+        return _SECRET.encrypt(vector)
+
+    def decode(self, blob: bytes) -> np.ndarray:
+        return _SECRET.decrypt(blob)
+
+    def test_is_ckks(self) -> None:
+        assert isinstance(self.mode(), CkksMode)
+        assert CkksMode.name == CkksSpec.name == "ckks"
+
+    def test_refuses_a_secret_context(self) -> None:
+        with pytest.raises(BadInputError):
+            build_mode(CkksSpec(_SECRET.to_bytes()))
+
+    def test_spec_repr_hides_the_context(self) -> None:
+        assert "bytes>" in repr(CkksSpec(b"x" * 100))
+
+
+def test_unknown_spec_is_a_config_error() -> None:
+    class Unknown(ModeSpec):
+        name = "unknown"
+
+    with pytest.raises(ConfigError, match="unsupported"):
+        build_mode(Unknown())

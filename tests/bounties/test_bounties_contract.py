@@ -1,0 +1,751 @@
+"""Contract tests: one behaviour suite for CohortStudy that every chain provider passes.
+
+:class:`StudyContractSuite` holds the behaviour; each provider subclasses it and supplies
+the ``provider`` fixture: the in-process EmbeddedChain always, an anvil-backed RpcChain
+when the anvil binary from ``npm ci`` is present. Every test deploys a fresh study.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_utils.crypto import keccak
+from web3 import HTTPProvider, Web3
+from web3.types import RPCEndpoint
+
+from cohort.bounties.attestation import SECP256K1_N
+from cohort.bounties.chain import ChainProvider, EmbeddedChain, RpcChain
+from cohort.bounties.study import (
+    ATTESTATION_TYPEHASH,
+    StudyContract,
+    attestation_digest,
+    canonical_contributors,
+    contributors_hash,
+    load_artifact,
+    sign_attestation,
+)
+from cohort.errors import BadInputError, ProtocolAbort, VerificationError
+
+ROOT = Path(__file__).resolve().parents[2]
+ANVIL = Path(
+    os.environ.get("COHORT_ANVIL", ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+)
+ETHER = 10**18
+ARTIFACT_BYTECODE = str(load_artifact()["bytecode"])
+STUDY_ID = keccak(text="cohort-test/study")
+AGG_A = keccak(text="aggregate A")
+AGG_B = keccak(text="aggregate B")
+MEMBER_KEYS = [keccak(text=f"cohort-test/committee/{i}") for i in range(3)]
+OUTSIDER_KEY = keccak(text="cohort-test/outsider")
+# Accounts the RpcChain signs with locally (funded through anvil_setBalance).
+RPC_KEYS = [keccak(text=f"cohort-test/rpc-account/{i}") for i in range(10)]
+
+# Measured on both providers (docs/contract.md); ceilings catch accidental regressions.
+GAS_CEILINGS = {"deploy": 1_800_000, "attest": 260_000, "settle": 200_000, "withdraw": 50_000}
+
+
+@dataclass
+class World:
+    """A freshly deployed study and the parties around it."""
+
+    provider: ChainProvider
+    study: StudyContract
+    sponsor: str
+    relayer: str
+    owners: list[str]  # four registered data owners, all able to send transactions
+    outsider: str  # a funded account with no role
+    members: list[str]  # committee addresses (unfunded: they only sign)
+    bounty: int
+
+    def sign(self, key: bytes, *, round: int, agg: bytes, contributors: Sequence[str]) -> bytes:
+        digest = self.study.attestation_digest(
+            round=round, aggregate_hash=agg, contributors=contributors
+        )
+        return sign_attestation(key, digest)
+
+    def attest(
+        self, member: int, *, round: int, agg: bytes = AGG_A, contributors: Sequence[str] = ()
+    ) -> bool:
+        contributors = list(contributors) or self.owners[:3]
+        signature = self.sign(MEMBER_KEYS[member], round=round, agg=agg, contributors=contributors)
+        return self.study.submit_attestation(
+            relayer=self.relayer,
+            round=round,
+            aggregate_hash=agg,
+            contributors=contributors,
+            signature=signature,
+        )
+
+
+def deploy_world(provider: ChainProvider, *, bounty: int = 3 * ETHER, quorum: int = 2) -> World:
+    accounts = provider.accounts()
+    members = [Account.from_key(k).address for k in MEMBER_KEYS]
+    study = StudyContract.deploy(
+        provider,
+        sponsor=accounts[0],
+        study_id=STUDY_ID,
+        committee=members,
+        quorum=quorum,
+        data_owners=accounts[2:6],
+        bounty_wei=bounty,
+    )
+    return World(
+        provider=provider,
+        study=study,
+        sponsor=accounts[0],
+        relayer=accounts[1],
+        owners=accounts[2:6],
+        outsider=accounts[6],
+        members=members,
+        bounty=bounty,
+    )
+
+
+def fee_paid(provider: ChainProvider, account: str, before_block: int) -> int:
+    """Wei ``account`` spent on gas in blocks after ``before_block``."""
+    total = 0
+    w3 = provider.web3
+    for number in range(before_block + 1, w3.eth.block_number + 1):
+        block = w3.eth.get_block(number, full_transactions=True)
+        for tx in block["transactions"]:
+            assert not isinstance(tx, bytes)
+            if tx["from"] == account:
+                receipt = w3.eth.get_transaction_receipt(tx["hash"])
+                total += receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    return total
+
+
+def compile_test_contract(source: Path, name: str) -> dict[str, Any]:
+    """Compile a test-only contract with the pinned solc-js; skip if it is not installed."""
+    node = shutil.which("node")
+    if node is None or not (ROOT / "node_modules/solc").is_dir():
+        pytest.skip("solc-js missing: run `npm ci` in the repository root")
+    request = {
+        "language": "Solidity",
+        "sources": {source.name: {"content": source.read_text()}},
+        "settings": {
+            "evmVersion": "cancun",
+            "optimizer": {"enabled": True, "runs": 200},
+            "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object"]}},
+        },
+    }
+    script = (
+        "const s=require('solc');let d='';process.stdin.on('data',c=>d+=c)"
+        ".on('end',()=>process.stdout.write(s.compile(d)))"
+    )
+    done = subprocess.run(
+        [node, "-e", script],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+    )
+    output = json.loads(done.stdout)
+    errors = [e for e in output.get("errors", []) if e["severity"] == "error"]
+    assert not errors, errors
+    compiled = output["contracts"][source.name][name]
+    return {"abi": compiled["abi"], "bytecode": "0x" + compiled["evm"]["bytecode"]["object"]}
+
+
+_compiled: dict[str, dict[str, Any]] = {}
+
+
+def reentrant_owner_artifact() -> dict[str, Any]:
+    if "ReentrantOwner" not in _compiled:
+        source = Path(__file__).with_name("ReentrantOwner.sol")
+        _compiled["ReentrantOwner"] = compile_test_contract(source, "ReentrantOwner")
+    return _compiled["ReentrantOwner"]
+
+
+class StudyContractSuite:
+    """The behaviour every ChainProvider must show. Subclasses provide ``provider``."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def provider(cls) -> ChainProvider:
+        raise NotImplementedError  # pragma: no cover - overridden per provider
+
+    @pytest.fixture
+    def world(self, provider: ChainProvider) -> World:
+        return deploy_world(provider)
+
+    # -------------------------------------------------------------- deployment
+
+    def test_deploy_records_rosters_and_bounty(self, world: World) -> None:
+        study = world.study
+        assert study.study_id() == STUDY_ID
+        assert study.sponsor() == world.sponsor
+        assert study.quorum() == 2
+        assert study.committee() == world.members
+        assert study.data_owners() == world.owners
+        assert study.bounty_wei() == world.bounty
+        assert world.provider.balance(study.address) == world.bounty
+        assert study.finalized_rounds() == 0
+        assert not study.is_settled()
+        assert StudyContract.at(world.provider, study.address).address == study.address
+
+    def test_fund_adds_to_bounty_sponsor_only(self, world: World) -> None:
+        world.study.fund(sponsor=world.sponsor, amount_wei=5)
+        assert world.study.bounty_wei() == world.bounty + 5
+        assert world.provider.balance(world.study.address) == world.bounty + 5
+        with pytest.raises(VerificationError, match=r"NotSponsor\(" + world.outsider):
+            world.study.fund(sponsor=world.outsider, amount_wei=5)
+        with pytest.raises(BadInputError, match=r"ZeroValue\(\)"):
+            world.study.fund(sponsor=world.sponsor, amount_wei=0)
+
+    @pytest.mark.parametrize(
+        ("committee_size", "quorum", "error"),
+        [
+            (3, 0, r"InvalidQuorum\(0, 3\)"),
+            (3, 1, r"InvalidQuorum\(1, 3\)"),  # not a majority
+            (4, 2, r"InvalidQuorum\(2, 4\)"),  # exactly half is not a majority
+            (3, 4, r"InvalidQuorum\(4, 3\)"),  # more than the committee
+            (0, 1, r"InvalidCommitteeSize\(0\)"),
+            (65, 33, r"InvalidCommitteeSize\(65\)"),
+        ],
+    )
+    def test_deploy_rejects_bad_quorum(
+        self, provider: ChainProvider, committee_size: int, quorum: int, error: str
+    ) -> None:
+        accounts = provider.accounts()
+        members = [Account.from_key(keccak(text=f"m{i}")).address for i in range(committee_size)]
+        with pytest.raises(BadInputError, match=f"deploy rejected: {error}"):
+            StudyContract.deploy(
+                provider,
+                sponsor=accounts[0],
+                study_id=STUDY_ID,
+                committee=members,
+                quorum=quorum,
+                data_owners=accounts[2:4],
+                bounty_wei=1,
+            )
+
+    def test_deploy_rejects_bad_rosters(self, provider: ChainProvider) -> None:
+        accounts = provider.accounts()
+        members = [Account.from_key(k).address for k in MEMBER_KEYS]
+        zero = "0x" + "00" * 20
+        many_owners = [Account.from_key(keccak(text=f"o{i}")).address for i in range(257)]
+        cases: list[tuple[bytes, list[str], list[str], str]] = [
+            (STUDY_ID, [*members[:2], members[0]], accounts[2:4], r"DuplicateCommitteeMember\("),
+            (STUDY_ID, [*members[:2], zero], accounts[2:4], r"ZeroAddress\(\)"),
+            (STUDY_ID, members, [accounts[2], accounts[2]], r"DuplicateDataOwner\("),
+            (STUDY_ID, members, [accounts[2], zero], r"ZeroAddress\(\)"),
+            (STUDY_ID, members, [], r"InvalidDataOwnerCount\(0\)"),
+            (STUDY_ID, members, many_owners, r"InvalidDataOwnerCount\(257\)"),
+            (bytes(32), members, accounts[2:4], r"ZeroStudyId\(\)"),
+        ]
+        for study_id, committee, owners, error in cases:
+            with pytest.raises(BadInputError, match=error):
+                StudyContract.deploy(
+                    provider,
+                    sponsor=accounts[0],
+                    study_id=study_id,
+                    committee=committee,
+                    quorum=2,
+                    data_owners=owners,
+                    bounty_wei=0,
+                )
+
+    def test_at_rejects_addresses_without_the_study_code(self, world: World) -> None:
+        with pytest.raises(BadInputError, match="no contract"):
+            StudyContract.at(world.provider, world.outsider)
+
+    # -------------------------------------------------------------- attestation
+
+    def test_digest_matches_the_contract(self, world: World) -> None:
+        functions = world.study.contract.functions
+        assert bytes(functions.ATTESTATION_TYPEHASH().call()) == ATTESTATION_TYPEHASH
+        for round_, agg, contributors in [
+            (0, AGG_A, world.owners[:1]),
+            (7, AGG_B, world.owners[::-1]),
+            (2**256 - 1, b"\x01" * 32, world.owners[1:3]),
+        ]:
+            ordered = canonical_contributors(contributors)
+            onchain = bytes(functions.attestationDigest(round_, agg, ordered).call())
+            local = attestation_digest(
+                chain_id=world.provider.chain_id,
+                contract=world.study.address,
+                study_id=STUDY_ID,
+                round=round_,
+                aggregate_hash=agg,
+                contributors=contributors,
+            )
+            assert onchain == local
+
+    def test_two_of_three_finalizes(self, world: World) -> None:
+        assert world.attest(0, round=1) is False
+        assert world.study.finalized_hash(1) is None
+        assert world.study.votes(round=1, aggregate_hash=AGG_A, contributors=world.owners[:3]) == 1
+        assert world.attest(1, round=1) is True
+        assert world.study.finalized_hash(1) == AGG_A
+        assert world.study.is_finalized(1)
+        assert world.study.finalized_rounds() == 1
+        assert [world.study.contributions(o) for o in world.owners] == [1, 1, 1, 0]
+        assert world.study.total_contributions() == 3
+        # Members only sign: the relayer paid for everything.
+        assert all(world.provider.balance(m) == 0 for m in world.members)
+
+    def test_every_two_member_subset_finalizes(self, world: World) -> None:
+        for round_, (first, second) in enumerate(itertools.combinations(range(3), 2), start=1):
+            assert world.attest(first, round=round_) is False
+            assert world.attest(second, round=round_) is True
+            assert world.study.finalized_hash(round_) == AGG_A
+        assert world.study.finalized_rounds() == 3
+        assert [world.study.contributions(o) for o in world.owners] == [3, 3, 3, 0]
+
+    def test_late_attestation_is_recorded_but_changes_nothing(self, world: World) -> None:
+        world.attest(0, round=1)
+        world.attest(1, round=1)
+        assert world.attest(2, round=1, agg=AGG_B) is False
+        assert world.study.has_attested(1, world.members[2])
+        assert world.study.finalized_hash(1) == AGG_A
+        assert world.study.finalized_rounds() == 1
+        assert [world.study.contributions(o) for o in world.owners] == [1, 1, 1, 0]
+        # A late vote for the winning result is counted too, without a second finalization.
+        world2 = deploy_world(world.provider)
+        world2.attest(0, round=1)
+        world2.attest(1, round=1)
+        assert world2.attest(2, round=1) is False
+        assert (
+            world2.study.votes(round=1, aggregate_hash=AGG_A, contributors=world2.owners[:3]) == 3
+        )
+        assert world2.study.total_contributions() == 3
+        events = world2.study.attestation_events()
+        assert [(e.member, e.votes) for e in events] == list(
+            zip(world2.members, [1, 2, 3], strict=True)
+        )
+        assert all(e.relayer == world2.relayer for e in events)
+        (final,) = world2.study.finalized_events()
+        assert final.round == 1
+        assert final.aggregate_hash == AGG_A
+        assert final.contributors == tuple(canonical_contributors(world2.owners[:3]))
+        assert final.contributors_hash == contributors_hash(world2.owners[:3])
+
+    def test_mismatching_results_do_not_finalize(self, world: World) -> None:
+        assert world.attest(0, round=1, agg=AGG_A) is False
+        assert world.attest(1, round=1, agg=AGG_B) is False
+        assert world.study.finalized_hash(1) is None
+        # Same hash, different contributor set: a different result, no quorum either.
+        assert world.attest(0, round=2, contributors=world.owners[:2]) is False
+        assert world.attest(1, round=2, contributors=world.owners[:3]) is False
+        assert world.study.finalized_rounds() == 0
+        # The third member breaks the tie for round 1 in favour of AGG_B.
+        assert world.attest(2, round=1, agg=AGG_B) is True
+        assert world.study.finalized_hash(1) == AGG_B
+
+    def test_contributor_order_does_not_matter_to_signers(self, world: World) -> None:
+        assert world.attest(0, round=1, contributors=world.owners[:3]) is False
+        assert world.attest(1, round=1, contributors=world.owners[2::-1]) is True
+
+    def test_non_member_signature_rejected(self, world: World) -> None:
+        outsider = Account.from_key(OUTSIDER_KEY).address
+        signature = world.sign(OUTSIDER_KEY, round=1, agg=AGG_A, contributors=world.owners[:3])
+        with pytest.raises(
+            VerificationError, match=rf"attestation rejected: NotCommitteeMember\({outsider}\)"
+        ):
+            world.study.submit_attestation(
+                relayer=world.relayer,
+                round=1,
+                aggregate_hash=AGG_A,
+                contributors=world.owners[:3],
+                signature=signature,
+            )
+        assert not world.study.has_attested(1, outsider)
+
+    def test_replayed_and_double_votes_rejected(self, world: World) -> None:
+        contributors = world.owners[:3]
+        signature = world.sign(MEMBER_KEYS[0], round=1, agg=AGG_A, contributors=contributors)
+        submit: dict[str, Any] = {
+            "round": 1,
+            "aggregate_hash": AGG_A,
+            "contributors": contributors,
+            "signature": signature,
+        }
+        assert world.study.submit_attestation(relayer=world.relayer, **submit) is False
+        expected = rf"AlreadyAttested\(1, {world.members[0]}\)"
+        with pytest.raises(VerificationError, match=expected):
+            world.study.submit_attestation(relayer=world.outsider, **submit)
+        # A second, different vote by the same member in the same round is refused too.
+        with pytest.raises(VerificationError, match=expected):
+            world.attest(0, round=1, agg=AGG_B)
+        assert world.study.votes(round=1, aggregate_hash=AGG_A, contributors=contributors) == 1
+
+    def test_signature_is_bound_to_round_contract_and_result(self, world: World) -> None:
+        contributors = world.owners[:3]
+        other = deploy_world(world.provider)
+        honest: dict[str, Any] = {
+            "chain_id": world.provider.chain_id,
+            "contract": world.study.address,
+            "study_id": STUDY_ID,
+            "round": 1,
+            "aggregate_hash": AGG_A,
+            "contributors": contributors,
+        }
+        changes: dict[str, dict[str, Any]] = {
+            "another round": {"round": 2},
+            "another contract": {"contract": other.study.address},
+            "another contributor set": {"contributors": world.owners[:2]},
+            "another aggregate": {"aggregate_hash": AGG_B},
+            "another chain": {"chain_id": world.provider.chain_id + 1},
+            "another study": {"study_id": keccak(text="other study")},
+        }
+        forged = {
+            why: attestation_digest(**{**honest, **change}) for why, change in changes.items()
+        }
+        for why, digest in forged.items():
+            with pytest.raises(VerificationError, match="NotCommitteeMember"):
+                world.study.submit_attestation(
+                    relayer=world.relayer,
+                    round=1,
+                    aggregate_hash=AGG_A,
+                    contributors=contributors,
+                    signature=sign_attestation(MEMBER_KEYS[0], digest),
+                )
+            assert not world.study.has_attested(1, world.members[0]), why
+
+    def test_malformed_signatures_rejected(self, world: World) -> None:
+        contributors = world.owners[:3]
+        good = world.sign(MEMBER_KEYS[0], round=1, agg=AGG_A, contributors=contributors)
+        s = int.from_bytes(good[32:64], "big")
+        high_s_twin = good[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([good[64] ^ 1])
+        cases = {
+            good[:64]: r"InvalidSignatureLength\(64\)",
+            good + b"\x00": r"InvalidSignatureLength\(66\)",
+            good[:64] + bytes([29]): r"InvalidSignature\(\)",
+            good[:64] + bytes([good[64] - 27]): r"InvalidSignature\(\)",  # v in {0, 1}
+            high_s_twin: r"InvalidSignature\(\)",  # same signer, malleated
+            bytes(64) + bytes([27]): r"InvalidSignature\(\)",
+        }
+        for signature, error in cases.items():
+            with pytest.raises(VerificationError, match=error):
+                world.study.submit_attestation(
+                    relayer=world.relayer,
+                    round=1,
+                    aggregate_hash=AGG_A,
+                    contributors=contributors,
+                    signature=signature,
+                )
+        assert world.attest(0, round=1) is False  # the well-formed one still works
+
+    def test_zero_aggregate_hash_rejected(self, world: World) -> None:
+        with pytest.raises(BadInputError, match=r"attestation rejected: ZeroAggregateHash\(\)"):
+            world.attest(0, round=1, agg=bytes(32))
+        assert not world.study.has_attested(1, world.members[0])
+
+    def test_non_canonical_contributors_rejected_by_contract(self, world: World) -> None:
+        ordered = canonical_contributors(world.owners[:3])
+        outsider = world.outsider
+        raw_cases = [
+            ([ordered[1], ordered[0], ordered[2]], BadInputError, r"ContributorsNotCanonical\(1\)"),
+            ([ordered[0], ordered[0]], BadInputError, r"ContributorsNotCanonical\(1\)"),
+            ([], BadInputError, r"EmptyContributors\(\)"),
+            (
+                [*ordered, outsider] if int(outsider, 16) > int(ordered[-1], 16) else [outsider],
+                BadInputError,
+                rf"NotDataOwner\({outsider}\)",
+            ),
+        ]
+        for contributors, kind, error in raw_cases:
+            # A signature over exactly these bytes: the contract must refuse the list itself.
+            digest = keccak(
+                b"\x19Ethereum Signed Message:\n32"
+                + keccak(
+                    ATTESTATION_TYPEHASH
+                    + world.provider.chain_id.to_bytes(32, "big")
+                    + bytes(12)
+                    + bytes.fromhex(world.study.address[2:])
+                    + STUDY_ID
+                    + (1).to_bytes(32, "big")
+                    + AGG_A
+                    + keccak(b"".join(bytes(12) + bytes.fromhex(a[2:]) for a in contributors))
+                )
+            )
+            fn = world.study.contract.functions.attest(
+                1, AGG_A, contributors, sign_attestation(MEMBER_KEYS[0], digest)
+            )
+            with pytest.raises(kind, match=error):
+                world.provider.transact(
+                    fn,
+                    sender=world.relayer,
+                    action="attestation",
+                    error_kinds={
+                        "ContributorsNotCanonical": BadInputError,
+                        "EmptyContributors": BadInputError,
+                        "NotDataOwner": BadInputError,
+                    },
+                )
+
+    def test_client_canonicalizes_or_refuses_contributors(self, world: World) -> None:
+        with pytest.raises(BadInputError, match="listed twice"):
+            world.attest(0, round=1, contributors=[world.owners[0], world.owners[0].lower()])
+        with pytest.raises(BadInputError, match=rf"NotDataOwner\({world.outsider}\)"):
+            world.attest(0, round=1, contributors=[world.owners[0], world.outsider])
+        assert world.attest(0, round=1, contributors=world.owners[::-1]) is False
+
+    # -------------------------------------------------------------- settlement
+
+    @pytest.mark.parametrize("bounty", [6 * ETHER, 10**18 + 5])
+    def test_settle_credits_in_proportion_and_dust_to_sponsor(
+        self, provider: ChainProvider, bounty: int
+    ) -> None:
+        world = deploy_world(provider, bounty=bounty)
+        a, b, c, d = world.owners
+        for round_, contributors in enumerate([[a, b, c], [a, b], [a]], start=1):
+            world.attest(0, round=round_, contributors=contributors)
+            world.attest(2, round=round_, contributors=contributors)
+        assert [world.study.contributions(o) for o in world.owners] == [3, 2, 1, 0]
+        world.study.settle(sponsor=world.sponsor)
+        # Oracle: integer shares of the bounty, the remainder to the sponsor.
+        expected = {a: bounty * 3 // 6, b: bounty * 2 // 6, c: bounty * 1 // 6, d: 0}
+        dust = bounty - sum(expected.values())
+        for owner, amount in expected.items():
+            assert world.study.credit(owner) == amount
+        assert world.study.credit(world.sponsor) == dust
+        assert world.study.payouts() == {
+            k: v for k, v in {**expected, world.sponsor: dust}.items() if v > 0
+        }
+        assert world.study.is_settled()
+        start = provider.web3.eth.block_number
+        before = {acct: provider.balance(acct) for acct in [a, b, c, d, world.sponsor]}
+        paid = {acct: world.study.withdraw(account=acct) for acct in before}
+        assert paid == {**expected, world.sponsor: dust}
+        for acct, amount in paid.items():
+            spent = fee_paid(provider, acct, start)
+            assert provider.balance(acct) == before[acct] + amount - spent
+        assert provider.balance(world.study.address) == 0
+
+    def test_settle_refunds_sponsor_when_nothing_finalized(self, world: World) -> None:
+        world.attest(0, round=1)  # one vote, no quorum
+        world.study.settle(sponsor=world.sponsor)
+        assert world.study.credit(world.sponsor) == world.bounty
+        assert all(world.study.credit(o) == 0 for o in world.owners)
+        assert world.study.withdraw(account=world.owners[0]) == 0
+        assert world.study.withdraw(account=world.sponsor) == world.bounty
+        assert world.provider.balance(world.study.address) == 0
+
+    def test_only_sponsor_settles_and_only_once(self, world: World) -> None:
+        world.attest(0, round=1)
+        world.attest(1, round=1)
+        with pytest.raises(
+            VerificationError, match=rf"settle rejected: NotSponsor\({world.outsider}\)"
+        ):
+            world.study.settle(sponsor=world.outsider)
+        world.study.settle(sponsor=world.sponsor)
+        with pytest.raises(ProtocolAbort, match=r"StudyAlreadySettled\(\)"):
+            world.study.settle(sponsor=world.sponsor)
+        with pytest.raises(ProtocolAbort, match=r"StudyAlreadySettled\(\)"):
+            world.attest(2, round=2)
+        with pytest.raises(ProtocolAbort, match=r"StudyAlreadySettled\(\)"):
+            world.study.fund(sponsor=world.sponsor, amount_wei=1)
+
+    def test_withdraw_once_then_zero(self, world: World) -> None:
+        world.attest(0, round=1, contributors=world.owners[:1])
+        world.attest(1, round=1, contributors=world.owners[:1])
+        owner = world.owners[0]
+        assert world.study.withdraw(account=owner) == 0  # nothing before settlement
+        world.study.settle(sponsor=world.sponsor)
+        assert world.study.withdraw(account=owner) == world.bounty
+        assert world.study.credit(owner) == 0
+        assert world.study.withdraw(account=owner) == 0
+        with pytest.raises(
+            ProtocolAbort, match=rf"withdraw rejected: NothingToWithdraw\({owner}\)"
+        ):
+            world.provider.transact(world.study.contract.functions.withdraw(), sender=owner)
+
+    def test_release_pays_the_owner_not_the_relayer(self, world: World) -> None:
+        world.attest(0, round=1, contributors=world.owners[:1])
+        world.attest(1, round=1, contributors=world.owners[:1])
+        owner = world.owners[0]
+        assert world.study.release(account=owner, relayer=world.sponsor) == 0
+        world.study.settle(sponsor=world.sponsor)
+        before_owner = world.provider.balance(owner)
+        assert world.study.release(account=owner, relayer=world.sponsor) == world.bounty
+        assert world.provider.balance(owner) - before_owner == world.bounty  # owner paid no gas
+        assert world.study.credit(owner) == 0
+        with pytest.raises(ProtocolAbort, match=rf"release rejected: NothingToWithdraw\({owner}\)"):
+            world.provider.transact(
+                world.study.contract.functions.release(owner), sender=world.sponsor
+            )
+
+    def test_reentrant_withdraw_is_stopped(self, provider: ChainProvider) -> None:
+        artifact = reentrant_owner_artifact()
+        accounts = provider.accounts()
+        factory = provider.web3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+        receipt = provider.transact(factory.constructor(), sender=accounts[1])
+        attacker = provider.web3.eth.contract(
+            address=receipt["contractAddress"], abi=artifact["abi"]
+        )
+        with pytest.raises(BadInputError, match="not the committed CohortStudy"):
+            StudyContract.at(provider, attacker.address)
+        owners = [attacker.address, *accounts[2:4]]
+        study = StudyContract.deploy(
+            provider,
+            sponsor=accounts[0],
+            study_id=STUDY_ID,
+            committee=[Account.from_key(k).address for k in MEMBER_KEYS],
+            quorum=2,
+            data_owners=owners,
+            bounty_wei=4 * ETHER,
+        )
+        for member in (0, 1):
+            digest = study.attestation_digest(round=1, aggregate_hash=AGG_A, contributors=owners)
+            study.submit_attestation(
+                relayer=accounts[1],
+                round=1,
+                aggregate_hash=AGG_A,
+                contributors=owners,
+                signature=sign_attestation(MEMBER_KEYS[member], digest),
+            )
+        study.settle(sponsor=accounts[0])
+        share = study.credit(attacker.address)
+        assert share > 0
+        provider.transact(attacker.functions.attack(study.address), sender=accounts[1])
+        assert provider.balance(attacker.address) == share
+        assert attacker.functions.reentered().call()
+        assert not attacker.functions.reentrySucceeded().call()
+        reason = bytes(attacker.functions.reentryError().call())
+        assert reason == keccak(text="Reentrancy()")[:4]
+        assert provider.balance(study.address) == 4 * ETHER - share
+
+    # -------------------------------------------------------------- provider
+
+    def test_unknown_sender_is_bad_input(self, world: World) -> None:
+        stranger = Account.from_key(keccak(text="stranger")).address
+        with pytest.raises(BadInputError, match="cannot send from"):
+            world.study.settle(sponsor=stranger)
+
+    def test_gas_stays_within_documented_budget(self, world: World) -> None:
+        used = gas_profile(world)
+        for step, ceiling in GAS_CEILINGS.items():
+            assert used[step] <= ceiling, (step, used[step])
+
+    def test_no_private_key_in_logs(
+        self, provider: ChainProvider, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with caplog.at_level(logging.DEBUG, logger="cohort"):
+            world = deploy_world(provider)
+            world.attest(0, round=1)
+            world.attest(1, round=1)
+            with pytest.raises(VerificationError):
+                world.attest(1, round=1)
+        text = caplog.text.lower() + " ".join(str(r.__dict__) for r in caplog.records).lower()
+        assert "attestation relayed" in caplog.text
+        for key in [*MEMBER_KEYS, *RPC_KEYS]:
+            assert key.hex() not in text
+
+
+def gas_profile(world: World) -> dict[str, int]:
+    """Gas used by each step of a 3-member, 4-owner study (used for docs/contract.md)."""
+    provider, study = world.provider, world.study
+    factory = provider.web3.eth.contract(abi=study.contract.abi, bytecode=ARTIFACT_BYTECODE)
+    constructor = factory.constructor(STUDY_ID, world.members, 2, world.owners)
+    used = {"deploy": provider.transact(constructor, sender=world.sponsor)["gasUsed"]}
+    contributors = world.owners[:3]
+    gas: list[int] = []
+    for member in (0, 1, 2):
+        signature = world.sign(MEMBER_KEYS[member], round=1, agg=AGG_A, contributors=contributors)
+        fn = study.contract.functions.attest(
+            1, AGG_A, canonical_contributors(contributors), signature
+        )
+        gas.append(provider.transact(fn, sender=world.relayer)["gasUsed"])
+    used["attest"] = max(gas)
+    used["attest_first"], used["attest_finalizing"], used["attest_late"] = gas
+    used["settle"] = provider.transact(study.contract.functions.settle(), sender=world.sponsor)[
+        "gasUsed"
+    ]
+    used["withdraw"] = provider.transact(
+        study.contract.functions.withdraw(), sender=world.owners[0]
+    )["gasUsed"]
+    return used
+
+
+# ---------------------------------------------------------------------- providers
+
+
+class TestEmbeddedChain(StudyContractSuite):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def provider(cls) -> ChainProvider:
+        return EmbeddedChain()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def anvil_url() -> Iterator[str]:
+    """A fresh anvil node on a free 127.0.0.1 port, stopped after the module."""
+    if not ANVIL.is_file():
+        pytest.skip(f"anvil binary not found at {ANVIL}: run `npm ci` (package @foundry-rs/anvil)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--quiet", "--accounts", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        probe = Web3(HTTPProvider(url, request_kwargs={"timeout": 2}))
+        deadline = time.monotonic() + 30
+        while not probe.is_connected():
+            if proc.poll() is not None:
+                _, err = proc.communicate()
+                pytest.fail(f"anvil exited with {proc.returncode}: {err.decode()[-500:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("anvil did not answer within 30 s")
+            time.sleep(0.1)
+        for key in RPC_KEYS:
+            address = Account.from_key(key).address
+            probe.provider.make_request(
+                RPCEndpoint("anvil_setBalance"), [address, hex(10**6 * ETHER)]
+            )
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class TestAnvilRpcChain(StudyContractSuite):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def provider(cls, anvil_url: str) -> ChainProvider:
+        return RpcChain(anvil_url, private_keys=RPC_KEYS)
+
+
+def test_rpc_chain_validates_its_arguments() -> None:
+    with pytest.raises(BadInputError, match="url"):
+        RpcChain("ws://127.0.0.1:8545")
+    secret = b"\x11" * 31
+    with pytest.raises(BadInputError, match=r"private_keys\[0\]: expected 32 bytes") as info:
+        RpcChain("http://127.0.0.1:9", private_keys=[secret])
+    assert secret.hex() not in str(info.value)
+    with pytest.raises(ProtocolAbort, match="no Ethereum JSON-RPC node"):
+        RpcChain("http://127.0.0.1:9", request_timeout_s=0.5)
+
+
+def test_rpc_chain_without_keys_is_read_only(anvil_url: str) -> None:
+    chain = RpcChain(anvil_url)
+    assert chain.accounts() == []
+    assert chain.chain_id == 31337

@@ -1,0 +1,263 @@
+"""DP events, the PRV accountant, the privacy ledger and its budget guard."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from cohort.clients.privacy import (
+    DpEvent,
+    LedgerEntry,
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+    compute_epsilon,
+)
+from cohort.errors import BadInputError, BudgetExhausted, ConfigError, VerificationError
+
+DELTA = 1e-5
+# PRV epsilon at delta=1e-5 after 1..5 rounds of (sigma=1.1, q=0.1, 10 steps), pinned from
+# Opacus 1.6's PRVAccountant (upper bound, eps_error 0.01).
+PINNED = [
+    2.3605314927004875,
+    2.985958446423002,
+    3.485901678002727,
+    3.9199170120916467,
+    4.311304319299475,
+]
+
+
+def event(round: int, *, sigma: float = 1.1, q: float = 0.1, steps: int = 10) -> DpEvent:
+    return DpEvent(
+        round=round,
+        noise_multiplier=sigma,
+        sample_rate=q,
+        steps=steps,
+        max_grad_norm=1.0,
+        delta=DELTA,
+    )
+
+
+def test_epsilon_pinned_and_monotonic() -> None:
+    events = [event(r) for r in range(1, 6)]
+    values = [compute_epsilon(events[:k], delta=DELTA) for k in range(1, 6)]
+    assert values == pytest.approx(PINNED, abs=1e-3)
+    assert all(a < b for a, b in itertools.pairwise(values))
+    assert compute_epsilon([], delta=DELTA) == 0.0
+
+
+def test_prv_is_tighter_than_rdp_oracle() -> None:
+    rdp = RDPAccountant()
+    rdp.history = [(1.1, 0.1, 50)]
+    prv = compute_epsilon([event(r) for r in range(1, 6)], delta=DELTA)
+    assert 0 < prv < rdp.get_epsilon(delta=DELTA)
+
+
+def test_event_order_and_split_do_not_change_epsilon() -> None:
+    one = compute_epsilon([event(1, steps=30)], delta=DELTA)
+    split = compute_epsilon([event(1, steps=10), event(2, steps=20)], delta=DELTA)
+    assert one == split
+
+
+def test_calibration_meets_target_through_the_ledger_path() -> None:
+    sigma = calibrate_noise_multiplier(target_epsilon=2.0, delta=DELTA, sample_rate=0.2, steps=25)
+    rounds = [event(r, sigma=sigma, q=0.2, steps=5) for r in range(1, 6)]
+    spent = compute_epsilon(rounds, delta=DELTA)
+    assert 1.98 <= spent <= 2.0
+    with pytest.raises(ConfigError, match="target_epsilon"):
+        calibrate_noise_multiplier(target_epsilon=0.0, delta=DELTA, sample_rate=0.2, steps=25)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("round", -1, "round must be an integer >= 0"),
+        ("noise_multiplier", 0.0, r"noise_multiplier must be finite and > 0 \(sigma / C\)"),
+        ("sample_rate", 1.5, r"sample_rate must be in \(0, 1\]"),
+        ("steps", 0, "steps must be an integer >= 1"),
+        ("max_grad_norm", -1.0, r"max_grad_norm must be finite and > 0 \(L2 clipping bound C\)"),
+        ("delta", 1.0, r"delta must be in \(0, 1\)"),
+    ],
+)
+def test_event_validation(field: str, value: Any, match: str) -> None:
+    fields = event(1).to_dict()
+    fields[field] = value
+    with pytest.raises(BadInputError, match=match):
+        DpEvent(**fields)  # type: ignore[arg-type]
+
+
+def test_event_dict_round_trip() -> None:
+    e = event(3)
+    assert DpEvent.from_dict(e.to_dict()) == e
+    with pytest.raises(BadInputError, match="x: field 'steps' must be an integer"):
+        DpEvent.from_dict({**e.to_dict(), "steps": 1.5}, where="x")
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+def open_ledger(path: Path, cap: float = 10.0) -> PrivacyLedger:
+    return PrivacyLedger.open(path, owner="hospital-a", epsilon_cap=cap, delta=DELTA)
+
+
+def record(ledger: PrivacyLedger, e: DpEvent) -> None:
+    ledger.record(e, epsilon=ledger.projected_epsilon(e))
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.json"
+    ledger = open_ledger(path)
+    record(ledger, event(1))
+    record(ledger, event(2))
+    return path
+
+
+def test_ledger_survives_reopen(filled: Path) -> None:
+    ledger = open_ledger(filled)
+    assert ledger.events == (event(1), event(2))
+    assert ledger.epsilon() == pytest.approx(PINNED[1], abs=1e-3)
+    assert [e.epsilon_after for e in ledger.entries] == pytest.approx(PINNED[:2], abs=1e-3)
+    head = ledger.head
+    record(ledger, event(3))
+    again = open_ledger(filled)
+    assert again.epsilon() == pytest.approx(PINNED[2], abs=1e-3)
+    assert again.entries[1].entry_hash == head
+    again.recheck()
+    assert [p.name for p in filled.parent.iterdir()] == ["ledger.json"]  # no temp files left
+
+
+def test_new_ledger_file_contents(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "ledger.json"
+    ledger = open_ledger(path, cap=3.0)
+    data = json.loads(path.read_text())
+    assert data["owner"] == "hospital-a"
+    assert data["epsilon_cap"] == 3.0
+    assert data["delta"] == DELTA
+    assert data["entries"] == []
+    assert data["head"] == data["genesis"] == ledger.head.hex()
+    assert ledger.epsilon() == 0.0
+
+
+def test_entry_fields_on_disk(filled: Path) -> None:
+    entry = json.loads(filled.read_text())["entries"][0]
+    for name in (
+        "round",
+        "noise_multiplier",
+        "sample_rate",
+        "steps",
+        "max_grad_norm",
+        "delta",
+        "epsilon_after",
+        "prev",
+        "hash",
+        "recorded_at",
+    ):
+        assert name in entry
+
+
+def _edit(path: Path, change: Any) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda d: d["entries"][0].update(noise_multiplier=5.0), "entry 1: content does not match"),
+        (lambda d: d["entries"][1].update(steps=1), "entry 2: content does not match"),
+        (lambda d: d["entries"].pop(0), "entry 1: does not link"),
+        (lambda d: d["entries"].pop(), "head hash does not match"),
+        (lambda d: d["entries"].reverse(), "does not link"),
+        (lambda d: d.update(epsilon_cap=100.0), "header does not match its genesis"),
+        (lambda d: d.update(owner="hospital-b"), "header does not match its genesis"),
+    ],
+)
+def test_tampered_ledger_is_refused(filled: Path, change: Any, match: str) -> None:
+    _edit(filled, change)
+    with pytest.raises(VerificationError, match=match):
+        PrivacyLedger.load(filled)
+
+
+def test_rehashed_forgery_caught_by_recheck(filled: Path) -> None:
+    """An editor who recomputes the chain passes load(); recheck() recomputes epsilons."""
+    data = json.loads(filled.read_text())
+    prev = bytes.fromhex(data["genesis"])
+    for entry in data["entries"]:
+        entry["epsilon_after"] = entry["epsilon_after"] / 2
+        body = {k: v for k, v in entry.items() if k not in ("prev", "hash")}
+        entry["prev"] = prev.hex()
+        prev = LedgerEntry.link(prev, body)
+        entry["hash"] = prev.hex()
+    data["head"] = prev.hex()
+    filled.write_text(json.dumps(data))
+    forged = PrivacyLedger.load(filled)
+    assert len(forged.entries) == 2  # loads: the rewritten chain is self-consistent
+    with pytest.raises(VerificationError, match="entry 1: stored epsilon"):
+        forged.recheck()
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "must be a JSON object"),
+        ('{"format": "other"}', "field 'format'"),
+    ],
+)
+def test_malformed_ledger_names_path(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text(content)
+    with pytest.raises(BadInputError, match=match) as info:
+        open_ledger(path)
+    assert str(path) in str(info.value)
+
+
+def test_malformed_entry_names_field(filled: Path) -> None:
+    _edit(filled, lambda d: d["entries"][1].pop("sample_rate"))
+    with pytest.raises(BadInputError, match=r"entry 2: missing field 'sample_rate'"):
+        open_ledger(filled)
+
+
+def test_reopen_with_other_terms_is_refused(filled: Path) -> None:
+    with pytest.raises(ConfigError, match="owner"):
+        PrivacyLedger.open(filled, owner="hospital-b", epsilon_cap=10.0, delta=DELTA)
+    with pytest.raises(ConfigError, match="epsilon_cap"):
+        PrivacyLedger.open(filled, owner="hospital-a", epsilon_cap=5.0, delta=DELTA)
+    with pytest.raises(ConfigError, match=r"epsilon_cap must be > 0"):
+        PrivacyLedger.open(filled, owner="hospital-a", epsilon_cap=0.0, delta=DELTA)
+
+
+def test_guard_declines_past_cap(tmp_path: Path) -> None:
+    ledger = open_ledger(tmp_path / "l.json", cap=3.0)
+    record(ledger, event(1))
+    record(ledger, event(2))  # 2.986 <= 3
+    before = (tmp_path / "l.json").read_bytes()
+    with pytest.raises(BudgetExhausted) as info:
+        ledger.guard(event(3))
+    message = str(info.value)
+    assert "'hospital-a'" in message
+    assert "cap 3" in message
+    assert "projected epsilon 3.4859" in message
+    assert (tmp_path / "l.json").read_bytes() == before
+    ledger.guard(event(3, sigma=50.0))  # a much noisier round still fits
+
+
+def test_record_checks_epsilon_delta_and_round(tmp_path: Path) -> None:
+    ledger = open_ledger(tmp_path / "l.json")
+    with pytest.raises(BadInputError, match="disagrees with the accountant"):
+        ledger.record(event(1), epsilon=0.1)
+    other = DpEvent(
+        round=1, noise_multiplier=1.1, sample_rate=0.1, steps=10, max_grad_norm=1.0, delta=1e-6
+    )
+    with pytest.raises(BadInputError, match="delta"):
+        ledger.guard(other)
+    record(ledger, event(4))
+    with pytest.raises(BadInputError, match="round 2 comes after round 4"):
+        ledger.guard(event(2))
+    assert len(ledger.entries) == 1
