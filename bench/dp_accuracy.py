@@ -42,8 +42,16 @@ ALPHA = 1.0
 TARGET = 0.93
 
 
-def federated_run(seed: int, config: DpConfig, model_spec: str) -> dict[str, Any]:
-    """One DP study: every hospital trains each round, FedAvg of weighted deltas."""
+def federated_run(
+    seed: int, config: DpConfig, model_spec: str, *, noise_seed: int | None = None
+) -> dict[str, Any]:
+    """One DP study: every hospital trains each round, FedAvg of weighted deltas.
+
+    ``seed`` fixes the split and the initial model; the DP noise and Poisson sampling
+    come from ``noise_seed`` (default: ``seed``) so a run can be repeated exactly.
+    """
+    if noise_seed is None:
+        noise_seed = seed
     torch.set_num_threads(1)
     hospitals, test = demo_split(num_hospitals=HOSPITALS, seed=seed, alpha=ALPHA)
     in_features = test.num_features
@@ -68,7 +76,7 @@ def federated_run(seed: int, config: DpConfig, model_spec: str) -> dict[str, Any
             for data, ledger in zip(hospitals, ledgers, strict=True):
                 local = copy.deepcopy(global_model)
                 result = train_dp(
-                    local, data, config=config, ledger=ledger, round=rnd, noise_seed=seed
+                    local, data, config=config, ledger=ledger, round=rnd, noise_seed=noise_seed
                 )
                 weighted += (get_flat(local).astype(np.float64) - base) * result.examples
                 total += result.examples

@@ -8,9 +8,12 @@ approximation noise entirely while it stays under half a step. The decrypted sum
 model, the plaintext comparison mode (``--secure none``) gives the same model as CKKS, and
 the aggregate can be checked against a plaintext oracle with ``==``.
 
-Owners weight their update by ``examples / total_examples`` (at most 1), so encoded values
-stay within the update's own magnitude, far inside ``params.max_abs``. The rounding error is
-at most half a grid step (7.6e-6) per value and owner.
+Owners weight their update by ``examples / weight_unit`` where ``weight_unit`` is the largest
+enrolled owner's example count, so every weight is at most 1 and encoded values stay within
+the update's own magnitude, far inside ``params.max_abs``. The rounding error is at most half
+a grid step (7.6e-6) per value and owner; the coordinator divides the sum by the weight of the
+client set (at least 1), so the released mean's error stays near the grid step whatever the
+number of owners.
 """
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ def ledger(
         console.print(f"[red]ledger rejected:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(json.dumps({"owner": data["owner"], "epsilon": book.epsilon(),
-                              "cap": data["epsilon_cap"], "events": len(data.get("events", []))}))
+                              "cap": data["epsilon_cap"], "rounds": len(data.get("entries", []))}))
 
 
 def main() -> None:

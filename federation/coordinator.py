@@ -103,7 +103,7 @@ class Coordinator:
     on_round: Callable[[RoundRecord], None] | None = None
     outcome: StudyOutcome = field(default_factory=StudyOutcome)
     _member_study: MemberStudy | None = field(default=None, repr=False)
-    _total_examples: int = field(default=0, repr=False)
+    _weight_unit: int = field(default=1, repr=False)
 
     # ------------------------------------------------------------------ messaging
 
@@ -214,7 +214,7 @@ class Coordinator:
             raise ProtocolAbort(
                 f"{len(owners)} data owners enrolled, at least {self.config.min_clients} needed"
             )
-        self._total_examples = sum(o.examples for o in owners.values())
+        self._weight_unit = max(o.examples for o in owners.values())
         for o in owners.values():
             self.outcome.clients[o.party_id] = ClientRecord(
                 id=o.party_id, payout_address=o.payout_address, examples=o.examples
@@ -261,7 +261,7 @@ class Coordinator:
             members.open_round(rnd, study_id=self.outcome.study_id)
         instruction = wire.TrainInstruction(
             study_id=self.outcome.study_id, round=rnd, total_rounds=cfg.rounds,
-            total_examples=self._total_examples, secure=cfg.secure.value,
+            weight_unit=self._weight_unit, secure=cfg.secure.value,
             seed=-1 if cfg.seed is None else cfg.seed, model=cfg.model, epsilon=cfg.dp.epsilon,
             delta=cfg.dp.delta, local_epochs=cfg.dp.local_epochs, batch_size=cfg.dp.batch_size,
             max_grad_norm=cfg.dp.max_grad_norm, lr=cfg.dp.lr, quorum=cfg.quorum,
@@ -330,10 +330,10 @@ class Coordinator:
             total = self._decrypt(rnd, client_set, decision, party_of)
         else:
             client_set = sorted(ok)
-            total = np.sum([updates[p] for p in client_set], axis=0)
+            total = np.sum([updates[p].astype(np.float64) for p in client_set], axis=0)
             agg_hash = tagged_hash(Tag.AGGREGATE, total.astype(np.float64).tobytes())
-        # Owners sent update * examples / total_examples; divide by the weight of S.
-        weight = sum(ok[p].examples for p in client_set) / self._total_examples
+        # Owners sent update * examples / weight_unit; divide by the weight of S.
+        weight = sum(ok[p].examples for p in client_set) / self._weight_unit
         mean = total / weight
         global_vec = (global_vec.astype(np.float64) + cfg.server_lr * mean).astype(np.float32)
         set_flat(model, global_vec)

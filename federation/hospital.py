@@ -204,15 +204,18 @@ def train(
         log.warning("round declined", extra=fields(party=identity.party_id, round=instruction.round, reason=str(exc)))
         return TrainOutcome(receipt("declined", str(exc)), None)
 
-    if not 0 < result.examples <= instruction.total_examples:
+    if not 0 < result.examples <= instruction.weight_unit:
         raise BadInputError(
-            f"train round {instruction.round}: {result.examples} examples, but the study's "
-            f"total is {instruction.total_examples}"
+            f"train round {instruction.round}: {result.examples} examples, more than the "
+            f"study's weight unit {instruction.weight_unit} (largest enrolled owner)"
         )
-    weight = result.examples / instruction.total_examples
+    # FedAvg weight examples / weight_unit <= 1 keeps encoded values within the update's
+    # own magnitude (CKKS max_abs), and the coordinator divides by the weight of S.
+    weight = result.examples / instruction.weight_unit
     update = (get_flat(model).astype(np.float64) - global_model.astype(np.float64)) * weight
     if SecureMode.parse(instruction.secure) is SecureMode.NONE:
-        weighted = quantize(update, grid=DEFAULT_PARAMS.release_grid)
+        # Grid values below max_abs need 22 significant bits: float32 carries them exactly.
+        weighted = quantize(update, grid=DEFAULT_PARAMS.release_grid).astype(np.float32)
         return TrainOutcome(receipt("ok", "", examples=result.examples, epsilon=result.epsilon,
                                     train_loss=result.loss), weighted)
     context = settings.keystore.load_ckks(instruction.study_id)

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid
 
@@ -36,6 +37,7 @@ from cohort.federation.server_app import ServerRun, make_server_app
 
 SUMMARY = "summary.json"
 TRANSCRIPT = "coordinator-inbound.jsonl"
+MODEL = "model.npy"
 
 
 class _PartitionResolver:
@@ -120,6 +122,8 @@ def run_study(
     if run.outcome is None:
         raise ProtocolAbort("the coordinator finished without an outcome (see Flower's log)")
     summary = build_summary(config, run.outcome)
+    if run.outcome.final_model is not None:
+        np.save(out / MODEL, run.outcome.final_model)
     write_json(out / SUMMARY, summary)
     return summary
 

@@ -200,7 +200,7 @@ class TrainInstruction(_Schema):
     study_id: str
     round: int
     total_rounds: int
-    total_examples: int  # sum of enrolled owners' examples: owners weight by examples / total
+    weight_unit: int  # largest enrolled example count: owners weight by examples / weight_unit
     secure: str
     seed: int  # -1: noise from the operating system's entropy
     model: str

@@ -1,0 +1,631 @@
+"""One federated round, timed step by step: ``--secure none`` against CKKS with a committee.
+
+What runs (in-process, no Flower, no gRPC, no chain): ``--clients`` data owners with
+synthetic float32 updates ~ N(0, 0.01) and example counts drawn (seeded) from 30..120; a
+committee of ``--committee`` :class:`~cohort.aggregator.member.CommitteeMember` objects
+configured for the study exactly as the coordinator does (roster, ``CkksSpec`` with the
+public context, update length, quorum ``k // 2 + 1``). Each data owner weights its update
+by ``examples / total_examples``, quantises it to ``params.release_grid``, encrypts it
+**once** and builds one signed, sealed envelope per member (as ``federation/hospital.py``
+does); each member accepts every envelope (verify + unseal + CKKS check) and aggregates
+(homomorphic sum + Ed25519 signature + Ethereum attestation); the coordinator checks the
+quorum (``cohort.aggregator.quorum.decide``); one data owner decrypts the sum.
+
+``none`` is the plaintext comparison mode: owners send the weighted, quantised update and
+the coordinator sums it with numpy.
+
+    .venv/bin/python bench/round.py                       # 100k and 1M parameters
+    .venv/bin/python bench/round.py --sizes 100000 --repeat 3 --no-write
+
+Training is out of scope. Times are wall-clock (``time.perf_counter``); with ``--repeat R``
+the round runs R times per size and the table shows medians (every sample is in the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
+from eth_account import Account
+from rich.console import Console
+from rich.table import Table
+
+from cohort.aggregator.member import (
+    AggregateResult,
+    CommitteeMember,
+    DataOwner,
+    MemberKeys,
+    StudyConfig,
+)
+from cohort.aggregator.modes import CkksSpec
+from cohort.aggregator.quorum import AttestationCheck, decide
+from cohort.crypto.ckks import DEFAULT_PARAMS, CkksSecretContext
+from cohort.crypto.encoding import quantize
+from cohort.crypto.envelope import build_envelope
+from cohort.crypto.identity import Identity
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STUDY_ID = "bench-round"
+CHAIN_ID = 1337
+UPDATE_STD = 0.01
+EXAMPLES_RANGE = (30, 120)
+ISSUE_RATIO_LIMIT = 8.0  # CKKS upload per client at most 8x the plaintext float32 bytes
+ISSUE_MEAN_ERROR_LIMIT = 1e-4  # released mean within 1e-4 at 10 updates of 1M values
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def timed(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[T, float]:
+    """Run ``fn(*args, **kwargs)`` once; return its result and the seconds it took."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Inputs:
+    """The synthetic round: per-client float32 updates and example counts."""
+
+    params: int
+    updates: list[np.ndarray]  # float32, one per client
+    examples: list[int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.examples)
+
+    def weight(self, i: int) -> float:
+        """As federation/hospital.py: the owner's share of the study's examples."""
+        return self.examples[i] / self.total
+
+    def weighted(self, i: int) -> np.ndarray:
+        """``update * examples / total`` in float64, as the data owner computes it."""
+        return self.updates[i].astype(np.float64) * self.weight(i)
+
+    def reference_mean(self) -> np.ndarray:
+        """Plaintext float64 weighted mean of the unquantised updates."""
+        acc = np.zeros(self.params, dtype=np.float64)
+        for update, n in zip(self.updates, self.examples, strict=True):
+            acc += update.astype(np.float64) * n
+        return acc / self.total
+
+
+def make_inputs(params: int, clients: int, seed: int) -> Inputs:
+    rng = np.random.default_rng([seed, params])
+    examples = [int(n) for n in rng.integers(EXAMPLES_RANGE[0], EXAMPLES_RANGE[1] + 1, clients)]
+    updates = [rng.normal(0.0, UPDATE_STD, params).astype(np.float32) for _ in range(clients)]
+    return Inputs(params, updates, examples)
+
+
+# --------------------------------------------------------------------------- none mode
+
+
+def run_none(inputs: Inputs, grid: float, repeat: int) -> tuple[dict[str, Any], np.ndarray]:
+    """Plaintext mode: owners quantise their weighted update, the coordinator sums them."""
+    quantize_s: list[float] = []
+    aggregate_s: list[float] = []
+    quantized: list[np.ndarray] = []
+    mean = np.empty(0)
+    for _ in range(repeat):
+        quantized = []
+        for i in range(len(inputs.updates)):
+            q, seconds = timed(quantize, inputs.weighted(i), grid=grid)
+            quantized.append(q)
+            quantize_s.append(seconds)
+
+        # federation/coordinator.py: np.sum of the weighted updates, / weight of S (all = 1).
+        start = time.perf_counter()
+        mean = np.sum(quantized, axis=0) / (sum(inputs.examples) / inputs.total)
+        aggregate_s.append(time.perf_counter() - start)
+    reference = inputs.reference_mean()
+    plaintext = 4 * inputs.params
+    figures: dict[str, Any] = {
+        "client_quantize_s": {"median": median(quantize_s), "samples": quantize_s},
+        "aggregate_s": {"median": median(aggregate_s), "samples": aggregate_s},
+        "plaintext_float32_bytes": plaintext,
+        "upload_bytes_per_client": plaintext,
+        "upload_ratio_per_client": 1.0,
+        "wire_note": (
+            "bytes are 4*P float32 as the reference; Cohort's none mode currently ships the "
+            "quantised update as float64 (8*P bytes), although grid values fit float32 exactly"
+        ),
+        "max_abs_error_mean_vs_float64": float(np.max(np.abs(mean - reference))),
+    }
+    del reference, mean
+    return figures, np.sum(quantized, axis=0)
+
+
+# --------------------------------------------------------------------------- ckks mode
+
+
+@dataclass
+class Study:
+    context: CkksSecretContext
+    owners: list[Identity]
+    members: list[CommitteeMember]
+    config: StudyConfig
+    configure_s: list[float] = field(default_factory=list)
+
+
+def setup_study(params: int, clients: int, k: int, seed: int) -> Study:
+    """Keys, roster and a committee configured as federation/coordinator.py does it."""
+    context = CkksSecretContext.generate()
+    owners = [
+        Identity.generate(f"hospital-{i:02d}", seed=seed.to_bytes(8, "big") + i.to_bytes(24, "big"))
+        for i in range(clients)
+    ]
+    keys = [MemberKeys.generate(f"member-{j}") for j in range(k)]
+    config = StudyConfig(
+        study_id=STUDY_ID,
+        owners=tuple(
+            DataOwner(identity=o.public, payout_address=Account.create().address) for o in owners
+        ),
+        mode=CkksSpec(public_context=context.public().to_bytes()),
+        update_length=params,
+        committee=tuple(key.identity.party_id for key in keys),
+        quorum=k // 2 + 1,
+        chain_id=CHAIN_ID,
+        contract=Account.create().address,
+    )
+    members = [CommitteeMember(key) for key in keys]
+    study = Study(context, owners, members, config)
+    for member in members:
+        _, seconds = timed(member.configure, config)
+        study.configure_s.append(seconds)
+    return study
+
+
+@dataclass
+class CkksSamples:
+    encrypt_s: list[float] = field(default_factory=list)  # quantise + encrypt, per client
+    quantize_s: list[float] = field(default_factory=list)
+    envelopes_s: list[float] = field(default_factory=list)  # k envelopes, per client
+    payload_bytes: list[int] = field(default_factory=list)
+    envelope_bytes: list[int] = field(default_factory=list)
+    upload_bytes: list[int] = field(default_factory=list)  # k envelopes, per client
+    accept_s: list[list[float]] = field(default_factory=list)  # per round, per member
+    aggregate_s: list[list[float]] = field(default_factory=list)  # per round, per member
+    quorum_s: list[float] = field(default_factory=list)
+    decrypt_s: list[float] = field(default_factory=list)
+    aggregate_bytes: int = 0
+    err_quantized: float = float("nan")
+    err_mean: float = float("nan")
+
+
+def envelopes(
+    owner: Identity, members: Sequence[CommitteeMember], rnd: int, payload: bytes
+) -> list[bytes]:
+    """One signed, sealed envelope per member, serialized (federation/hospital.py upload)."""
+    return [
+        build_envelope(
+            owner, m.info.identity, study_id=STUDY_ID, round=rnd, payload=payload
+        ).to_bytes()
+        for m in members
+    ]
+
+
+def ckks_round(
+    study: Study, inputs: Inputs, rnd: int, samples: CkksSamples, quantized_sum: np.ndarray
+) -> None:
+    """One round: encrypt once, k envelopes, every member accepts and aggregates, decrypt."""
+    context, members, config = study.context, study.members, study.config
+    grid = context.params.release_grid
+    for member in members:
+        member.open_round(rnd, study_id=STUDY_ID)
+    accept = [0.0] * len(members)
+    for i, owner in enumerate(study.owners):
+        start = time.perf_counter()
+        weighted = quantize(inputs.weighted(i), grid=grid)
+        middle = time.perf_counter()
+        payload = context.encrypt(weighted)
+        end = time.perf_counter()
+        samples.quantize_s.append(middle - start)
+        samples.encrypt_s.append(end - start)
+        del weighted
+
+        blobs, seconds = timed(envelopes, owner, members, rnd, payload)
+        samples.envelopes_s.append(seconds)
+        samples.payload_bytes.append(len(payload))
+        samples.envelope_bytes.extend(len(b) for b in blobs)
+        samples.upload_bytes.append(sum(len(b) for b in blobs))
+        del payload
+        for j, (member, blob) in enumerate(zip(members, blobs, strict=True)):
+            verdict, seconds = timed(member.accept, blob)
+            verdict.raise_if_rejected()
+            accept[j] += seconds
+        del blobs
+    samples.accept_s.append(accept)
+
+    client_ids = [o.party_id for o in study.owners]
+    results: list[AggregateResult] = []
+    agg_times: list[float] = []
+    for member in members:
+        result, seconds = timed(member.aggregate, rnd, client_ids)
+        results.append(result)
+        agg_times.append(seconds)
+    samples.aggregate_s.append(agg_times)
+    hashes = {r.aggregate_hash for r in results}
+    if len(hashes) != 1:
+        raise SystemExit(f"members disagree on the aggregate: {len(hashes)} distinct hashes")
+
+    start = time.perf_counter()
+    decision = decide(
+        results,
+        quorum=config.quorum,
+        roster=[m.info for m in members],
+        study_id=STUDY_ID,
+        round=rnd,
+        client_ids=client_ids,
+        attestation=AttestationCheck.for_study(config, client_ids),
+    )
+    samples.quorum_s.append(time.perf_counter() - start)
+    results.clear()
+    aggregate = decision.aggregate
+    samples.aggregate_bytes = len(aggregate)
+
+    start = time.perf_counter()
+    total = context.decrypt(aggregate)
+    samples.decrypt_s.append(time.perf_counter() - start)
+    mean = total / (sum(inputs.examples) / inputs.total)  # weight of S (all clients) = 1
+    samples.err_quantized = float(np.max(np.abs(total - quantized_sum)))
+    reference = inputs.reference_mean()
+    samples.err_mean = float(np.max(np.abs(mean - reference)))
+
+
+def run_ckks(
+    inputs: Inputs, k: int, repeat: int, seed: int, quantized_sum: np.ndarray
+) -> dict[str, Any]:
+    study, setup_s = timed(setup_study, inputs.params, len(inputs.updates), k, seed)
+    samples = CkksSamples()
+    for rnd in range(1, repeat + 1):
+        ckks_round(study, inputs, rnd, samples, quantized_sum)
+    del study
+    gc.collect()
+    plaintext = 4 * inputs.params
+    envelope = statistics.mean(samples.envelope_bytes)
+    upload = statistics.mean(samples.upload_bytes)
+    accept_per_member = [s for per_round in samples.accept_s for s in per_round]
+    aggregate_per_member = [s for per_round in samples.aggregate_s for s in per_round]
+    return {
+        "setup_s": setup_s,
+        "client_encrypt_s": {
+            "what": "weight + quantise + encrypt one update (median over clients and rounds)",
+            "median": median(samples.encrypt_s),
+            "samples": samples.encrypt_s,
+        },
+        "client_quantize_s": {"median": median(samples.quantize_s), "samples": samples.quantize_s},
+        "client_envelopes_s": {
+            "what": f"build, sign, seal and serialize {k} envelopes of one update",
+            "median": median(samples.envelopes_s),
+            "samples": samples.envelopes_s,
+        },
+        "payload_bytes": {
+            "mean": statistics.mean(samples.payload_bytes),
+            "min": min(samples.payload_bytes),
+            "max": max(samples.payload_bytes),
+        },
+        "envelope_bytes": {
+            "mean": envelope,
+            "min": min(samples.envelope_bytes),
+            "max": max(samples.envelope_bytes),
+        },
+        "upload_bytes_per_client": {"mean": upload, "envelopes": k},
+        "plaintext_float32_bytes": plaintext,
+        "payload_ratio": statistics.mean(samples.payload_bytes) / plaintext,
+        "envelope_ratio": envelope / plaintext,
+        "upload_ratio_per_client": upload / plaintext,
+        "member_accept_s": {
+            "what": f"accept (verify + unseal + CKKS check) all {len(inputs.updates)} uploads, "
+            "per member; median over members and rounds",
+            "median": median(accept_per_member),
+            "per_round_per_member": samples.accept_s,
+        },
+        "member_aggregate_s": {
+            "what": "homomorphic sum + Ed25519 signature + attestation, per member",
+            "median": median(aggregate_per_member),
+            "per_round_per_member": samples.aggregate_s,
+        },
+        "coordinator_quorum_s": {"median": median(samples.quorum_s), "samples": samples.quorum_s},
+        "owner_decrypt_s": {"median": median(samples.decrypt_s), "samples": samples.decrypt_s},
+        "aggregate_bytes": samples.aggregate_bytes,
+        "max_abs_error_sum_vs_quantized": samples.err_quantized,
+        "max_abs_error_mean_vs_float64": samples.err_mean,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for package in ("tenseal", "torch", "numpy", "pynacl"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        **versions,
+    }
+
+
+def fmt_s(seconds: float) -> str:
+    if seconds != seconds:  # nan
+        return "-"
+    if seconds < 0.01:
+        return f"{seconds * 1e3:.2f} ms"
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_bytes(n: float) -> str:
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} MB"
+    return f"{n / 1e3:.1f} kB"
+
+
+def fmt_params(p: int) -> str:
+    return f"{p / 1e6:g}M" if p >= 1_000_000 else f"{p / 1e3:g}k"
+
+
+def rows(results: dict[str, Any], k: int, clients: int) -> tuple[list[str], list[list[str]]]:
+    """Metric rows x (size, mode) columns, shared by the console and markdown tables."""
+    sizes = results["sizes"]
+    header = ["step / figure"]
+    for size in sizes:
+        p = fmt_params(size["params"])
+        header += [f"{p} none", f"{p} ckks"]
+
+    def line(
+        label: str, none: Callable[[dict[str, Any]], str], ckks: Callable[[dict[str, Any]], str]
+    ) -> list[str]:
+        out = [label]
+        for size in sizes:
+            out += [none(size["none"]), ckks(size["ckks"])]
+        return out
+
+    dash: Callable[[dict[str, Any]], str] = lambda _: "-"  # noqa: E731
+    limit = f"{ISSUE_RATIO_LIMIT:g}x"
+    table = [
+        line(
+            "client: quantize (+ encrypt) one update",
+            lambda n: fmt_s(n["client_quantize_s"]["median"]),
+            lambda c: fmt_s(c["client_encrypt_s"]["median"]),
+        ),
+        line(
+            f"client: build {k} envelopes (sign + seal)",
+            dash,
+            lambda c: fmt_s(c["client_envelopes_s"]["median"]),
+        ),
+        line(
+            "bytes: one payload",
+            lambda n: fmt_bytes(n["plaintext_float32_bytes"]),
+            lambda c: fmt_bytes(c["payload_bytes"]["mean"]),
+        ),
+        line(
+            "bytes: one envelope",
+            dash,
+            lambda c: (
+                fmt_bytes(c["envelope_bytes"]["mean"])
+                + f" (+{c['envelope_bytes']['mean'] - c['payload_bytes']['mean']:.0f} B)"
+            ),
+        ),
+        line(
+            "bytes: uploaded per client",
+            lambda n: fmt_bytes(n["upload_bytes_per_client"]),
+            lambda c: fmt_bytes(c["upload_bytes_per_client"]["mean"]),
+        ),
+        line(
+            f"ratio to float32, one envelope (issue limit {limit})",
+            lambda _: "1.00x",
+            lambda c: (
+                f"{c['envelope_ratio']:.2f}x "
+                + ("(meets)" if c["envelope_ratio"] <= ISSUE_RATIO_LIMIT else "(over)")
+            ),
+        ),
+        line(
+            f"ratio to float32, per client total ({k} envelopes)",
+            lambda _: "1.00x",
+            lambda c: (
+                f"{c['upload_ratio_per_client']:.2f}x "
+                + ("(meets)" if c["upload_ratio_per_client"] <= ISSUE_RATIO_LIMIT else "(over)")
+            ),
+        ),
+        line(
+            f"member: accept {clients} uploads (verify + unseal + check)",
+            dash,
+            lambda c: fmt_s(c["member_accept_s"]["median"]),
+        ),
+        line(
+            "member: aggregate (sum + sign)",
+            lambda n: fmt_s(n["aggregate_s"]["median"]) + " (numpy, coordinator)",
+            lambda c: fmt_s(c["member_aggregate_s"]["median"]),
+        ),
+        line("owner: decrypt aggregate", dash, lambda c: fmt_s(c["owner_decrypt_s"]["median"])),
+        line(
+            "max err: decrypted sum vs quantized sum",
+            lambda _: "0 (same values)",
+            lambda c: f"{c['max_abs_error_sum_vs_quantized']:.1e}",
+        ),
+        line(
+            "max err: mean vs float64 mean",
+            lambda n: f"{n['max_abs_error_mean_vs_float64']:.1e}",
+            lambda c: f"{c['max_abs_error_mean_vs_float64']:.1e}",
+        ),
+    ]
+    return header, table
+
+
+def issue_note(results: dict[str, Any]) -> str:
+    """Which ratio meets the issue's 8x figure, and the mean error, at the largest size."""
+    size = max(results["sizes"], key=lambda s: s["params"])
+    ckks = size["ckks"]
+    k = results["parameters"]["committee"]
+    per_env, per_client = ckks["envelope_ratio"], ckks["upload_ratio_per_client"]
+    limit = ISSUE_RATIO_LIMIT
+
+    def verdict(ratio: float) -> str:
+        return "meets" if ratio <= limit else "does not meet"
+
+    err = ckks["max_abs_error_mean_vs_float64"]
+    return (
+        f"At {fmt_params(size['params'])} parameters one envelope is {per_env:.2f}x the "
+        f"float32 bytes and {verdict(per_env)} the {limit:g}x limit; a client's total upload "
+        f"({k} envelopes, one per member) is {per_client:.2f}x and {verdict(per_client)} it. "
+        f"The released mean is within {err:.1e} of the float64 mean "
+        f"({'within' if err <= ISSUE_MEAN_ERROR_LIMIT else 'outside'} "
+        f"{ISSUE_MEAN_ERROR_LIMIT:g}); that error is the owners' quantisation to "
+        "2^-16, identical in both modes (CKKS adds none: the decrypted sum equals the sum of "
+        "the quantised updates exactly)."
+    )
+
+
+def markdown(results: dict[str, Any]) -> str:
+    args = results["parameters"]
+    m = results["machine"]
+    header, table = rows(results, args["committee"], args["clients"])
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in table]
+    cpus = m["cpus_usable"] or m["cpu_count"]
+    machine_note = (
+        f"Machine: {cpus} CPU cores ({m['cpu_model'] or m['platform']}), Python {m['python']}, "
+        f"TenSEAL {m['tenseal']}, {m['date'][:10]}; `python bench/round.py`, one round, "
+        f"{args['clients']} clients, committee k={args['committee']} "
+        f"(quorum {args['quorum']}), in-process, median of {args['repeat']} run(s), whole run "
+        f"{results['wall_s']:.0f} s. Member times are per member (members run in parallel "
+        "on their own machines)."
+    )
+    note = machine_note + "\n\n" + issue_note(results)
+    return "\n".join(out) + "\n\n" + note + "\n"
+
+
+def print_table(results: dict[str, Any], console: Console) -> None:
+    args = results["parameters"]
+    header, table = rows(results, args["committee"], args["clients"])
+    t = Table(title=f"One round: {args['clients']} clients, committee k={args['committee']}")
+    for i, name in enumerate(header):
+        t.add_column(name, justify="left" if i == 0 else "right")
+    for r in table:
+        t.add_row(*r)
+    console.print(t)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_sizes(text: str) -> list[int]:
+    sizes = [int(s.replace("_", "")) for s in text.split(",") if s.strip()]
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("sizes: comma-separated positive integers")
+    return sizes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        default=[100_000, 1_000_000],
+        help="model sizes (parameters), comma-separated",
+    )
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--committee", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per size (medians shown)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results/")
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.committee < 1 or args.repeat < 1:
+        parser.error("--clients, --committee and --repeat must be >= 1")
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)
+    started = time.perf_counter()
+    grid = DEFAULT_PARAMS.release_grid
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "parameters": {
+            "sizes": args.sizes,
+            "clients": args.clients,
+            "committee": args.committee,
+            "quorum": args.committee // 2 + 1,
+            "repeat": args.repeat,
+            "seed": args.seed,
+            "update_distribution": f"float32 N(0, {UPDATE_STD})",
+            "examples_range": list(EXAMPLES_RANGE),
+            "weighting": "examples / total_examples (federation/hospital.py)",
+            "ckks_params": {
+                "poly_modulus_degree": DEFAULT_PARAMS.poly_modulus_degree,
+                "coeff_mod_bit_sizes": list(DEFAULT_PARAMS.coeff_mod_bit_sizes),
+                "scale_bits": DEFAULT_PARAMS.scale_bits,
+                "release_grid": grid,
+            },
+            "issue_limits": {
+                "upload_ratio_at_1M": ISSUE_RATIO_LIMIT,
+                "mean_error_at_1M": ISSUE_MEAN_ERROR_LIMIT,
+            },
+        },
+        "sizes": [],
+    }
+    for params in args.sizes:
+        console.print(f"[bold]{params:,} parameters[/bold]: inputs, none mode ...")
+        inputs = make_inputs(params, args.clients, args.seed)
+        none, quantized_sum = run_none(inputs, grid, args.repeat)
+        console.print(f"[bold]{params:,} parameters[/bold]: ckks with k={args.committee} ...")
+        ckks = run_ckks(inputs, args.committee, args.repeat, args.seed, quantized_sum)
+        results["sizes"].append(
+            {"params": params, "examples": inputs.examples, "none": none, "ckks": ckks}
+        )
+        del inputs, quantized_sum
+        gc.collect()
+    results["wall_s"] = time.perf_counter() - started
+
+    print_table(results, console)
+    console.print(issue_note(results))
+    console.print(f"wall time {results['wall_s']:.1f} s")
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "round.json").write_text(json.dumps(results, indent=1) + "\n")
+        (RESULTS / "round.md").write_text(markdown(results))
+        console.print(f"wrote {RESULTS / 'round.json'} and {RESULTS / 'round.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
