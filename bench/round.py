@@ -5,7 +5,7 @@ synthetic float32 updates ~ N(0, 0.01) and example counts drawn (seeded) from 30
 committee of ``--committee`` :class:`~cohort.aggregator.member.CommitteeMember` objects
 configured for the study exactly as the coordinator does (roster, ``CkksSpec`` with the
 public context, update length, quorum ``k // 2 + 1``). Each data owner weights its update
-by ``examples / total_examples``, quantises it to ``params.release_grid``, encrypts it
+by ``examples / weight_unit``, quantises it to ``params.release_grid``, encrypts it
 **once** and builds one signed, sealed envelope per member (as ``federation/hospital.py``
 does); each member accepts every envelope (verify + unseal + CKKS check) and aggregates
 (homomorphic sum + Ed25519 signature + Ethereum attestation); the coordinator checks the
@@ -95,12 +95,22 @@ class Inputs:
     def total(self) -> int:
         return sum(self.examples)
 
+    @property
+    def weight_unit(self) -> int:
+        """As the coordinator: the largest enrolled owner's example count."""
+        return max(self.examples)
+
+    @property
+    def set_weight(self) -> float:
+        """Weight of the client set S (all clients here), which the coordinator divides by."""
+        return self.total / self.weight_unit
+
     def weight(self, i: int) -> float:
-        """As federation/hospital.py: the owner's share of the study's examples."""
-        return self.examples[i] / self.total
+        """As federation/hospital.py: examples / weight_unit (at most 1)."""
+        return self.examples[i] / self.weight_unit
 
     def weighted(self, i: int) -> np.ndarray:
-        """``update * examples / total`` in float64, as the data owner computes it."""
+        """``update * examples / weight_unit`` in float64, as the data owner computes it."""
         return self.updates[i].astype(np.float64) * self.weight(i)
 
     def reference_mean(self) -> np.ndarray:
@@ -134,9 +144,9 @@ def run_none(inputs: Inputs, grid: float, repeat: int) -> tuple[dict[str, Any], 
             quantized.append(q)
             quantize_s.append(seconds)
 
-        # federation/coordinator.py: np.sum of the weighted updates, / weight of S (all = 1).
+        # federation/coordinator.py: np.sum of the weighted updates, / weight of S.
         start = time.perf_counter()
-        mean = np.sum(quantized, axis=0) / (sum(inputs.examples) / inputs.total)
+        mean = np.sum(quantized, axis=0) / inputs.set_weight
         aggregate_s.append(time.perf_counter() - start)
     reference = inputs.reference_mean()
     plaintext = 4 * inputs.params
@@ -287,7 +297,7 @@ def ckks_round(
     start = time.perf_counter()
     total = context.decrypt(aggregate)
     samples.decrypt_s.append(time.perf_counter() - start)
-    mean = total / (sum(inputs.examples) / inputs.total)  # weight of S (all clients) = 1
+    mean = total / inputs.set_weight
     samples.err_quantized = float(np.max(np.abs(total - quantized_sum)))
     reference = inputs.reference_mean()
     samples.err_mean = float(np.max(np.abs(mean - reference)))
@@ -589,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seed": args.seed,
             "update_distribution": f"float32 N(0, {UPDATE_STD})",
             "examples_range": list(EXAMPLES_RANGE),
-            "weighting": "examples / total_examples (federation/hospital.py)",
+            "weighting": "examples / weight_unit, the largest owner's count (federation/hospital.py)",
             "ckks_params": {
                 "poly_modulus_degree": DEFAULT_PARAMS.poly_modulus_degree,
                 "coeff_mod_bit_sizes": list(DEFAULT_PARAMS.coeff_mod_bit_sizes),
