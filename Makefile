@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cohort-deps
-SRC    := $(shell find cohort federation crypto clients aggregator bounties -name '*.py' -o -name '*.json' -o -name '*.sol' 2>/dev/null)
+SRC    := $(shell find core federation crypto clients aggregator bounties -name '*.py' -o -name '*.json' -o -name '*.sol' 2>/dev/null)
 
 .PHONY: setup demo test test-fast lint format bench proto contracts clean
 

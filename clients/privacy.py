@@ -149,8 +149,10 @@ def _prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) ->
     accountant.history = list(history)
     with warnings.catch_warnings():
         # The PRV domain bound goes through RDP, which warns when its best order is the
-        # largest one tried; the bound stays valid.
+        # largest one tried; the bound stays valid. At sample_rate 1 (full batches) the PRV
+        # takes log(1 - q) = log(0) in a branch np.where then discards.
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         return float(accountant.get_epsilon(delta=delta))
 
 
@@ -182,6 +184,7 @@ def calibrate_noise_multiplier(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
             sigma = get_noise_multiplier(
                 target_epsilon=target_epsilon,
                 target_delta=delta,
