@@ -367,7 +367,7 @@ class _Study:
     owners: dict[str, DataOwner]
 
 
-class _Rejected(Exception):  # noqa: N818 - internal control flow, never escapes
+class _Rejected(Exception):
     def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason

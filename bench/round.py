@@ -599,7 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seed": args.seed,
             "update_distribution": f"float32 N(0, {UPDATE_STD})",
             "examples_range": list(EXAMPLES_RANGE),
-            "weighting": "examples / weight_unit, the largest owner's count (federation/hospital.py)",
+            "weighting": "examples / weight_unit, the largest owner's count"
+            " (federation/hospital.py)",
             "ckks_params": {
                 "poly_modulus_degree": DEFAULT_PARAMS.poly_modulus_degree,
                 "coeff_mod_bit_sizes": list(DEFAULT_PARAMS.coeff_mod_bit_sizes),

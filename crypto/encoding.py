@@ -32,5 +32,7 @@ def quantize(values: np.ndarray, *, grid: float) -> np.ndarray:
         raise BadInputError(f"update must be a 1-D vector, got shape {array.shape}")
     finite = np.isfinite(array)
     if not finite.all():
-        raise BadInputError(f"update value at index {int(np.flatnonzero(~finite)[0])} is not finite")
+        raise BadInputError(
+            f"update value at index {int(np.flatnonzero(~finite)[0])} is not finite"
+        )
     return np.round(array / grid) * grid

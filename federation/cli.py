@@ -41,9 +41,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
-    log_level: Annotated[str, typer.Option(help="Log level for Cohort's JSON logs on stderr.")] = "WARNING",
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    log_level: Annotated[
+        str, typer.Option(help="Log level for Cohort's JSON logs on stderr.")
+    ] = "WARNING",
 ) -> None:
     configure(log_level)
 
@@ -54,11 +60,22 @@ def simulate(
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
     committee: Annotated[int, typer.Option(help="Aggregator committee members (k).")] = 3,
     quorum: Annotated[int, typer.Option(help="Members that must agree on an aggregate (t).")] = 2,
-    secure: Annotated[str, typer.Option(help="Secure mode: ckks (encrypted) or none (plaintext FedAvg).")] = "ckks",
-    epsilon: Annotated[float, typer.Option(help="Per-hospital privacy budget for the whole study.")] = 3.0,
-    seed: Annotated[int | None, typer.Option(help="Study seed: reproducible runs (unfit for real patient data).")] = None,
-    out: Annotated[Path, typer.Option(help="Output directory for summary.json, ledgers and key stores.")] = Path("runs/latest"),
-    model: Annotated[str, typer.Option(help="Model spec: mlp, mlp:64,32, logreg or package.module:factory.")] = "mlp",
+    secure: Annotated[
+        str, typer.Option(help="Secure mode: ckks (encrypted) or none (plaintext FedAvg).")
+    ] = "ckks",
+    epsilon: Annotated[
+        float, typer.Option(help="Per-hospital privacy budget for the whole study.")
+    ] = 3.0,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Study seed: reproducible runs (unfit for real patient data)."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Output directory for summary.json, ledgers and key stores.")
+    ] = Path("runs/latest"),
+    model: Annotated[
+        str, typer.Option(help="Model spec: mlp, mlp:64,32, logreg or package.module:factory.")
+    ] = "mlp",
 ) -> None:
     """Run a private federated study on one machine (embedded chain, local committee)."""
     from cohort.federation.config import DpSettings, SecureMode, StudyConfig
@@ -66,16 +83,26 @@ def simulate(
 
     try:
         config = StudyConfig(
-            clients=clients, rounds=rounds, committee=committee, quorum=quorum,
-            secure=SecureMode.parse(secure), dp=DpSettings(epsilon=epsilon), seed=seed, model=model,
+            clients=clients,
+            rounds=rounds,
+            committee=committee,
+            quorum=quorum,
+            secure=SecureMode.parse(secure),
+            dp=DpSettings(epsilon=epsilon),
+            seed=seed,
+            model=model,
         )
     except CohortError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
     progress = Progress(
-        TextColumn("[bold]round"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-        TimeElapsedColumn(), console=console,
+        TextColumn("[bold]round"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
     )
     with progress:
         task = progress.add_task("starting committee, chain and clients", total=rounds)
@@ -100,11 +127,16 @@ def print_summary(summary: dict[str, object]) -> None:
     table = Table(title=f"study {summary['study_id']}")
     for column in ("round", "accuracy", "loss", "max epsilon", "clients", "aggregate", "finalized"):
         table.add_column(column, justify="right" if column not in ("aggregate",) else "left")
-    assert isinstance(rounds, list) and isinstance(chain, dict)
+    assert isinstance(rounds, list)
+    assert isinstance(chain, dict)
     for r in rounds:
         table.add_row(
-            str(r["round"]), f"{r['accuracy']:.4f}", f"{r['loss']:.4f}", f"{r['max_epsilon']:.3f}",
-            str(len(r["clients_included"])), (r["aggregate_hash"] or "-")[:12],
+            str(r["round"]),
+            f"{r['accuracy']:.4f}",
+            f"{r['loss']:.4f}",
+            f"{r['max_epsilon']:.3f}",
+            str(len(r["clients_included"])),
+            (r["aggregate_hash"] or "-")[:12],
             "yes" if r["finalized"] else "no",
         )
     console.print(table)
@@ -119,7 +151,9 @@ def member(
     keystore: Annotated[Path, typer.Option(help="Member key store directory (created if absent).")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 0,
-    port_file: Annotated[Path | None, typer.Option(help="Write the bound port here when ready.")] = None,
+    port_file: Annotated[
+        Path | None, typer.Option(help="Write the bound port here when ready.")
+    ] = None,
 ) -> None:
     """Serve one committee member (aggregator) over gRPC until interrupted."""
     from cohort.aggregator.__main__ import main as member_main
@@ -139,13 +173,25 @@ def ledger(
 
     try:
         data = json.loads(path.read_text())
-        book = PrivacyLedger.open(path, owner=data["owner"], epsilon_cap=float(data["epsilon_cap"]),
-                                  delta=float(data["delta"]))
+        book = PrivacyLedger.open(
+            path,
+            owner=data["owner"],
+            epsilon_cap=float(data["epsilon_cap"]),
+            delta=float(data["delta"]),
+        )
     except (OSError, KeyError, ValueError, CohortError) as exc:
         console.print(f"[red]ledger rejected:[/red] {exc}")
         raise typer.Exit(1) from None
-    console.print(json.dumps({"owner": data["owner"], "epsilon": book.epsilon(),
-                              "cap": data["epsilon_cap"], "rounds": len(data.get("entries", []))}))
+    console.print(
+        json.dumps(
+            {
+                "owner": data["owner"],
+                "epsilon": book.epsilon(),
+                "cap": data["epsilon_cap"],
+                "rounds": len(data.get("entries", [])),
+            }
+        )
+    )
 
 
 def main() -> None:

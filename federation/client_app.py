@@ -55,7 +55,9 @@ def make_client_app(resolve: SettingsResolver) -> ClientApp:
 
     @app.query("install_key")
     def _install_key(msg: Message, context: Context) -> Message:
-        reply = hospital.install_key(resolve(context), wire.InstallKeyRequest.from_record(msg.content))
+        reply = hospital.install_key(
+            resolve(context), wire.InstallKeyRequest.from_record(msg.content)
+        )
         return Message(reply.to_record(), reply_to=msg)
 
     @app.train()
@@ -70,7 +72,9 @@ def make_client_app(resolve: SettingsResolver) -> ClientApp:
 
     @app.query("decrypt")
     def _decrypt(msg: Message, context: Context) -> Message:
-        reply, vector = hospital.decrypt(resolve(context), wire.DecryptRequest.from_record(msg.content))
+        reply, vector = hospital.decrypt(
+            resolve(context), wire.DecryptRequest.from_record(msg.content)
+        )
         return Message(wire.put_vector(reply.to_record(), vector), reply_to=msg)
 
     return app

@@ -19,7 +19,7 @@ from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.errors import ConfigError
 
 
-class SecureMode(str, enum.Enum):
+class SecureMode(enum.StrEnum):
     """How updates travel from data owners to the aggregate."""
 
     CKKS = "ckks"  # CKKS ciphertexts summed by the committee; data owners decrypt the sum
@@ -50,15 +50,28 @@ class DpSettings:
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:
-            raise ConfigError(f"epsilon must be > 0 (per-hospital (epsilon, delta) budget), got {self.epsilon}")
+            raise ConfigError(
+                f"epsilon must be > 0 (per-hospital (epsilon, delta) budget), got {self.epsilon}"
+            )
         if not 0 < self.delta < 1:
-            raise ConfigError(f"delta must be in (0, 1) (probability of privacy failure), got {self.delta}")
+            raise ConfigError(
+                f"delta must be in (0, 1) (probability of privacy failure), got {self.delta}"
+            )
         if self.local_epochs < 1:
-            raise ConfigError(f"local_epochs must be >= 1 (passes over local data per round), got {self.local_epochs}")
+            raise ConfigError(
+                "local_epochs must be >= 1 (passes over local data per round), "
+                f"got {self.local_epochs}"
+            )
         if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1 (expected examples per Poisson batch), got {self.batch_size}")
+            raise ConfigError(
+                "batch_size must be >= 1 (expected examples per Poisson batch), "
+                f"got {self.batch_size}"
+            )
         if not self.max_grad_norm > 0:
-            raise ConfigError(f"max_grad_norm must be > 0 (L2 clipping bound C per example), got {self.max_grad_norm}")
+            raise ConfigError(
+                "max_grad_norm must be > 0 (L2 clipping bound C per example), "
+                f"got {self.max_grad_norm}"
+            )
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0 (local SGD learning rate), got {self.lr}")
 
@@ -101,11 +114,16 @@ class StudyConfig:
                 f"decrypted), got {self.min_clients}"
             )
         if not self.server_lr > 0:
-            raise ConfigError(f"server_lr must be > 0 (server step on the mean update), got {self.server_lr}")
+            raise ConfigError(
+                f"server_lr must be > 0 (server step on the mean update), got {self.server_lr}"
+            )
         if self.bounty_wei < 0:
             raise ConfigError(f"bounty_wei must be >= 0 (wei), got {self.bounty_wei}")
         if not self.dirichlet_alpha > 0:
-            raise ConfigError(f"dirichlet_alpha must be > 0 (label-skew concentration), got {self.dirichlet_alpha}")
+            raise ConfigError(
+                "dirichlet_alpha must be > 0 (label-skew concentration), "
+                f"got {self.dirichlet_alpha}"
+            )
         if self.seed is not None and self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
 

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -107,8 +106,14 @@ class Coordinator:
 
     # ------------------------------------------------------------------ messaging
 
-    def _send(self, node_ids: Sequence[int], message_type: str, contents: Sequence[RecordDict],
-              *, group: str) -> dict[int, Message]:
+    def _send(
+        self,
+        node_ids: Sequence[int],
+        message_type: str,
+        contents: Sequence[RecordDict],
+        *,
+        group: str,
+    ) -> dict[int, Message]:
         messages = [
             Message(content=c, dst_node_id=n, message_type=message_type, group_id=group)
             for n, c in zip(node_ids, contents, strict=True)
@@ -118,8 +123,10 @@ class Coordinator:
         for reply in replies:
             src = reply.metadata.src_node_id
             if reply.has_error():
-                log.warning("node replied with an error",
-                            extra=fields(node=src, type=message_type, reason=reply.error.reason))
+                log.warning(
+                    "node replied with an error",
+                    extra=fields(node=src, type=message_type, reason=reply.error.reason),
+                )
                 continue
             by_node[src] = reply
         return by_node
@@ -131,7 +138,9 @@ class Coordinator:
             if len(nodes) >= self.config.clients:
                 return nodes[: self.config.clients]
             if time.monotonic() > deadline:
-                raise ProtocolAbort(f"only {len(nodes)} of {self.config.clients} data owners connected")
+                raise ProtocolAbort(
+                    f"only {len(nodes)} of {self.config.clients} data owners connected"
+                )
             time.sleep(0.5)
 
     # ------------------------------------------------------------------ the study
@@ -159,8 +168,12 @@ class Coordinator:
 
         features = {o.features for o in owners.values()}
         if len(features) != 1 or features != {self.test_set.features.shape[1]}:
-            raise BadInputError(f"data owners and the test set disagree on the feature count: {sorted(features)}")
-        torch.manual_seed(cfg.seed if cfg.seed is not None else int.from_bytes(np.random.bytes(4), "big"))
+            raise BadInputError(
+                f"data owners and the test set disagree on the feature count: {sorted(features)}"
+            )
+        torch.manual_seed(
+            cfg.seed if cfg.seed is not None else int.from_bytes(np.random.bytes(4), "big")
+        )
         model = build_model(cfg.model, in_features=self.test_set.features.shape[1], num_classes=2)
         global_vec = get_flat(model).astype(np.float32)
 
@@ -185,8 +198,9 @@ class Coordinator:
 
             for rnd in range(1, cfg.rounds + 1):
                 started = time.perf_counter()
-                global_vec, record = self._round(rnd, nodes, party_of, owners, global_vec, model,
-                                                 members, contract)
+                global_vec, record = self._round(
+                    rnd, nodes, party_of, owners, global_vec, model, members, contract
+                )
                 record.seconds = round(time.perf_counter() - started, 3)
                 self.outcome.rounds.append(record)
                 if self.on_round is not None:
@@ -221,7 +235,9 @@ class Coordinator:
             )
         return dict(sorted(owners.items(), key=lambda kv: kv[1].party_id))
 
-    def _deal_keys(self, nodes: list[int], owners: dict[int, wire.EnrollReply], study_id: str) -> bytes:
+    def _deal_keys(
+        self, nodes: list[int], owners: dict[int, wire.EnrollReply], study_id: str
+    ) -> bytes:
         """Have the first owner (by party id) deal the CKKS context; return the public context."""
         dealer_node = next(iter(owners))
         roster = list(owners.values())
@@ -240,36 +256,66 @@ class Coordinator:
         targets, contents = [], []
         for recipient, box in zip(dealt.recipients, dealt.boxes, strict=True):
             targets.append(node_of[recipient])
-            contents.append(wire.InstallKeyRequest(
-                study_id=study_id, dealer_id=dealer.party_id, dealer_sign_key=dealer.sign_key,
-                dealer_box_key=dealer.box_key, box=box, fingerprint=dealt.fingerprint,
-            ).to_record())
+            contents.append(
+                wire.InstallKeyRequest(
+                    study_id=study_id,
+                    dealer_id=dealer.party_id,
+                    dealer_sign_key=dealer.sign_key,
+                    dealer_box_key=dealer.box_key,
+                    box=box,
+                    fingerprint=dealt.fingerprint,
+                ).to_record()
+            )
         installed = self._send(targets, wire.INSTALL_KEY, contents, group="install_key")
         for node in targets:
             reply = installed.get(node)
-            ok = reply is not None and wire.InstallKeyReply.from_record(reply.content).fingerprint == dealt.fingerprint
+            ok = (
+                reply is not None
+                and wire.InstallKeyReply.from_record(reply.content).fingerprint == dealt.fingerprint
+            )
             if not ok:
                 log.warning("key installation failed", extra=fields(party=owners[node].party_id))
         return dealt.public_context
 
-    def _round(self, rnd: int, nodes: list[int], party_of: dict[int, str],
-               owners: dict[int, wire.EnrollReply], global_vec: np.ndarray, model: torch.nn.Module,
-               members: Committee, contract: StudyContract) -> tuple[np.ndarray, RoundRecord]:
+    def _round(
+        self,
+        rnd: int,
+        nodes: list[int],
+        party_of: dict[int, str],
+        owners: dict[int, wire.EnrollReply],
+        global_vec: np.ndarray,
+        model: torch.nn.Module,
+        members: Committee,
+        contract: StudyContract,
+    ) -> tuple[np.ndarray, RoundRecord]:
         cfg = self.config
         secure = cfg.secure is SecureMode.CKKS
         if secure:
             members.open_round(rnd, study_id=self.outcome.study_id)
         instruction = wire.TrainInstruction(
-            study_id=self.outcome.study_id, round=rnd, total_rounds=cfg.rounds,
-            weight_unit=self._weight_unit, secure=cfg.secure.value,
-            seed=-1 if cfg.seed is None else cfg.seed, model=cfg.model, epsilon=cfg.dp.epsilon,
-            delta=cfg.dp.delta, local_epochs=cfg.dp.local_epochs, batch_size=cfg.dp.batch_size,
-            max_grad_norm=cfg.dp.max_grad_norm, lr=cfg.dp.lr, quorum=cfg.quorum,
+            study_id=self.outcome.study_id,
+            round=rnd,
+            total_rounds=cfg.rounds,
+            weight_unit=self._weight_unit,
+            secure=cfg.secure.value,
+            seed=-1 if cfg.seed is None else cfg.seed,
+            model=cfg.model,
+            epsilon=cfg.dp.epsilon,
+            delta=cfg.dp.delta,
+            local_epochs=cfg.dp.local_epochs,
+            batch_size=cfg.dp.batch_size,
+            max_grad_norm=cfg.dp.max_grad_norm,
+            lr=cfg.dp.lr,
+            quorum=cfg.quorum,
             min_clients=cfg.min_clients,
-            **wire.committee_lists([
-                wire.MemberInfo(m.member_id, m.identity.sign_key, m.identity.box_key, m.endpoint)
-                for m in self.committee
-            ]),
+            **wire.committee_lists(
+                [
+                    wire.MemberInfo(
+                        m.member_id, m.identity.sign_key, m.identity.box_key, m.endpoint
+                    )
+                    for m in self.committee
+                ]
+            ),
         )
         targets = [n for n in nodes if n in party_of]
         contents = [wire.put_vector(instruction.to_record(), global_vec) for _ in targets]
@@ -287,17 +333,23 @@ class Coordinator:
             try:
                 receipt = wire.TrainReceipt.from_record(reply.content)
                 if receipt.party_id != party:
-                    raise BadInputError(f"receipt from {party} claims to be from {receipt.party_id}")
+                    raise BadInputError(
+                        f"receipt from {party} claims to be from {receipt.party_id}"
+                    )
                 if not secure and receipt.status == "ok":
-                    updates[party] = wire.get_vector(reply.content, message=wire.TRAIN,
-                                                     length=int(global_vec.shape[0]))
+                    updates[party] = wire.get_vector(
+                        reply.content, message=wire.TRAIN, length=int(global_vec.shape[0])
+                    )
             except BadInputError as exc:
-                log.warning("receipt rejected", extra=fields(party=party, round=rnd, reason=str(exc)))
+                log.warning(
+                    "receipt rejected", extra=fields(party=party, round=rnd, reason=str(exc))
+                )
                 failed.append(party)
                 continue
             receipts[party] = receipt
-            self.outcome.clients[party].epsilon_spent = max(self.outcome.clients[party].epsilon_spent,
-                                                            receipt.epsilon)
+            self.outcome.clients[party].epsilon_spent = max(
+                self.outcome.clients[party].epsilon_spent, receipt.epsilon
+            )
             if receipt.status == "failed":
                 failed.append(party)
 
@@ -308,8 +360,9 @@ class Coordinator:
         def skipped(reason: str) -> tuple[np.ndarray, RoundRecord]:
             log.warning("round skipped", extra=fields(round=rnd, reason=reason))
             acc, loss = evaluate(model, self.test_set)
-            return global_vec, RoundRecord(rnd, acc, loss, "", [], declined, sorted(failed), {}, False,
-                                           max_eps, 0.0)
+            return global_vec, RoundRecord(
+                rnd, acc, loss, "", [], declined, sorted(failed), {}, False, max_eps, 0.0
+            )
 
         if len(ok) < cfg.min_clients:
             return skipped(f"{len(ok)} usable updates, at least {cfg.min_clients} needed")
@@ -318,8 +371,9 @@ class Coordinator:
         finalized = False
         agg_hash = b""
         if secure:
-            client_set, chosen = choose_client_set({p: set(r.delivered) for p, r in ok.items()},
-                                                   list(members.member_ids), cfg.quorum)
+            client_set, chosen = choose_client_set(
+                {p: set(r.delivered) for p, r in ok.items()}, list(members.member_ids), cfg.quorum
+            )
             if len(client_set) < cfg.min_clients:
                 return skipped("no client set of the minimum size reached a quorum of members")
             decision = self._aggregate(rnd, client_set, chosen, members, faulty)
@@ -340,18 +394,37 @@ class Coordinator:
         acc, loss = evaluate(model, self.test_set)
         for p in client_set:
             self.outcome.clients[p].rounds_included += 1
-        record = RoundRecord(rnd, acc, loss, agg_hash.hex(), list(client_set), declined, sorted(failed),
-                             faulty, finalized, max_eps, 0.0)
+        record = RoundRecord(
+            rnd,
+            acc,
+            loss,
+            agg_hash.hex(),
+            list(client_set),
+            declined,
+            sorted(failed),
+            faulty,
+            finalized,
+            max_eps,
+            0.0,
+        )
         log.info("round done", extra=fields(round=rnd, accuracy=acc, clients=len(client_set)))
         return global_vec, record
 
-    def _aggregate(self, rnd: int, client_set: list[str], chosen: list[str],
-                   members: Committee, faulty: dict[str, str]) -> QuorumDecision | None:
+    def _aggregate(
+        self,
+        rnd: int,
+        client_set: list[str],
+        chosen: list[str],
+        members: Committee,
+        faulty: dict[str, str],
+    ) -> QuorumDecision | None:
         """Ask the members that hold every upload of S; accept what a quorum agrees on."""
 
         def ask(member_id: str) -> AggregateResult | None:
             try:
-                return members.client(member_id).aggregate(rnd, client_set, study_id=self.outcome.study_id)
+                return members.client(member_id).aggregate(
+                    rnd, client_set, study_id=self.outcome.study_id
+                )
             except CohortError as exc:
                 faulty[member_id] = f"aggregate failed: {exc}"
                 return None
@@ -362,49 +435,80 @@ class Coordinator:
             raise ProtocolAbort("the committee was never configured for this study")
         check = AttestationCheck.for_study(self._member_study, client_set)
         try:
-            decision = decide(results, quorum=self.config.quorum, roster=self.committee,
-                              study_id=self.outcome.study_id, round=rnd, client_ids=client_set,
-                              attestation=check)
+            decision = decide(
+                results,
+                quorum=self.config.quorum,
+                roster=self.committee,
+                study_id=self.outcome.study_id,
+                round=rnd,
+                client_ids=client_set,
+                attestation=check,
+            )
         except QuorumNotReached as exc:
             faulty.update({f.member_id: f"{f.reason}: {f.detail}" for f in exc.faults})
             log.warning("no quorum", extra=fields(round=rnd, reason=str(exc)))
             return None
         faulty.update(decision.faulty_reasons)
         for member_id, reason in decision.faulty_reasons.items():
-            log.warning("committee member faulty", extra=fields(round=rnd, member=member_id, reason=reason))
+            log.warning(
+                "committee member faulty", extra=fields(round=rnd, member=member_id, reason=reason)
+            )
         return decision
 
-    def _attest(self, contract: StudyContract, rnd: int, decision: QuorumDecision,
-                owners: dict[int, wire.EnrollReply], client_set: list[str]) -> bool:
+    def _attest(
+        self,
+        contract: StudyContract,
+        rnd: int,
+        decision: QuorumDecision,
+        owners: dict[int, wire.EnrollReply],
+        client_set: list[str],
+    ) -> bool:
         payout = {o.party_id: o.payout_address for o in owners.values()}
         contributors = [payout[p] for p in client_set]
         finalized = False
         for attestation in decision.attestations:
             try:
-                finalized = contract.submit_attestation(
-                    relayer=self.sponsor, round=rnd, aggregate_hash=decision.aggregate_hash,
-                    contributors=contributors, signature=attestation.signature,
-                ) or finalized
+                finalized = (
+                    contract.submit_attestation(
+                        relayer=self.sponsor,
+                        round=rnd,
+                        aggregate_hash=decision.aggregate_hash,
+                        contributors=contributors,
+                        signature=attestation.signature,
+                    )
+                    or finalized
+                )
             except CohortError as exc:
-                log.warning("attestation refused on-chain", extra=fields(round=rnd, reason=str(exc)))
+                log.warning(
+                    "attestation refused on-chain", extra=fields(round=rnd, reason=str(exc))
+                )
         return contract.finalized_hash(rnd) == decision.aggregate_hash
 
-    def _decrypt(self, rnd: int, client_set: list[str], decision: QuorumDecision,
-                 party_of: dict[int, str]) -> np.ndarray:
+    def _decrypt(
+        self, rnd: int, client_set: list[str], decision: QuorumDecision, party_of: dict[int, str]
+    ) -> np.ndarray:
         node_of = {p: n for n, p in party_of.items()}
         request = wire.DecryptRequest(
-            study_id=self.outcome.study_id, round=rnd, client_ids=tuple(client_set),
-            aggregate=decision.aggregate, aggregate_hash=decision.aggregate_hash,
-            member_ids=tuple(decision.signatures), member_signatures=tuple(decision.signatures.values()),
+            study_id=self.outcome.study_id,
+            round=rnd,
+            client_ids=tuple(client_set),
+            aggregate=decision.aggregate,
+            aggregate_hash=decision.aggregate_hash,
+            member_ids=tuple(decision.signatures),
+            member_signatures=tuple(decision.signatures.values()),
         )
         # Rotate the decryptor through the client set; fall back to the next on failure.
-        order = client_set[rnd % len(client_set):] + client_set[: rnd % len(client_set)]
+        order = client_set[rnd % len(client_set) :] + client_set[: rnd % len(client_set)]
         for party in order:
-            replies = self._send([node_of[party]], wire.DECRYPT, [request.to_record()], group=f"decrypt-{rnd}")
+            replies = self._send(
+                [node_of[party]], wire.DECRYPT, [request.to_record()], group=f"decrypt-{rnd}"
+            )
             reply = replies.get(node_of[party])
             if reply is None:
                 continue
-            return wire.get_vector(reply.content, message=wire.DECRYPT, length=None).astype(np.float64)
+            return wire.get_vector(reply.content, message=wire.DECRYPT, length=None).astype(
+                np.float64
+            )
         raise ProtocolAbort(f"round {rnd}: no data owner of the client set decrypted the aggregate")
 
     def _settle(self, contract: StudyContract) -> None:
@@ -418,7 +522,9 @@ class Coordinator:
         self.outcome.finalized_rounds = contract.finalized_rounds()
 
 
-def choose_client_set(delivered: dict[str, set[str]], members: list[str], quorum: int) -> tuple[list[str], list[str]]:
+def choose_client_set(
+    delivered: dict[str, set[str]], members: list[str], quorum: int
+) -> tuple[list[str], list[str]]:
     """The largest client set that some ``quorum`` members all hold uploads for.
 
     ``delivered`` maps each data owner to the members that accepted its upload. Returns the

@@ -76,10 +76,14 @@ def _load_dataset(settings: HospitalSettings) -> Dataset:
         except ValueError:
             raise BadInputError(f"data {settings.data!r}: expected demo:<index>") from None
         hospitals, _ = demo_split(
-            num_hospitals=settings.demo_hospitals, seed=settings.demo_seed, alpha=settings.demo_alpha
+            num_hospitals=settings.demo_hospitals,
+            seed=settings.demo_seed,
+            alpha=settings.demo_alpha,
         )
         if not 0 <= index < len(hospitals):
-            raise BadInputError(f"data {settings.data!r}: index out of range 0..{len(hospitals) - 1}")
+            raise BadInputError(
+                f"data {settings.data!r}: index out of range 0..{len(hospitals) - 1}"
+            )
         return hospitals[index]
     return load_csv(Path(settings.data), label_column=settings.label_column)
 
@@ -126,7 +130,9 @@ def keygen(settings: HospitalSettings, request: wire.KeygenRequest) -> wire.Keyg
     )
 
 
-def install_key(settings: HospitalSettings, request: wire.InstallKeyRequest) -> wire.InstallKeyReply:
+def install_key(
+    settings: HospitalSettings, request: wire.InstallKeyRequest
+) -> wire.InstallKeyReply:
     """Open the dealer's box and store the CKKS secret context; check its fingerprint."""
     identity = settings.keystore.identity()
     dealer = PublicIdentity(
@@ -199,9 +205,14 @@ def train(
         return wire.TrainReceipt(**base)  # type: ignore[arg-type]
 
     try:
-        result = train_dp(model, data, config=dp, ledger=ledger, round=instruction.round, noise_seed=seed)
+        result = train_dp(
+            model, data, config=dp, ledger=ledger, round=instruction.round, noise_seed=seed
+        )
     except BudgetExhausted as exc:
-        log.warning("round declined", extra=fields(party=identity.party_id, round=instruction.round, reason=str(exc)))
+        log.warning(
+            "round declined",
+            extra=fields(party=identity.party_id, round=instruction.round, reason=str(exc)),
+        )
         return TrainOutcome(receipt("declined", str(exc)), None)
 
     if not 0 < result.examples <= instruction.weight_unit:
@@ -216,8 +227,12 @@ def train(
     if SecureMode.parse(instruction.secure) is SecureMode.NONE:
         # Grid values below max_abs need 22 significant bits: float32 carries them exactly.
         weighted = quantize(update, grid=DEFAULT_PARAMS.release_grid).astype(np.float32)
-        return TrainOutcome(receipt("ok", "", examples=result.examples, epsilon=result.epsilon,
-                                    train_loss=result.loss), weighted)
+        return TrainOutcome(
+            receipt(
+                "ok", "", examples=result.examples, epsilon=result.epsilon, train_loss=result.loss
+            ),
+            weighted,
+        )
     context = settings.keystore.load_ckks(instruction.study_id)
     weighted = quantize(update, grid=context.params.release_grid)
     common = {"examples": result.examples, "epsilon": result.epsilon, "train_loss": result.loss}
@@ -230,14 +245,23 @@ def train(
         quorum=instruction.quorum,
         min_clients=instruction.min_clients,
     )
-    delivered = upload(identity, members, study_id=instruction.study_id, round=instruction.round, payload=payload)
+    delivered = upload(
+        identity, members, study_id=instruction.study_id, round=instruction.round, payload=payload
+    )
     if len(delivered) < instruction.quorum:
         return TrainOutcome(
-            receipt("failed", f"upload accepted by {len(delivered)} members, quorum is {instruction.quorum}",
-                    payload_hash=payload_hash, delivered=tuple(delivered), **common),
+            receipt(
+                "failed",
+                f"upload accepted by {len(delivered)} members, quorum is {instruction.quorum}",
+                payload_hash=payload_hash,
+                delivered=tuple(delivered),
+                **common,
+            ),
             None,
         )
-    return TrainOutcome(receipt("ok", "", payload_hash=payload_hash, delivered=tuple(delivered), **common), None)
+    return TrainOutcome(
+        receipt("ok", "", payload_hash=payload_hash, delivered=tuple(delivered), **common), None
+    )
 
 
 def upload(
@@ -251,12 +275,17 @@ def upload(
     """Send one signed, sealed envelope to each member in parallel; return who accepted."""
 
     def one(member: wire.MemberInfo) -> str | None:
-        envelope = build_envelope(identity, member.identity(), study_id=study_id, round=round, payload=payload)
+        envelope = build_envelope(
+            identity, member.identity(), study_id=study_id, round=round, payload=payload
+        )
         client = MemberClient(member.endpoint)
         try:
             client.upload(envelope.to_bytes())
         except CohortError as exc:
-            log.warning("upload rejected", extra=fields(member=member.member_id, round=round, reason=str(exc)))
+            log.warning(
+                "upload rejected",
+                extra=fields(member=member.member_id, round=round, reason=str(exc)),
+            )
             return None
         finally:
             client.close()
@@ -284,31 +313,41 @@ def decrypt(
     committee, quorum, min_clients = terms.committee, terms.quorum, terms.min_clients
     if len(set(request.client_ids)) < min_clients:
         raise VerificationError(
-            f"decrypt round {request.round}: client set has {len(set(request.client_ids))} members, "
+            f"decrypt round {request.round}: client set has "
+            f"{len(set(request.client_ids))} members, "
             f"at least {min_clients} required"
         )
     if tagged_hash(Tag.AGGREGATE, request.aggregate) != request.aggregate_hash:
         raise VerificationError(f"decrypt round {request.round}: aggregate does not match its hash")
     message = aggregate_result_digest(
-        study_id=request.study_id, round=request.round, client_ids=request.client_ids,
+        study_id=request.study_id,
+        round=request.round,
+        client_ids=request.client_ids,
         aggregate_hash=request.aggregate_hash,
     )
     signers: set[str] = set()
     for member_id, signature in zip(request.member_ids, request.member_signatures, strict=True):
         member = committee.get(member_id)
         if member is None:
-            raise VerificationError(f"decrypt round {request.round}: {member_id!r} is not a committee member")
+            raise VerificationError(
+                f"decrypt round {request.round}: {member_id!r} is not a committee member"
+            )
         verify_signature(member, message, signature)
         signers.add(member_id)
     if len(signers) < quorum:
         raise VerificationError(
-            f"decrypt round {request.round}: {len(signers)} committee signatures, quorum is {quorum}"
+            f"decrypt round {request.round}: {len(signers)} committee signatures, "
+            f"quorum is {quorum}"
         )
     context = settings.keystore.load_ckks(request.study_id)
     vector = context.decrypt(request.aggregate)
-    return wire.DecryptReply(party_id=identity.party_id, round=request.round, length=int(vector.shape[0])), vector
+    return wire.DecryptReply(
+        party_id=identity.party_id, round=request.round, length=int(vector.shape[0])
+    ), vector
 
 
 def _derived_seed(seed: int, party_id: str, round: int) -> int:
-    digest = tagged_hash(Tag.NOISE_SEED, str(seed).encode(), party_id.encode(), b"init", str(round).encode())
+    digest = tagged_hash(
+        Tag.NOISE_SEED, str(seed).encode(), party_id.encode(), b"init", str(round).encode()
+    )
     return int.from_bytes(digest[:8], "big") >> 1

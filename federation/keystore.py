@@ -51,7 +51,8 @@ class KeyStore:
             identity = Identity.load(path)
             if identity.party_id != self.party_id:
                 raise BadInputError(
-                    f"key store {path}: holds identity {identity.party_id!r}, expected {self.party_id!r}"
+                    f"key store {path}: holds identity {identity.party_id!r}, "
+                    f"expected {self.party_id!r}"
                 )
             return identity
         identity = Identity.generate(self.party_id)

@@ -66,7 +66,9 @@ def hospital_settings(config: StudyConfig, out: Path) -> list[HospitalSettings]:
 
 
 @contextlib.contextmanager
-def _committee(config: StudyConfig, out: Path, given: Sequence[MemberRef] | None) -> Iterator[list[MemberRef]]:
+def _committee(
+    config: StudyConfig, out: Path, given: Sequence[MemberRef] | None
+) -> Iterator[list[MemberRef]]:
     if given is not None:
         yield list(given)
         return
@@ -92,7 +94,8 @@ def run_study(
     if len(hospitals) != config.clients:
         raise ProtocolAbort(f"{len(hospitals)} hospital settings for {config.clients} clients")
     _, test_set = demo_split(
-        num_hospitals=config.clients, seed=config.seed if config.seed is not None else 0,
+        num_hospitals=config.clients,
+        seed=config.seed if config.seed is not None else 0,
         alpha=config.dirichlet_alpha,
     )
     provider = chain if chain is not None else EmbeddedChain()
@@ -100,9 +103,17 @@ def run_study(
     run = ServerRun(transcript=out / TRANSCRIPT)
 
     with _committee(config, out, committee) as roster:
+
         def factory(grid: Grid, context: Context) -> Coordinator:
-            return Coordinator(config=config, grid=grid, test_set=test_set, committee=roster,
-                               chain=provider, sponsor=sponsor, on_round=on_round)
+            return Coordinator(
+                config=config,
+                grid=grid,
+                test_set=test_set,
+                committee=roster,
+                chain=provider,
+                sponsor=sponsor,
+                on_round=on_round,
+            )
 
         server_app = make_server_app(factory, run)
         client_app = make_client_app(_PartitionResolver(hospitals))
@@ -113,8 +124,11 @@ def run_study(
                 num_supernodes=config.clients,
                 backend_config={
                     "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                    "init_args": {"log_to_driver": False, "logging_level": logging.ERROR,
-                                  "num_cpus": max(1, min(os.cpu_count() or 1, config.clients))},
+                    "init_args": {
+                        "log_to_driver": False,
+                        "logging_level": logging.ERROR,
+                        "num_cpus": max(1, min(os.cpu_count() or 1, config.clients)),
+                    },
                 },
             )
     if run.error is not None:

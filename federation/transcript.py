@@ -30,12 +30,12 @@ def describe(message: Message) -> dict[str, Any]:
         return entry
     content = message.content
     arrays = {}
-    for name, record in content.array_records.items():
-        arrays[name] = {key: int(array.numpy().size) for key, array in record.items()}
+    for name, array_record in content.array_records.items():
+        arrays[name] = {key: int(array.numpy().size) for key, array in array_record.items()}
     configs = {}
-    for name, record in content.config_records.items():
-        configs[name] = {key: _size(value) for key, value in record.items()}
-    metrics = {name: sorted(record.keys()) for name, record in content.metric_records.items()}
+    for name, config_record in content.config_records.items():
+        configs[name] = {key: _size(value) for key, value in config_record.items()}
+    metrics = {name: sorted(rec.keys()) for name, rec in content.metric_records.items()}
     entry.update({"arrays": arrays, "configs": configs, "metrics": metrics})
     return entry
 
@@ -61,7 +61,9 @@ class RecordingGrid:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         with self._lock, self._path.open("a") as fh:
             for reply in replies:

@@ -22,6 +22,7 @@ type                   coordinator -> data owner           data owner -> coordin
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -77,7 +78,9 @@ class _Schema:
     @classmethod
     def from_record(cls: type[T], content: RecordDict) -> T:
         if _CONFIG_KEY not in content.config_records:
-            raise BadInputError(f"{cls.MESSAGE or cls.__name__}: message has no '{_CONFIG_KEY}' record")
+            raise BadInputError(
+                f"{cls.MESSAGE or cls.__name__}: message has no '{_CONFIG_KEY}' record"
+            )
         return cls.from_mapping(content.config_records[_CONFIG_KEY])
 
     @classmethod
@@ -102,7 +105,9 @@ def _coerce(message: str, name: str, annotation: str, value: Any) -> Any:
     if annotation.startswith("tuple["):
         inner = annotation[len("tuple[") : -len(", ...]")]
         if not isinstance(value, list | tuple):
-            raise BadInputError(f"{message}: field '{name}' must be a list, got {type(value).__name__}")
+            raise BadInputError(
+                f"{message}: field '{name}' must be a list, got {type(value).__name__}"
+            )
         kind = expected.get(inner)
         if kind is None or not all(isinstance(v, kind) for v in value):
             raise BadInputError(f"{message}: field '{name}' must be a list of {inner}")
@@ -113,8 +118,12 @@ def _coerce(message: str, name: str, annotation: str, value: Any) -> Any:
     if isinstance(value, bool) and annotation != "bool":
         raise BadInputError(f"{message}: field '{name}' must be {annotation}, got bool")
     if not isinstance(value, kind):
-        raise BadInputError(f"{message}: field '{name}' must be {annotation}, got {type(value).__name__}")
-    return float(value) if annotation == "float" else value
+        raise BadInputError(
+            f"{message}: field '{name}' must be {annotation}, got {type(value).__name__}"
+        )
+    if annotation == "float":
+        return float(typing.cast(float, value))
+    return value
 
 
 # ---------------------------------------------------------------- enrolment and keys
@@ -218,7 +227,12 @@ class TrainInstruction(_Schema):
     member_endpoints: tuple[str, ...]
 
     def committee(self) -> list[MemberInfo]:
-        lists = (self.member_ids, self.member_sign_keys, self.member_box_keys, self.member_endpoints)
+        lists = (
+            self.member_ids,
+            self.member_sign_keys,
+            self.member_box_keys,
+            self.member_endpoints,
+        )
         if len({len(x) for x in lists}) != 1:
             raise BadInputError(f"{TRAIN}: committee lists have different lengths")
         return [MemberInfo(*row) for row in zip(*lists, strict=True)]

@@ -68,16 +68,23 @@ class WireAttacker(CommitteeMember):
 class Tamperer(CommitteeMember):
     """Returns a different aggregate, properly signed: only the quorum can catch it."""
 
-    def aggregate(self, round: int, client_ids: Any, *, study_id: str | None = None) -> AggregateResult:
+    def aggregate(
+        self, round: int, client_ids: Any, *, study_id: str | None = None
+    ) -> AggregateResult:
         result = super().aggregate(round, client_ids, study_id=study_id)
         tampered = result.aggregate[:-1] + bytes([result.aggregate[-1] ^ 0xFF])
         digest = tagged_hash(Tag.AGGREGATE, tampered)
         signature = self._keys.identity.sign(
             aggregate_result_digest(
-                study_id=result.study_id, round=round, client_ids=result.client_ids, aggregate_hash=digest
+                study_id=result.study_id,
+                round=round,
+                client_ids=result.client_ids,
+                aggregate_hash=digest,
             )
         )
-        return dataclasses.replace(result, aggregate=tampered, aggregate_hash=digest, signature=signature)
+        return dataclasses.replace(
+            result, aggregate=tampered, aggregate_hash=digest, signature=signature
+        )
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +100,9 @@ def committee() -> Iterator[tuple[list[MemberRef], WireAttacker]]:
         server, port = serve(member)
         servers.append(server)
         info = member.info
-        roster.append(MemberRef(info.member_id, info.identity, info.eth_address, f"127.0.0.1:{port}"))
+        roster.append(
+            MemberRef(info.member_id, info.identity, info.eth_address, f"127.0.0.1:{port}")
+        )
     yield roster, members[0]  # type: ignore[misc]
     for server in servers:
         server.stop(grace=None)
@@ -120,7 +129,13 @@ def studies(
     none_out = tmp_path_factory.mktemp("none")
     ckks = run_study(ckks_cfg, ckks_out, committee=roster, settings=_settings(ckks_cfg, ckks_out))
     none = run_study(none_cfg, none_out, settings=_settings(none_cfg, none_out))
-    return {"ckks": ckks, "none": none, "ckks_out": ckks_out, "none_out": none_out, "attacker": attacker}
+    return {
+        "ckks": ckks,
+        "none": none,
+        "ckks_out": ckks_out,
+        "none_out": none_out,
+        "attacker": attacker,
+    }
 
 
 def test_ckks_rounds_complete_and_are_finalized_on_chain(studies: dict[str, Any]) -> None:

@@ -20,39 +20,55 @@ from cohort.federation import hospital, wire
 STUDY = "study-test-0001"
 
 
-@pytest.fixture()
+@pytest.fixture
 def owners(tmp_path: Path) -> list[hospital.HospitalSettings]:
     return [
         hospital.HospitalSettings(
-            party_id=f"hospital-{i + 1}", workdir=str(tmp_path / f"h{i + 1}"), data=f"demo:{i}",
-            demo_hospitals=3, demo_seed=5,
+            party_id=f"hospital-{i + 1}",
+            workdir=str(tmp_path / f"h{i + 1}"),
+            data=f"demo:{i}",
+            demo_hospitals=3,
+            demo_seed=5,
         )
         for i in range(3)
     ]
 
 
-@pytest.fixture()
+@pytest.fixture
 def members() -> list[Identity]:
     return [Identity.generate(f"member-{i}", seed=bytes([i]) * 32) for i in (1, 2, 3)]
 
 
-def _deal(owners: list[hospital.HospitalSettings]) -> tuple[list[wire.EnrollReply], wire.KeygenReply]:
+def _deal(
+    owners: list[hospital.HospitalSettings],
+) -> tuple[list[wire.EnrollReply], wire.KeygenReply]:
     enrolled = [hospital.enroll(s, wire.EnrollRequest(study_id=STUDY)) for s in owners]
-    dealt = hospital.keygen(owners[0], wire.KeygenRequest(
-        study_id=STUDY,
-        party_ids=tuple(e.party_id for e in enrolled),
-        sign_keys=tuple(e.sign_key for e in enrolled),
-        box_keys=tuple(e.box_key for e in enrolled),
-    ))
+    dealt = hospital.keygen(
+        owners[0],
+        wire.KeygenRequest(
+            study_id=STUDY,
+            party_ids=tuple(e.party_id for e in enrolled),
+            sign_keys=tuple(e.sign_key for e in enrolled),
+            box_keys=tuple(e.box_key for e in enrolled),
+        ),
+    )
     return enrolled, dealt
 
 
-def _install(owner: hospital.HospitalSettings, dealer: wire.EnrollReply, dealt: wire.KeygenReply,
-             **overrides: object) -> wire.InstallKeyReply:
+def _install(
+    owner: hospital.HospitalSettings,
+    dealer: wire.EnrollReply,
+    dealt: wire.KeygenReply,
+    **overrides: object,
+) -> wire.InstallKeyReply:
     index = dealt.recipients.index(owner.party_id)
     request = wire.InstallKeyRequest(
-        study_id=STUDY, dealer_id=dealer.party_id, dealer_sign_key=dealer.sign_key,
-        dealer_box_key=dealer.box_key, box=dealt.boxes[index], fingerprint=dealt.fingerprint,
+        study_id=STUDY,
+        dealer_id=dealer.party_id,
+        dealer_sign_key=dealer.sign_key,
+        dealer_box_key=dealer.box_key,
+        box=dealt.boxes[index],
+        fingerprint=dealt.fingerprint,
     )
     return hospital.install_key(owner, dataclasses.replace(request, **overrides))  # type: ignore[arg-type]
 
@@ -62,7 +78,9 @@ def _pin(owners: list[hospital.HospitalSettings], members: list[Identity]) -> No
         owner.keystore.pin_terms(STUDY, [m.public for m in members], quorum=2, min_clients=2)
 
 
-def test_enrolment_reveals_public_keys_and_counts_only(owners: list[hospital.HospitalSettings]) -> None:
+def test_enrolment_reveals_public_keys_and_counts_only(
+    owners: list[hospital.HospitalSettings],
+) -> None:
     reply = hospital.enroll(owners[0], wire.EnrollRequest(study_id=STUDY))
     identity = owners[0].keystore.identity()
     assert (reply.sign_key, reply.box_key) == (identity.public.sign_key, identity.public.box_key)
@@ -86,7 +104,9 @@ def test_dealt_secret_context_reaches_every_owner_and_the_public_part_cannot_dec
     assert public.fingerprint() == dealt.fingerprint
 
 
-def test_install_key_rejects_a_tampered_box_or_fingerprint(owners: list[hospital.HospitalSettings]) -> None:
+def test_install_key_rejects_a_tampered_box_or_fingerprint(
+    owners: list[hospital.HospitalSettings],
+) -> None:
     enrolled, dealt = _deal(owners)
     box = dealt.boxes[0]
     with pytest.raises(VerificationError):
@@ -97,23 +117,35 @@ def test_install_key_rejects_a_tampered_box_or_fingerprint(owners: list[hospital
         _install(owners[1], enrolled[2], dealt)
 
 
-def _aggregate_request(owners: list[hospital.HospitalSettings], members: list[Identity],
-                       client_ids: tuple[str, ...], signers: list[Identity],
-                       updates: dict[str, np.ndarray]) -> wire.DecryptRequest:
+def _aggregate_request(
+    owners: list[hospital.HospitalSettings],
+    members: list[Identity],
+    client_ids: tuple[str, ...],
+    signers: list[Identity],
+    updates: dict[str, np.ndarray],
+) -> wire.DecryptRequest:
     blobs = [owners[0].keystore.load_ckks(STUDY).encrypt(updates[c]) for c in client_ids]
     public = owners[0].keystore.load_ckks(STUDY).public()
     aggregate = public.add(blobs)
     digest = tagged_hash(Tag.AGGREGATE, aggregate)
-    message = aggregate_result_digest(study_id=STUDY, round=1, client_ids=client_ids, aggregate_hash=digest)
+    message = aggregate_result_digest(
+        study_id=STUDY, round=1, client_ids=client_ids, aggregate_hash=digest
+    )
     return wire.DecryptRequest(
-        study_id=STUDY, round=1, client_ids=client_ids, aggregate=aggregate, aggregate_hash=digest,
+        study_id=STUDY,
+        round=1,
+        client_ids=client_ids,
+        aggregate=aggregate,
+        aggregate_hash=digest,
         member_ids=tuple(m.party_id for m in signers),
         member_signatures=tuple(m.sign(message) for m in signers),
     )
 
 
-@pytest.fixture()
-def ready(owners: list[hospital.HospitalSettings], members: list[Identity]) -> dict[str, np.ndarray]:
+@pytest.fixture
+def ready(
+    owners: list[hospital.HospitalSettings], members: list[Identity]
+) -> dict[str, np.ndarray]:
     enrolled, dealt = _deal(owners)
     for owner in owners[1:]:
         _install(owner, enrolled[0], dealt)
@@ -148,7 +180,9 @@ def test_decrypt_refuses_without_a_quorum_of_pinned_members(
     one = _aggregate_request(owners, members, ids, members[:1], ready)
     with pytest.raises(VerificationError, match="1 committee signatures, quorum is 2"):
         hospital.decrypt(owners[0], one)
-    twice = dataclasses.replace(one, member_ids=one.member_ids * 2, member_signatures=one.member_signatures * 2)
+    twice = dataclasses.replace(
+        one, member_ids=one.member_ids * 2, member_signatures=one.member_signatures * 2
+    )
     with pytest.raises(VerificationError, match="quorum is 2"):
         hospital.decrypt(owners[0], twice)
     outsider = Identity.generate("member-9", seed=b"\x09" * 32)
@@ -179,7 +213,9 @@ def test_pinned_terms_cannot_change_mid_study(
         store.pin_terms(STUDY, [m.public for m in members], quorum=1, min_clients=2)
     impostor = Identity.generate("member-3", seed=b"\x07" * 32)
     with pytest.raises(VerificationError, match="differ from the terms"):
-        store.pin_terms(STUDY, [members[0].public, members[1].public, impostor.public], quorum=2, min_clients=2)
+        store.pin_terms(
+            STUDY, [members[0].public, members[1].public, impostor.public], quorum=2, min_clients=2
+        )
     assert store.pinned_terms(STUDY).quorum == 2
 
 
@@ -188,16 +224,21 @@ def test_weighted_ckks_mean_matches_the_plaintext_oracle_within_1e4(
 ) -> None:
     """Ten owners' weighted updates, encrypted, summed by a member, decrypted: the released
     mean is within 1e-4 of the float64 FedAvg mean, and equals the quantised sum exactly."""
-    enrolled, dealt = _deal(owners)
+    _enrolled, dealt = _deal(owners)
     secret = owners[0].keystore.load_ckks(STUDY)
     public = CkksPublicContext.from_bytes(dealt.public_context)
     rng = np.random.default_rng(42)
     examples = rng.integers(30, 121, size=10)
     updates = [rng.normal(0, 0.05, 5000) for _ in examples]
     unit = int(examples.max())
-    quantized = [quantize(u * (n / unit), grid=secret.params.release_grid) for u, n in zip(updates, examples, strict=True)]
+    quantized = [
+        quantize(u * (n / unit), grid=secret.params.release_grid)
+        for u, n in zip(updates, examples, strict=True)
+    ]
     total = secret.decrypt(public.add([secret.encrypt(q) for q in quantized]))
     np.testing.assert_array_equal(total, np.sum(quantized, axis=0))
     mean = total / (examples.sum() / unit)
-    oracle = np.sum([u * n for u, n in zip(updates, examples, strict=True)], axis=0) / examples.sum()
+    oracle = (
+        np.sum([u * n for u, n in zip(updates, examples, strict=True)], axis=0) / examples.sum()
+    )
     assert np.max(np.abs(mean - oracle)) < 1e-4

@@ -15,10 +15,24 @@ from cohort.federation.coordinator import choose_client_set
 
 def _instruction(**overrides: object) -> wire.TrainInstruction:
     base: dict[str, object] = {
-        "study_id": "s", "round": 1, "total_rounds": 5, "weight_unit": 400, "secure": "ckks", "seed": 3, "model": "mlp",
-        "epsilon": 3.0, "delta": 1e-5, "local_epochs": 1, "batch_size": 32, "max_grad_norm": 1.0,
-        "lr": 0.5, "quorum": 2, "min_clients": 2, "member_ids": ("m1", "m2"),
-        "member_sign_keys": (b"a" * 32, b"b" * 32), "member_box_keys": (b"c" * 32, b"d" * 32),
+        "study_id": "s",
+        "round": 1,
+        "total_rounds": 5,
+        "weight_unit": 400,
+        "secure": "ckks",
+        "seed": 3,
+        "model": "mlp",
+        "epsilon": 3.0,
+        "delta": 1e-5,
+        "local_epochs": 1,
+        "batch_size": 32,
+        "max_grad_norm": 1.0,
+        "lr": 0.5,
+        "quorum": 2,
+        "min_clients": 2,
+        "member_ids": ("m1", "m2"),
+        "member_sign_keys": (b"a" * 32, b"b" * 32),
+        "member_box_keys": (b"c" * 32, b"d" * 32),
         "member_endpoints": ("127.0.0.1:1", "127.0.0.1:2"),
     }
     base.update(overrides)
