@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import multiprocessing
 import platform
 import statistics
@@ -53,6 +54,8 @@ def federated_run(
     if noise_seed is None:
         noise_seed = seed
     torch.set_num_threads(1)
+    # Seeded noise is deliberate here (repeatable figures); train_dp warns about it per round.
+    logging.getLogger("cohort").setLevel(logging.ERROR)
     hospitals, test = demo_split(num_hospitals=HOSPITALS, seed=seed, alpha=ALPHA)
     in_features = test.num_features
     torch.manual_seed(seed)
@@ -124,15 +127,17 @@ def centralised_run(seed: int, model_spec: str, *, epochs: int = 100) -> float:
     return evaluate(model, test)[0]
 
 
-def _job(args: tuple[str, int, DpConfig, str]) -> tuple[str, int, Any]:
-    kind, seed, config, spec = args
+def _job(args: tuple[str, int, int, DpConfig, str]) -> tuple[str, int, int, Any]:
+    kind, seed, draw, config, spec = args
     if kind == "dp":
-        return kind, seed, federated_run(seed, config, spec)
-    return kind, seed, centralised_run(seed, spec)
+        noise_seed = seed + 1000 * draw
+        return kind, seed, draw, federated_run(seed, config, spec, noise_seed=noise_seed)
+    return kind, seed, draw, centralised_run(seed, spec)
 
 
 def markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
+    central = {c["seed"]: c["accuracy"] for c in report["centralised"]}
     lines = [
         "# DP federated accuracy (breast-cancer demo)",
         "",
@@ -140,25 +145,29 @@ def markdown(report: dict[str, Any]) -> str:
         f"(delta {cfg['delta']:g}) per hospital over {cfg['total_rounds']} rounds of "
         f"{cfg['local_epochs']} local epoch, FedAvg of example-weighted deltas, model "
         f"`{report['model']}`, batch {cfg['batch_size']}, C {cfg['max_grad_norm']}, "
-        f"lr {cfg['lr']}, momentum {cfg['momentum']}. Accuracy on the held-out 20% split.",
+        f"lr {cfg['lr']}, momentum {cfg['momentum']}. Accuracy on the held-out 20% split "
+        "(113 examples: one example is 0.0088).",
         "",
-        "| seed | DP federated | non-private centralised | hospital sizes | max epsilon spent |",
-        "|---:|---:|---:|---|---:|",
+        "| seed | noise seed | DP federated | non-private centralised | hospital sizes "
+        "| max epsilon spent |",
+        "|---:|---:|---:|---:|---|---:|",
     ]
-    for run, central in zip(report["runs"], report["centralised"], strict=True):
+    for run in report["runs"]:
         lines.append(
-            f"| {run['seed']} | {run['accuracy']:.4f} | {central['accuracy']:.4f} | "
+            f"| {run['seed']} | {run['noise_seed']} | {run['accuracy']:.4f} | "
+            f"{central[run['seed']]:.4f} | "
             f"{', '.join(str(n) for n in run['hospital_examples'])} | "
             f"{max(run['epsilon_spent']):.3f} |"
         )
     lines += [
-        f"| **mean** | **{report['mean_accuracy']:.4f}** | "
+        f"| **mean** | | **{report['mean_accuracy']:.4f}** | "
         f"**{report['centralised_mean_accuracy']:.4f}** | | |",
         "",
-        f"Minimum over seeds: {report['min_accuracy']:.4f} (target >= {TARGET}). "
+        f"Minimum over runs: {report['min_accuracy']:.4f} (target >= {TARGET}). "
         f"Wall time {report['seconds']:.0f} s on {report['machine']}.",
         "",
-        "Regenerate with `.venv/bin/python bench/dp_accuracy.py`.",
+        "Regenerate with `.venv/bin/python bench/dp_accuracy.py` (seeds 0..4). A wider check "
+        "of the defaults: `--seeds 0 1 2 3 4 5 6 7 8 9 --noise-draws 4 --no-write`.",
         "",
     ]
     return "\n".join(lines)
@@ -167,6 +176,9 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--noise-draws", type=int, default=1, help="DP noise seeds per split (seed + 1000 k)"
+    )
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int)
@@ -185,17 +197,20 @@ def main(argv: list[str] | None = None) -> int:
         "target_epsilon": args.epsilon,
     }
     config = replace(DpConfig(), **{k: v for k, v in overrides.items() if v is not None})
-    jobs = [("dp", s, config, args.model) for s in args.seeds]
-    jobs += [("central", s, config, args.model) for s in args.seeds]
+    jobs = [("dp", s, k, config, args.model) for s in args.seeds for k in range(args.noise_draws)]
+    jobs += [("central", s, 0, config, args.model) for s in args.seeds]
     started = time.perf_counter()
     if args.workers > 1:
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
             results = pool.map(_job, jobs, chunksize=1)
     else:
         results = [_job(job) for job in jobs]
-    runs = sorted((r for k, _, r in results if k == "dp"), key=lambda r: r["seed"])
+    runs = sorted(
+        ({**r, "noise_seed": s + 1000 * k} for kind, s, k, r in results if kind == "dp"),
+        key=lambda r: (r["seed"], r["noise_seed"]),
+    )
     central = sorted(
-        ({"seed": s, "accuracy": r} for k, s, r in results if k == "central"),
+        ({"seed": s, "accuracy": r} for kind, s, _, r in results if kind == "central"),
         key=lambda r: r["seed"],
     )
     accuracies = [run["accuracy"] for run in runs]
@@ -213,16 +228,17 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} CPUs, "
         f"torch {torch.__version__}",
     }
-    for run, c in zip(runs, central, strict=True):
+    central_by_seed = {c["seed"]: c["accuracy"] for c in central}
+    for run in runs:
         print(
-            f"seed {run['seed']}: DP {run['accuracy']:.4f} (per round "
+            f"seed {run['seed']} noise {run['noise_seed']}: DP {run['accuracy']:.4f} (per round "
             f"{', '.join(f'{a:.3f}' for a in run['accuracy_per_round'])}), "
-            f"central {c['accuracy']:.4f}, eps {max(run['epsilon_spent']):.3f}, "
-            f"{run['seconds']:.0f} s"
+            f"central {central_by_seed[run['seed']]:.4f}, "
+            f"eps {max(run['epsilon_spent']):.3f}, {run['seconds']:.0f} s"
         )
     print(
         f"mean {report['mean_accuracy']:.4f}, min {report['min_accuracy']:.4f}, "
-        f"{report['seconds']:.0f} s"
+        f"centralised mean {report['centralised_mean_accuracy']:.4f}, {report['seconds']:.0f} s"
     )
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,13 @@ from opacus.accountants.utils import get_noise_multiplier
 from typing_extensions import TypeIs
 
 from cohort.crypto.hashing import Tag, tagged_hash
-from cohort.errors import BadInputError, BudgetExhausted, ConfigError, VerificationError
+from cohort.errors import (
+    BadInputError,
+    BudgetExhausted,
+    ConfigError,
+    ProtocolAbort,
+    VerificationError,
+)
 from cohort.logs import fields, get_logger
 
 log = get_logger(__name__)
@@ -487,9 +493,23 @@ class PrivacyLedger:
         self._check_event(event)
         return compute_epsilon((*self.events, event), delta=self._delta)
 
+    def _check_not_stale(self) -> None:
+        """Refuse to act on a ledger another writer has changed since this one loaded it.
+
+        One writer per ledger file is assumed; this catches a second, stale
+        :class:`PrivacyLedger` object for the same file, which would otherwise overwrite
+        (and so under-report) spending recorded in between.
+        """
+        on_disk = PrivacyLedger.load(self._path).head if self._path.exists() else None
+        if on_disk != self.head:
+            raise ProtocolAbort(
+                f"{self._path}: ledger changed on disk since it was opened; reopen it"
+            )
+
     def guard(self, event: DpEvent) -> None:
         """Run before training: raise :class:`BudgetExhausted` if ``event`` would take this
         owner past its cap. Names the owner, the cap and the projected epsilon."""
+        self._check_not_stale()
         projected = self.projected_epsilon(event)
         if projected > self._cap:
             raise BudgetExhausted(
@@ -505,6 +525,7 @@ class PrivacyLedger:
         with the accountant (:class:`BadInputError` otherwise). Spending is always recorded,
         even past the cap (the guard is what prevents that).
         """
+        self._check_not_stale()
         expected = self.projected_epsilon(event)
         if not _is_number(epsilon) or not math.isclose(
             epsilon, expected, rel_tol=1e-9, abs_tol=1e-12

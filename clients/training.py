@@ -53,7 +53,9 @@ class DpConfig:
     """DP-SGD settings of a study, identical for every data owner; checked when built.
 
     Defaults were tuned on the breast-cancer demo (5 hospitals, Dirichlet alpha 1,
-    epsilon 3 over 5 rounds of 1 local epoch): see bench/results/dp_accuracy.md.
+    epsilon 3 over 5 rounds of 1 local epoch, model "mlp"): over 10 splits x 4 noise draws
+    the held-out accuracy never fell below 0.938 (mean 0.966); see
+    bench/results/dp_accuracy.md and docs/privacy.md.
     """
 
     #: Per-owner (epsilon, delta) budget for the whole study; calibrates the noise.
@@ -63,13 +65,13 @@ class DpConfig:
     #: Passes over the local data per round (in expectation, under Poisson sampling).
     local_epochs: int = 1
     #: Expected examples per Poisson batch; sample rate = 1 / ceil(n / batch_size).
-    batch_size: int = 16
+    batch_size: int = 32
     #: Per-example L2 clipping bound C.
     max_grad_norm: float = 1.0
     #: delta of the (epsilon, delta) guarantee; well below 1 / (examples per owner).
     delta: float = 1e-5
     #: Local SGD learning rate.
-    lr: float = 0.5
+    lr: float = 1.0
     #: Local SGD momentum (fresh optimizer each round, so nothing carries over).
     momentum: float = 0.0
 
@@ -287,6 +289,10 @@ def train_dp(
         noise_seed_value = int.from_bytes(os.urandom(8), "big")
         sample_seed_value = int.from_bytes(os.urandom(8), "big")
     else:
+        log.warning(
+            "seeded DP noise: reproducible, not private",
+            extra=fields(owner=ledger.owner, round=round),
+        )
         noise_seed_value = derive_noise_seed(noise_seed, ledger.owner, round, b"noise")
         sample_seed_value = derive_noise_seed(noise_seed, ledger.owner, round, b"sampling")
     noise_gen = _generator(device, noise_seed_value)
@@ -323,10 +329,13 @@ def train_dp(
         loss_sum, loss_examples, empty_batches = _run_epochs(
             private, dp_optimizer, dp_loader, epochs=config.local_epochs, device=device
         )
-        counted = sum(steps for _, _, steps in engine.accountant.history)
-        if counted != event.steps:
+        # Cross-check: Opacus's own accountant saw exactly the mechanism the ledger records.
+        counted = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
+        planned = [(event.noise_multiplier, event.sample_rate, event.steps)]
+        if counted != planned:
             raise ProtocolAbort(
-                f"Opacus counted {counted} noisy steps but the ledger event has {event.steps}"
+                f"Opacus accounted {counted} (sigma, sample rate, steps) but the ledger "
+                f"event says {planned}"
             )
     finally:
         private.cleanup()

@@ -20,7 +20,13 @@ from cohort.clients.privacy import (
     calibrate_noise_multiplier,
     compute_epsilon,
 )
-from cohort.errors import BadInputError, BudgetExhausted, ConfigError, VerificationError
+from cohort.errors import (
+    BadInputError,
+    BudgetExhausted,
+    ConfigError,
+    ProtocolAbort,
+    VerificationError,
+)
 
 DELTA = 1e-5
 # PRV epsilon at delta=1e-5 after 1..5 rounds of (sigma=1.1, q=0.1, 10 steps), pinned from
@@ -286,3 +292,15 @@ def test_record_checks_epsilon_delta_and_round(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="round 2 comes after round 4"):
         ledger.guard(event(2))
     assert len(ledger.entries) == 1
+
+
+def test_stale_ledger_object_cannot_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "l.json"
+    first = open_ledger(path)
+    second = open_ledger(path)
+    record(first, event(1))
+    with pytest.raises(ProtocolAbort, match="changed on disk since it was opened"):
+        record(second, event(1))
+    with pytest.raises(ProtocolAbort, match="reopen it"):
+        second.guard(event(2))
+    assert open_ledger(path).events == (event(1),)
