@@ -19,6 +19,7 @@ any form; :mod:`cohort.federation.transcript` records what it did receive.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +88,7 @@ class StudyOutcome:
     total_paid_wei: int = 0
     finalized_rounds: int = 0
     final_model: np.ndarray | None = None
+    node_errors: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -123,9 +125,13 @@ class Coordinator:
         for reply in replies:
             src = reply.metadata.src_node_id
             if reply.has_error():
+                reason = error_reason(reply.error.reason)
                 log.warning(
                     "node replied with an error",
-                    extra=fields(node=src, type=message_type, reason=reply.error.reason),
+                    extra=fields(node=src, type=message_type, reason=reason),
+                )
+                self.outcome.node_errors.append(
+                    {"node": str(src), "message_type": message_type, "reason": reason}
                 )
                 continue
             by_node[src] = reply
@@ -520,6 +526,19 @@ class Coordinator:
             total += paid
         self.outcome.total_paid_wei = total
         self.outcome.finalized_rounds = contract.finalized_rounds()
+
+
+_COHORT_ERROR = re.compile(r"cohort\.errors\.(\w+): (.+)")
+
+
+def error_reason(raw: str) -> str:
+    """The Cohort error inside a node's error reply (Flower wraps it in a remote traceback)."""
+    matches = _COHORT_ERROR.findall(raw)
+    if matches:
+        kind, message = matches[-1]
+        return f"{kind}: {message.strip()}"[:500]
+    lines = [line.strip() for line in raw.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else raw)[:500]
 
 
 def choose_client_set(

@@ -166,6 +166,7 @@ def build_summary(config: StudyConfig, outcome: StudyOutcome) -> dict[str, Any]:
             "total_paid_wei": outcome.total_paid_wei,
         },
         "final_accuracy": outcome.rounds[-1].accuracy if outcome.rounds else None,
+        "node_errors": outcome.node_errors,
     }
 
 
