@@ -125,7 +125,7 @@ class Coordinator:
         for reply in replies:
             src = reply.metadata.src_node_id
             if reply.has_error():
-                reason = error_reason(reply.error.reason)
+                reason = error_reason(reply.error.reason or "no reason given")
                 log.warning(
                     "node replied with an error",
                     extra=fields(node=src, type=message_type, reason=reason),
