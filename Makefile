@@ -47,6 +47,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy -p cohort
+	$(BIN)/mypy --explicit-package-bases tests bench
 
 format: setup
 	$(BIN)/ruff check --fix .

@@ -55,7 +55,7 @@ def test_missing_field_is_named() -> None:
 
 def test_wrong_type_is_named() -> None:
     record = _instruction().to_record()
-    record["cohort"]["round"] = "one"
+    record["cohort"]["round"] = "one"  # type: ignore[assignment]
     with pytest.raises(BadInputError, match="field 'round' must be int"):
         wire.TrainInstruction.from_record(record)
 
