@@ -36,6 +36,7 @@ def settings_from_node_config(context: Context) -> hospital.HospitalSettings:
         data=str(cfg["data"]),
         label_column=str(cfg.get("label-column", "label")),
         epsilon_cap=None if cap is None else float(cap),
+        normalizer=None if "normalizer" not in cfg else str(cfg["normalizer"]),
     )
 
 

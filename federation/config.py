@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cohort.clients.training import DpConfig
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.errors import ConfigError
 
@@ -38,15 +39,17 @@ class SecureMode(enum.StrEnum):
 class DpSettings:
     """DP-SGD settings every data owner applies locally (sent with each round).
 
-    ``epsilon`` is the per-hospital budget for the whole study, (epsilon, delta)-DP.
+    ``epsilon`` is the per-hospital budget for the whole study, (epsilon, delta)-DP. Defaults
+    are the data owners' tuned :class:`~cohort.clients.training.DpConfig` defaults (see
+    docs/privacy.md and bench/dp_accuracy.py).
     """
 
-    epsilon: float = 3.0
-    delta: float = 1e-5
-    local_epochs: int = 1
-    batch_size: int = 32
-    max_grad_norm: float = 1.0
-    lr: float = 0.5
+    epsilon: float = DpConfig.target_epsilon
+    delta: float = DpConfig.delta
+    local_epochs: int = DpConfig.local_epochs
+    batch_size: int = DpConfig.batch_size
+    max_grad_norm: float = DpConfig.max_grad_norm
+    lr: float = DpConfig.lr
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:

@@ -10,6 +10,7 @@ committee member (or, in the comparison mode ``none``, in plaintext).
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 
 from cohort.aggregator.client import MemberClient
 from cohort.aggregator.member import aggregate_result_digest
-from cohort.clients.data import Dataset, demo_split, load_csv
+from cohort.clients.data import Dataset, Normalizer, demo_split, load_csv
 from cohort.clients.model import build_model, get_flat, set_flat
 from cohort.clients.privacy import PrivacyLedger
 from cohort.clients.training import DpConfig, train_dp
@@ -45,6 +46,9 @@ class HospitalSettings:
     ``data`` is a CSV path, or ``demo:<index>`` for the built-in breast-cancer split (then
     ``demo_hospitals``, ``demo_seed`` and ``demo_alpha`` fix the split). ``epsilon_cap`` is
     the owner's own budget; the guard uses the smaller of it and the study's epsilon.
+    ``normalizer`` is the feature scaling the sponsor publishes with the study (a JSON file,
+    :class:`~cohort.clients.data.Normalizer`); CSV data is standardised with it. The demo
+    split comes standardised with the demo's published scaling.
     """
 
     party_id: str
@@ -52,6 +56,7 @@ class HospitalSettings:
     data: str
     label_column: str = "label"
     epsilon_cap: float | None = None
+    normalizer: str | None = None
     demo_hospitals: int = 5
     demo_seed: int = 0
     demo_alpha: float = 1.0
@@ -85,7 +90,15 @@ def _load_dataset(settings: HospitalSettings) -> Dataset:
                 f"data {settings.data!r}: index out of range 0..{len(hospitals) - 1}"
             )
         return hospitals[index]
-    return load_csv(Path(settings.data), label_column=settings.label_column)
+    dataset = load_csv(Path(settings.data), label_column=settings.label_column, num_classes=2)
+    if settings.normalizer is None:
+        return dataset
+    path = Path(settings.normalizer)
+    try:
+        published = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"normalizer {path}: cannot read it as JSON ({exc})") from None
+    return Normalizer.from_dict(published).apply(dataset)
 
 
 # ------------------------------------------------------------------- set-up messages
@@ -197,7 +210,6 @@ def train(
             "reason": reason,
             "examples": 0,
             "epsilon": ledger.epsilon(),
-            "train_loss": float("nan"),
             "payload_hash": b"",
             "delivered": (),
         }
@@ -228,14 +240,13 @@ def train(
         # Grid values below max_abs need 22 significant bits: float32 carries them exactly.
         weighted = quantize(update, grid=DEFAULT_PARAMS.release_grid).astype(np.float32)
         return TrainOutcome(
-            receipt(
-                "ok", "", examples=result.examples, epsilon=result.epsilon, train_loss=result.loss
-            ),
+            receipt("ok", "", examples=result.examples, epsilon=result.epsilon),
             weighted,
         )
     context = settings.keystore.load_ckks(instruction.study_id)
     weighted = quantize(update, grid=context.params.release_grid)
-    common = {"examples": result.examples, "epsilon": result.epsilon, "train_loss": result.loss}
+    # No training loss: it is computed without noise, so DP does not cover it.
+    common = {"examples": result.examples, "epsilon": result.epsilon}
     payload = context.encrypt(weighted)
     payload_hash = tagged_hash(Tag.PAYLOAD, payload)
     members = instruction.committee()

@@ -248,7 +248,6 @@ class TrainReceipt(_Schema):
     reason: str
     examples: int
     epsilon: float
-    train_loss: float
     payload_hash: bytes
     delivered: tuple[str, ...]  # committee members that accepted the upload
 

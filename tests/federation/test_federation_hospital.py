@@ -14,7 +14,7 @@ from cohort.crypto.ckks import CkksPublicContext
 from cohort.crypto.encoding import quantize
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import Identity
-from cohort.errors import VerificationError
+from cohort.errors import BadInputError, VerificationError
 from cohort.federation import hospital, wire
 
 STUDY = "study-test-0001"
@@ -242,3 +242,32 @@ def test_weighted_ckks_mean_matches_the_plaintext_oracle_within_1e4(
         np.sum([u * n for u, n in zip(updates, examples, strict=True)], axis=0) / examples.sum()
     )
     assert np.max(np.abs(mean - oracle)) < 1e-4
+
+
+def test_csv_owner_standardises_with_the_published_normalizer(tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from sklearn.datasets import load_breast_cancer
+
+    from cohort.clients.data import demo_normalizer
+
+    published = demo_normalizer(seed=0).to_dict()
+    raw = load_breast_cancer()
+    path = tmp_path / "site.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*published["feature_names"], "label"])
+        for row, label in zip(raw.data[:40], raw.target[:40], strict=True):
+            writer.writerow([*row, int(label)])
+    norm = tmp_path / "normalizer.json"
+    norm.write_text(json.dumps(published))
+    settings = hospital.HospitalSettings(
+        party_id="site", workdir=str(tmp_path / "w"), data=str(path), normalizer=str(norm)
+    )
+    data = settings.dataset()
+    expected = (raw.data[:40] - np.asarray(published["mean"])) / np.asarray(published["scale"])
+    np.testing.assert_allclose(data.features, expected, rtol=1e-5, atol=1e-5)
+    broken = dataclasses.replace(settings, normalizer=str(tmp_path / "missing.json"))
+    with pytest.raises(BadInputError, match="normalizer .*missing.json"):
+        broken.dataset()
