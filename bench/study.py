@@ -84,7 +84,13 @@ def main() -> None:
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         rows.append(
-            one(seed, clients=args.clients, rounds=args.rounds, epsilon=args.epsilon, secure=args.secure)
+            one(
+                seed,
+                clients=args.clients,
+                rounds=args.rounds,
+                epsilon=args.epsilon,
+                secure=args.secure,
+            )
         )
         print(json.dumps(rows[-1]))
     RESULTS.mkdir(parents=True, exist_ok=True)

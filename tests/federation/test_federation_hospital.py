@@ -269,5 +269,5 @@ def test_csv_owner_standardises_with_the_published_normalizer(tmp_path: Path) ->
     expected = (raw.data[:40] - np.asarray(published["mean"])) / np.asarray(published["scale"])
     np.testing.assert_allclose(data.features, expected, rtol=1e-5, atol=1e-5)
     broken = dataclasses.replace(settings, normalizer=str(tmp_path / "missing.json"))
-    with pytest.raises(BadInputError, match="normalizer .*missing.json"):
+    with pytest.raises(BadInputError, match=r"normalizer .*missing\.json"):
         broken.dataset()
