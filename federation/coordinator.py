@@ -159,6 +159,11 @@ class Coordinator:
 
         owners = self._enroll(nodes, study_id)
         party_of = {n: owners[n].party_id for n in owners}
+        features = {o.features for o in owners.values()}
+        if len(features) != 1 or features != {self.test_set.features.shape[1]}:
+            raise BadInputError(
+                f"data owners and the test set disagree on the feature count: {sorted(features)}"
+            )
         contract = StudyContract.deploy(
             self.chain,
             sponsor=self.sponsor,
@@ -172,11 +177,6 @@ class Coordinator:
         self.outcome.chain = self.chain.name
         self.outcome.bounty_wei = cfg.bounty_wei
 
-        features = {o.features for o in owners.values()}
-        if len(features) != 1 or features != {self.test_set.features.shape[1]}:
-            raise BadInputError(
-                f"data owners and the test set disagree on the feature count: {sorted(features)}"
-            )
         torch.manual_seed(
             cfg.seed if cfg.seed is not None else int.from_bytes(np.random.bytes(4), "big")
         )
@@ -186,7 +186,7 @@ class Coordinator:
         members = Committee(self.committee)
         try:
             if cfg.secure is SecureMode.CKKS:
-                public_context = self._deal_keys(nodes, owners, study_id)
+                public_context = self._deal_keys(owners, study_id)
                 self._member_study = MemberStudy(
                     study_id=study_id,
                     owners=tuple(
@@ -241,9 +241,7 @@ class Coordinator:
             )
         return dict(sorted(owners.items(), key=lambda kv: kv[1].party_id))
 
-    def _deal_keys(
-        self, nodes: list[int], owners: dict[int, wire.EnrollReply], study_id: str
-    ) -> bytes:
+    def _deal_keys(self, owners: dict[int, wire.EnrollReply], study_id: str) -> bytes:
         """Have the first owner (by party id) deal the CKKS context; return the public context."""
         dealer_node = next(iter(owners))
         roster = list(owners.values())
