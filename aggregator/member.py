@@ -21,7 +21,6 @@ from __future__ import annotations
 import enum
 import json
 import os
-import secrets
 import threading
 import time
 from collections import Counter
@@ -37,6 +36,7 @@ from cohort.crypto.envelope import Envelope, open_envelope
 from cohort.crypto.hashing import Tag, client_set_hash, tagged_hash
 from cohort.crypto.identity import Identity, PublicIdentity, verify_signature
 from cohort.errors import BadInputError, ConfigError, ProtocolAbort, VerificationError
+from cohort.files import PRIVATE, write_atomic
 from cohort.logs import fields, get_logger
 
 log = get_logger(__name__)
@@ -82,12 +82,7 @@ class MemberKeys:
             "member_id": self.identity.party_id,
             "eth_private_key": self.eth_private_key.hex(),
         }
-        target = directory / ETH_KEY_FILE
-        tmp = directory / f".{ETH_KEY_FILE}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(doc, handle)
-        os.replace(tmp, target)
+        write_atomic(directory / ETH_KEY_FILE, json.dumps(doc).encode("utf-8"), mode=PRIVATE)
 
     @classmethod
     def load(cls, directory: Path) -> MemberKeys:

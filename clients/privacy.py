@@ -20,8 +20,6 @@ import datetime as _dt
 import functools
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from cohort.errors import (
     ProtocolAbort,
     VerificationError,
 )
+from cohort.files import write_atomic
 from cohort.logs import fields, get_logger
 
 log = get_logger(__name__)
@@ -243,31 +242,6 @@ def _genesis_hash(header: Mapping[str, Any]) -> bytes:
     return tagged_hash(Tag.LEDGER, b"genesis", _canonical_json(dict(header)))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a synced temp file and a rename (all or nothing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 class PrivacyLedger:
     """A data owner's privacy ledger: JSON file, atomic writes, tagged hash chain.
 
@@ -435,7 +409,7 @@ class PrivacyLedger:
             "entries": [entry.to_dict() for entry in self._entries],
             "head": self.head.hex(),
         }
-        _atomic_write(self._path, json.dumps(document, indent=2, allow_nan=False).encode() + b"\n")
+        write_atomic(self._path, json.dumps(document, indent=2, allow_nan=False).encode() + b"\n")
 
     # ------------------------------------------------------------------ queries
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.errors import BadInputError, VerificationError
+from cohort.files import PRIVATE, write_atomic
 
 KEY_SIZE = 32
 SIGNATURE_SIZE = 64
@@ -178,18 +178,7 @@ class Identity:
             "sign_seed": bytes(self._signing.encode()).hex(),
             "box_secret": bytes(self._box.encode()).hex(),
         }
-        data = json.dumps(record, indent=1).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, json.dumps(record, indent=1).encode("utf-8"), mode=PRIVATE)
 
     @classmethod
     def load(cls, path: Path) -> Identity:

@@ -18,6 +18,7 @@ from typing import Any
 from cohort.clients.training import DpConfig
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.errors import ConfigError
+from cohort.files import write_atomic
 
 
 class SecureMode(enum.StrEnum):
@@ -154,7 +155,4 @@ class StudyConfig:
 
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    write_atomic(path, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))

@@ -22,15 +22,11 @@ from eth_account import Account
 from cohort.crypto.ckks import CkksSecretContext
 from cohort.crypto.identity import Identity, PublicIdentity
 from cohort.errors import BadInputError, VerificationError
+from cohort.files import PRIVATE, write_atomic
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    tmp.replace(path)
+    write_atomic(path, data, mode=PRIVATE)
 
 
 def _safe(study_id: str) -> str:
