@@ -197,6 +197,26 @@ def train(
         epsilon_cap=cap,
         delta=instruction.delta,
     )
+    # Everything that could make this round's work unusable is checked before any privacy
+    # budget is spent on it: our size against the weight unit, the pinned study terms, the key.
+    examples = int(data.labels.shape[0])
+    if examples > instruction.weight_unit:
+        raise BadInputError(
+            f"train round {instruction.round}: {examples} examples, more than the study's "
+            f"weight unit {instruction.weight_unit} (largest enrolled owner)"
+        )
+    secure = SecureMode.parse(instruction.secure)
+    context: CkksSecretContext | None = None
+    members = instruction.committee()
+    if secure is SecureMode.CKKS:
+        settings.keystore.pin_terms(
+            instruction.study_id,
+            [m.identity() for m in members],
+            quorum=instruction.quorum,
+            min_clients=instruction.min_clients,
+        )
+        context = settings.keystore.load_ckks(instruction.study_id)
+
     seed = None if instruction.seed < 0 else instruction.seed
     if seed is not None:
         torch.manual_seed(_derived_seed(seed, identity.party_id, instruction.round))
@@ -227,35 +247,22 @@ def train(
         )
         return TrainOutcome(receipt("declined", str(exc)), None)
 
-    if not 0 < result.examples <= instruction.weight_unit:
-        raise BadInputError(
-            f"train round {instruction.round}: {result.examples} examples, more than the "
-            f"study's weight unit {instruction.weight_unit} (largest enrolled owner)"
-        )
     # FedAvg weight examples / weight_unit <= 1 keeps encoded values within the update's
     # own magnitude (CKKS max_abs), and the coordinator divides by the weight of S.
     weight = result.examples / instruction.weight_unit
     update = (get_flat(model).astype(np.float64) - global_model.astype(np.float64)) * weight
-    if SecureMode.parse(instruction.secure) is SecureMode.NONE:
+    if context is None:
         # Grid values below max_abs need 22 significant bits: float32 carries them exactly.
         weighted = quantize(update, grid=DEFAULT_PARAMS.release_grid).astype(np.float32)
         return TrainOutcome(
             receipt("ok", "", examples=result.examples, epsilon=result.epsilon),
             weighted,
         )
-    context = settings.keystore.load_ckks(instruction.study_id)
     weighted = quantize(update, grid=context.params.release_grid)
     # No training loss: it is computed without noise, so DP does not cover it.
     common = {"examples": result.examples, "epsilon": result.epsilon}
     payload = context.encrypt(weighted)
     payload_hash = tagged_hash(Tag.PAYLOAD, payload)
-    members = instruction.committee()
-    settings.keystore.pin_terms(
-        instruction.study_id,
-        [m.identity() for m in members],
-        quorum=instruction.quorum,
-        min_clients=instruction.min_clients,
-    )
     delivered = upload(
         identity, members, study_id=instruction.study_id, round=instruction.round, payload=payload
     )

@@ -4,6 +4,7 @@ ever opens a quorum-signed aggregate over enough owners."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +272,41 @@ def test_csv_owner_standardises_with_the_published_normalizer(tmp_path: Path) ->
     broken = dataclasses.replace(settings, normalizer=str(tmp_path / "missing.json"))
     with pytest.raises(BadInputError, match=r"normalizer .*missing\.json"):
         broken.dataset()
+
+
+def test_changed_terms_are_refused_before_any_budget_is_spent(
+    owners: list[hospital.HospitalSettings], members: list[Identity]
+) -> None:
+    _pin(owners[:1], members)
+    impostor = Identity.generate("member-3", seed=b"\x07" * 32)
+    roster = [members[0], members[1], impostor]
+    instruction = wire.TrainInstruction(
+        study_id=STUDY,
+        round=2,
+        total_rounds=5,
+        weight_unit=10_000,
+        secure="ckks",
+        seed=1,
+        model="mlp",
+        epsilon=3.0,
+        delta=1e-5,
+        local_epochs=1,
+        batch_size=32,
+        max_grad_norm=1.0,
+        lr=1.0,
+        quorum=2,
+        min_clients=2,
+        **wire.committee_lists(
+            [
+                wire.MemberInfo(m.party_id, m.public.sign_key, m.public.box_key, "127.0.0.1:9")
+                for m in roster
+            ]
+        ),
+    )
+    from cohort.clients.model import build_model, get_flat
+
+    start = get_flat(build_model("mlp", in_features=30, num_classes=2))
+    with pytest.raises(VerificationError, match="differ from the terms"):
+        hospital.train(owners[0], instruction, start)
+    ledger = owners[0].ledger_path(STUDY)
+    assert not ledger.exists() or json.loads(ledger.read_text())["entries"] == []
