@@ -467,20 +467,21 @@ class Coordinator:
         owners: dict[int, wire.EnrollReply],
         client_set: list[str],
     ) -> bool:
+        """Relay every agreeing member's attestation; True once the chain finalized this hash.
+
+        All of them are relayed, not just a quorum: late attestations are recorded on-chain
+        too, so an auditor sees which members vouched for the round.
+        """
         payout = {o.party_id: o.payout_address for o in owners.values()}
         contributors = [payout[p] for p in client_set]
-        finalized = False
         for attestation in decision.attestations:
             try:
-                finalized = (
-                    contract.submit_attestation(
-                        relayer=self.sponsor,
-                        round=rnd,
-                        aggregate_hash=decision.aggregate_hash,
-                        contributors=contributors,
-                        signature=attestation.signature,
-                    )
-                    or finalized
+                contract.submit_attestation(
+                    relayer=self.sponsor,
+                    round=rnd,
+                    aggregate_hash=decision.aggregate_hash,
+                    contributors=contributors,
+                    signature=attestation.signature,
                 )
             except CohortError as exc:
                 log.warning(
