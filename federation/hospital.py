@@ -224,16 +224,17 @@ def train(
     set_flat(model, global_model)
 
     def receipt(status: str, reason: str, **kw: object) -> wire.TrainReceipt:
-        base = {
+        base: dict[str, object] = {
             "party_id": identity.party_id,
             "status": status,
             "reason": reason,
             "examples": 0,
-            "epsilon": ledger.epsilon(),
             "payload_hash": b"",
             "delivered": (),
         }
         base.update(kw)
+        if "epsilon" not in base:  # a declined round: what the ledger already holds
+            base["epsilon"] = ledger.epsilon()
         return wire.TrainReceipt(**base)  # type: ignore[arg-type]
 
     try:

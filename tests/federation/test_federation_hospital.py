@@ -120,14 +120,12 @@ def test_install_key_rejects_a_tampered_box_or_fingerprint(
 
 def _aggregate_request(
     owners: list[hospital.HospitalSettings],
-    members: list[Identity],
     client_ids: tuple[str, ...],
     signers: list[Identity],
     updates: dict[str, np.ndarray],
 ) -> wire.DecryptRequest:
-    blobs = [owners[0].keystore.load_ckks(STUDY).encrypt(updates[c]) for c in client_ids]
-    public = owners[0].keystore.load_ckks(STUDY).public()
-    aggregate = public.add(blobs)
+    secret = owners[0].keystore.load_ckks(STUDY)
+    aggregate = secret.public().add([secret.encrypt(updates[c]) for c in client_ids])
     digest = tagged_hash(Tag.AGGREGATE, aggregate)
     message = aggregate_result_digest(
         study_id=STUDY, round=1, client_ids=client_ids, aggregate_hash=digest
@@ -160,7 +158,7 @@ def test_decrypt_opens_a_quorum_signed_aggregate_exactly(
     owners: list[hospital.HospitalSettings], members: list[Identity], ready: dict[str, np.ndarray]
 ) -> None:
     ids = ("hospital-1", "hospital-2", "hospital-3")
-    request = _aggregate_request(owners, members, ids, members[:2], ready)
+    request = _aggregate_request(owners, ids, members[:2], ready)
     reply, vector = hospital.decrypt(owners[2], request)
     assert reply.length == 300
     np.testing.assert_array_equal(vector, sum(ready[c] for c in ids))
@@ -169,7 +167,7 @@ def test_decrypt_opens_a_quorum_signed_aggregate_exactly(
 def test_decrypt_refuses_a_single_owners_ciphertext(
     owners: list[hospital.HospitalSettings], members: list[Identity], ready: dict[str, np.ndarray]
 ) -> None:
-    request = _aggregate_request(owners, members, ("hospital-2",), members, ready)
+    request = _aggregate_request(owners, ("hospital-2",), members, ready)
     with pytest.raises(VerificationError, match="client set has 1 members, at least 2 required"):
         hospital.decrypt(owners[0], request)
 
@@ -178,7 +176,7 @@ def test_decrypt_refuses_without_a_quorum_of_pinned_members(
     owners: list[hospital.HospitalSettings], members: list[Identity], ready: dict[str, np.ndarray]
 ) -> None:
     ids = ("hospital-1", "hospital-2")
-    one = _aggregate_request(owners, members, ids, members[:1], ready)
+    one = _aggregate_request(owners, ids, members[:1], ready)
     with pytest.raises(VerificationError, match="1 committee signatures, quorum is 2"):
         hospital.decrypt(owners[0], one)
     twice = dataclasses.replace(
@@ -187,7 +185,7 @@ def test_decrypt_refuses_without_a_quorum_of_pinned_members(
     with pytest.raises(VerificationError, match="quorum is 2"):
         hospital.decrypt(owners[0], twice)
     outsider = Identity.generate("member-9", seed=b"\x09" * 32)
-    forged = _aggregate_request(owners, members, ids, [members[0], outsider], ready)
+    forged = _aggregate_request(owners, ids, [members[0], outsider], ready)
     with pytest.raises(VerificationError, match="'member-9' is not a committee member"):
         hospital.decrypt(owners[0], forged)
 
@@ -196,7 +194,7 @@ def test_decrypt_refuses_a_mismatching_aggregate_or_client_set(
     owners: list[hospital.HospitalSettings], members: list[Identity], ready: dict[str, np.ndarray]
 ) -> None:
     ids = ("hospital-1", "hospital-2")
-    request = _aggregate_request(owners, members, ids, members[:2], ready)
+    request = _aggregate_request(owners, ids, members[:2], ready)
     swapped = dataclasses.replace(request, aggregate=request.aggregate[:-1] + b"\x00")
     with pytest.raises(VerificationError, match="does not match its hash"):
         hospital.decrypt(owners[0], swapped)
