@@ -29,7 +29,7 @@ from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted
-from web3.types import TxParams, TxReceipt, Wei
+from web3.types import Nonce, RPCEndpoint, TxParams, TxReceipt, Wei
 
 from cohort.bounties.attestation import checksum_address
 from cohort.errors import BadInputError, CohortError, ProtocolAbort
@@ -97,6 +97,45 @@ class ChainProvider(ABC):
         """Wei held by ``account`` at the latest block."""
         return int(self._web3.eth.get_balance(checksum_address(account, field="account")))
 
+    def next_nonce(self, account: str) -> int:
+        """Nonce of ``account``'s next transaction (pending transactions counted)."""
+        address = checksum_address(account, field="account")
+        return int(self._web3.eth.get_transaction_count(address, "pending"))
+
+    def latest_timestamp(self) -> int:
+        """Timestamp (unix seconds) of the latest block: the chain's idea of "now"."""
+        return int(self._web3.eth.get_block("latest")["timestamp"])
+
+    # ------------------------------------------------------------------ time (dev chains)
+
+    def advance_time(self, *, seconds: int) -> int:
+        """Mine a block at least ``seconds`` after the latest one; return its timestamp.
+
+        For development chains only (tests and simulations that need a deadline to pass):
+        the embedded EVM and nodes with the ``evm_increaseTime``/``evm_mine`` methods (anvil,
+        hardhat). Later blocks keep the offset: time never goes back.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+            raise BadInputError(
+                f"seconds: expected a positive whole number of seconds, got {seconds!r}"
+            )
+        before = self.latest_timestamp()
+        self._advance_time(seconds)
+        after = self.latest_timestamp()
+        if after < before + seconds:
+            raise ProtocolAbort(
+                f"advance_time: the {self.name} chain moved {after - before} s, not {seconds} s"
+            )
+        log.debug(
+            "chain time advanced",
+            extra=fields(provider=self.name, seconds=seconds, timestamp=after),
+        )
+        return after
+
+    @abstractmethod
+    def _advance_time(self, seconds: int) -> None:
+        """Backend hook of :meth:`advance_time`: mine a block ``seconds`` or more later."""
+
     # ------------------------------------------------------------------ sending
 
     def transact(
@@ -157,7 +196,7 @@ class ChainProvider(ABC):
         if signer is None:  # an unlocked node account (checked by transact)
             return fn.transact(params)
         tx = fn.build_transaction(params)
-        tx["nonce"] = self._web3.eth.get_transaction_count(signer.address, "pending")
+        tx["nonce"] = Nonce(self.next_nonce(signer.address))
         signed = signer.sign_transaction(cast(dict[str, Any], tx))
         return self._web3.eth.send_raw_transaction(signed.raw_transaction)
 
@@ -225,6 +264,7 @@ class EmbeddedChain(ChainProvider):
         from eth_tester import EthereumTester, PyEVMBackend
 
         tester = EthereumTester(PyEVMBackend())
+        self._tester = tester
         super().__init__(
             Web3(EthereumTesterProvider(tester)),
             private_keys=private_keys,
@@ -234,6 +274,12 @@ class EmbeddedChain(ChainProvider):
 
     def accounts(self) -> list[str]:
         return [*self._unlocked, *(a for a in self._signers if a not in self._unlocked)]
+
+    def _advance_time(self, seconds: int) -> None:
+        # eth-tester mines one block at (target - 1) and opens the next one at target, so
+        # travelling to pending + seconds puts the new latest block >= latest + seconds.
+        pending = int(self._web3.eth.get_block("pending")["timestamp"])
+        self._tester.time_travel(pending + seconds)
 
     def _revert_data(self, exc: BaseException) -> bytes | str | None:
         # eth-tester raises TransactionFailed("execution reverted: b'...'") with the raw
@@ -298,6 +344,19 @@ class RpcChain(ChainProvider):
 
     def accounts(self) -> list[str]:
         return list(self._signers)
+
+    def _advance_time(self, seconds: int) -> None:
+        # Development-node methods (anvil, hardhat); a production node refuses them.
+        provider = self._web3.provider
+        for method, params in (("evm_increaseTime", [seconds]), ("evm_mine", [])):
+            try:
+                response = provider.make_request(RPCEndpoint(method), params)
+            except Exception as exc:  # transport errors from the HTTP provider
+                raise ProtocolAbort(f"advance_time: {method} failed at {self.url}: {exc}") from None
+            if "error" in response:
+                raise ProtocolAbort(
+                    f"advance_time: the node at {self.url} refused {method}: {response['error']}"
+                )
 
 
 # ---------------------------------------------------------------------- decoding

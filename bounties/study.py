@@ -4,6 +4,11 @@ Roles: the sponsor deploys, funds and settles; the coordinator relays committee 
 signed attestations (members need no ether); data owners withdraw their credit; auditors
 read finalized rounds, contributions and payouts. Each method says who runs it.
 
+A deployment is bound to the signed study manifest: it stores the manifest hash, the number
+of rounds and a settlement deadline. The manifest names the contract address before the
+contract exists (:func:`predict_address`); every party checks a deployment against its
+approved manifest with :meth:`StudyContract.verify_binding` before acting on it.
+
 The contract is the single source of truth for every rule (quorum range, canonical
 contributors, membership, replay): this client checks only what it must to encode a call,
 and maps the contract's custom errors to Cohort errors (:data:`ERROR_KINDS`).
@@ -21,7 +26,8 @@ from typing import Any, cast
 
 from web3.contract import Contract
 from web3.logs import DISCARD
-from web3.types import EventData, TxReceipt
+from web3.types import EventData, Nonce, TxReceipt
+from web3.utils.address import get_create_address
 
 from cohort.bounties.attestation import (
     ATTESTATION_TYPEHASH,
@@ -33,7 +39,7 @@ from cohort.bounties.attestation import (
     sign_attestation,
 )
 from cohort.bounties.chain import ChainProvider, ErrorKinds
-from cohort.errors import BadInputError, ProtocolAbort, VerificationError
+from cohort.errors import BadInputError, ConfigError, ProtocolAbort, VerificationError
 from cohort.logs import fields, get_logger
 
 __all__ = [
@@ -46,7 +52,9 @@ __all__ = [
     "attestation_digest",
     "canonical_contributors",
     "contributors_hash",
+    "create_address",
     "load_artifact",
+    "predict_address",
     "recover_signer",
     "sign_attestation",
 ]
@@ -69,6 +77,10 @@ ERROR_KINDS: ErrorKinds = MappingProxyType(
         "InvalidDataOwnerCount": BadInputError,
         "InvalidQuorum": BadInputError,
         "ZeroStudyId": BadInputError,
+        "ZeroManifestHash": BadInputError,
+        "InvalidRounds": BadInputError,
+        "InvalidDeadline": BadInputError,
+        "RoundOutOfRange": BadInputError,
         "ZeroAddress": BadInputError,
         "DuplicateCommitteeMember": BadInputError,
         "DuplicateDataOwner": BadInputError,
@@ -81,8 +93,30 @@ ERROR_KINDS: ErrorKinds = MappingProxyType(
         "NothingToWithdraw": ProtocolAbort,
         "TransferFailed": ProtocolAbort,
         "Reentrancy": ProtocolAbort,
+        "StudyNotFinished": ProtocolAbort,
     }
 )
+
+
+def create_address(sender: str, nonce: int) -> str:
+    """Checksummed address of the contract ``sender`` creates with transaction ``nonce``.
+
+    The CREATE rule: ``keccak256(rlp([sender, nonce]))[12:]``.
+    """
+    sender = checksum_address(sender, field="sender")
+    if isinstance(nonce, bool) or not isinstance(nonce, int) or nonce < 0:
+        raise BadInputError(f"nonce: expected a non-negative integer, got {nonce!r}")
+    return str(get_create_address(sender, Nonce(nonce)))
+
+
+def predict_address(provider: ChainProvider, sponsor: str) -> str:
+    """Address the sponsor's next deployment will have (from its current nonce).
+
+    Run by the sponsor before deploying, so the study manifest can name the contract. Any
+    other transaction the sponsor sends first moves the prediction on by one nonce;
+    :meth:`StudyContract.deploy` with ``expected_address`` refuses such a mismatch.
+    """
+    return create_address(sponsor, provider.next_nonce(sponsor))
 
 
 @cache
@@ -149,21 +183,52 @@ class StudyContract:
         quorum: int,
         data_owners: Sequence[str],
         bounty_wei: int,
+        manifest_hash: bytes,
+        rounds: int,
+        deadline: int,
+        expected_address: str | None = None,
     ) -> StudyContract:
         """Deploy a study escrowing ``bounty_wei``. Run by the sponsor, who pays for it.
 
-        The contract validates the rosters and the quorum (BadInputError naming the rule).
+        ``manifest_hash`` is the hash of the approved study manifest (32 bytes, not zero),
+        ``rounds`` the manifest's number of rounds (>= 1; attestations are accepted for
+        rounds 1..rounds) and ``deadline`` unix seconds after the chain's latest block, from
+        which settlement no longer waits for the final round. With ``expected_address`` (the
+        address the manifest names), VerificationError if the deployment would land, or
+        landed, anywhere else. The contract validates the rosters and the quorum
+        (BadInputError naming the rule).
         """
         artifact = load_artifact()
         factory = provider.web3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-        if not isinstance(study_id, bytes | bytearray) or len(study_id) != 32:
-            raise BadInputError("study_id: expected 32 bytes")
+        study_id = _bytes32(study_id, field="study_id")
+        manifest_hash = _bytes32(manifest_hash, field="manifest_hash")
+        if manifest_hash == bytes(32):
+            raise BadInputError("manifest_hash: must not be zero")
         if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 0:
             raise BadInputError(f"quorum: expected a non-negative member count, got {quorum!r}")
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ConfigError(f"rounds: expected a number of training rounds >= 1, got {rounds!r}")
+        if isinstance(deadline, bool) or not isinstance(deadline, int) or deadline < 0:
+            raise ConfigError(f"deadline: expected unix time in seconds, got {deadline!r}")
+        now = provider.latest_timestamp()
+        if deadline <= now:
+            raise ConfigError(
+                f"deadline: {deadline} (unix seconds) is not after the chain's latest block "
+                f"time {now}"
+            )
         members = [checksum_address(a, field="committee") for a in committee]
         owners = [checksum_address(a, field="data_owners") for a in data_owners]
+        expected = None
+        if expected_address is not None:
+            expected = checksum_address(expected_address, field="expected_address")
+            predicted = predict_address(provider, sponsor)
+            if predicted != expected:
+                raise VerificationError(
+                    f"expected_address: the sponsor's next deployment goes to {predicted}, "
+                    f"not {expected} (nonce {provider.next_nonce(sponsor)})"
+                )
         receipt = provider.transact(
-            factory.constructor(bytes(study_id), members, quorum, owners),
+            factory.constructor(study_id, manifest_hash, members, quorum, owners, rounds, deadline),
             sender=sponsor,
             value=bounty_wei,
             action="deploy",
@@ -172,15 +237,23 @@ class StudyContract:
         address = receipt["contractAddress"]
         if address is None:
             raise ProtocolAbort("deploy: receipt has no contract address")
+        if expected is not None and address != expected:
+            raise VerificationError(
+                f"expected_address: the study was deployed at {address}, not {expected} "
+                "(the sponsor sent another transaction first)"
+            )
         log.info(
             "study deployed",
             extra=fields(
                 provider=provider.name,
                 contract=address,
-                study_id=bytes(study_id).hex(),
+                study_id=study_id.hex(),
+                manifest_hash=manifest_hash.hex(),
                 committee=len(members),
                 quorum=quorum,
                 data_owners=len(owners),
+                rounds=rounds,
+                deadline=deadline,
                 bounty_wei=bounty_wei,
                 gas_used=receipt["gasUsed"],
             ),
@@ -230,6 +303,83 @@ class StudyContract:
     def data_owners(self) -> list[str]:
         return [str(a) for a in self._contract.functions.dataOwners().call()]
 
+    def manifest_hash(self) -> bytes:
+        """Hash of the study manifest this deployment is bound to."""
+        return bytes(self._contract.functions.manifestHash().call())
+
+    def rounds(self) -> int:
+        """The manifest's number of rounds: attestations are accepted for 1..rounds."""
+        return int(self._contract.functions.rounds().call())
+
+    def deadline(self) -> int:
+        """Unix seconds from which settle() no longer waits for the final round."""
+        return int(self._contract.functions.deadline().call())
+
+    def verify_binding(
+        self,
+        *,
+        manifest_hash: bytes,
+        chain_id: int,
+        committee: Sequence[str],
+        quorum: int,
+        data_owners: Sequence[str],
+        rounds: int,
+        study_id: bytes | None = None,
+        deadline: int | None = None,
+    ) -> None:
+        """Check this deployment against an approved manifest before acting on it.
+
+        Run by every party (data owners, committee members, auditors) once, before the
+        first message of the study. Raises VerificationError naming the first field that
+        differs, in the order: chain_id, code (the committed CohortStudy build),
+        manifest_hash, committee, quorum, data_owners, rounds, then study_id and deadline
+        when given. Rosters compare as sets (the contract enforces membership only);
+        BadInputError if an expected roster lists an address twice.
+        """
+        manifest_hash = _bytes32(manifest_hash, field="manifest_hash")
+        expected_committee = _roster(committee, field="committee")
+        expected_owners = _roster(data_owners, field="data_owners")
+        if self._provider.chain_id != chain_id:
+            raise VerificationError(
+                f"chain_id: the provider's chain is {self._provider.chain_id}, "
+                f"the manifest names {chain_id}"
+            )
+        if not _matches_artifact(bytes(self._provider.web3.eth.get_code(self._address))):
+            raise VerificationError(
+                f"code: {self._address} does not run the committed CohortStudy build"
+            )
+        onchain_hash = self.manifest_hash()
+        if onchain_hash != manifest_hash:
+            raise VerificationError(
+                f"manifest_hash: the contract is bound to 0x{onchain_hash.hex()}, "
+                f"not 0x{manifest_hash.hex()}"
+            )
+        _same_roster("committee", self.committee(), expected_committee)
+        onchain_quorum = self.quorum()
+        if onchain_quorum != quorum:
+            raise VerificationError(f"quorum: the contract has {onchain_quorum}, not {quorum}")
+        _same_roster("data_owners", self.data_owners(), expected_owners)
+        onchain_rounds = self.rounds()
+        if onchain_rounds != rounds:
+            raise VerificationError(f"rounds: the contract has {onchain_rounds}, not {rounds}")
+        if study_id is not None:
+            expected_id = _bytes32(study_id, field="study_id")
+            onchain_id = self.study_id()
+            if onchain_id != expected_id:
+                raise VerificationError(
+                    f"study_id: the contract has 0x{onchain_id.hex()}, not 0x{expected_id.hex()}"
+                )
+        if deadline is not None:
+            onchain_deadline = self.deadline()
+            if onchain_deadline != deadline:
+                raise VerificationError(
+                    f"deadline: the contract has {onchain_deadline}, not {deadline}"
+                )
+        log.info(
+            "study binding verified",
+            extra=fields(contract=self._address, manifest_hash=manifest_hash.hex()),
+        )
+
     # ------------------------------------------------------------------ sponsor
 
     def fund(self, *, sponsor: str, amount_wei: int) -> None:
@@ -237,7 +387,12 @@ class StudyContract:
         self._transact("fund", sender=sponsor, value=amount_wei)
 
     def settle(self, *, sponsor: str) -> None:
-        """Close the study and credit payouts. Run by the sponsor, once."""
+        """Close the study and credit payouts. Run by the sponsor, once.
+
+        Allowed once the final round (``rounds()``) is finalized or the chain's time has
+        reached ``deadline()``; before that ProtocolAbort("settle rejected:
+        StudyNotFinished(...)").
+        """
         receipt = self._transact("settle", sender=sponsor)
         (event,) = self._events_in(receipt, "Settled")
         log.info(
@@ -278,7 +433,8 @@ class StudyContract:
 
         Run by the coordinator (``relayer`` pays gas). ``contributors`` may come in any order;
         they are sent in canonical order, the order the signature covers. Raises
-        VerificationError for a bad signature, a non-member or a repeated attestation.
+        VerificationError for a bad signature, a non-member or a repeated attestation,
+        BadInputError for a round outside 1..rounds() (``RoundOutOfRange``).
         """
         ordered = canonical_contributors(contributors)
         if not isinstance(aggregate_hash, bytes | bytearray) or len(aggregate_hash) != 32:
@@ -443,6 +599,35 @@ class StudyContract:
     def _logs(self, event: str) -> list[EventData]:
         handler = self._contract.events[event]()
         return list(handler.get_logs(from_block=self._deploy_block, to_block="latest"))
+
+
+def _bytes32(value: bytes, *, field: str) -> bytes:
+    if not isinstance(value, bytes | bytearray) or len(value) != 32:
+        raise BadInputError(f"{field}: expected 32 bytes")
+    return bytes(value)
+
+
+def _roster(addresses: Sequence[str], *, field: str) -> set[str]:
+    if isinstance(addresses, str):
+        raise BadInputError(f"{field}: expected a sequence of addresses, got a string")
+    roster: set[str] = set()
+    for value in addresses:
+        address = checksum_address(value, field=field)
+        if address in roster:
+            raise BadInputError(f"{field}: {address} listed twice")
+        roster.add(address)
+    return roster
+
+
+def _same_roster(field: str, onchain: Sequence[str], expected: set[str]) -> None:
+    actual = {checksum_address(a, field=field) for a in onchain}
+    if actual != expected:
+        missing = ", ".join(sorted(expected - actual)) or "none"
+        extra = ", ".join(sorted(actual - expected)) or "none"
+        raise VerificationError(
+            f"{field}: the contract's roster differs from the manifest "
+            f"(missing: {missing}; not in the manifest: {extra})"
+        )
 
 
 def _matches_artifact(code: bytes) -> bool:

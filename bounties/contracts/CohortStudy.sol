@@ -2,12 +2,15 @@
 pragma solidity 0.8.28;
 
 /// @title CohortStudy: escrow and quorum attestation for one Cohort federated study
-/// @notice The sponsor deploys one contract per study and funds its bounty. After each
-/// training round the aggregator committee attests the hash of the aggregate and the
-/// canonical list of contributing data owners; once `quorum` distinct members agree on the
-/// same (round, aggregateHash, contributors) the round is final and every contributor earns
-/// one accepted contribution. When the study ends the sponsor settles: each data owner is
-/// credited `bounty * contributions / totalContributions` and withdraws it (pull payments).
+/// @notice The sponsor deploys one contract per study and funds its bounty. The contract
+/// stores the hash of the signed study manifest every party approved, and is bounded by it:
+/// rounds 1..`rounds` only, settlement only once the final round is finalized or the
+/// `deadline` has passed. After each training round the aggregator committee attests the
+/// hash of the aggregate and the canonical list of contributing data owners; once `quorum`
+/// distinct members agree on the same (round, aggregateHash, contributors) the round is final
+/// and every contributor earns one accepted contribution. When the study ends the sponsor
+/// settles: each data owner is credited `bounty * contributions / totalContributions` and
+/// withdraws it (pull payments).
 /// @dev Committee members sign off-chain (EIP-191 personal-sign over `attestationDigest`), so
 /// they need no funds: anyone, usually the coordinator, relays the signature and pays gas.
 /// The digest binds the chain id, this contract's address and the study id, so a signature
@@ -41,6 +44,12 @@ contract CohortStudy {
     error InvalidQuorum(uint256 quorum, uint256 committeeSize);
     /// @notice The study id must not be zero.
     error ZeroStudyId();
+    /// @notice The manifest hash must not be zero.
+    error ZeroManifestHash();
+    /// @notice A study runs at least one round.
+    error InvalidRounds(uint256 rounds);
+    /// @notice The deadline (unix seconds) must lie after the deployment block's timestamp.
+    error InvalidDeadline(uint256 deadline, uint256 timestamp);
     /// @notice A roster lists the zero address.
     error ZeroAddress();
     /// @notice An address appears twice in the committee roster.
@@ -61,6 +70,8 @@ contract CohortStudy {
     error NotCommitteeMember(address signer);
     /// @notice This committee member already attested this round.
     error AlreadyAttested(uint256 round, address member);
+    /// @notice Rounds are numbered 1..rounds; `round` is outside that range.
+    error RoundOutOfRange(uint256 round, uint256 rounds);
     /// @notice The aggregate hash must not be zero (zero marks an unfinalized round).
     error ZeroAggregateHash();
     /// @notice An attestation must name at least one contributor.
@@ -75,16 +86,21 @@ contract CohortStudy {
     error TransferFailed(address account, uint256 amount);
     /// @notice A guarded function was re-entered.
     error Reentrancy();
+    /// @notice settle() needs the final round finalized or the deadline reached.
+    error StudyNotFinished(uint256 finalRound, uint256 deadline, uint256 timestamp);
 
     // ------------------------------------------------------------------ events
 
-    /// @notice The study was created with its rosters and initial bounty.
+    /// @notice The study was created for `manifestHash` with its rosters, bounds and bounty.
     event StudyCreated(
         bytes32 indexed studyId,
+        bytes32 indexed manifestHash,
         address indexed sponsor,
         address[] committee,
         uint256 quorum,
         address[] dataOwners,
+        uint256 rounds,
+        uint256 deadline,
         uint256 bounty
     );
     /// @notice The sponsor added `amount` wei; `bounty` is the new total.
@@ -120,6 +136,12 @@ contract CohortStudy {
     address public immutable sponsor;
     /// @notice Distinct committee members needed to finalize a round.
     uint256 public immutable quorum;
+    /// @notice Hash of the signed study manifest every party approved (never zero).
+    bytes32 public immutable manifestHash;
+    /// @notice Number of rounds in the manifest; rounds are numbered 1..rounds.
+    uint256 public immutable rounds;
+    /// @notice Unix time (seconds) from which settle() no longer waits for the final round.
+    uint256 public immutable deadline;
 
     /// @notice Total wei escrowed for the study (constructor value plus every fund()).
     uint256 public bounty;
@@ -177,16 +199,25 @@ contract CohortStudy {
 
     /// @notice Create a study; the deployer becomes the sponsor and msg.value the bounty.
     /// @param studyId_ Non-zero 32-byte study id.
+    /// @param manifestHash_ Non-zero hash of the approved study manifest.
     /// @param committee_ Distinct, non-zero committee member addresses (1..MAX_COMMITTEE).
     /// @param quorum_ Members needed to finalize: more than half the committee, at most all.
     /// @param dataOwners_ Distinct, non-zero data-owner addresses (1..MAX_DATA_OWNERS).
+    /// @param rounds_ The manifest's number of rounds, at least 1.
+    /// @param deadline_ Unix seconds, after this block's timestamp: settle() stops waiting.
     constructor(
         bytes32 studyId_,
+        bytes32 manifestHash_,
         address[] memory committee_,
         uint256 quorum_,
-        address[] memory dataOwners_
+        address[] memory dataOwners_,
+        uint256 rounds_,
+        uint256 deadline_
     ) payable {
         if (studyId_ == bytes32(0)) revert ZeroStudyId();
+        if (manifestHash_ == bytes32(0)) revert ZeroManifestHash();
+        if (rounds_ == 0) revert InvalidRounds(rounds_);
+        if (deadline_ <= block.timestamp) revert InvalidDeadline(deadline_, block.timestamp);
         uint256 size = committee_.length;
         if (size == 0 || size > MAX_COMMITTEE) revert InvalidCommitteeSize(size);
         if (quorum_ == 0 || quorum_ > size || 2 * quorum_ <= size) {
@@ -211,10 +242,23 @@ contract CohortStudy {
         studyId = studyId_;
         sponsor = msg.sender;
         quorum = quorum_;
+        manifestHash = manifestHash_;
+        rounds = rounds_;
+        deadline = deadline_;
         bounty = msg.value;
         _committee = committee_;
         _dataOwners = dataOwners_;
-        emit StudyCreated(studyId_, msg.sender, committee_, quorum_, dataOwners_, msg.value);
+        emit StudyCreated(
+            studyId_,
+            manifestHash_,
+            msg.sender,
+            committee_,
+            quorum_,
+            dataOwners_,
+            rounds_,
+            deadline_,
+            msg.value
+        );
     }
 
     // ------------------------------------------------------------------ sponsor
@@ -227,10 +271,14 @@ contract CohortStudy {
         emit Funded(msg.sender, msg.value, total);
     }
 
-    /// @notice Close the study and credit every payout. Sponsor only, once.
+    /// @notice Close the study and credit every payout. Sponsor only, once, and only when
+    /// the final round (`rounds`) is finalized or `deadline` has been reached.
     /// @dev Data owner i gets bounty * contributions[i] / totalContributions (rounded down);
     /// the sponsor gets the rounding dust, or the whole bounty if no round was finalized.
     function settle() external onlySponsor notSettled {
+        if (_rounds[rounds].aggregateHash == bytes32(0) && block.timestamp < deadline) {
+            revert StudyNotFinished(rounds, deadline, block.timestamp);
+        }
         settled = true;
         uint256 total = totalContributions;
         uint256 pool = bounty;
@@ -260,7 +308,7 @@ contract CohortStudy {
     /// @notice Relay a committee member's signed attestation for `round`.
     /// @dev Anyone may call; the signer is recovered from `signature` over
     /// attestationDigest(round, aggregateHash, contributors).
-    /// @param round Training round number.
+    /// @param round Training round number, 1..rounds.
     /// @param aggregateHash 32-byte hash of the round's aggregate, never zero.
     /// @param contributors Data owners whose updates are in the aggregate, strictly increasing.
     /// @param signature 65 bytes r || s || v with v in {27, 28} and low s.
@@ -271,6 +319,7 @@ contract CohortStudy {
         address[] calldata contributors,
         bytes calldata signature
     ) external notSettled returns (bool finalizedNow) {
+        if (round == 0 || round > rounds) revert RoundOutOfRange(round, rounds);
         if (aggregateHash == bytes32(0)) revert ZeroAggregateHash();
         bytes32 contributorsHash = _checkContributors(contributors);
         bytes32 digest = _digest(round, aggregateHash, contributorsHash);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -42,8 +43,12 @@ def test_artifact_records_source_hash_and_settings() -> None:
     assert artifact["compiler"]["version"].startswith(f"{SOLC_VERSION}+commit.")
     assert artifact["settings"]["evmVersion"] == "cancun"
     assert artifact["settings"]["optimizer"] == {"enabled": True, "runs": 200}
-    assert artifact["bytecode"].startswith("0x60")
-    assert artifact["deployedBytecode"].startswith("0x60")
+    for field in ("bytecode", "deployedBytecode"):
+        code = artifact[field]
+        assert re.fullmatch(r"0x(?:[0-9a-f]{2})+", code), field
+        # solc's CBOR metadata trailer: {"ipfs": <34 bytes>, "solc": 0.8.28}, 0x0033 long.
+        assert code.endswith("64736f6c634300081c0033"), field
+        assert "a264697066735822" in code[-110:], field
     assert ARTIFACT.read_text().endswith("}\n")
 
 

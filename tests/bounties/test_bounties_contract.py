@@ -26,18 +26,22 @@ from eth_utils.crypto import keccak
 from web3 import HTTPProvider, Web3
 from web3.types import RPCEndpoint
 
+from cohort.bounties import study as study_module
 from cohort.bounties.attestation import SECP256K1_N
 from cohort.bounties.chain import ChainProvider, EmbeddedChain, RpcChain
 from cohort.bounties.study import (
     ATTESTATION_TYPEHASH,
+    ERROR_KINDS,
     StudyContract,
     attestation_digest,
     canonical_contributors,
     contributors_hash,
+    create_address,
     load_artifact,
+    predict_address,
     sign_attestation,
 )
-from cohort.errors import BadInputError, ProtocolAbort, VerificationError
+from cohort.errors import BadInputError, ConfigError, ProtocolAbort, VerificationError
 
 ROOT = Path(__file__).resolve().parents[2]
 ANVIL = Path(
@@ -46,6 +50,9 @@ ANVIL = Path(
 ETHER = 10**18
 ARTIFACT_BYTECODE = str(load_artifact()["bytecode"])
 STUDY_ID = keccak(text="cohort-test/study")
+MANIFEST_HASH = keccak(text="cohort-test/manifest")
+ROUNDS = 3  # the default study's rounds; tests that settle after round 1 deploy rounds=1
+DEADLINE_AFTER_S = 24 * 3600  # deadlines are set relative to the chain's clock
 AGG_A = keccak(text="aggregate A")
 AGG_B = keccak(text="aggregate B")
 MEMBER_KEYS = [keccak(text=f"cohort-test/committee/{i}") for i in range(3)]
@@ -54,7 +61,7 @@ OUTSIDER_KEY = keccak(text="cohort-test/outsider")
 RPC_KEYS = [keccak(text=f"cohort-test/rpc-account/{i}") for i in range(10)]
 
 # Measured on both providers (docs/contract.md); ceilings catch accidental regressions.
-GAS_CEILINGS = {"deploy": 1_800_000, "attest": 260_000, "settle": 200_000, "withdraw": 50_000}
+GAS_CEILINGS = {"deploy": 1_900_000, "attest": 260_000, "settle": 200_000, "withdraw": 50_000}
 
 
 @dataclass
@@ -90,7 +97,19 @@ class World:
         )
 
 
-def deploy_world(provider: ChainProvider, *, bounty: int = 3 * ETHER, quorum: int = 2) -> World:
+def deadline_in(provider: ChainProvider, seconds: int = DEADLINE_AFTER_S) -> int:
+    """A deadline ``seconds`` after the chain's latest block (tests move chain time on)."""
+    return provider.latest_timestamp() + seconds
+
+
+def deploy_world(
+    provider: ChainProvider,
+    *,
+    bounty: int = 3 * ETHER,
+    quorum: int = 2,
+    rounds: int = ROUNDS,
+    deadline: int | None = None,
+) -> World:
     accounts = provider.accounts()
     members = [Account.from_key(k).address for k in MEMBER_KEYS]
     study = StudyContract.deploy(
@@ -101,6 +120,9 @@ def deploy_world(provider: ChainProvider, *, bounty: int = 3 * ETHER, quorum: in
         quorum=quorum,
         data_owners=accounts[2:6],
         bounty_wei=bounty,
+        manifest_hash=MANIFEST_HASH,
+        rounds=rounds,
+        deadline=deadline if deadline is not None else deadline_in(provider),
     )
     return World(
         provider=provider,
@@ -112,6 +134,47 @@ def deploy_world(provider: ChainProvider, *, bounty: int = 3 * ETHER, quorum: in
         members=members,
         bounty=bounty,
     )
+
+
+def deploy_world_at(provider: ChainProvider, *, expected_address: str) -> World:
+    """Like :func:`deploy_world` (default terms), asking for ``expected_address``."""
+    accounts = provider.accounts()
+    members = [Account.from_key(k).address for k in MEMBER_KEYS]
+    study = StudyContract.deploy(
+        provider,
+        sponsor=accounts[0],
+        study_id=STUDY_ID,
+        committee=members,
+        quorum=2,
+        data_owners=accounts[2:6],
+        bounty_wei=ETHER,
+        manifest_hash=MANIFEST_HASH,
+        rounds=ROUNDS,
+        deadline=deadline_in(provider),
+        expected_address=expected_address,
+    )
+    return World(
+        provider=provider,
+        study=study,
+        sponsor=accounts[0],
+        relayer=accounts[1],
+        owners=accounts[2:6],
+        outsider=accounts[6],
+        members=members,
+        bounty=ETHER,
+    )
+
+
+def binding_terms(world: World) -> dict[str, Any]:
+    """The manifest terms ``world`` was deployed with, as verify_binding takes them."""
+    return {
+        "manifest_hash": MANIFEST_HASH,
+        "chain_id": world.provider.chain_id,
+        "committee": world.members,
+        "quorum": 2,
+        "data_owners": world.owners,
+        "rounds": ROUNDS,
+    }
 
 
 def fee_paid(provider: ChainProvider, account: str, before_block: int) -> int:
@@ -233,6 +296,9 @@ class StudyContractSuite:
                 quorum=quorum,
                 data_owners=accounts[2:4],
                 bounty_wei=1,
+                manifest_hash=MANIFEST_HASH,
+                rounds=ROUNDS,
+                deadline=deadline_in(provider),
             )
 
     def test_deploy_rejects_bad_rosters(self, provider: ChainProvider) -> None:
@@ -259,11 +325,209 @@ class StudyContractSuite:
                     quorum=2,
                     data_owners=owners,
                     bounty_wei=0,
+                    manifest_hash=MANIFEST_HASH,
+                    rounds=ROUNDS,
+                    deadline=deadline_in(provider),
                 )
 
     def test_at_rejects_addresses_without_the_study_code(self, world: World) -> None:
         with pytest.raises(BadInputError, match="no contract"):
             StudyContract.at(world.provider, world.outsider)
+
+    # -------------------------------------------------------------- manifest binding
+
+    def test_deploy_binds_manifest_rounds_and_deadline(self, provider: ChainProvider) -> None:
+        deadline = deadline_in(provider, 3600)
+        world = deploy_world(provider, rounds=5, deadline=deadline)
+        study = world.study
+        assert study.manifest_hash() == MANIFEST_HASH
+        assert study.rounds() == 5
+        assert study.deadline() == deadline
+        (event,) = study.contract.events.StudyCreated().get_logs(
+            from_block=0, argument_filters={"manifestHash": MANIFEST_HASH}
+        )
+        args = event["args"]
+        assert bytes(args["manifestHash"]) == MANIFEST_HASH
+        assert bytes(args["studyId"]) == STUDY_ID
+        assert args["sponsor"] == world.sponsor
+        assert (args["rounds"], args["deadline"], args["bounty"]) == (5, deadline, world.bounty)
+        assert list(args["committee"]) == world.members
+        assert list(args["dataOwners"]) == world.owners
+        assert args["quorum"] == 2
+        # manifestHash is an indexed topic: an auditor finds the study by its manifest alone.
+        other = keccak(text="another manifest")
+        assert not study.contract.events.StudyCreated().get_logs(
+            from_block=0, argument_filters={"manifestHash": other}
+        )
+
+    def test_deploy_validates_manifest_terms(self, provider: ChainProvider) -> None:
+        accounts = provider.accounts()
+        members = [Account.from_key(k).address for k in MEMBER_KEYS]
+        good: dict[str, Any] = {
+            "sponsor": accounts[0],
+            "study_id": STUDY_ID,
+            "committee": members,
+            "quorum": 2,
+            "data_owners": accounts[2:4],
+            "bounty_wei": 1,
+            "manifest_hash": MANIFEST_HASH,
+            "rounds": ROUNDS,
+            "deadline": deadline_in(provider),
+        }
+        cases: list[tuple[dict[str, Any], type[Exception], str]] = [
+            ({"rounds": 0}, ConfigError, r"rounds: expected a number of training rounds >= 1"),
+            ({"rounds": True}, ConfigError, r"rounds:"),
+            ({"deadline": provider.latest_timestamp()}, ConfigError, r"deadline: .* not after"),
+            ({"deadline": -1}, ConfigError, r"deadline: expected unix time in seconds"),
+            ({"manifest_hash": MANIFEST_HASH[:31]}, BadInputError, r"manifest_hash: expected 32"),
+            ({"manifest_hash": bytes(32)}, BadInputError, r"manifest_hash: must not be zero"),
+            ({"expected_address": "0x1234"}, BadInputError, r"expected_address: .* not a 20"),
+        ]
+        nonce = provider.next_nonce(accounts[0])
+        for change, kind, error in cases:
+            with pytest.raises(kind, match=error):
+                StudyContract.deploy(provider, **{**good, **change})
+        assert provider.next_nonce(accounts[0]) == nonce  # nothing was sent
+
+    def test_contract_itself_refuses_bad_manifest_terms(self, provider: ChainProvider) -> None:
+        artifact = load_artifact()
+        factory = provider.web3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+        accounts = provider.accounts()
+        members = [Account.from_key(k).address for k in MEMBER_KEYS]
+        later = deadline_in(provider)
+        cases = [
+            ((STUDY_ID, bytes(32), 3, later), r"ZeroManifestHash\(\)"),
+            ((STUDY_ID, MANIFEST_HASH, 0, later), r"InvalidRounds\(0\)"),
+            (
+                (STUDY_ID, MANIFEST_HASH, 3, provider.latest_timestamp()),
+                r"InvalidDeadline\(\d+, \d+\)",
+            ),
+        ]
+        for (study_id, manifest, rounds, deadline), error in cases:
+            constructor = factory.constructor(
+                study_id, manifest, members, 2, accounts[2:4], rounds, deadline
+            )
+            with pytest.raises(BadInputError, match=f"deploy rejected: {error}"):
+                provider.transact(constructor, sender=accounts[0], error_kinds=ERROR_KINDS)
+
+    def test_attest_refuses_rounds_outside_the_manifest(self, world: World) -> None:
+        for round_ in (0, ROUNDS + 1, 2**256 - 1):
+            with pytest.raises(
+                BadInputError, match=rf"attestation rejected: RoundOutOfRange\({round_}, {ROUNDS}\)"
+            ):
+                world.attest(0, round=round_)
+            assert not world.study.has_attested(round_, world.members[0])
+        assert world.attest(0, round=ROUNDS) is False  # the last round of the manifest is fine
+        assert world.attest(1, round=ROUNDS) is True
+
+    def test_settle_waits_for_the_final_round(self, provider: ChainProvider) -> None:
+        world = deploy_world(provider, rounds=2)
+        world.attest(0, round=1)
+        world.attest(1, round=1)
+        world.attest(0, round=2)  # one vote: round 2 is not final yet
+        deadline = world.study.deadline()
+        with pytest.raises(
+            ProtocolAbort, match=rf"settle rejected: StudyNotFinished\(2, {deadline}, \d+\)"
+        ):
+            world.study.settle(sponsor=world.sponsor)
+        assert not world.study.is_settled()
+        assert world.attest(1, round=2) is True
+        world.study.settle(sponsor=world.sponsor)
+        assert world.study.is_settled()
+        assert sum(world.study.payouts().values()) == world.bounty
+
+    def test_settle_after_the_deadline_without_the_final_round(
+        self, provider: ChainProvider
+    ) -> None:
+        world = deploy_world(provider, rounds=3, deadline=deadline_in(provider, 1000))
+        a, b, c, _ = world.owners
+        world.attest(0, round=1, contributors=[a, b, c])
+        world.attest(1, round=1, contributors=[a, b, c])
+        provider.advance_time(seconds=500)
+        with pytest.raises(ProtocolAbort, match=r"StudyNotFinished\(3, "):
+            world.study.settle(sponsor=world.sponsor)
+        reached = provider.advance_time(
+            seconds=world.study.deadline() - provider.latest_timestamp()
+        )
+        assert reached >= world.study.deadline()
+        world.study.settle(sponsor=world.sponsor)
+        share = world.bounty // 3
+        assert world.study.payouts() == {a: share, b: share, c: share}
+        # Still once only, and no attestation after settlement.
+        with pytest.raises(ProtocolAbort, match=r"StudyAlreadySettled\(\)"):
+            world.study.settle(sponsor=world.sponsor)
+        with pytest.raises(ProtocolAbort, match=r"StudyAlreadySettled\(\)"):
+            world.attest(0, round=2)
+
+    def test_advance_time_moves_the_chain_clock(self, provider: ChainProvider) -> None:
+        before = provider.latest_timestamp()
+        assert provider.advance_time(seconds=90) >= before + 90
+        assert provider.latest_timestamp() >= before + 90
+        for bad in (0, -5, True, 1.5):
+            with pytest.raises(BadInputError, match="seconds: expected a positive"):
+                provider.advance_time(seconds=bad)  # type: ignore[arg-type]
+
+    def test_predict_address_is_the_deployed_address(self, provider: ChainProvider) -> None:
+        sponsor = provider.accounts()[0]
+        predicted = predict_address(provider, sponsor)
+        assert predicted == create_address(sponsor, provider.next_nonce(sponsor))
+        world = deploy_world_at(provider, expected_address=predicted)
+        assert world.study.address == predicted
+        assert predict_address(provider, sponsor) != predicted  # the nonce moved on
+        assert StudyContract.at(provider, predicted).manifest_hash() == MANIFEST_HASH
+
+    def test_deploy_refuses_an_unexpected_address(
+        self, provider: ChainProvider, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        sponsor = provider.accounts()[0]
+        nonce = provider.next_nonce(sponsor)
+        wrong = create_address(sponsor, nonce + 1)  # what the manifest would name if stale
+        with pytest.raises(VerificationError, match=rf"expected_address: .* not {wrong}"):
+            deploy_world_at(provider, expected_address=wrong)
+        assert provider.next_nonce(sponsor) == nonce  # refused before sending anything
+        # The sponsor's nonce moves between the check and the deployment (a race): the
+        # address in the receipt is compared too.
+        monkeypatch.setattr(study_module, "predict_address", lambda _provider, _sponsor: wrong)
+        with pytest.raises(VerificationError, match=rf"deployed at .*, not {wrong}"):
+            deploy_world_at(provider, expected_address=wrong)
+
+    def test_verify_binding_accepts_the_approved_manifest(self, world: World) -> None:
+        terms = binding_terms(world)
+        world.study.verify_binding(**terms)
+        # Rosters compare as sets: the manifest's order need not be the deployment order.
+        world.study.verify_binding(
+            **{**terms, "committee": world.members[::-1], "data_owners": world.owners[::-1]}
+        )
+        attached = StudyContract.at(world.provider, world.study.address)
+        attached.verify_binding(**terms, study_id=STUDY_ID, deadline=world.study.deadline())
+
+    def test_verify_binding_names_the_first_differing_field(self, world: World) -> None:
+        terms = binding_terms(world)
+        stranger = Account.from_key(keccak(text="stranger")).address
+        changes: list[tuple[dict[str, Any], str]] = [
+            ({"manifest_hash": keccak(text="another manifest")}, "manifest_hash"),
+            ({"chain_id": world.provider.chain_id + 1}, "chain_id"),
+            ({"committee": [*world.members[:2], stranger]}, "committee"),
+            ({"committee": world.members[:2]}, "committee"),
+            ({"quorum": 3}, "quorum"),
+            ({"data_owners": world.owners[:3]}, "data_owners"),
+            ({"data_owners": [*world.owners, stranger]}, "data_owners"),
+            ({"rounds": ROUNDS + 1}, "rounds"),
+            ({"study_id": keccak(text="other study")}, "study_id"),
+            ({"deadline": world.study.deadline() + 1}, "deadline"),
+            # Several fields differ: the first in check order is named.
+            ({"rounds": 9, "quorum": 3, "committee": world.members[:1]}, "committee"),
+            ({"rounds": 9, "chain_id": 1}, "chain_id"),
+        ]
+        for change, field in changes:
+            with pytest.raises(VerificationError, match=rf"^{field}: "):
+                world.study.verify_binding(**{**terms, **change})
+        with pytest.raises(VerificationError, match=r"^code: "):
+            StudyContract(world.provider, world.outsider).verify_binding(**terms)
+        with pytest.raises(BadInputError, match=r"committee: .* listed twice"):
+            world.study.verify_binding(**{**terms, "committee": [*world.members, world.members[0]]})
+        with pytest.raises(BadInputError, match="manifest_hash: expected 32 bytes"):
+            world.study.verify_binding(**{**terms, "manifest_hash": b"short"})
 
     # -------------------------------------------------------------- attestation
 
@@ -531,6 +795,7 @@ class StudyContractSuite:
 
     def test_settle_refunds_sponsor_when_nothing_finalized(self, world: World) -> None:
         world.attest(0, round=1)  # one vote, no quorum
+        world.provider.advance_time(seconds=DEADLINE_AFTER_S)  # only the deadline ends it
         world.study.settle(sponsor=world.sponsor)
         assert world.study.credit(world.sponsor) == world.bounty
         assert all(world.study.credit(o) == 0 for o in world.owners)
@@ -538,13 +803,16 @@ class StudyContractSuite:
         assert world.study.withdraw(account=world.sponsor) == world.bounty
         assert world.provider.balance(world.study.address) == 0
 
-    def test_only_sponsor_settles_and_only_once(self, world: World) -> None:
+    def test_only_sponsor_settles_and_only_once(self, provider: ChainProvider) -> None:
+        world = deploy_world(provider, rounds=2)
         world.attest(0, round=1)
         world.attest(1, round=1)
         with pytest.raises(
             VerificationError, match=rf"settle rejected: NotSponsor\({world.outsider}\)"
         ):
             world.study.settle(sponsor=world.outsider)
+        world.attest(0, round=2)
+        world.attest(1, round=2)
         world.study.settle(sponsor=world.sponsor)
         with pytest.raises(ProtocolAbort, match=r"StudyAlreadySettled\(\)"):
             world.study.settle(sponsor=world.sponsor)
@@ -553,7 +821,8 @@ class StudyContractSuite:
         with pytest.raises(ProtocolAbort, match=r"StudyAlreadySettled\(\)"):
             world.study.fund(sponsor=world.sponsor, amount_wei=1)
 
-    def test_withdraw_once_then_zero(self, world: World) -> None:
+    def test_withdraw_once_then_zero(self, provider: ChainProvider) -> None:
+        world = deploy_world(provider, rounds=1)
         world.attest(0, round=1, contributors=world.owners[:1])
         world.attest(1, round=1, contributors=world.owners[:1])
         owner = world.owners[0]
@@ -567,7 +836,8 @@ class StudyContractSuite:
         ):
             world.provider.transact(world.study.contract.functions.withdraw(), sender=owner)
 
-    def test_release_pays_the_owner_not_the_relayer(self, world: World) -> None:
+    def test_release_pays_the_owner_not_the_relayer(self, provider: ChainProvider) -> None:
+        world = deploy_world(provider, rounds=1)
         world.attest(0, round=1, contributors=world.owners[:1])
         world.attest(1, round=1, contributors=world.owners[:1])
         owner = world.owners[0]
@@ -601,6 +871,9 @@ class StudyContractSuite:
             quorum=2,
             data_owners=owners,
             bounty_wei=4 * ETHER,
+            manifest_hash=MANIFEST_HASH,
+            rounds=1,
+            deadline=deadline_in(provider),
         )
         for member in (0, 1):
             digest = study.attestation_digest(round=1, aggregate_hash=AGG_A, contributors=owners)
@@ -653,7 +926,9 @@ def gas_profile(world: World) -> dict[str, int]:
     """Gas used by each step of a 3-member, 4-owner study (used for docs/contract.md)."""
     provider, study = world.provider, world.study
     factory = provider.web3.eth.contract(abi=study.contract.abi, bytecode=ARTIFACT_BYTECODE)
-    constructor = factory.constructor(STUDY_ID, world.members, 2, world.owners)
+    constructor = factory.constructor(
+        STUDY_ID, MANIFEST_HASH, world.members, 2, world.owners, 1, deadline_in(provider)
+    )
     used = {"deploy": provider.transact(constructor, sender=world.sponsor)["gasUsed"]}
     contributors = world.owners[:3]
     gas: list[int] = []
@@ -665,6 +940,8 @@ def gas_profile(world: World) -> dict[str, int]:
         gas.append(provider.transact(fn, sender=world.relayer)["gasUsed"])
     used["attest"] = max(gas)
     used["attest_first"], used["attest_finalizing"], used["attest_late"] = gas
+    # The world's final round (ROUNDS) is not finalized: settlement waits for the deadline.
+    provider.advance_time(seconds=study.deadline() - provider.latest_timestamp())
     used["settle"] = provider.transact(study.contract.functions.settle(), sender=world.sponsor)[
         "gasUsed"
     ]
@@ -732,6 +1009,32 @@ class TestAnvilRpcChain(StudyContractSuite):
     @classmethod
     def provider(cls, anvil_url: str) -> ChainProvider:
         return RpcChain(anvil_url, private_keys=RPC_KEYS)
+
+
+def test_create_address_vectors() -> None:
+    # The CREATE rule's well-known vectors (sender 0x6ac7...dbf0, nonces 0 and 1) and an
+    # independent recomputation of keccak(rlp([sender, nonce]))[12:] for small nonces.
+    sender = "0x6ac7ea33f8831ea9dcc53393aaa88b25a785dbf0"
+    assert create_address(sender, 0).lower() == "0xcd234a471b72ba2f1ccf0a70fcaba648a5eecd8d"
+    assert create_address(sender, 1).lower() == "0x343c43a37d37dff08ae8c4a11544c718abb4fcf8"
+    raw = bytes.fromhex(sender[2:])
+    for nonce in (0, 1, 0x7F, 0x80, 0x1234):
+        # RLP: a nonce of 0 is the empty string 0x80, below 0x80 a single byte, else 0x8n||be.
+        if nonce == 0:
+            encoded_nonce = b"\x80"
+        elif nonce < 0x80:
+            encoded_nonce = bytes([nonce])
+        else:
+            be = nonce.to_bytes((nonce.bit_length() + 7) // 8, "big")
+            encoded_nonce = bytes([0x80 + len(be)]) + be
+        payload = b"\x94" + raw + encoded_nonce
+        expected = keccak(bytes([0xC0 + len(payload)]) + payload)[12:]
+        assert create_address(sender, nonce).lower() == "0x" + expected.hex()
+    for bad_nonce in (-1, True):
+        with pytest.raises(BadInputError, match="nonce"):
+            create_address(sender, bad_nonce)
+    with pytest.raises(BadInputError, match="sender"):
+        create_address("0x1234", 0)
 
 
 def test_rpc_chain_validates_its_arguments() -> None:
