@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -104,12 +104,28 @@ def _make_private_compatible(model: nn.Module, spec: str) -> nn.Module:
     return model
 
 
-def build_model(spec: str = "mlp", *, in_features: int, num_classes: int) -> nn.Module:
+def is_builtin_spec(spec: str) -> bool:
+    """Whether ``spec`` names a built-in architecture: ``mlp``, ``mlp:<widths>``, ``logreg``."""
+    return spec in ("mlp", "logreg") or (
+        spec.startswith("mlp:") and all(p.strip().isdigit() for p in spec[4:].split(","))
+    )
+
+
+def build_model(
+    spec: str = "mlp",
+    *,
+    in_features: int,
+    num_classes: int,
+    registry: Mapping[str, str] | None = None,
+) -> nn.Module:
     """Build the study's model from ``spec``; run by the coordinator and every data owner.
 
     Specs: ``"mlp"`` (hidden widths :data:`DEFAULT_HIDDEN`), ``"mlp:64,32"`` (given widths),
-    ``"logreg"`` (one linear layer) or ``"package.module:factory"``, a callable already
-    installed on this machine taking ``(in_features, num_classes)`` and returning a Module.
+    ``"logreg"`` (one linear layer), or a name registered in ``registry`` - this party's own
+    mapping from architecture names to ``package.module:factory`` callables installed on
+    this machine, each taking ``(in_features, num_classes)`` and returning a Module. A spec
+    is never imported as a module path itself: a study's model name cannot make a party
+    run code its operator did not register.
     The result must map ``[batch, in_features]`` to ``[batch, num_classes]`` logits and pass
     Opacus's validator (layers it can fix, like BatchNorm, are replaced with a warning).
     Initialisation draws from torch's global generator: same ``torch.manual_seed``, same
@@ -122,6 +138,7 @@ def build_model(spec: str = "mlp", *, in_features: int, num_classes: int) -> nn.
     if not isinstance(spec, str):
         raise BadInputError(f"model spec must be a string, got {type(spec).__name__}")
     spec = spec.strip()
+    registered = dict(registry or {})
     model: nn.Module
     if spec == "mlp":
         model = MLP(in_features, DEFAULT_HIDDEN, num_classes)
@@ -129,13 +146,16 @@ def build_model(spec: str = "mlp", *, in_features: int, num_classes: int) -> nn.
         model = MLP(in_features, _parse_hidden(spec, spec[4:]), num_classes)
     elif spec == "logreg":
         model = MLP(in_features, (), num_classes)
-    elif _FACTORY_SPEC.match(spec):
-        model = _from_factory(spec, in_features=in_features, num_classes=num_classes)
+    elif spec in registered:
+        target = registered[spec]
+        if not _FACTORY_SPEC.match(target):
+            raise BadInputError(
+                f"model {spec!r}: registered factory {target!r} is not 'package.module:factory'"
+            )
+        model = _from_factory(target, in_features=in_features, num_classes=num_classes)
     else:
-        raise BadInputError(
-            f"unknown model spec {spec!r}: expected 'mlp', 'mlp:<w1>,<w2>,...', 'logreg' "
-            "or 'package.module:factory'"
-        )
+        known = ", ".join(["mlp", "mlp:<w1>,<w2>,...", "logreg", *sorted(registered)])
+        raise BadInputError(f"unknown model {spec!r}: expected one of {known}")
     model = _make_private_compatible(model, spec)
     if not any(p.requires_grad for p in model.parameters()):
         raise BadInputError(f"model spec {spec!r}: the model has no trainable parameters")

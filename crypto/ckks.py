@@ -245,3 +245,17 @@ class CkksSecretContext:
             out[j * slots : j * slots + size] = vec.decrypt()
         steps = 1.0 / self._params.release_grid  # a power of two: exact scaling
         return np.round(out * steps) / steps
+
+
+def dealt_context_digest(study_id: str, fingerprint: bytes) -> bytes:
+    """What the key dealer signs for a study's public context:
+    ``tagged_hash(Tag.DEALT_CONTEXT, study id bytes, context fingerprint)``.
+
+    Committee members and the other data owners check it with the dealer key of the approved
+    manifest, so a context the coordinator made up is refused.
+    """
+    try:
+        study = bytes.fromhex(study_id)
+    except ValueError:
+        raise BadInputError("dealt context: study id is not hex") from None
+    return tagged_hash(Tag.DEALT_CONTEXT, study, fingerprint)

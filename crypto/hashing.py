@@ -37,6 +37,13 @@ class Tag(bytes, enum.Enum):
     IDENTITY_SIGN_SEED = b"cohort/v1/identity-sign-seed"
     IDENTITY_BOX_SEED = b"cohort/v1/identity-box-seed"
     IDENTITY_FINGERPRINT = b"cohort/v1/identity-fingerprint"
+    MANIFEST = b"cohort/v1/manifest"
+    MANIFEST_SIGNATURE = b"cohort/v1/manifest-signature"
+    APPROVAL = b"cohort/v1/approval"
+    CONTROL = b"cohort/v1/control"
+    DEALT_CONTEXT = b"cohort/v1/dealt-context"
+    DECRYPTION = b"cohort/v1/decryption"
+    PLAINTEXT = b"cohort/v1/plaintext"
 
 
 def tagged_hash(tag: Tag, *parts: bytes) -> bytes:

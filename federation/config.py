@@ -9,7 +9,6 @@ anything starts.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +17,10 @@ from typing import Any
 from cohort.clients.training import DpConfig
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.errors import ConfigError
+from cohort.federation.manifest import SecureMode
 from cohort.files import write_atomic
 
-
-class SecureMode(enum.StrEnum):
-    """How updates travel from data owners to the aggregate."""
-
-    CKKS = "ckks"  # CKKS ciphertexts summed by the committee; data owners decrypt the sum
-    NONE = "none"  # plaintext FedAvg through the coordinator, for comparison only
-
-    @classmethod
-    def parse(cls, value: str) -> SecureMode:
-        try:
-            return cls(value)
-        except ValueError:
-            choices = ", ".join(m.value for m in cls)
-            raise ConfigError(f"secure mode {value!r} is not one of: {choices}") from None
+__all__ = ["DpSettings", "SecureMode", "StudyConfig", "write_json"]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from cohort.clients.model import (
     build_model,
     evaluate,
     get_flat,
+    is_builtin_spec,
     num_parameters,
     set_flat,
 )
@@ -80,12 +81,13 @@ def test_initialisation_is_deterministic_under_manual_seed() -> None:
 @pytest.mark.parametrize(
     ("spec", "match"),
     [
-        ("cnn", "unknown model spec 'cnn'"),
+        ("cnn", "unknown model 'cnn'"),
         ("mlp:", "hidden sizes must be positive integers"),
         ("mlp:64,0", "hidden sizes must be positive integers"),
         ("mlp:a", "hidden sizes must be positive integers"),
-        ("no_such_module_xyz:make", "cannot import 'no_such_module_xyz'"),
-        ("torch.nn:NoSuchThing", "no callable 'NoSuchThing'"),
+        # A module path is never imported from the spec itself: only registered names are.
+        ("os:ftruncate", "unknown model 'os:ftruncate'"),
+        ("torch.nn:Linear", "unknown model 'torch.nn:Linear'"),
     ],
 )
 def test_bad_specs(spec: str, match: str) -> None:
@@ -93,26 +95,43 @@ def test_bad_specs(spec: str, match: str) -> None:
         build_model(spec, in_features=4, num_classes=2)
 
 
-def test_factory_spec(factories: str) -> None:
-    model = build_model("torch.nn:Linear", in_features=4, num_classes=2)
+def test_registered_names_only(factories: str) -> None:
+    registry = {
+        "linear": "torch.nn:Linear",
+        "not-a-module": f"{factories}:not_a_module",
+        "no-arguments": f"{factories}:no_arguments",
+        "wrong-width": f"{factories}:wrong_width",
+        "missing": "no_such_module_xyz:make",
+        "no-callable": "torch.nn:NoSuchThing",
+    }
+    model = build_model("linear", in_features=4, num_classes=2, registry=registry)
     assert isinstance(model, nn.Linear)
-    with pytest.raises(BadInputError, match="returned int, not a torch Module"):
-        build_model(f"{factories}:not_a_module", in_features=4, num_classes=2)
-    with pytest.raises(BadInputError, match=r"must accept \(in_features, num_classes\)"):
-        build_model(f"{factories}:no_arguments", in_features=4, num_classes=2)
-    with pytest.raises(BadInputError, match=r"shape \(2, 3\), expected \(2, 2\)"):
-        build_model(f"{factories}:wrong_width", in_features=4, num_classes=2)
+    cases = [
+        ("not-a-module", "returned int, not a torch Module"),
+        ("no-arguments", r"must accept \(in_features, num_classes\)"),
+        ("wrong-width", r"shape \(2, 3\), expected \(2, 2\)"),
+        ("missing", "cannot import 'no_such_module_xyz'"),
+        ("no-callable", "no callable 'NoSuchThing'"),
+    ]
+    for name, match in cases:
+        with pytest.raises(BadInputError, match=match):
+            build_model(name, in_features=4, num_classes=2, registry=registry)
+    assert is_builtin_spec("mlp:8,4") and is_builtin_spec("logreg")
+    assert not is_builtin_spec("linear") and not is_builtin_spec("os:ftruncate")
 
 
 def test_batchnorm_is_fixed_for_opacus(factories: str) -> None:
-    model = build_model(f"{factories}:with_batchnorm", in_features=4, num_classes=2)
+    registry = {"bn": f"{factories}:with_batchnorm"}
+    model = build_model("bn", in_features=4, num_classes=2, registry=registry)
     assert not any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
     assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
 
 
 def test_unfixable_model_is_rejected(factories: str) -> None:
     with pytest.raises(BadInputError, match=r"not trainable with DP-SGD: .*training mode"):
-        build_model(f"{factories}:frozen_eval", in_features=4, num_classes=2)
+        build_model(
+            "frozen", in_features=4, num_classes=2, registry={"frozen": f"{factories}:frozen_eval"}
+        )
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,0 +1,184 @@
+"""An operator's approval of a study manifest, kept in the party's own work directory.
+
+``cohort study approve MANIFEST --workdir DIR`` (a hospital's or committee member's operator)
+verifies the sponsor's signature, checks that the party's own identity is in the manifest in
+the role it claims, optionally checks the study contract on the chain (its stored manifest hash
+and code), and records an approval signed by the party's identity::
+
+    DIR/studies/<study id>/manifest.json   the signed manifest, as approved
+    DIR/studies/<study id>/approval.json   who approved it, when, and the party's signature
+
+Afterwards the party acts only on messages naming an approved study id
+(:func:`approved_manifest`); the id a coordinator sends is checked to be 64 hex digits before
+it is used in a path, and a missing approval is a :class:`VerificationError`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cohort.crypto.hashing import Tag, tagged_hash
+from cohort.crypto.identity import Identity, verify_signature
+from cohort.errors import BadInputError, VerificationError
+from cohort.federation.manifest import Manifest, SignedManifest
+from cohort.files import write_atomic
+
+STUDIES_DIR = "studies"
+MANIFEST_FILE = "manifest.json"
+APPROVAL_FILE = "approval.json"
+APPROVAL_FORMAT = "cohort-approval/v1"
+_STUDY_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Role(enum.StrEnum):
+    OWNER = "owner"
+    MEMBER = "member"
+
+
+def check_study_id(study_id: object) -> str:
+    """A study id as sent on the wire: 64 lower-case hex digits (a manifest hash)."""
+    if not isinstance(study_id, str) or not _STUDY_ID.match(study_id):
+        raise VerificationError("study id must be a manifest hash (64 hex digits)")
+    return study_id
+
+
+def _digest(study_id: str, party_id: str, role: Role) -> bytes:
+    return tagged_hash(
+        Tag.APPROVAL, bytes.fromhex(study_id), party_id.encode("utf-8"), role.value.encode()
+    )
+
+
+def check_party_in(manifest: Manifest, identity: Identity, role: Role) -> None:
+    """The party's own public keys appear in the manifest in ``role``; else VerificationError."""
+    public = identity.public
+    entry = (
+        manifest.owner(identity.party_id)
+        if role is Role.OWNER
+        else manifest.member(identity.party_id)
+    )
+    if entry is None:
+        raise VerificationError(
+            f"manifest {manifest.study_id[:16]}: {identity.party_id!r} is not listed as {role}"
+        )
+    if (entry.sign_key, entry.box_key) != (public.sign_key, public.box_key):
+        raise VerificationError(
+            f"manifest {manifest.study_id[:16]}: the keys listed for {identity.party_id!r} are "
+            "not this party's keys"
+        )
+
+
+@dataclass(frozen=True)
+class Approval:
+    """An operator's signed consent to one manifest."""
+
+    study_id: str
+    party_id: str
+    role: Role
+    approved_at: str
+    note: str
+    contract_checked: bool
+    signature: bytes
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "format": APPROVAL_FORMAT,
+            "study_id": self.study_id,
+            "party_id": self.party_id,
+            "role": self.role.value,
+            "approved_at": self.approved_at,
+            "note": self.note,
+            "contract_checked": self.contract_checked,
+            "signature": self.signature.hex(),
+        }
+
+
+def study_dir(workdir: Path, study_id: str) -> Path:
+    return workdir / STUDIES_DIR / check_study_id(study_id)
+
+
+def approve(
+    signed: SignedManifest,
+    *,
+    workdir: Path,
+    identity: Identity,
+    role: Role,
+    note: str = "",
+    contract_checked: bool = False,
+) -> Approval:
+    """Record this party's approval of ``signed`` (run by the party's operator).
+
+    Verifies the sponsor's signature and the party's place in the manifest first. Approving
+    the same manifest again is a no-op that returns the stored approval.
+    """
+    manifest = signed.verify()
+    check_party_in(manifest, identity, role)
+    home = study_dir(workdir, manifest.study_id)
+    if (home / APPROVAL_FILE).exists():
+        approved_manifest(workdir, manifest.study_id, identity, role)
+        return _load_approval(home / APPROVAL_FILE)
+    approval = Approval(
+        study_id=manifest.study_id,
+        party_id=identity.party_id,
+        role=role,
+        approved_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        note=note,
+        contract_checked=contract_checked,
+        signature=identity.sign(_digest(manifest.study_id, identity.party_id, role)),
+    )
+    signed.save(home / MANIFEST_FILE)
+    write_atomic(home / APPROVAL_FILE, json.dumps(approval.to_dict(), indent=1).encode())
+    return approval
+
+
+def _load_approval(path: Path) -> Approval:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("format") != APPROVAL_FORMAT:
+            raise ValueError("format")
+        return Approval(
+            study_id=check_study_id(doc["study_id"]),
+            party_id=str(doc["party_id"]),
+            role=Role(doc["role"]),
+            approved_at=str(doc["approved_at"]),
+            note=str(doc["note"]),
+            contract_checked=bool(doc["contract_checked"]),
+            signature=bytes.fromhex(doc["signature"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise BadInputError(f"approval {path}: unreadable or malformed") from None
+
+
+def approved_manifest(workdir: Path, study_id: object, identity: Identity, role: Role) -> Manifest:
+    """The manifest this party's operator approved under ``study_id``; VerificationError if none.
+
+    Re-verifies everything on each call: the id's form, the sponsor's signature, that the
+    stored manifest hashes to the id, the approval's signature by this party and its role.
+    """
+    home = study_dir(workdir, check_study_id(study_id))
+    if not (home / APPROVAL_FILE).exists():
+        raise VerificationError(
+            f"study {str(study_id)[:16]} is not approved by the operator of {identity.party_id!r}"
+        )
+    approval = _load_approval(home / APPROVAL_FILE)
+    signed = SignedManifest.load(home / MANIFEST_FILE)
+    manifest = signed.verify()
+    if manifest.study_id != study_id or approval.study_id != study_id:
+        raise VerificationError(f"approved manifest under {str(study_id)[:16]} has another hash")
+    if approval.party_id != identity.party_id or approval.role is not role:
+        raise VerificationError(f"approval of study {str(study_id)[:16]} is for another party")
+    verify_signature(
+        identity.public, _digest(manifest.study_id, identity.party_id, role), approval.signature
+    )
+    check_party_in(manifest, identity, role)
+    return manifest
+
+
+def approved_signed(workdir: Path, study_id: object) -> SignedManifest:
+    """The signed manifest stored with an approval (for forwarding); verify with
+    :func:`approved_manifest` before acting on it."""
+    return SignedManifest.load(study_dir(workdir, check_study_id(study_id)) / MANIFEST_FILE)

@@ -1,0 +1,186 @@
+"""Write tests/vectors/manifest_vectors.json: study manifest vectors, passing and failing.
+
+Run from the repository root::
+
+    python tests/vectors/gen_manifest_vectors.py
+
+Deterministic: identities come from fixed seeds, the nonce and addresses are fixed, and
+Ed25519 signatures are deterministic, so a rerun reproduces the file byte for byte (the test
+``test_manifest_vectors.py`` checks that). The valid vector pins the canonical encoding and
+the study id; each failing vector names the error type and the exact reason a party must
+give when it reads the document.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cohort.crypto.identity import Identity
+from cohort.errors import CohortError
+from cohort.federation.manifest import (
+    CommitteeEntry,
+    DpTerms,
+    Manifest,
+    OwnerEntry,
+    SecureMode,
+    SignedManifest,
+)
+
+OUTPUT = Path(__file__).with_name("manifest_vectors.json")
+FORMAT = "cohort-manifest-vectors/v1"
+ADDRESSES = [f"0x{i:040x}" for i in range(0x1001, 0x1009)]
+
+EXPECTED_FAILURES: dict[str, tuple[str, str]] = {
+    "rounds_changed_after_signing": ("VerificationError", "sponsor signature does not verify"),
+    "committee_key_swapped": ("VerificationError", "sponsor signature does not verify"),
+    "signed_by_another_key": ("VerificationError", "sponsor signature does not verify"),
+    "unknown_field": ("BadInputError", "manifest: unknown field 'reset'"),
+    "missing_field": ("BadInputError", "manifest: missing field 'quorum'"),
+    "quorum_not_a_majority": (
+        "ConfigError",
+        "manifest: quorum (a strict majority of 3 members) must be 2..3, got 1",
+    ),
+    "single_client_set": (
+        "ConfigError",
+        "manifest: min_clients (smallest client set) must be 2..3, got 1",
+    ),
+    "dealer_not_an_owner": ("ConfigError", "manifest: key_dealer 'outsider' is not an owner"),
+    "short_nonce": ("BadInputError", "manifest: nonce must be 32 bytes, got 16"),
+}
+
+
+def _identity(name: str, seed: int) -> Identity:
+    return Identity.generate(name, seed=bytes([seed]) * 32)
+
+
+def base_manifest() -> tuple[Manifest, Identity]:
+    sponsor = _identity("sponsor", 0x51)
+    coordinator = _identity("coordinator", 0x52)
+    members = [_identity(f"member-{i}", 0x20 + i) for i in (1, 2, 3)]
+    owners = [_identity(f"hospital-{i}", 0x10 + i) for i in (1, 2, 3)]
+    manifest = Manifest(
+        name="vector-study",
+        nonce=bytes(range(32)),
+        secure=SecureMode.CKKS,
+        committee=tuple(
+            CommitteeEntry(
+                member_id=m.party_id,
+                sign_key=m.public.sign_key,
+                box_key=m.public.box_key,
+                eth_address=ADDRESSES[i],
+                endpoint=f"127.0.0.1:{7001 + i}",
+            )
+            for i, m in enumerate(members)
+        ),
+        quorum=2,
+        min_clients=2,
+        owners=tuple(
+            OwnerEntry(
+                party_id=o.party_id,
+                sign_key=o.public.sign_key,
+                box_key=o.public.box_key,
+                payout_address=ADDRESSES[3 + i],
+            )
+            for i, o in enumerate(owners)
+        ),
+        key_dealer="hospital-1",
+        coordinator_key=coordinator.public.sign_key,
+        sponsor_key=sponsor.public.sign_key,
+        sponsor_address=ADDRESSES[6],
+        rounds=5,
+        dp=DpTerms(
+            epsilon=3.0, delta=1e-5, local_epochs=1, batch_size=32, max_grad_norm=1.0, lr=0.5
+        ),
+        model="mlp",
+        features=30,
+        num_classes=2,
+        update_length=1058,
+        init_seed=7,
+        server_lr=1.0,
+        payout_rule="proportional-to-included-rounds",
+        bounty_wei=10**18,
+        chain_id=1337,
+        contract=ADDRESSES[7],
+        deadline=1_800_000_000,
+    )
+    return manifest, sponsor
+
+
+def _document(signed: SignedManifest) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(signed.to_bytes())
+    return doc
+
+
+def failing_documents(valid: dict[str, Any], manifest: Manifest) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    doc = copy.deepcopy(valid)
+    doc["manifest"]["rounds"] = 50
+    out["rounds_changed_after_signing"] = doc
+    doc = copy.deepcopy(valid)
+    doc["manifest"]["committee"][0]["sign_key"] = _identity("member-1", 0x66).public.sign_key.hex()
+    out["committee_key_swapped"] = doc
+    other = _identity("sponsor", 0x77)
+    doc = copy.deepcopy(valid)
+    doc["sponsor_signature"] = other.sign(b"not the manifest").hex()
+    out["signed_by_another_key"] = doc
+    doc = copy.deepcopy(valid)
+    doc["manifest"]["reset"] = True
+    out["unknown_field"] = doc
+    doc = copy.deepcopy(valid)
+    del doc["manifest"]["quorum"]
+    out["missing_field"] = doc
+    for name, key, value in (
+        ("quorum_not_a_majority", "quorum", 1),
+        ("single_client_set", "min_clients", 1),
+        ("dealer_not_an_owner", "key_dealer", "outsider"),
+        ("short_nonce", "nonce", "00" * 16),
+    ):
+        doc = copy.deepcopy(valid)
+        doc["manifest"][key] = value
+        out[name] = doc
+    return out
+
+
+def build() -> dict[str, Any]:
+    manifest, sponsor = base_manifest()
+    signed = SignedManifest.sign(manifest, sponsor)
+    valid = _document(signed)
+    vectors: list[dict[str, Any]] = [
+        {
+            "name": "valid",
+            "success": True,
+            "document": valid,
+            "canonical": manifest.canonical().decode(),
+            "study_id": manifest.study_id,
+        }
+    ]
+    for name, doc in failing_documents(valid, manifest).items():
+        kind, reason = EXPECTED_FAILURES[name]
+        raw = json.dumps(doc, indent=1, sort_keys=True).encode()
+        try:
+            SignedManifest.from_bytes(raw)
+        except CohortError as exc:
+            got = (type(exc).__name__, str(exc))
+        else:
+            raise SystemExit(f"vector {name}: the implementation accepted it")
+        if got[0] != kind or reason not in got[1]:
+            raise SystemExit(
+                f"vector {name}: implementation says {got}, spec says {kind}: {reason}"
+            )
+        vectors.append(
+            {"name": name, "success": False, "document": doc, "error": kind, "reason": reason}
+        )
+    return {"format": FORMAT, "vectors": vectors}
+
+
+def render() -> str:
+    return json.dumps(build(), indent=1, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    OUTPUT.write_text(render())
+    print(f"wrote {OUTPUT}", file=sys.stderr)
