@@ -1,5 +1,11 @@
-"""The data owner's steps without Flower: key dealing, pinned terms, and decryption that only
-ever opens a quorum-signed aggregate over enough owners."""
+"""The data owner's steps without Flower, against a coordinator that sends whatever it likes.
+
+Every term comes from the manifest the owner's operator approved and from its local policy:
+these tests send the hospital messages a malicious coordinator would (unapproved or malformed
+study ids, a fake dealer, a second dealing, rounds outside the manifest, lone ciphertexts,
+two client sets for one round) and check each is refused with a reason, before any budget
+is spent.
+"""
 
 from __future__ import annotations
 
@@ -9,130 +15,74 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from studykit import Study, approve_owner, hospitals, make_study
 
 from cohort.aggregator.member import aggregate_result_digest
-from cohort.crypto.ckks import CkksPublicContext
+from cohort.clients.model import build_model, get_flat
+from cohort.crypto.ckks import CkksPublicContext, CkksSecretContext
 from cohort.crypto.encoding import quantize
 from cohort.crypto.hashing import Tag, tagged_hash
-from cohort.crypto.identity import Identity
+from cohort.crypto.identity import Identity, verify_signature
 from cohort.errors import BadInputError, VerificationError
 from cohort.federation import hospital, wire
-
-STUDY = "study-test-0001"
+from cohort.federation.manifest import SecureMode
+from cohort.federation.policy import HospitalPolicy
 
 
 @pytest.fixture
 def owners(tmp_path: Path) -> list[hospital.HospitalSettings]:
-    return [
-        hospital.HospitalSettings(
-            party_id=f"hospital-{i + 1}",
-            workdir=str(tmp_path / f"h{i + 1}"),
-            data=f"demo:{i}",
-            demo_hospitals=3,
-            demo_seed=5,
-        )
-        for i in range(3)
-    ]
+    return hospitals(tmp_path, 3)
 
 
 @pytest.fixture
-def members() -> list[Identity]:
-    return [Identity.generate(f"member-{i}", seed=bytes([i]) * 32) for i in (1, 2, 3)]
+def study(owners: list[hospital.HospitalSettings]) -> Study:
+    return make_study(owners)
 
 
-def _deal(
-    owners: list[hospital.HospitalSettings],
-) -> tuple[list[wire.EnrollReply], wire.KeygenReply]:
-    enrolled = [hospital.enroll(s, wire.EnrollRequest(study_id=STUDY)) for s in owners]
-    dealt = hospital.keygen(
-        owners[0],
-        wire.KeygenRequest(
-            study_id=STUDY,
-            party_ids=tuple(e.party_id for e in enrolled),
-            sign_keys=tuple(e.sign_key for e in enrolled),
-            box_keys=tuple(e.box_key for e in enrolled),
-        ),
-    )
-    return enrolled, dealt
+def _deal(study: Study) -> wire.KeygenReply:
+    return hospital.keygen(study.owners[0], wire.KeygenRequest(study_id=study.study_id))
 
 
 def _install(
-    owner: hospital.HospitalSettings,
-    dealer: wire.EnrollReply,
-    dealt: wire.KeygenReply,
-    **overrides: object,
+    study: Study, owner: int, dealt: wire.KeygenReply, **kw: object
 ) -> wire.InstallKeyReply:
-    index = dealt.recipients.index(owner.party_id)
+    target = study.owners[owner]
     request = wire.InstallKeyRequest(
-        study_id=STUDY,
-        dealer_id=dealer.party_id,
-        dealer_sign_key=dealer.sign_key,
-        dealer_box_key=dealer.box_key,
-        box=dealt.boxes[index],
+        study_id=study.study_id,
+        box=dealt.boxes[dealt.recipients.index(target.party_id)],
         fingerprint=dealt.fingerprint,
+        dealer_signature=dealt.dealer_signature,
     )
-    return hospital.install_key(owner, dataclasses.replace(request, **overrides))  # type: ignore[arg-type]
+    return hospital.install_key(target, dataclasses.replace(request, **kw))  # type: ignore[arg-type]
 
 
-def _pin(owners: list[hospital.HospitalSettings], members: list[Identity]) -> None:
-    for owner in owners:
-        owner.keystore.pin_terms(STUDY, [m.public for m in members], quorum=2, min_clients=2)
+@pytest.fixture
+def ready(study: Study) -> dict[str, np.ndarray]:
+    dealt = _deal(study)
+    for i in (1, 2):
+        _install(study, i, dealt)
+    rng = np.random.default_rng(0)
+    grid = study.owners[0].keystore.load_ckks(study.study_id).params.release_grid
+    return {o.party_id: quantize(rng.normal(0, 0.05, 300), grid=grid) for o in study.owners}
 
 
-def test_enrolment_reveals_public_keys_and_counts_only(
-    owners: list[hospital.HospitalSettings],
-) -> None:
-    reply = hospital.enroll(owners[0], wire.EnrollRequest(study_id=STUDY))
-    identity = owners[0].keystore.identity()
-    assert (reply.sign_key, reply.box_key) == (identity.public.sign_key, identity.public.box_key)
-    assert reply.examples == owners[0].dataset().labels.shape[0]
-    assert reply.payout_address.startswith("0x")
-    # Idempotent: the key store is reused, not regenerated.
-    assert hospital.enroll(owners[0], wire.EnrollRequest(study_id=STUDY)) == reply
-
-
-def test_dealt_secret_context_reaches_every_owner_and_the_public_part_cannot_decrypt(
-    owners: list[hospital.HospitalSettings],
-) -> None:
-    enrolled, dealt = _deal(owners)
-    assert sorted(dealt.recipients) == ["hospital-2", "hospital-3"]
-    for owner in owners[1:]:
-        assert _install(owner, enrolled[0], dealt).fingerprint == dealt.fingerprint
-    vector = np.linspace(-1, 1, 50)
-    blob = owners[1].keystore.load_ckks(STUDY).encrypt(vector)
-    np.testing.assert_allclose(owners[2].keystore.load_ckks(STUDY).decrypt(blob), vector, atol=1e-4)
-    public = CkksPublicContext.from_bytes(dealt.public_context)
-    assert public.fingerprint() == dealt.fingerprint
-
-
-def test_install_key_rejects_a_tampered_box_or_fingerprint(
-    owners: list[hospital.HospitalSettings],
-) -> None:
-    enrolled, dealt = _deal(owners)
-    box = dealt.boxes[0]
-    with pytest.raises(VerificationError):
-        _install(owners[1], enrolled[0], dealt, box=box[:-1] + bytes([box[-1] ^ 1]))
-    with pytest.raises(VerificationError, match="fingerprint"):
-        _install(owners[1], enrolled[0], dealt, fingerprint=bytes(32))
-    with pytest.raises(VerificationError):  # a box claimed to come from another owner
-        _install(owners[1], enrolled[2], dealt)
-
-
-def _aggregate_request(
-    owners: list[hospital.HospitalSettings],
+def _decrypt_request(
+    study: Study,
     client_ids: tuple[str, ...],
     signers: list[Identity],
     updates: dict[str, np.ndarray],
+    *,
+    round: int = 1,
 ) -> wire.DecryptRequest:
-    secret = owners[0].keystore.load_ckks(STUDY)
+    secret = study.owners[0].keystore.load_ckks(study.study_id)
     aggregate = secret.public().add([secret.encrypt(updates[c]) for c in client_ids])
     digest = tagged_hash(Tag.AGGREGATE, aggregate)
     message = aggregate_result_digest(
-        study_id=STUDY, round=1, client_ids=client_ids, aggregate_hash=digest
+        study_id=study.study_id, round=round, client_ids=client_ids, aggregate_hash=digest
     )
     return wire.DecryptRequest(
-        study_id=STUDY,
-        round=1,
+        study_id=study.study_id,
+        round=round,
         client_ids=client_ids,
         aggregate=aggregate,
         aggregate_hash=digest,
@@ -141,90 +91,220 @@ def _aggregate_request(
     )
 
 
-@pytest.fixture
-def ready(
-    owners: list[hospital.HospitalSettings], members: list[Identity]
-) -> dict[str, np.ndarray]:
-    enrolled, dealt = _deal(owners)
-    for owner in owners[1:]:
-        _install(owner, enrolled[0], dealt)
-    _pin(owners, members)
-    rng = np.random.default_rng(0)
-    grid = owners[0].keystore.load_ckks(STUDY).params.release_grid
-    return {o.party_id: quantize(rng.normal(0, 0.05, 300), grid=grid) for o in owners}
+# ----------------------------------------------------------------------------- approval
 
 
-def test_decrypt_opens_a_quorum_signed_aggregate_exactly(
-    owners: list[hospital.HospitalSettings], members: list[Identity], ready: dict[str, np.ndarray]
+def test_enrolment_needs_an_approved_manifest(study: Study) -> None:
+    owner = study.owners[0]
+    reply = hospital.enroll(owner, wire.EnrollRequest(study_id=study.study_id))
+    assert reply.party_id == owner.party_id
+    assert reply.examples == owner.dataset(study.manifest).labels.shape[0]
+    other = study.resign(rounds=9)  # signed by the sponsor, but never approved by anyone
+    with pytest.raises(VerificationError, match="not approved by the operator"):
+        hospital.enroll(owner, wire.EnrollRequest(study_id=other.study_id))
+    for bad in ("../../etc/passwd", "ab" * 31, study.study_id.upper()):
+        with pytest.raises(VerificationError, match="manifest hash"):
+            hospital.enroll(owner, wire.EnrollRequest(study_id=bad))
+
+
+def test_policy_refuses_plaintext_and_unregistered_models_at_approval(
+    owners: list[hospital.HospitalSettings],
+) -> None:
+    study = make_study(owners, approve_owners=False)
+    plaintext = study.resign(secure=SecureMode.NONE)
+    with pytest.raises(VerificationError, match="secure mode 'none' is refused"):
+        approve_owner(owners[0], plaintext)
+    code = study.resign(model="os:ftruncate")
+    with pytest.raises(VerificationError, match="model 'os:ftruncate' is not a built-in"):
+        approve_owner(owners[0], code)
+    small = dataclasses.replace(owners[0], policy=HospitalPolicy(epsilon_cap=3.0, min_clients=3))
+    with pytest.raises(VerificationError, match="min_clients 2 is below"):
+        approve_owner(small, study.signed)
+
+
+def test_a_tampered_manifest_file_is_not_acted_on(study: Study) -> None:
+    owner = study.owners[1]
+    path = Path(owner.workdir) / "studies" / study.study_id / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["manifest"]["min_clients"] = 3
+    path.write_text(json.dumps(doc))
+    with pytest.raises(VerificationError, match="sponsor signature"):
+        hospital.enroll(owner, wire.EnrollRequest(study_id=study.study_id))
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def test_the_manifest_dealer_boxes_the_key_to_the_manifest_roster_only(study: Study) -> None:
+    dealt = _deal(study)
+    assert sorted(dealt.recipients) == ["hospital-2", "hospital-3"]
+    assert _deal(study) == dealt  # asking again re-sends the same dealing, no new key
+    dealer = study.manifest.owner("hospital-1")
+    assert dealer is not None
+    public = CkksPublicContext.from_bytes(dealt.public_context)
+    assert public.fingerprint() == dealt.fingerprint
+    for i in (1, 2):
+        assert _install(study, i, dealt).fingerprint == dealt.fingerprint
+    vector = np.linspace(-1, 1, 50)
+    blob = study.owners[1].keystore.load_ckks(study.study_id).encrypt(vector)
+    decrypted = study.owners[2].keystore.load_ckks(study.study_id).decrypt(blob)
+    np.testing.assert_allclose(decrypted, vector, atol=1e-4)
+    with pytest.raises(VerificationError, match="names 'hospital-1' as key dealer"):
+        hospital.keygen(study.owners[1], wire.KeygenRequest(study_id=study.study_id))
+
+
+def test_a_fake_dealer_or_a_second_dealing_is_refused(study: Study) -> None:
+    dealt = _deal(study)
+    box = dealt.boxes[0]
+    with pytest.raises(VerificationError):
+        _install(study, 1, dealt, box=box[:-1] + bytes([box[-1] ^ 1]))
+    with pytest.raises(VerificationError, match="fingerprint"):
+        _install(study, 1, dealt, fingerprint=bytes(32))
+    with pytest.raises(VerificationError, match="signature"):
+        _install(study, 1, dealt, dealer_signature=bytes(64))
+    # The coordinator deals its own context, boxed with its own key: the Box does not open
+    # under the manifest's dealer key.
+    fake = CkksSecretContext.generate()
+    target = study.owners[1].keystore.identity().public
+    forged = study.coordinator.box_to(target, fake.to_bytes())
+    with pytest.raises(VerificationError, match="does not open"):
+        _install(study, 1, dealt, box=forged, fingerprint=fake.public().fingerprint())
+    # The real key is installed; a second, different dealing never overwrites it.
+    _install(study, 1, dealt)
+    held = study.owners[1].keystore.load_ckks(study.study_id).public().fingerprint()
+    other = study.owners[0].keystore.identity().box_to(target, fake.to_bytes())
+    with pytest.raises(VerificationError):
+        _install(study, 1, dealt, box=other, fingerprint=fake.public().fingerprint())
+    assert study.owners[1].keystore.load_ckks(study.study_id).public().fingerprint() == held
+
+
+# ----------------------------------------------------------------------------- decryption
+
+
+def test_decrypt_opens_a_quorum_signed_aggregate_and_signs_what_it_returns(
+    study: Study, ready: dict[str, np.ndarray]
 ) -> None:
     ids = ("hospital-1", "hospital-2", "hospital-3")
-    request = _aggregate_request(owners, ids, members[:2], ready)
-    reply, vector = hospital.decrypt(owners[2], request)
-    assert reply.length == 300
+    request = _decrypt_request(study, ids, study.members[:2], ready)
+    reply, vector = hospital.decrypt(study.owners[2], request)
     np.testing.assert_array_equal(vector, sum(ready[c] for c in ids))
+    assert reply.plain_hash == wire.plaintext_hash(vector)
+    owner = study.owners[2].keystore.identity().public
+    digest = wire.decryption_digest(
+        study_id=study.study_id,
+        round=1,
+        aggregate_hash=request.aggregate_hash,
+        plain_hash=reply.plain_hash,
+    )
+    verify_signature(owner, digest, reply.signature)
+    # The same request again reveals nothing new and is answered the same way.
+    again, vector2 = hospital.decrypt(study.owners[2], request)
+    assert again.plain_hash == reply.plain_hash
+    np.testing.assert_array_equal(vector, vector2)
 
 
-def test_decrypt_refuses_a_single_owners_ciphertext(
-    owners: list[hospital.HospitalSettings], members: list[Identity], ready: dict[str, np.ndarray]
+def test_decrypt_refuses_lone_ciphertexts_and_foreign_signers(
+    study: Study, ready: dict[str, np.ndarray]
 ) -> None:
-    request = _aggregate_request(owners, ("hospital-2",), members, ready)
-    with pytest.raises(VerificationError, match="client set has 1 members, at least 2 required"):
-        hospital.decrypt(owners[0], request)
-
-
-def test_decrypt_refuses_without_a_quorum_of_pinned_members(
-    owners: list[hospital.HospitalSettings], members: list[Identity], ready: dict[str, np.ndarray]
-) -> None:
+    lone = _decrypt_request(study, ("hospital-2",), study.members, ready)
+    with pytest.raises(VerificationError, match="1 distinct members, at least 2 required"):
+        hospital.decrypt(study.owners[1], lone)
     ids = ("hospital-1", "hospital-2")
-    one = _aggregate_request(owners, ids, members[:1], ready)
+    one = _decrypt_request(study, ids, study.members[:1], ready)
     with pytest.raises(VerificationError, match="1 committee signatures, quorum is 2"):
-        hospital.decrypt(owners[0], one)
+        hospital.decrypt(study.owners[0], one)
     twice = dataclasses.replace(
         one, member_ids=one.member_ids * 2, member_signatures=one.member_signatures * 2
     )
     with pytest.raises(VerificationError, match="quorum is 2"):
-        hospital.decrypt(owners[0], twice)
-    outsider = Identity.generate("member-9", seed=b"\x09" * 32)
-    forged = _aggregate_request(owners, ids, [members[0], outsider], ready)
+        hospital.decrypt(study.owners[0], twice)
+    outsider = Identity.generate("member-9")
+    forged = _decrypt_request(study, ids, [study.members[0], outsider], ready)
     with pytest.raises(VerificationError, match="'member-9' is not a committee member"):
-        hospital.decrypt(owners[0], forged)
+        hospital.decrypt(study.owners[0], forged)
+    # A decryptor outside S, a set with a non-roster id, rounds outside the manifest.
+    with pytest.raises(VerificationError, match="not in the client set"):
+        hospital.decrypt(study.owners[2], _decrypt_request(study, ids, study.members, ready))
+    ghost = dataclasses.replace(one, client_ids=("hospital-1", "ghost"))
+    with pytest.raises(VerificationError, match="'ghost' is not in the study's roster"):
+        hospital.decrypt(study.owners[0], ghost)
+    for rnd in (0, 4):
+        late = _decrypt_request(study, ids, study.members[:2], ready, round=rnd)
+        with pytest.raises(VerificationError, match=r"rounds 1\.\.3"):
+            hospital.decrypt(study.owners[0], late)
+
+
+def test_one_aggregate_per_round_defeats_differencing(
+    study: Study, ready: dict[str, np.ndarray]
+) -> None:
+    """S and then S minus {hospital-3} in the same round: the second is refused, so the
+    difference (hospital-3's update) is never released."""
+    full = _decrypt_request(study, ("hospital-1", "hospital-2", "hospital-3"), study.members, ready)
+    hospital.decrypt(study.owners[0], full)
+    minus = _decrypt_request(study, ("hospital-1", "hospital-2"), study.members, ready)
+    with pytest.raises(VerificationError, match="already decrypted another aggregate"):
+        hospital.decrypt(study.owners[0], minus)
+    # The record is durable: a fresh process (same work directory) refuses it too.
+    hospital._load_dataset.cache_clear()
+    with pytest.raises(VerificationError, match="already decrypted another aggregate"):
+        hospital.decrypt(dataclasses.replace(study.owners[0]), minus)
 
 
 def test_decrypt_refuses_a_mismatching_aggregate_or_client_set(
-    owners: list[hospital.HospitalSettings], members: list[Identity], ready: dict[str, np.ndarray]
+    study: Study, ready: dict[str, np.ndarray]
 ) -> None:
     ids = ("hospital-1", "hospital-2")
-    request = _aggregate_request(owners, ids, members[:2], ready)
+    request = _decrypt_request(study, ids, study.members[:2], ready)
     swapped = dataclasses.replace(request, aggregate=request.aggregate[:-1] + b"\x00")
     with pytest.raises(VerificationError, match="does not match its hash"):
-        hospital.decrypt(owners[0], swapped)
+        hospital.decrypt(study.owners[0], swapped)
     other_set = dataclasses.replace(request, client_ids=("hospital-1", "hospital-3"))
     with pytest.raises(VerificationError):
-        hospital.decrypt(owners[0], other_set)
+        hospital.decrypt(study.owners[0], other_set)
 
 
-def test_pinned_terms_cannot_change_mid_study(
-    owners: list[hospital.HospitalSettings], members: list[Identity]
+# ----------------------------------------------------------------------------- training
+
+
+def _global(study: Study) -> np.ndarray:
+    return get_flat(build_model("mlp", in_features=30, num_classes=2))
+
+
+def _entries(owner: hospital.HospitalSettings) -> list[object]:
+    path = owner.ledger_path
+    return [] if not path.exists() else list(json.loads(path.read_text())["entries"])
+
+
+def test_rounds_outside_the_manifest_are_refused_before_any_budget_is_spent(
+    study: Study, ready: dict[str, np.ndarray]
 ) -> None:
-    _pin(owners[:1], members)
-    store = owners[0].keystore
-    with pytest.raises(VerificationError, match="differ from the terms"):
-        store.pin_terms(STUDY, [m.public for m in members], quorum=1, min_clients=2)
-    impostor = Identity.generate("member-3", seed=b"\x07" * 32)
-    with pytest.raises(VerificationError, match="differ from the terms"):
-        store.pin_terms(
-            STUDY, [members[0].public, members[1].public, impostor.public], quorum=2, min_clients=2
-        )
-    assert store.pinned_terms(STUDY).quorum == 2
+    owner = study.owners[0]
+    for rnd in (0, 4, 2**63):
+        instruction = wire.TrainInstruction(study_id=study.study_id, round=rnd, weight_unit=10_000)
+        with pytest.raises(VerificationError, match=r"rounds 1\.\.3"):
+            hospital.train(owner, instruction, _global(study))
+    wrong = wire.TrainInstruction(study_id=study.study_id, round=1, weight_unit=10_000)
+    with pytest.raises(BadInputError, match="global model has 3 values"):
+        hospital.train(owner, wrong, np.zeros(3, dtype=np.float32))
+    assert _entries(owner) == []
 
 
-def test_weighted_ckks_mean_matches_the_plaintext_oracle_within_1e4(
-    owners: list[hospital.HospitalSettings],
-) -> None:
+def test_a_dead_committee_costs_no_budget(study: Study, ready: dict[str, np.ndarray]) -> None:
+    """The manifest's members listen nowhere: the owner declines before training."""
+    owner = study.owners[1]
+    instruction = wire.TrainInstruction(study_id=study.study_id, round=1, weight_unit=10_000)
+    outcome = hospital.train(owner, instruction, _global(study))
+    assert outcome.receipt.status == "declined"
+    assert "0 of 3 committee members reachable, quorum is 2" in outcome.receipt.reason
+    assert outcome.update is None
+    assert _entries(owner) == []
+
+
+def test_weighted_ckks_mean_matches_the_plaintext_oracle_within_1e4(study: Study) -> None:
     """Ten owners' weighted updates, encrypted, summed by a member, decrypted: the released
     mean is within 1e-4 of the float64 FedAvg mean, and equals the quantised sum exactly."""
-    _enrolled, dealt = _deal(owners)
-    secret = owners[0].keystore.load_ckks(STUDY)
+    dealt = _deal(study)
+    secret = study.owners[0].keystore.load_ckks(study.study_id)
     public = CkksPublicContext.from_bytes(dealt.public_context)
     rng = np.random.default_rng(42)
     examples = rng.integers(30, 121, size=10)
@@ -243,9 +323,8 @@ def test_weighted_ckks_mean_matches_the_plaintext_oracle_within_1e4(
     assert np.max(np.abs(mean - oracle)) < 1e-4
 
 
-def test_csv_owner_standardises_with_the_published_normalizer(tmp_path: Path) -> None:
+def test_csv_owner_standardises_with_the_manifest_normalizer(tmp_path: Path) -> None:
     import csv
-    import json
 
     from sklearn.datasets import load_breast_cancer
 
@@ -259,52 +338,13 @@ def test_csv_owner_standardises_with_the_published_normalizer(tmp_path: Path) ->
         writer.writerow([*published["feature_names"], "label"])
         for row, label in zip(raw.data[:40], raw.target[:40], strict=True):
             writer.writerow([*row, int(label)])
-    norm = tmp_path / "normalizer.json"
-    norm.write_text(json.dumps(published))
-    settings = hospital.HospitalSettings(
-        party_id="site", workdir=str(tmp_path / "w"), data=str(path), normalizer=str(norm)
-    )
-    data = settings.dataset()
+    owners = hospitals(tmp_path, 2)
+    site = dataclasses.replace(owners[0], data=str(path))
+    study = make_study([site, owners[1]], approve_owners=False)
+    with_norm = study.resign(normalizer=published)
+    data = site.dataset(with_norm.manifest)
     expected = (raw.data[:40] - np.asarray(published["mean"])) / np.asarray(published["scale"])
     np.testing.assert_allclose(data.features, expected, rtol=1e-5, atol=1e-5)
-    broken = dataclasses.replace(settings, normalizer=str(tmp_path / "missing.json"))
-    with pytest.raises(BadInputError, match=r"normalizer .*missing\.json"):
-        broken.dataset()
-
-
-def test_changed_terms_are_refused_before_any_budget_is_spent(
-    owners: list[hospital.HospitalSettings], members: list[Identity]
-) -> None:
-    _pin(owners[:1], members)
-    impostor = Identity.generate("member-3", seed=b"\x07" * 32)
-    roster = [members[0], members[1], impostor]
-    instruction = wire.TrainInstruction(
-        study_id=STUDY,
-        round=2,
-        total_rounds=5,
-        weight_unit=10_000,
-        secure="ckks",
-        seed=1,
-        model="mlp",
-        epsilon=3.0,
-        delta=1e-5,
-        local_epochs=1,
-        batch_size=32,
-        max_grad_norm=1.0,
-        lr=1.0,
-        quorum=2,
-        min_clients=2,
-        **wire.committee_lists(
-            [
-                wire.MemberInfo(m.party_id, m.public.sign_key, m.public.box_key, "127.0.0.1:9")
-                for m in roster
-            ]
-        ),
-    )
-    from cohort.clients.model import build_model, get_flat
-
-    start = get_flat(build_model("mlp", in_features=30, num_classes=2))
-    with pytest.raises(VerificationError, match="differ from the terms"):
-        hospital.train(owners[0], instruction, start)
-    ledger = owners[0].ledger_path(STUDY)
-    assert not ledger.exists() or json.loads(ledger.read_text())["entries"] == []
+    narrow = study.resign(features=29)
+    with pytest.raises(BadInputError, match="30 feature columns, the study's manifest says 29"):
+        site.dataset(narrow.manifest)

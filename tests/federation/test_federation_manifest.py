@@ -23,7 +23,8 @@ VECTORS = Path(__file__).parents[1] / "vectors"
 
 def _generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location("gen", VECTORS / "gen_manifest_vectors.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
