@@ -116,8 +116,10 @@ def test_registered_names_only(factories: str) -> None:
     for name, match in cases:
         with pytest.raises(BadInputError, match=match):
             build_model(name, in_features=4, num_classes=2, registry=registry)
-    assert is_builtin_spec("mlp:8,4") and is_builtin_spec("logreg")
-    assert not is_builtin_spec("linear") and not is_builtin_spec("os:ftruncate")
+    assert is_builtin_spec("mlp:8,4")
+    assert is_builtin_spec("logreg")
+    assert not is_builtin_spec("linear")
+    assert not is_builtin_spec("os:ftruncate")
 
 
 def test_batchnorm_is_fixed_for_opacus(factories: str) -> None:
