@@ -79,7 +79,13 @@ def federated_run(
             for data, ledger in zip(hospitals, ledgers, strict=True):
                 local = copy.deepcopy(global_model)
                 result = train_dp(
-                    local, data, config=config, ledger=ledger, round=rnd, noise_seed=noise_seed
+                    local,
+                    data,
+                    config=config,
+                    ledger=ledger,
+                    round=rnd,
+                    noise_seed=noise_seed,
+                    study_id=f"bench-dp-accuracy-{seed}",
                 )
                 weighted += (get_flat(local).astype(np.float64) - base) * result.examples
                 total += result.examples

@@ -4,10 +4,12 @@ Run by a data owner (hospital) on its own machine, once per round it takes part 
 
 1. build the round's :class:`DpEvent` (noise multiplier calibrated once per study, sample
    rate and steps from the local dataset size and the study's batch size);
-2. :meth:`PrivacyLedger.guard` - decline with :class:`BudgetExhausted` before touching
-   the model if the round would take the owner past its cap;
-3. train a private copy of the model with Opacus (Poisson sampling, per-example clipping
-   to C, Gaussian noise sigma * C per step);
+2. :meth:`PrivacyLedger.guard` - refuse a (study, round) the ledger already holds
+   (:class:`RoundReplayed`) and decline with :class:`BudgetExhausted` if the round would
+   take the owner past its cap, before touching the model;
+3. train a private copy of the model with Opacus's per-sample gradients and clipping to C,
+   Poisson sampling and Gaussian noise sigma * C per step both drawn from ChaCha20
+   streams (:mod:`cohort.clients.noise`);
 4. :meth:`PrivacyLedger.record` the event durably;
 5. only then copy the trained parameters into the caller's model (the release).
 
@@ -19,21 +21,28 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import struct
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from opacus import PrivacyEngine
+from opacus.accountants import PRVAccountant
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers.optimizer import DPOptimizer, _check_processed_flag, _mark_as_processed
+from opacus.validators import ModuleValidator
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from cohort.clients.data import Dataset
+from cohort.clients.noise import (
+    NOISE,
+    SAMPLING,
+    ChaChaStream,
+    PoissonSampler,
+    random_key,
+    seeded_key,
+)
 from cohort.clients.privacy import DpEvent, PrivacyLedger, calibrate_noise_multiplier
-from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.errors import BadInputError, ConfigError, ProtocolAbort
 from cohort.logs import fields, get_logger
 
@@ -53,9 +62,9 @@ class DpConfig:
     """DP-SGD settings of a study, identical for every data owner; checked when built.
 
     Defaults were tuned on the breast-cancer demo (5 hospitals, Dirichlet alpha 1,
-    epsilon 3 over 5 rounds of 1 local epoch, model "mlp"): over 10 splits x 4 noise draws
-    the held-out accuracy never fell below 0.938 (mean 0.966); see
-    bench/results/dp_accuracy.md and docs/privacy.md.
+    epsilon 3 over 5 rounds of 1 local epoch, model "mlp"): over 10 splits x 8 noise draws
+    of the ChaCha20 generator the held-out accuracy averaged 0.966 (minimum 0.912, on the
+    hardest split); see bench/results/dp_accuracy.md and docs/privacy.md.
     """
 
     #: Per-owner (epsilon, delta) budget for the whole study; calibrates the noise.
@@ -169,26 +178,14 @@ class TrainResult:
     empty_batches: int
 
 
-def derive_noise_seed(study_seed: int, owner: str, round: int, purpose: bytes) -> int:
-    """64-bit seed ``tagged_hash(Tag.NOISE_SEED, study seed, owner, round, purpose)``.
+def derive_noise_key(noise_seed: int, *, owner: str, study_id: str, round: int) -> bytes:
+    """256-bit round key for seeded noise and sampling: :func:`cohort.clients.noise.seeded_key`.
 
-    Reproducible runs only: anyone who knows the study seed can regenerate the noise and
-    strip it from an update, so a seeded study gives no privacy to real patients.
+    Reproducible runs only: anyone who knows the local seed can regenerate the noise and
+    strip it from an update, so a seeded round gives no privacy to real patients (its ledger
+    entry says so).
     """
-    digest = tagged_hash(
-        Tag.NOISE_SEED,
-        struct.pack(">Q", study_seed),
-        owner.encode("utf-8"),
-        struct.pack(">Q", round),
-        purpose,
-    )
-    return int.from_bytes(digest[:8], "big")
-
-
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
+    return seeded_key(noise_seed, owner=owner, study_id=study_id, round=round)
 
 
 def _check_inputs(model: nn.Module, dataset: Dataset, round: int, noise_seed: int | None) -> None:
@@ -200,9 +197,9 @@ def _check_inputs(model: nn.Module, dataset: Dataset, round: int, noise_seed: in
         raise BadInputError(f"{dataset.source}: no examples to train on")
     if not _integer(round) or round < 0:
         raise BadInputError(f"round must be an integer >= 0, got {round!r}")
-    if noise_seed is not None and (not _integer(noise_seed) or not 0 <= noise_seed < 2**64):
+    if noise_seed is not None and (not _integer(noise_seed) or not 0 <= noise_seed < 2**256):
         raise BadInputError(
-            f"noise_seed must be an integer in [0, 2^64) or None, got {noise_seed!r}"
+            f"noise_seed must be an integer in [0, 2^256) or None, got {noise_seed!r}"
         )
     param = next(model.parameters(), None)
     if param is None:
@@ -221,10 +218,118 @@ def _check_inputs(model: nn.Module, dataset: Dataset, round: int, noise_seed: in
         )
 
 
-def _run_epochs(
+class SecureNoiseDPOptimizer(DPOptimizer):  # type: ignore[misc]
+    """Opacus's :class:`DPOptimizer` with its Gaussian noise drawn from a ChaCha20 stream.
+
+    Clipping, accumulation, scaling and the accountant hook are Opacus's; only
+    :meth:`add_noise` differs: one draw per step for all parameters, hardened as Opacus's
+    ``secure_mode`` (:meth:`ChaChaStream.gaussian`), added in the gradient's dtype.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        stream: ChaChaStream,
+    ) -> None:
+        super().__init__(
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+        )
+        self._stream = stream
+
+    def add_noise(self) -> None:
+        params = list(self.params)
+        for p in params:
+            _check_processed_flag(p.summed_grad)
+        sizes = [int(p.summed_grad.numel()) for p in params]
+        std = float(self.noise_multiplier) * float(self.max_grad_norm)
+        flat = torch.from_numpy(self._stream.gaussian(sum(sizes), std=std))
+        for p, chunk in zip(params, torch.split(flat, sizes), strict=True):
+            summed = p.summed_grad
+            noise = chunk.view(summed.shape).to(device=summed.device, dtype=summed.dtype)
+            p.grad = (summed + noise).view_as(p)
+            _mark_as_processed(summed)
+
+
+class PoissonBatches:
+    """``(features, labels)`` batches selected by a :class:`PoissonSampler`.
+
+    An empty selection gives zero-row tensors that keep the feature shape (``[0, d]``).
+    """
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, sampler: PoissonSampler):
+        self.features = features
+        self.labels = labels
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for indices in self.sampler:
+            chosen = torch.from_numpy(indices)
+            yield self.features[chosen], self.labels[chosen]
+
+
+@dataclass
+class PrivateTraining:
+    """The DP-SGD pieces for one round: a hooked module, its optimizer, batches, accountant."""
+
+    module: Any  # opacus GradSampleModule wrapping the private copy
+    optimizer: SecureNoiseDPOptimizer
+    batches: PoissonBatches
+    accountant: PRVAccountant
+
+    def close(self) -> None:
+        """Remove Opacus's hooks and per-sample attributes from the wrapped module."""
+        self.module.cleanup()
+
+
+def prepare_private(
+    work: nn.Module, dataset: Dataset, *, config: DpConfig, event: DpEvent, round_key: bytes
+) -> PrivateTraining:
+    """Wrap ``work`` (a private copy, trained in place) for DP-SGD as ``event`` describes.
+
+    Noise and sampling come from the :data:`NOISE` and :data:`SAMPLING` streams under
+    ``round_key``; the loss is averaged over Opacus's expected batch size
+    ``int(n * sample_rate)`` (at least 1), as ``PrivacyEngine.make_private`` does.
+    """
+    ModuleValidator.validate(work, strict=True)
+    examples = len(dataset)
+    module = GradSampleModule(work, batch_first=True, loss_reduction="mean")
+    module.forbid_grad_accumulation()
+    optimizer = SecureNoiseDPOptimizer(
+        torch.optim.SGD(work.parameters(), lr=config.lr, momentum=config.momentum),
+        noise_multiplier=event.noise_multiplier,
+        max_grad_norm=float(config.max_grad_norm),
+        expected_batch_size=max(1, int(examples * event.sample_rate)),
+        stream=ChaChaStream.derive(round_key, NOISE),
+    )
+    accountant = PRVAccountant()
+    optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=event.sample_rate))
+    sampler = PoissonSampler(
+        num_examples=examples,
+        sample_rate=event.sample_rate,
+        steps=config.steps_per_epoch(examples),
+        stream=ChaChaStream.derive(round_key, SAMPLING),
+    )
+    batches = PoissonBatches(
+        torch.from_numpy(dataset.features), torch.from_numpy(dataset.labels), sampler
+    )
+    return PrivateTraining(module, optimizer, batches, accountant)
+
+
+def run_epochs(
     private: nn.Module,
     optimizer: torch.optim.Optimizer,
-    loader: DataLoader[Any],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     epochs: int,
     device: torch.device,
@@ -239,7 +344,7 @@ def _run_epochs(
         # no gradient; torch warns about it on every step. Harmless here.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for _ in range(epochs):
-            for x, y in loader:
+            for x, y in batches:
                 x = x.to(device)
                 y = y.to(device)
                 optimizer.zero_grad(set_to_none=True)
@@ -265,72 +370,56 @@ def train_dp(
     ledger: PrivacyLedger,
     round: int,
     noise_seed: int | None,
+    study_id: str,
 ) -> TrainResult:
-    """One round of DP-SGD on ``dataset``; ``model`` is trained in place. Data owner only.
+    """One round of DP-SGD on ``dataset`` for study ``study_id``; ``model`` is trained in
+    place. Data owner only.
 
-    Guards the budget before training (:class:`BudgetExhausted`, model untouched) and
-    records the event in ``ledger`` after it, before the caller's model changes. The
-    noise and the Poisson sampling each draw from their own ``torch.Generator``: seeded
-    from ``os.urandom`` by default, or, when ``noise_seed`` (the study's ``--seed``) is
-    given, from :func:`derive_noise_seed` so the round is reproducible (not for real
-    patient data). Empty Poisson batches still take a step (noise only), as the
-    accountant assumes. The caller's module keeps its class and state_dict keys: Opacus
-    wraps and hooks a private copy only.
+    Guards the ledger before training (:class:`RoundReplayed` if it already holds this
+    study's round; :class:`BudgetExhausted` past the ledger's cap over all studies, or
+    past ``config.target_epsilon`` for this study alone; model untouched) and
+    records the event after it, before the caller's model changes. Noise and Poisson
+    sampling come from two ChaCha20 streams under one 256-bit round key: ``os.urandom(32)``
+    by default, or, when ``noise_seed`` (the owner's LOCAL seed) is given,
+    :func:`derive_noise_key` so the round is reproducible (the ledger entry is marked
+    seeded: not for real patient data). Empty Poisson batches still take a step (noise
+    only), as the accountant assumes. The caller's module keeps its class and state_dict
+    keys: Opacus wraps and hooks a private copy only.
     """
     _check_inputs(model, dataset, round, noise_seed)
     if not isinstance(config, DpConfig):
         raise BadInputError(f"config must be a DpConfig, got {type(config).__name__}")
+    if not isinstance(study_id, str) or not study_id:
+        raise BadInputError(f"study_id must be a non-empty string, got {study_id!r}")
     examples = len(dataset)
     event = config.event(examples, round=round)
-    ledger.guard(event)
+    ledger.guard(event, study_id=study_id, study_cap=float(config.target_epsilon))
 
     device = next(model.parameters()).device
+    seeded = noise_seed is not None
     if noise_seed is None:
-        noise_seed_value = int.from_bytes(os.urandom(8), "big")
-        sample_seed_value = int.from_bytes(os.urandom(8), "big")
+        round_key = random_key()
     else:
         log.warning(
             "seeded DP noise: reproducible, not private",
             extra=fields(owner=ledger.owner, round=round),
         )
-        noise_seed_value = derive_noise_seed(noise_seed, ledger.owner, round, b"noise")
-        sample_seed_value = derive_noise_seed(noise_seed, ledger.owner, round, b"sampling")
-    noise_gen = _generator(device, noise_seed_value)
-    sample_gen = _generator(torch.device("cpu"), sample_seed_value)
+        round_key = derive_noise_key(noise_seed, owner=ledger.owner, study_id=study_id, round=round)
 
     work = copy.deepcopy(model)
     work.train()
-    optimizer = torch.optim.SGD(work.parameters(), lr=config.lr, momentum=config.momentum)
-    loader = DataLoader(
-        TensorDataset(torch.from_numpy(dataset.features), torch.from_numpy(dataset.labels)),
-        batch_size=config.batch_size,
-        generator=sample_gen,
-    )
-    with warnings.catch_warnings():
-        # secure_mode=True needs torchcsprng, which has no build for current Pythons; the
-        # warning says so on every call. The choice is documented in docs/privacy.md.
-        warnings.simplefilter("ignore", UserWarning)
-        engine = PrivacyEngine(accountant="prv", secure_mode=False)
-        private, dp_optimizer, dp_loader = engine.make_private(
-            module=work,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=event.noise_multiplier,
-            max_grad_norm=config.max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=noise_gen,
-        )
+    run = prepare_private(work, dataset, config=config, event=event, round_key=round_key)
     try:
-        if len(dp_loader) != config.steps_per_epoch(examples):
+        if len(run.batches) != config.steps_per_epoch(examples):
             raise ProtocolAbort(
-                f"Opacus plans {len(dp_loader)} steps per epoch, the ledger event "
+                f"sampler plans {len(run.batches)} steps per epoch, the ledger event "
                 f"{config.steps_per_epoch(examples)}"
             )
-        loss_sum, loss_examples, empty_batches = _run_epochs(
-            private, dp_optimizer, dp_loader, epochs=config.local_epochs, device=device
+        loss_sum, loss_examples, empty_batches = run_epochs(
+            run.module, run.optimizer, run.batches, epochs=config.local_epochs, device=device
         )
         # Cross-check: Opacus's own accountant saw exactly the mechanism the ledger records.
-        counted = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
+        counted = [(float(s), float(q), int(n)) for s, q, n in run.accountant.history]
         planned = [(event.noise_multiplier, event.sample_rate, event.steps)]
         if counted != planned:
             raise ProtocolAbort(
@@ -338,10 +427,10 @@ def train_dp(
                 f"event says {planned}"
             )
     finally:
-        private.cleanup()
+        run.close()
 
     epsilon = ledger.projected_epsilon(event)
-    ledger.record(event, epsilon=epsilon)
+    ledger.record(event, study_id=study_id, epsilon=epsilon, seeded=seeded)
     with torch.no_grad():
         model.load_state_dict(work.state_dict())
     loss_mean = loss_sum / loss_examples if loss_examples else float("nan")
@@ -354,6 +443,7 @@ def train_dp(
             sigma=_r4(event.noise_multiplier),
             epsilon=_r4(epsilon),
             empty_batches=empty_batches,
+            seeded=seeded,
         ),
     )
     return TrainResult(

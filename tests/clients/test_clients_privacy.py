@@ -14,9 +14,11 @@ from scipy.optimize import brentq  # type: ignore[import-untyped]
 from scipy.stats import norm  # type: ignore[import-untyped]
 
 from cohort.clients.privacy import (
+    SEEDED_WARNING,
     DpEvent,
     LedgerEntry,
     PrivacyLedger,
+    RoundReplayed,
     calibrate_noise_multiplier,
     compute_epsilon,
 )
@@ -130,13 +132,15 @@ def test_event_dict_round_trip() -> None:
 
 # --------------------------------------------------------------------------- ledger
 
+STUDY = "study-1"
+
 
 def open_ledger(path: Path, cap: float = 10.0) -> PrivacyLedger:
     return PrivacyLedger.open(path, owner="hospital-a", epsilon_cap=cap, delta=DELTA)
 
 
-def record(ledger: PrivacyLedger, e: DpEvent) -> None:
-    ledger.record(e, epsilon=ledger.projected_epsilon(e))
+def record(ledger: PrivacyLedger, e: DpEvent, *, study: str = STUDY, seeded: bool = False) -> None:
+    ledger.record(e, study_id=study, epsilon=ledger.projected_epsilon(e), seeded=seeded)
 
 
 @pytest.fixture
@@ -146,6 +150,27 @@ def filled(tmp_path: Path) -> Path:
     record(ledger, event(1))
     record(ledger, event(2))
     return path
+
+
+def _edit(path: Path, change: Any) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _rehash(path: Path, change: Any) -> None:
+    """Edit entries, then recompute the whole chain consistently (a forger with the file)."""
+    data = json.loads(path.read_text())
+    for entry in data["entries"]:
+        change(entry)
+    prev = bytes.fromhex(data["genesis"])
+    for entry in data["entries"]:
+        body = {k: v for k, v in entry.items() if k not in ("prev", "hash")}
+        entry["prev"] = prev.hex()
+        prev = LedgerEntry.link(prev, body)
+        entry["hash"] = prev.hex()
+    data["head"] = prev.hex()
+    path.write_text(json.dumps(data))
 
 
 def test_ledger_survives_reopen(filled: Path) -> None:
@@ -166,47 +191,107 @@ def test_new_ledger_file_contents(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "ledger.json"
     ledger = open_ledger(path, cap=3.0)
     data = json.loads(path.read_text())
+    assert data["format"] == "cohort-privacy-ledger/v2"
     assert data["owner"] == "hospital-a"
-    assert data["epsilon_cap"] == 3.0
     assert data["delta"] == DELTA
+    assert "epsilon_cap" not in data  # the cap in force is recorded per entry
     assert data["entries"] == []
     assert data["head"] == data["genesis"] == ledger.head.hex()
     assert ledger.epsilon() == 0.0
+    assert ledger.epsilon_cap == 3.0
 
 
 def test_entry_fields_on_disk(filled: Path) -> None:
     entry = json.loads(filled.read_text())["entries"][0]
-    for name in (
+    assert set(entry) == {
         "round",
         "noise_multiplier",
         "sample_rate",
         "steps",
         "max_grad_norm",
         "delta",
+        "study_id",
+        "seeded",
+        "warning",
+        "epsilon_cap",
         "epsilon_after",
         "prev",
         "hash",
         "recorded_at",
-    ):
-        assert name in entry
+    }
+    assert entry["study_id"] == STUDY
+    assert entry["seeded"] is False
+    assert entry["warning"] is None
+    assert entry["epsilon_cap"] == 10.0
 
 
-def _edit(path: Path, change: Any) -> None:
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
+def test_seeded_entries_say_they_are_not_private(tmp_path: Path) -> None:
+    path = tmp_path / "l.json"
+    ledger = open_ledger(path)
+    record(ledger, event(1), seeded=True)
+    record(ledger, event(2), seeded=False)
+    entries = json.loads(path.read_text())["entries"]
+    assert entries[0]["seeded"] is True
+    assert "unfit for real patient data" in entries[0]["warning"]
+    assert entries[0]["warning"] == SEEDED_WARNING
+    assert entries[1]["warning"] is None
+    assert [e.seeded for e in open_ledger(path).entries] == [True, False]
+    assert PrivacyLedger.verify(path).seeded_entries == 1
+    with pytest.raises(BadInputError, match="seeded must be True or False"):
+        ledger.record(event(3), study_id=STUDY, epsilon=1.0, seeded=1)  # type: ignore[arg-type]
+    # dropping the warning from a seeded entry (even with a consistent chain) is refused
+    _rehash(path, lambda e: e.update(warning=None))
+    with pytest.raises(BadInputError, match=r"entry 1: field 'warning'"):
+        PrivacyLedger.load(path)
+
+
+def test_one_ledger_per_dataset_across_studies(tmp_path: Path) -> None:
+    path = tmp_path / "dataset.json"
+    ledger = open_ledger(path)
+    record(ledger, event(1), study="study-a")
+    record(ledger, event(2), study="study-a")
+    record(ledger, event(1), study="study-b")  # round numbers restart in a new study
+    again = open_ledger(path)
+    assert again.studies == ("study-a", "study-b")
+    assert [(e.study_id, e.event.round) for e in again.entries] == [
+        ("study-a", 1),
+        ("study-a", 2),
+        ("study-b", 1),
+    ]
+    # every study spends from the same records: epsilon composes over all of them
+    assert again.epsilon() == pytest.approx(PINNED[2], abs=1e-3)
+    assert again.epsilon(study_id="study-a") == pytest.approx(PINNED[1], abs=1e-3)
+    assert again.epsilon(study_id="study-b") == pytest.approx(PINNED[0], abs=1e-3)
+    report = PrivacyLedger.verify(path)
+    assert report.ok
+    assert report.studies == ("study-a", "study-b")
+    assert report.rounds == 3
+
+
+def test_cap_in_force_is_recorded_per_entry(filled: Path) -> None:
+    lower = open_ledger(filled, cap=5.0)  # the owner changed its policy: allowed, recorded
+    assert lower.epsilon_cap == 5.0
+    record(lower, event(3))
+    assert [e.epsilon_cap for e in open_ledger(filled).entries] == [10.0, 10.0, 5.0]
+    assert PrivacyLedger.load(filled).epsilon_cap == 5.0
 
 
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (lambda d: d["entries"][0].update(noise_multiplier=5.0), "entry 1: content does not match"),
-        (lambda d: d["entries"][1].update(steps=1), "entry 2: content does not match"),
-        (lambda d: d["entries"].pop(0), "entry 1: does not link"),
+        (lambda d: d["entries"][0].update(noise_multiplier=5.0), "entry 1 .*content does not"),
+        (lambda d: d["entries"][1].update(steps=1), "entry 2 .*content does not match"),
+        (lambda d: d["entries"][1].update(study_id="other"), "entry 2 .*content does not"),
+        (
+            lambda d: d["entries"][0].update(seeded=True, warning=SEEDED_WARNING),
+            "entry 1 .*content does not",
+        ),
+        (lambda d: d["entries"][0].update(epsilon_cap=100.0), "entry 1 .*content does not"),
+        (lambda d: d["entries"].pop(0), "entry 1 .*does not link"),
         (lambda d: d["entries"].pop(), "head hash does not match"),
         (lambda d: d["entries"].reverse(), "does not link"),
-        (lambda d: d.update(epsilon_cap=100.0), "header does not match its genesis"),
         (lambda d: d.update(owner="hospital-b"), "header does not match its genesis"),
+        (lambda d: d.update(delta=1e-6), "header does not match its genesis"),
     ],
 )
 def test_tampered_ledger_is_refused(filled: Path, change: Any, match: str) -> None:
@@ -215,22 +300,88 @@ def test_tampered_ledger_is_refused(filled: Path, change: Any, match: str) -> No
         PrivacyLedger.load(filled)
 
 
-def test_rehashed_forgery_caught_by_recheck(filled: Path) -> None:
-    """An editor who recomputes the chain passes load(); recheck() recomputes epsilons."""
-    data = json.loads(filled.read_text())
-    prev = bytes.fromhex(data["genesis"])
-    for entry in data["entries"]:
-        entry["epsilon_after"] = entry["epsilon_after"] / 2
-        body = {k: v for k, v in entry.items() if k not in ("prev", "hash")}
-        entry["prev"] = prev.hex()
-        prev = LedgerEntry.link(prev, body)
-        entry["hash"] = prev.hex()
-    data["head"] = prev.hex()
-    filled.write_text(json.dumps(data))
+def test_rehashed_forgery_caught_by_recheck_and_verify(filled: Path) -> None:
+    """An editor who recomputes the chain passes load(); the epsilons are recomputed."""
+    _rehash(filled, lambda e: e.update(epsilon_after=e["epsilon_after"] / 2))
     forged = PrivacyLedger.load(filled)
     assert len(forged.entries) == 2  # loads: the rewritten chain is self-consistent
-    with pytest.raises(VerificationError, match="entry 1: stored epsilon"):
+    with pytest.raises(VerificationError, match=r"entry 1 \(study study-1, round 1\): stored"):
         forged.recheck()
+    report = PrivacyLedger.verify(filled)
+    assert not report.ok
+    assert len(report.violations) == 2
+    assert all(": epsilon: recorded" in v for v in report.violations)
+    assert "round 1" in report.violations[0]
+    assert "round 2" in report.violations[1]
+
+
+def test_verify_reports_a_claim_past_the_cap(tmp_path: Path) -> None:
+    """A consistently re-hashed ledger claiming epsilon 9.1 against a cap of 3."""
+    path = tmp_path / "l.json"
+    ledger = open_ledger(path, cap=3.0)
+    record(ledger, event(1))
+    _rehash(path, lambda e: e.update(epsilon_after=9.1))
+    PrivacyLedger.load(path)  # the chain itself is consistent
+    report = PrivacyLedger.verify(path)
+    assert report.epsilon_recorded == 9.1
+    assert report.epsilon_recomputed == pytest.approx(PINNED[0], abs=1e-3)
+    assert report.epsilon_cap == 3.0
+    assert not report.ok
+    assert any(
+        "round 1" in v and ": cap: recorded epsilon 9.100000 > cap 3" in v
+        for v in report.violations
+    )
+    assert any("round 1" in v and ": epsilon: recorded 9.100000" in v for v in report.violations)
+
+
+def test_verify_reports_spending_past_the_cap(tmp_path: Path) -> None:
+    """Honest numbers, but recorded past the cap in force (the guard was bypassed)."""
+    path = tmp_path / "l.json"
+    ledger = open_ledger(path, cap=2.5)
+    record(ledger, event(1))
+    record(ledger, event(2))  # record() always records; guard() is what refuses
+    report = PrivacyLedger.verify(path)
+    assert [v.split(": ", 2)[1] for v in report.violations] == ["cap", "cap"]
+    assert all("round 2" in v for v in report.violations)
+
+
+def test_verify_good_ledger(filled: Path) -> None:
+    report = PrivacyLedger.verify(filled)
+    assert report.ok
+    assert report.violations == ()
+    assert report.owner == "hospital-a"
+    assert report.rounds == 2
+    assert report.seeded_entries == 0
+    assert report.epsilon_cap == 10.0
+    assert report.epsilon_recorded == report.epsilon_recomputed
+    assert report.epsilon_recomputed == pytest.approx(PINNED[1], abs=1e-3)
+    assert report.head == open_ledger(filled).head.hex()
+    assert json.loads(json.dumps(report.to_dict()))["ok"] is True
+    empty = filled.parent / "empty.json"
+    open_ledger(empty)
+    blank = PrivacyLedger.verify(empty)
+    assert blank.ok
+    assert (blank.rounds, blank.epsilon_cap, blank.epsilon_recorded) == (0, None, 0.0)
+
+
+def test_verify_reports_a_broken_chain_without_raising(filled: Path) -> None:
+    _edit(filled, lambda d: d["entries"][0].update(noise_multiplier=5.0))
+    report = PrivacyLedger.verify(filled)
+    assert not report.ok
+    checks = [v.split(": ", 2)[1] for v in report.violations]
+    assert "hash chain" in checks
+    assert "epsilon" in checks  # sigma 5 changes what the events give
+    assert report.violations[0].startswith("entry 1 (study study-1, round 1): hash chain")
+
+
+def test_verify_reports_a_replayed_round(filled: Path) -> None:
+    _rehash(filled, lambda e: e.update(round=1))
+    report = PrivacyLedger.verify(filled)
+    assert any(
+        ": replay: round 1 of study study-1 is already recorded" in v for v in report.violations
+    )
+    with pytest.raises(VerificationError, match="replay"):
+        PrivacyLedger.load(filled)
 
 
 @pytest.mark.parametrize(
@@ -239,27 +390,38 @@ def test_rehashed_forgery_caught_by_recheck(filled: Path) -> None:
         ("{not json", "not valid JSON"),
         ("[]", "must be a JSON object"),
         ('{"format": "other"}', "field 'format'"),
+        ('{"format": "cohort-privacy-ledger/v1"}', "field 'format'"),
     ],
 )
 def test_malformed_ledger_names_path(tmp_path: Path, content: str, match: str) -> None:
     path = tmp_path / "broken.json"
     path.write_text(content)
-    with pytest.raises(BadInputError, match=match) as info:
-        open_ledger(path)
-    assert str(path) in str(info.value)
+    for action in (open_ledger, PrivacyLedger.verify):
+        with pytest.raises(BadInputError, match=match) as info:
+            action(path)
+        assert str(path) in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_unreadable_ledger_is_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="cannot read ledger"):
+        PrivacyLedger.verify(tmp_path / "missing.json")
 
 
 def test_malformed_entry_names_field(filled: Path) -> None:
     _edit(filled, lambda d: d["entries"][1].pop("sample_rate"))
     with pytest.raises(BadInputError, match=r"entry 2: missing field 'sample_rate'"):
         open_ledger(filled)
+    _edit(filled, lambda d: d["entries"][0].pop("study_id"))
+    with pytest.raises(BadInputError, match=r"entry 1: field 'study_id'"):
+        PrivacyLedger.verify(filled)
 
 
 def test_reopen_with_other_terms_is_refused(filled: Path) -> None:
     with pytest.raises(ConfigError, match="owner"):
         PrivacyLedger.open(filled, owner="hospital-b", epsilon_cap=10.0, delta=DELTA)
-    with pytest.raises(ConfigError, match="epsilon_cap"):
-        PrivacyLedger.open(filled, owner="hospital-a", epsilon_cap=5.0, delta=DELTA)
+    with pytest.raises(ConfigError, match="delta"):
+        PrivacyLedger.open(filled, owner="hospital-a", epsilon_cap=10.0, delta=1e-6)
     with pytest.raises(ConfigError, match=r"epsilon_cap must be > 0"):
         PrivacyLedger.open(filled, owner="hospital-a", epsilon_cap=0.0, delta=DELTA)
 
@@ -270,28 +432,74 @@ def test_guard_declines_past_cap(tmp_path: Path) -> None:
     record(ledger, event(2))  # 2.986 <= 3
     before = (tmp_path / "l.json").read_bytes()
     with pytest.raises(BudgetExhausted) as info:
-        ledger.guard(event(3))
+        ledger.guard(event(3), study_id=STUDY)
     message = str(info.value)
     assert "'hospital-a'" in message
     assert "cap 3" in message
     assert "projected epsilon 3.4859" in message
     assert (tmp_path / "l.json").read_bytes() == before
-    ledger.guard(event(3, sigma=50.0))  # a much noisier round still fits
+    ledger.guard(event(3, sigma=50.0), study_id=STUDY)  # a much noisier round still fits
+    # another study spends from the same dataset: the cap is across studies
+    with pytest.raises(BudgetExhausted, match="study-2"):
+        ledger.guard(event(1), study_id="study-2")
 
 
-def test_record_checks_epsilon_delta_and_round(tmp_path: Path) -> None:
+def test_guard_checks_the_study_cap(tmp_path: Path) -> None:
+    ledger = open_ledger(tmp_path / "l.json", cap=10.0)
+    record(ledger, event(1), study="study-a")
+    record(ledger, event(2), study="study-a")  # study-a alone: 2.986
+    with pytest.raises(BudgetExhausted, match=r"study study-a.*own epsilon 3: projected 3.4859"):
+        ledger.guard(event(3), study_id="study-a", study_cap=3.0)
+    ledger.guard(event(1), study_id="study-b", study_cap=3.0)  # study-b alone: 2.361
+    ledger.guard(event(3), study_id="study-a")  # no study cap: only the dataset cap
+    with pytest.raises(BadInputError, match="study_cap must be a number > 0"):
+        ledger.guard(event(3), study_id="study-a", study_cap=0.0)
+
+
+def test_guard_refuses_a_replayed_round(tmp_path: Path) -> None:
+    path = tmp_path / "l.json"
+    ledger = open_ledger(path, cap=3.0)
+    record(ledger, event(1))
+    record(ledger, event(3))
+    before = path.read_bytes()
+    for rnd, match in (
+        (3, "round 3 of study study-1 is already recorded"),
+        (2, "round 2 of study study-1 comes after its round 3"),
+    ):
+        with pytest.raises(RoundReplayed, match=match):
+            ledger.guard(event(rnd), study_id=STUDY)
+        with pytest.raises(RoundReplayed, match=match):
+            record(ledger, event(rnd))
+    # refused as a replay even when the budget would also decline it: a distinct error
+    with pytest.raises(RoundReplayed):
+        ledger.guard(event(1, sigma=0.5), study_id=STUDY)
+    assert issubclass(RoundReplayed, VerificationError)
+    assert not issubclass(RoundReplayed, BudgetExhausted)
+    assert path.read_bytes() == before
+    ledger.guard(event(1, sigma=50.0), study_id="study-2")  # same round, other study: fine
+
+
+def test_record_checks_epsilon_delta_and_study(tmp_path: Path) -> None:
     ledger = open_ledger(tmp_path / "l.json")
     with pytest.raises(BadInputError, match="disagrees with the accountant"):
-        ledger.record(event(1), epsilon=0.1)
+        ledger.record(event(1), study_id=STUDY, epsilon=0.1, seeded=False)
     other = DpEvent(
         round=1, noise_multiplier=1.1, sample_rate=0.1, steps=10, max_grad_norm=1.0, delta=1e-6
     )
     with pytest.raises(BadInputError, match="delta"):
-        ledger.guard(other)
-    record(ledger, event(4))
-    with pytest.raises(BadInputError, match="round 2 comes after round 4"):
-        ledger.guard(event(2))
-    assert len(ledger.entries) == 1
+        ledger.guard(other, study_id=STUDY)
+    with pytest.raises(BadInputError, match="study_id must be a non-empty string"):
+        ledger.guard(event(1), study_id="")
+    assert ledger.entries == ()
+
+
+def test_loaded_ledger_without_entries_has_no_cap(tmp_path: Path) -> None:
+    path = tmp_path / "l.json"
+    open_ledger(path)
+    loaded = PrivacyLedger.load(path)
+    assert loaded.epsilon_cap is None
+    with pytest.raises(ConfigError, match="no cap in force"):
+        loaded.guard(event(1), study_id=STUDY)
 
 
 def test_stale_ledger_object_cannot_overwrite(tmp_path: Path) -> None:
@@ -302,5 +510,5 @@ def test_stale_ledger_object_cannot_overwrite(tmp_path: Path) -> None:
     with pytest.raises(ProtocolAbort, match="changed on disk since it was opened"):
         record(second, event(1))
     with pytest.raises(ProtocolAbort, match="reopen it"):
-        second.guard(event(2))
+        second.guard(event(2), study_id=STUDY)
     assert open_ledger(path).events == (event(1),)
