@@ -1,13 +1,23 @@
-"""Run one committee member: ``python -m cohort.aggregator --keystore DIR [--port-file FILE]``.
+"""Run one committee member: ``python -m cohort.aggregator --workdir DIR --tls-cert C --tls-key K``.
 
-Creates the member's key store in DIR on first start (identity + Ethereum key, mode 0600)
-and loads it afterwards, serves the Committee gRPC service, writes the bound port to
-``--port-file`` atomically once serving, and stops cleanly on SIGTERM or SIGINT.
+The work directory holds everything the member keeps::
+
+    DIR/keys/          key store: identity.json + eth_key.json (mode 0600), made on first start
+    DIR/studies/<id>/  the operator's approvals (``cohort study approve MANIFEST --workdir DIR``)
+    DIR/state.sqlite   configured studies, control counters, nonces, rounds, results, uploads
+
+At start the member prints its public identity (member id, Ed25519 and X25519 keys, Ethereum
+address, TLS fingerprint). ``--export-identity FILE`` writes the committee entry a sponsor
+puts into a manifest and exits. Without ``--tls-cert/--tls-key`` the member refuses to start
+unless ``--insecure`` is given (plaintext gRPC, logged as a warning). A port already in use
+is refused with one line. Writes the bound port to ``--port-file`` once serving and stops
+cleanly on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -16,9 +26,13 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from cohort.aggregator.member import CommitteeMember, MemberKeys
+from cohort.aggregator.keys import IDENTITY_FILE, MemberKeys, public_identity_record
+from cohort.aggregator.member import KEYS_DIR, CommitteeMember
 from cohort.aggregator.service import serve
-from cohort.errors import CohortError
+from cohort.crypto.tls import CertKey, cert_fingerprint
+from cohort.errors import BadInputError, CohortError
+from cohort.federation.certs import load_cert_key
+from cohort.files import PUBLIC, write_atomic
 from cohort.logs import configure, fields, get_logger
 
 log = get_logger("cohort.aggregator")
@@ -28,11 +42,30 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cohort.aggregator", description="Run one Cohort committee member."
     )
-    parser.add_argument("--keystore", type=Path, required=True, help="key store directory")
-    parser.add_argument("--member-id", help="member id (default: the key store folder name)")
+    parser.add_argument(
+        "--workdir", type=Path, required=True, help="member work directory (keys, studies, state)"
+    )
+    parser.add_argument("--keystore", type=Path, help="key store directory (default DIR/keys)")
+    parser.add_argument("--member-id", help="member id (default: the work directory's name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
     parser.add_argument("--port-file", type=Path, help="write the bound port here when ready")
+    parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM) from the study CA")
+    parser.add_argument("--tls-key", type=Path, help="its private key (PEM, mode 0600)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve plaintext gRPC without --tls-cert/--tls-key (tests, trusted loopback only)",
+    )
+    parser.add_argument(
+        "--export-identity",
+        type=Path,
+        metavar="FILE",
+        help="write this member's manifest committee entry (JSON) to FILE and exit",
+    )
+    parser.add_argument(
+        "--endpoint", default="", help="host:port callers use (for --export-identity)"
+    )
     parser.add_argument(
         "--exit-with-parent",
         action="store_true",
@@ -57,18 +90,83 @@ def _watch_parent(stop: threading.Event) -> None:
             stop.set()
 
 
+def _keys(args: argparse.Namespace, workdir: Path) -> MemberKeys:
+    keystore: Path = args.keystore or workdir / KEYS_DIR
+    if (keystore / IDENTITY_FILE).exists():
+        keys = MemberKeys.load(keystore)
+        if args.member_id and keys.identity.party_id != args.member_id:
+            raise BadInputError(
+                f"member key store {keystore}: holds member {keys.identity.party_id!r}, "
+                f"not {args.member_id!r}"
+            )
+        return keys
+    return MemberKeys.load_or_create(keystore, member_id=args.member_id or workdir.resolve().name)
+
+
+def _tls(args: argparse.Namespace) -> CertKey | None:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise BadInputError("give both --tls-cert and --tls-key, or neither")
+    if args.tls_cert is None:
+        return None
+    return load_cert_key(args.tls_cert, args.tls_key)
+
+
+def _print_identity(keys: MemberKeys, fingerprint: bytes, address: str) -> None:
+    public = keys.identity.public
+    lines = [
+        f"cohort committee member {public.party_id}",
+        f"  sign key (Ed25519): {public.sign_key.hex()}",
+        f"  box key (X25519):   {public.box_key.hex()}",
+        f"  eth address:        {keys.eth_address}",
+        f"  tls fingerprint:    {fingerprint.hex() if fingerprint else 'none (plaintext)'}",
+        f"  listening on:       {address}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure(args.log_level)
-    keystore: Path = args.keystore
-    member_id: str = args.member_id or keystore.resolve().name
+    workdir: Path = args.workdir
     try:
-        keys = MemberKeys.load_or_create(keystore, member_id=member_id)
-        member = CommitteeMember(keys)
-        server, port = serve(member, host=args.host, port=args.port)
+        workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keys = _keys(args, workdir)
+        cert = _tls(args)
+        fingerprint = cert_fingerprint(cert.cert_pem) if cert else b""
+        if args.export_identity is not None:
+            endpoint = args.endpoint or (f"{args.host}:{args.port}" if args.port else "")
+            record = public_identity_record(keys, endpoint=endpoint, tls_fingerprint=fingerprint)
+            text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+            write_atomic(args.export_identity, text.encode("utf-8"), mode=PUBLIC)
+            print(
+                f"wrote the committee entry of {keys.identity.party_id} to {args.export_identity}"
+            )
+            return 0
+        if cert is None and not args.insecure:
+            raise BadInputError(
+                "no TLS certificate: pass --tls-cert and --tls-key (from the study CA), or "
+                "--insecure to serve plaintext gRPC on a trusted network"
+            )
+        member = CommitteeMember(keys, workdir=workdir, tls_fingerprint=fingerprint)
+        try:
+            server, port = serve(member, host=args.host, port=args.port, tls=cert)
+        except BaseException:
+            member.close()
+            raise
     except CohortError as exc:
         print(f"cohort.aggregator: {exc}", file=sys.stderr)
         return 2
+
+    member_id = keys.identity.party_id
+    if cert is None:
+        print(
+            "cohort.aggregator: WARNING: --insecure: serving PLAINTEXT gRPC; control calls, "
+            "uploads and results travel unencrypted on the network",
+            file=sys.stderr,
+            flush=True,
+        )
+        log.warning("serving without TLS (--insecure)", extra=fields(member=member_id, port=port))
+    _print_identity(keys, fingerprint, f"{args.host}:{port}")
 
     stop = threading.Event()
 
@@ -89,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     started = time.monotonic()
     server.stop(grace=args.grace).wait()
+    member.close()
     if args.port_file is not None:
         args.port_file.unlink(missing_ok=True)
     log.info(

@@ -1,5 +1,17 @@
 """Typed client of one committee member, used by the coordinator and by data owners.
 
+Data owners call :meth:`MemberClient.upload` and :meth:`MemberClient.info` (a liveness ping
+that shows only the member's public identity); the coordinator sends
+:class:`~cohort.aggregator.control.SignedControl` calls (configure, open_round, aggregate,
+status), usually through :class:`cohort.aggregator.committee.Committee`.
+
+With ``tls`` the channel trusts only the study CA, checks the member id in the certificate
+and pins the manifest's fingerprint (:func:`cohort.crypto.tls.open_channel`). The channel is
+opened on the first call, so a client for a member that is down can be made; each call
+retries the opening until it succeeds, and a call that finds the member unreachable drops the
+channel, so the next call reconnects (and re-checks the pin) at once, for example after the
+member restarted. A pin mismatch raises VerificationError.
+
 gRPC errors come back as the Cohort error the member raised (the ``cohort-error`` trailing
 metadata names the class; the status code is the fallback), so a caller can tell tampering
 (VerificationError) from bad input (BadInputError) from a protocol state problem
@@ -8,29 +20,32 @@ metadata names the class; the status code is the fallback), so a caller can tell
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from cohort.aggregator.member import AggregateResult, MemberStatus, StudyConfig, Verdict
+from cohort.aggregator.control import SignedControl
+from cohort.aggregator.member import AggregateResult, PublicStatus, StudyStatus, Verdict
 from cohort.aggregator.proto import committee_pb2 as pb
 from cohort.aggregator.proto import committee_pb2_grpc as pb_grpc
 from cohort.aggregator.service import (
     ERROR_METADATA_KEY,
     ERROR_TYPES,
     GRPC_OPTIONS,
+    public_status_from_proto,
     result_from_proto,
-    status_from_proto,
-    study_to_proto,
+    study_status_from_proto,
     verdict_from_proto,
 )
+from cohort.crypto.tls import ChannelTls, TlsUnavailable, open_channel
 from cohort.errors import BadInputError, CohortError, ProtocolAbort, VerificationError
 
 
 class MemberUnavailable(ProtocolAbort):
-    """The member did not answer (connection refused, timeout, shut down)."""
+    """The member did not answer (connection refused, timeout, shut down, no TLS)."""
 
 
 _BY_STATUS: dict[grpc.StatusCode, type[CohortError]] = {
@@ -59,12 +74,16 @@ def error_from_rpc(endpoint: str, error: grpc.RpcError) -> CohortError:
 
 
 class MemberClient:
-    """Calls one committee member at ``endpoint`` ("host:port"). Close it, or use ``with``."""
+    """Calls one committee member at ``endpoint`` ("host:port"). Close it, or use ``with``.
+
+    ``tls=None`` is a plaintext channel: only for members run with ``--insecure``.
+    """
 
     def __init__(
         self,
         endpoint: str,
         *,
+        tls: ChannelTls | None = None,
         timeout_s: float = 30.0,
         upload_timeout_s: float = 300.0,
         aggregate_timeout_s: float = 600.0,
@@ -72,11 +91,14 @@ class MemberClient:
         if timeout_s <= 0 or upload_timeout_s <= 0 or aggregate_timeout_s <= 0:
             raise BadInputError("member client: timeouts must be > 0 seconds")
         self.endpoint = endpoint
+        self.tls = tls
         self._timeout = timeout_s
         self._upload_timeout = upload_timeout_s
         self._aggregate_timeout = aggregate_timeout_s
-        self._channel = grpc.insecure_channel(endpoint, options=GRPC_OPTIONS)
-        self._stub = pb_grpc.CommitteeStub(self._channel)
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._stub: pb_grpc.CommitteeStub | None = None
+        self._closed = False
 
     def __enter__(self) -> MemberClient:
         return self
@@ -84,21 +106,62 @@ class MemberClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        self._channel.close()
+    def __repr__(self) -> str:
+        return f"MemberClient({self.endpoint!r}, tls={self.tls is not None})"
 
-    def _call(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+                self._stub = None
+
+    def _connect(self, timeout: float) -> pb_grpc.CommitteeStub:
+        with self._lock:
+            if self._closed:
+                raise ProtocolAbort(f"committee member {self.endpoint}: client is closed")
+            if self._stub is None:
+                try:
+                    self._channel = open_channel(
+                        self.endpoint,
+                        self.tls,
+                        options=GRPC_OPTIONS,
+                        preflight_timeout_s=min(timeout, 10.0),
+                    )
+                except TlsUnavailable as exc:
+                    raise MemberUnavailable(str(exc)) from None
+                self._stub = pb_grpc.CommitteeStub(self._channel)
+            return self._stub
+
+    def _call(self, rpc: str, request: Any, timeout: float) -> Any:
+        stub = self._connect(timeout)
+        method: Callable[..., Any] = getattr(stub, rpc)
         try:
             return method(request, timeout=timeout)
         except grpc.RpcError as exc:
-            raise error_from_rpc(self.endpoint, exc) from None
+            error = error_from_rpc(self.endpoint, exc)
+            if isinstance(error, MemberUnavailable):
+                self._drop(stub)
+            raise error from None
 
-    def info(self, *, timeout_s: float | None = None) -> MemberStatus:
-        """Who the member is and where it stands. Called by the coordinator and data owners."""
-        reply = self._call(self._stub.Info, pb.InfoRequest(), timeout_s or self._timeout)
-        return status_from_proto(reply)
+    def _drop(self, stub: pb_grpc.CommitteeStub) -> None:
+        """Forget a channel that failed to reach the member: the next call opens a fresh
+        one (and, with a pin, checks the member's certificate again)."""
+        with self._lock:
+            if self._stub is stub and self._channel is not None:
+                self._channel.close()
+                self._channel = None
+                self._stub = None
 
-    def wait_ready(self, *, timeout_s: float) -> MemberStatus:
+    # -- anyone --------------------------------------------------------------------------
+
+    def info(self, *, timeout_s: float | None = None) -> PublicStatus:
+        """The member's public identity and modes. Called by anyone (a liveness ping)."""
+        reply = self._call("Info", pb.InfoRequest(), timeout_s or self._timeout)
+        return public_status_from_proto(reply)
+
+    def wait_ready(self, *, timeout_s: float) -> PublicStatus:
         """Poll Info until the member answers; MemberUnavailable after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -112,19 +175,7 @@ class MemberClient:
                     ) from None
                 time.sleep(0.05)
 
-    def configure(self, study: StudyConfig, *, reset: bool = False) -> None:
-        """Bind the member to ``study``. Called by the coordinator."""
-        request = pb.ConfigureRequest(study=study_to_proto(study), reset=reset)
-        self._call(self._stub.Configure, request, self._timeout)
-
-    def open_round(
-        self, round: int, *, study_id: str | None = None, deadline: float | None = None
-    ) -> None:
-        """Open ``round`` for uploads. Called by the coordinator."""
-        request = pb.OpenRoundRequest(study_id=study_id or "", round=round)
-        if deadline is not None:
-            request.deadline = deadline
-        self._call(self._stub.OpenRound, request, self._timeout)
+    # -- data owners ---------------------------------------------------------------------
 
     def upload(self, envelope: bytes) -> Verdict:
         """Send one envelope (``Envelope.to_bytes()``). Called by a data owner.
@@ -132,15 +183,27 @@ class MemberClient:
         Returns the accepted verdict (with the payload hash as receipt); a rejection raises
         the matching Cohort error whose message contains the reason code.
         """
-        reply = self._call(
-            self._stub.Upload, pb.UploadRequest(envelope=envelope), self._upload_timeout
-        )
+        reply = self._call("Upload", pb.UploadRequest(envelope=envelope), self._upload_timeout)
         return verdict_from_proto(reply)
 
-    def aggregate(
-        self, round: int, client_ids: Sequence[str], *, study_id: str | None = None
-    ) -> AggregateResult:
-        """Ask for the signed aggregate of ``round`` over ``client_ids``. Coordinator."""
-        request = pb.AggregateRequest(study_id=study_id or "", round=round, client_ids=client_ids)
-        reply = self._call(self._stub.Aggregate, request, self._aggregate_timeout)
+    # -- coordinator (signed calls) ------------------------------------------------------
+
+    def configure(self, control: SignedControl) -> str:
+        """Send a signed Configure; returns the study id the member is now configured for."""
+        reply = self._call("Configure", control.to_proto(), self._timeout)
+        return str(reply.study_id)
+
+    def open_round(self, control: SignedControl) -> int:
+        """Send a signed OpenRound; returns the round now open."""
+        reply = self._call("OpenRound", control.to_proto(), self._timeout)
+        return int(reply.round)
+
+    def aggregate(self, control: SignedControl) -> AggregateResult:
+        """Send a signed Aggregate; returns the member's signed result."""
+        reply = self._call("Aggregate", control.to_proto(), self._aggregate_timeout)
         return result_from_proto(reply.result)
+
+    def status(self, control: SignedControl) -> StudyStatus:
+        """Send a signed Status; returns where the study stands at this member."""
+        reply = self._call("Status", control.to_proto(), self._timeout)
+        return study_status_from_proto(reply)

@@ -1,209 +1,85 @@
 """One committee member: verify uploads, aggregate the agreed client set, sign the result.
 
 Pure protocol logic, no gRPC (``cohort.aggregator.service`` wraps it). The member holds its
-:class:`~cohort.crypto.identity.Identity` (Ed25519 signing, X25519 unsealing) and an Ethereum
-key for on-chain attestations, both in its key store (:class:`MemberKeys`). Per study:
+key store (:class:`~cohort.aggregator.keys.MemberKeys`: Identity and Ethereum key) and a work
+directory with its operator's approvals (``studies/<id>/``, written by
+:func:`cohort.federation.approval.approve`) and its state (``state.sqlite``,
+:class:`~cohort.aggregator.store.MemberStore`). Per study:
 
-1. the coordinator calls :meth:`CommitteeMember.configure` once (roster, secure mode, update
-   length, quorum, chain);
-2. per round the coordinator calls :meth:`CommitteeMember.open_round`; data owners upload
-   one envelope each (:meth:`CommitteeMember.accept`), every rejection is logged and counted
-   with a :class:`Reason`;
-3. the coordinator calls :meth:`CommitteeMember.aggregate` over the agreed client set; the
-   member combines the uploads in canonical order, signs the result, attests it for the
-   chain and drops the round's uploads.
+1. the coordinator sends a signed Configure (:meth:`CommitteeMember.configure`) naming a
+   manifest the operator approved, with the key dealer's signed mode set-up;
+2. per round the coordinator sends a signed OpenRound (:meth:`CommitteeMember.open_round`);
+   data owners upload one envelope each (:meth:`CommitteeMember.accept`); every rejection is
+   logged and counted with a :class:`Reason`;
+3. the coordinator sends a signed Aggregate over the client set S
+   (:meth:`CommitteeMember.aggregate`); the member checks S against the manifest, combines
+   the uploads in canonical order, signs the result, attests it for the chain and drops the
+   round's uploads.
 
-The member is thread-safe: the gRPC server calls it from several threads.
+Every control call is verified (coordinator signature, fresh counter; see
+:mod:`cohort.aggregator.control`) before its body is read, and every term comes from the
+manifest, never from the call. All state is persisted, so a restarted member resumes where
+it stopped and refuses everything it refused or consumed before. Thread-safe.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import os
+import math
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from eth_account import Account
-
-from cohort.aggregator.modes import SUPPORTED_MODES, AggregationMode, ModeSpec, build_mode
-from cohort.bounties.attestation import attestation_digest, checksum_address, sign_attestation
+from cohort.aggregator.control import AggregateBody as _AggregateBody
+from cohort.aggregator.control import (
+    ConfigureBody,
+    ControlKind,
+    OpenRoundBody,
+    Refusal,
+    SignedControl,
+    StatusBody,
+    canonical_client_ids,
+)
+from cohort.aggregator.keys import MemberKeys
+from cohort.aggregator.modes import SUPPORTED_MODES, AggregationMode, build_mode
+from cohort.aggregator.store import STATE_FILE, MemberStore
+from cohort.bounties.attestation import attestation_digest, sign_attestation
 from cohort.crypto.envelope import Envelope, open_envelope
 from cohort.crypto.hashing import Tag, client_set_hash, tagged_hash
 from cohort.crypto.identity import Identity, PublicIdentity, verify_signature
 from cohort.errors import BadInputError, ConfigError, ProtocolAbort, VerificationError
-from cohort.files import PRIVATE, write_atomic
+from cohort.federation.approval import Role, approved_manifest
+from cohort.federation.manifest import Manifest, OwnerEntry, SecureMode, SignedManifest
 from cohort.logs import fields, get_logger
 
 log = get_logger(__name__)
 
-IDENTITY_FILE = "identity.json"
-ETH_KEY_FILE = "eth_key.json"
-_KEYSTORE_VERSION = 1
+KEYS_DIR = "keys"
 _MAX_ROUND = 2**64 - 1
 
-
-# --------------------------------------------------------------------------- keys
-
-
-@dataclass(frozen=True, repr=False)
-class MemberKeys:
-    """A member's secret keys: its Identity and its Ethereum attestation key."""
-
-    identity: Identity
-    eth_private_key: bytes
-
-    def __post_init__(self) -> None:
-        if len(self.eth_private_key) != 32:
-            raise BadInputError("member key store: Ethereum private key must be 32 bytes")
-
-    def __repr__(self) -> str:
-        return f"MemberKeys(member_id={self.identity.party_id!r}, eth_address={self.eth_address})"
-
-    @property
-    def eth_address(self) -> str:
-        return str(Account.from_key(self.eth_private_key).address)
-
-    @classmethod
-    def generate(cls, member_id: str) -> MemberKeys:
-        """Fresh keys for a new member. Run once by the member when its key store is made."""
-        return cls(Identity.generate(member_id), bytes(Account.create().key))
-
-    def save(self, directory: Path) -> None:
-        """Write ``identity.json`` and ``eth_key.json`` (mode 0600) into ``directory``."""
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.identity.save(directory / IDENTITY_FILE)
-        doc = {
-            "version": _KEYSTORE_VERSION,
-            "member_id": self.identity.party_id,
-            "eth_private_key": self.eth_private_key.hex(),
-        }
-        write_atomic(directory / ETH_KEY_FILE, json.dumps(doc).encode("utf-8"), mode=PRIVATE)
-
-    @classmethod
-    def load(cls, directory: Path) -> MemberKeys:
-        """Read a key store written by :meth:`save`; BadInputError names the bad file."""
-        identity = Identity.load(directory / IDENTITY_FILE)
-        path = directory / ETH_KEY_FILE
-        try:
-            mode = path.stat().st_mode
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            key = bytes.fromhex(doc["eth_private_key"])
-            stored_id = doc["member_id"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise BadInputError(f"member key store {path}: unreadable Ethereum key") from None
-        if os.name == "posix" and mode & 0o077:
-            raise BadInputError(f"member key store {path}: other users have access; chmod 600")
-        if stored_id != identity.party_id:
-            raise BadInputError(f"member key store {path}: member id differs from {IDENTITY_FILE}")
-        return cls(identity, key)
-
-    @classmethod
-    def load_or_create(cls, directory: Path, *, member_id: str) -> MemberKeys:
-        """Load the key store in ``directory``, creating it for ``member_id`` if absent."""
-        if (directory / IDENTITY_FILE).exists():
-            keys = cls.load(directory)
-            if keys.identity.party_id != member_id:
-                raise BadInputError(
-                    f"member key store {directory}: holds member {keys.identity.party_id!r},"
-                    f" not {member_id!r}"
-                )
-            return keys
-        keys = cls.generate(member_id)
-        keys.save(directory)
-        return keys
-
-
-# --------------------------------------------------------------------------- study config
-
-
-def _checksum(value: str, what: str) -> str:
-    try:
-        return checksum_address(value, field=what)
-    except BadInputError:
-        raise ConfigError(f"study config: {what} is not an Ethereum address") from None
-
-
-@dataclass(frozen=True)
-class DataOwner:
-    """A data owner in the study roster: its public keys and its payout address."""
-
-    identity: PublicIdentity
-    payout_address: str
-
-    def __post_init__(self) -> None:
-        checksummed = _checksum(self.payout_address, f"payout address of {self.party_id!r}")
-        object.__setattr__(self, "payout_address", checksummed)
-
-    @property
-    def party_id(self) -> str:
-        return self.identity.party_id
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """What the coordinator tells every committee member about a study (validated here)."""
-
-    study_id: str
-    owners: tuple[DataOwner, ...]
-    mode: ModeSpec
-    update_length: int
-    committee: tuple[str, ...]
-    quorum: int
-    chain_id: int
-    contract: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.study_id, str) or not self.study_id:
-            raise ConfigError("study config: study_id must be a non-empty string")
-        object.__setattr__(self, "owners", tuple(self.owners))
-        object.__setattr__(self, "committee", tuple(self.committee))
-        if not self.owners:
-            raise ConfigError("study config: owners must list at least one data owner")
-        ids = [owner.party_id for owner in self.owners]
-        if len(set(ids)) != len(ids):
-            raise ConfigError("study config: owners lists a data owner id twice")
-        if not isinstance(self.mode, ModeSpec):
-            raise ConfigError("study config: mode must be a ModeSpec (for example CkksSpec)")
-        if self.update_length < 1:
-            raise ConfigError("study config: update_length must be >= 1 (values per update)")
-        if not self.committee or len(set(self.committee)) != len(self.committee):
-            raise ConfigError("study config: committee must list distinct member ids")
-        if not 1 <= self.quorum <= len(self.committee):
-            raise ConfigError(
-                f"study config: quorum must be in 1..{len(self.committee)} (members), "
-                f"got {self.quorum}"
-            )
-        if self.chain_id < 1:
-            raise ConfigError("study config: chain_id must be >= 1")
-        object.__setattr__(self, "contract", _checksum(self.contract, "contract"))
-
-    def owner(self, party_id: str) -> DataOwner | None:
-        for owner in self.owners:
-            if owner.party_id == party_id:
-                return owner
-        return None
+__all__ = [
+    "KEYS_DIR",
+    "AggregateResult",
+    "CommitteeMember",
+    "MemberInfo",
+    "MemberKeys",
+    "PublicStatus",
+    "Reason",
+    "Rejection",
+    "StudyStatus",
+    "Verdict",
+    "aggregate_result_digest",
+    "canonical_client_ids",
+    "study_id_bytes",
+]
 
 
 def study_id_bytes(study_id: str) -> bytes:
     """32-byte study id used on chain: ``tagged_hash(Tag.STUDY_ID, study_id)``."""
     return tagged_hash(Tag.STUDY_ID, study_id.encode("utf-8"))
-
-
-def canonical_client_ids(client_ids: Sequence[str]) -> tuple[str, ...]:
-    """The client set S sorted canonically; BadInputError if empty or with duplicates."""
-    ids = tuple(client_ids)
-    if not ids:
-        raise BadInputError("client set: empty")
-    if any(not isinstance(cid, str) or not cid for cid in ids):
-        raise BadInputError("client set: ids must be non-empty strings")
-    if len(set(ids)) != len(ids):
-        raise BadInputError("client set: duplicate ids")
-    return tuple(sorted(ids))
 
 
 def aggregate_result_digest(
@@ -312,9 +188,42 @@ class AggregateResult:
 
     def __repr__(self) -> str:
         return (
-            f"AggregateResult(member_id={self.member_id!r}, study_id={self.study_id!r}, "
+            f"AggregateResult(member_id={self.member_id!r}, study_id={self.study_id[:16]!r}, "
             f"round={self.round}, clients={len(self.client_ids)}, "
             f"aggregate=<{len(self.aggregate)} bytes>, hash={self.aggregate_hash.hex()[:16]})"
+        )
+
+    def to_record(self) -> str:
+        """Everything but the aggregate bytes, as JSON (how the store keeps it)."""
+        return json.dumps(
+            {
+                "member_id": self.member_id,
+                "study_id": self.study_id,
+                "round": self.round,
+                "client_ids": list(self.client_ids),
+                "aggregate_hash": self.aggregate_hash.hex(),
+                "signature": self.signature.hex(),
+                "eth_address": self.eth_address,
+                "eth_signature": self.eth_signature.hex(),
+                "rejections": [[r.sender, r.reason.value, r.count] for r in self.rejections],
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_record(cls, record: str, aggregate: bytes) -> AggregateResult:
+        doc = json.loads(record)
+        return cls(
+            member_id=doc["member_id"],
+            study_id=doc["study_id"],
+            round=doc["round"],
+            client_ids=tuple(doc["client_ids"]),
+            aggregate=aggregate,
+            aggregate_hash=bytes.fromhex(doc["aggregate_hash"]),
+            signature=bytes.fromhex(doc["signature"]),
+            eth_address=doc["eth_address"],
+            eth_signature=bytes.fromhex(doc["eth_signature"]),
+            rejections=tuple(Rejection(s, Reason(r), c) for s, r, c in doc["rejections"]),
         )
 
 
@@ -328,38 +237,40 @@ class MemberInfo:
 
 
 @dataclass(frozen=True)
-class MemberStatus:
-    """Answer to Info: who the member is and where it stands."""
+class PublicStatus:
+    """Answer to Info (anyone may ask): who the member is and what it can run. Nothing
+    about studies, rounds or senders."""
 
     info: MemberInfo
     modes: tuple[str, ...]
-    study_id: str | None
+    tls_fingerprint: bytes = b""
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    """Answer to a signed Status call (the coordinator only): where one study stands.
+
+    ``received`` lists the senders with an accepted upload in the open round, so the
+    coordinator can pick a client set S every member holds (a member signs one S a round).
+    """
+
+    study_id: str
     open_round: int | None
-    received: tuple[str, ...] = ()
+    highest_round: int
+    received: tuple[str, ...]
+    aggregated: tuple[int, ...]
 
 
 # --------------------------------------------------------------------------- member
 
 
-@dataclass
-class _Upload:
-    payload: bytes
-    payload_hash: bytes
-
-
-@dataclass
-class _Round:
-    number: int
-    deadline: float | None
-    uploads: dict[str, _Upload] = field(default_factory=dict)
-    rejections: Counter[tuple[str, Reason]] = field(default_factory=Counter)
-
-
 @dataclass(frozen=True)
 class _Study:
-    config: StudyConfig
+    study_id: str
+    manifest: Manifest
     mode: AggregationMode
-    owners: dict[str, DataOwner]
+    setup_digest: bytes
+    owners: dict[str, OwnerEntry]
 
 
 class _Rejected(Exception):
@@ -370,19 +281,62 @@ class _Rejected(Exception):
 
 
 class CommitteeMember:
-    """A committee member's protocol state machine (see module docstring)."""
+    """A committee member's protocol state machine (see module docstring).
 
-    def __init__(self, keys: MemberKeys, *, clock: Callable[[], float] = time.time) -> None:
+    ``workdir`` holds the approvals (``studies/``) and the state (``state.sqlite``); the
+    member resumes every study found there. ``tls_fingerprint`` is the SHA-256 of the
+    certificate it serves (shown by Info; b"": plaintext). Close it when done.
+    """
+
+    def __init__(
+        self,
+        keys: MemberKeys,
+        *,
+        workdir: Path,
+        clock: Callable[[], float] = time.time,
+        tls_fingerprint: bytes = b"",
+    ) -> None:
         self._keys = keys
+        self._workdir = Path(workdir)
         self._clock = clock
         self._lock = threading.Lock()
-        self._study: _Study | None = None
-        self._round: _Round | None = None
-        self._highest_round: int | None = None
-        self._nonces: set[bytes] = set()
-        self._last_result: AggregateResult | None = None
-        self._last_client_set: bytes | None = None
         self._info = MemberInfo(keys.identity.party_id, keys.identity.public, keys.eth_address)
+        self._public = PublicStatus(self._info, SUPPORTED_MODES, tls_fingerprint)
+        self._store = MemberStore(self._workdir / STATE_FILE)
+        self._studies: dict[str, _Study] = {}
+        try:
+            for study_id, body, digest in self._store.studies():
+                self._studies[study_id] = self._load(study_id, body, digest)
+        except BaseException:
+            self._store.close()
+            raise
+        if self._studies:
+            log.info(
+                "member resumed",
+                extra=fields(member=self.member_id, studies=sorted(self._studies)),
+            )
+
+    def _load(self, study_id: str, body: bytes, digest: bytes) -> _Study:
+        try:
+            configure = ConfigureBody.from_bytes(body)
+            manifest = SignedManifest.from_bytes(configure.signed_manifest).verify()
+            mode = build_mode(configure.setup)
+        except (BadInputError, VerificationError) as exc:
+            raise ConfigError(
+                f"member state: stored study {study_id[:16]} is unusable: {exc}"
+            ) from None
+        if manifest.study_id != study_id:
+            raise ConfigError(f"member state: stored study {study_id[:16]} has another hash")
+        return _Study(study_id, manifest, mode, digest, {o.party_id: o for o in manifest.owners})
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> CommitteeMember:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def member_id(self) -> str:
@@ -392,109 +346,182 @@ class CommitteeMember:
     def info(self) -> MemberInfo:
         return self._info
 
-    def status(self) -> MemberStatus:
-        """Who this member is and where it stands. Called by anyone (Info RPC).
+    @property
+    def workdir(self) -> Path:
+        return self._workdir
 
-        ``received`` lists the senders with an accepted upload in the open round, so the
-        coordinator can pick a client set S that every member holds before it asks for
-        the aggregate (a member signs only one S per round). Lock-free: it answers even
-        while a long aggregation holds the lock.
-        """
-        study, current = self._study, self._round
-        return MemberStatus(
-            self._info,
-            SUPPORTED_MODES,
-            study.config.study_id if study else None,
-            current.number if current else None,
-            tuple(sorted(current.uploads)) if current else (),
-        )
+    def public_status(self) -> PublicStatus:
+        """Who this member is and what it runs. Called by anyone (Info RPC); lock-free."""
+        return self._public
+
+    # -- control: verification -----------------------------------------------------------
+
+    def _verified(self, control: SignedControl, kind: ControlKind) -> _Study:
+        """A configured study's call: signature by its coordinator, then a fresh counter."""
+        study = self._studies.get(control.study_id)
+        if study is None:
+            raise Refusal.NOT_CONFIGURED.error(
+                f"member {self.member_id} is not configured for study {control.study_id[:16]}"
+            )
+        control.verify(recipient=self.member_id, coordinator=study.manifest.coordinator, kind=kind)
+        self._advance(control)
+        return study
+
+    def _advance(self, control: SignedControl) -> None:
+        last = self._store.advance_counter(control.study_id, control.counter)
+        if last is not None:
+            raise Refusal.STALE_COUNTER.error(
+                f"counter {control.counter} is not above the last accepted {last}"
+            )
+
+    def _approved(self, study_id: str) -> Manifest:
+        try:
+            return approved_manifest(self._workdir, study_id, self._keys.identity, Role.MEMBER)
+        except (VerificationError, BadInputError) as exc:
+            raise Refusal.NOT_APPROVED.error(str(exc)) from None
 
     # -- coordinator: configure ----------------------------------------------------------
 
-    def configure(self, study: StudyConfig, *, reset: bool = False) -> None:
-        """Bind this member to ``study``. Called by the coordinator once per study.
+    def configure(self, control: SignedControl) -> str:
+        """Bind this member to an approved study. Called by the coordinator once per study.
 
-        Configuring the same study again is a no-op (safe retry). A different study is
-        refused with ProtocolAbort unless ``reset`` is true, which drops all state of the
-        old one. Raises BadInputError for a CKKS context holding a secret key, ConfigError
-        when the committee does not list this member.
+        Refused unless the operator approved the manifest (``not_approved``), the call is
+        signed by that manifest's coordinator with a fresh counter, the body carries that
+        same manifest, the manifest lists this member with its keys and Ethereum address,
+        and the CKKS context is signed by the manifest's key dealer. Configuring the same
+        study again with the same context is a no-op; another context is refused
+        (``setup_conflict``). There is no reset: a member holds each study it was given.
         """
-        if self.member_id not in study.committee:
-            raise ConfigError(f"study config: committee does not list member {self.member_id!r}")
+        manifest = self._approved(control.study_id)
+        control.verify(
+            recipient=self.member_id, coordinator=manifest.coordinator, kind=ControlKind.CONFIGURE
+        )
+        self._advance(control)
+        body = ConfigureBody.from_bytes(control.body)
+        self._check_manifest(manifest, body.signed_manifest)
+        setup = body.setup
+        if manifest.secure is not SecureMode.CKKS or setup.name != manifest.secure.value:
+            raise Refusal.UNSUPPORTED_MODE.error(
+                f"manifest mode {manifest.secure.value!r}, set-up {setup.name!r}; this member "
+                f"runs {', '.join(SUPPORTED_MODES)}"
+            )
+        dealer = manifest.owner(manifest.key_dealer)
+        try:
+            setup.verify_dealt(manifest.study_id, dealer.identity if dealer else None)
+        except VerificationError as exc:
+            raise Refusal.BAD_DEALER_SIGNATURE.error(str(exc)) from None
+        digest = setup.setup_digest()
+        if self._same_setup(manifest.study_id, digest):
+            return manifest.study_id
+        try:
+            mode = build_mode(setup)
+        except BadInputError as exc:
+            raise Refusal.BAD_SETUP.error(str(exc)) from None
+        owners = {o.party_id: o for o in manifest.owners}
         with self._lock:
-            if self._study is not None and self._study.config == study:
-                return
-            if self._study is not None and not reset:
-                raise ProtocolAbort(
-                    f"member {self.member_id} is bound to study {self._study.config.study_id!r};"
-                    " configure with reset to switch studies"
-                )
-        mode = build_mode(study.mode)
-        owners = {owner.party_id: owner for owner in study.owners}
-        with self._lock:
-            if self._study is not None and self._study.config != study and not reset:
-                raise ProtocolAbort(f"member {self.member_id} was configured concurrently")
-            self._study = _Study(study, mode, owners)
-            self._round = None
-            self._highest_round = None
-            self._nonces = set()
-            self._last_result = None
-            self._last_client_set = None
+            if self._same_setup(manifest.study_id, digest):
+                return manifest.study_id
+            self._store.add_study(manifest.study_id, control.body, digest)
+            self._studies[manifest.study_id] = _Study(
+                manifest.study_id, manifest, mode, digest, owners
+            )
         log.info(
             "study configured",
             extra=fields(
                 member=self.member_id,
-                study=study.study_id,
+                study=manifest.study_id,
                 mode=mode.name,
                 owners=len(owners),
-                update_length=study.update_length,
+                update_length=manifest.update_length,
+                rounds=manifest.rounds,
             ),
         )
+        return manifest.study_id
 
-    def _require_study(self, study_id: str | None) -> _Study:
-        if self._study is None:
-            raise ProtocolAbort(f"member {self.member_id} is not configured for a study")
-        if study_id is not None and study_id != self._study.config.study_id:
-            raise ProtocolAbort(
-                f"member {self.member_id} serves study {self._study.config.study_id!r},"
-                f" not {study_id!r}"
+    def _check_manifest(self, manifest: Manifest, signed_bytes: bytes) -> None:
+        try:
+            sent = SignedManifest.from_bytes(signed_bytes, where="configure manifest")
+        except (BadInputError, VerificationError) as exc:
+            raise Refusal.MANIFEST_MISMATCH.error(str(exc)) from None
+        if sent.study_id != manifest.study_id:
+            raise Refusal.MANIFEST_MISMATCH.error(
+                f"the call carries manifest {sent.study_id[:16]}, not the approved one"
             )
-        return self._study
+        entry = manifest.member(self.member_id)
+        if entry is None or entry.identity != self._keys.identity.public:
+            raise Refusal.NOT_IN_COMMITTEE.error(f"the manifest does not list {self.member_id!r}")
+        if entry.eth_address != self._keys.eth_address:
+            raise Refusal.NOT_IN_COMMITTEE.error(
+                f"the manifest lists {entry.eth_address} for {self.member_id!r}, not this "
+                f"member's attestation address {self._keys.eth_address}"
+            )
+        mine = self._public.tls_fingerprint
+        if entry.tls_fingerprint and mine and entry.tls_fingerprint != mine:
+            log.warning(
+                "manifest pins another TLS certificate",
+                extra=fields(member=self.member_id, study=manifest.study_id),
+            )
+
+    def _same_setup(self, study_id: str, digest: bytes) -> bool:
+        existing = self._studies.get(study_id)
+        if existing is None:
+            return False
+        if existing.setup_digest != digest:
+            raise Refusal.SETUP_CONFLICT.error(
+                f"study {study_id[:16]} is configured with another mode set-up"
+            )
+        return True
 
     # -- coordinator: open a round -------------------------------------------------------
 
-    def open_round(
-        self, round: int, *, study_id: str | None = None, deadline: float | None = None
-    ) -> None:
-        """Open ``round`` for uploads. Called by the coordinator at the start of a round.
+    def open_round(self, control: SignedControl) -> int:
+        """Open a round for uploads. Called by the coordinator at the start of a round.
 
-        Rounds only move forward: reopening the round that is open is a no-op, an older or
-        aggregated round is refused (ProtocolAbort). Opening a newer round abandons an open
-        round that was never aggregated. ``deadline`` (unix seconds) refuses later uploads.
+        The round must be in 1..manifest.rounds (``round_out_of_range``) and after every
+        round opened before (``round_not_after``); reopening the open round is a no-op.
+        Opening a newer round abandons an open round that was never aggregated.
         """
-        if not 0 <= round <= _MAX_ROUND:
-            raise BadInputError(f"round must be in 0..2^64-1, got {round}")
+        study = self._verified(control, ControlKind.OPEN_ROUND)
+        body = OpenRoundBody.from_bytes(control.body)
+        number, rounds = body.round, study.manifest.rounds
+        if not 1 <= number <= rounds:
+            raise Refusal.ROUND_OUT_OF_RANGE.error(f"round {number}, the manifest has 1..{rounds}")
+        if body.deadline is not None and not math.isfinite(body.deadline):
+            raise Refusal.MALFORMED_CONTROL.error("deadline must be finite unix seconds")
         with self._lock:
-            self._require_study(study_id)
-            if self._round is not None and self._round.number == round:
-                return
-            if self._highest_round is not None and round <= self._highest_round:
-                raise ProtocolAbort(
-                    f"member {self.member_id}: round {round} is not after round "
-                    f"{self._highest_round}"
+            state = self._store.round_state(study.study_id)
+            if state.open_round == number:
+                return number
+            if number <= state.highest:
+                raise Refusal.ROUND_NOT_AFTER.error(
+                    f"round {number} is not after round {state.highest}"
                 )
-            if self._round is not None:
-                log.warning(
-                    "round abandoned",
-                    extra=fields(
-                        member=self.member_id,
-                        round=self._round.number,
-                        uploads=len(self._round.uploads),
-                    ),
-                )
-            self._round = _Round(round, deadline)
-            self._highest_round = round
-        log.info("round opened", extra=fields(member=self.member_id, round=round))
+            abandoned = self._store.open_round(study.study_id, number, body.deadline)
+        if abandoned is not None:
+            log.warning(
+                "round abandoned",
+                extra=fields(member=self.member_id, study=study.study_id, round=abandoned),
+            )
+        log.info(
+            "round opened", extra=fields(member=self.member_id, study=study.study_id, round=number)
+        )
+        return number
+
+    # -- coordinator: status -------------------------------------------------------------
+
+    def status(self, control: SignedControl) -> StudyStatus:
+        """Where a study stands and who uploaded in the open round. Coordinator only."""
+        study = self._verified(control, ControlKind.STATUS)
+        StatusBody.from_bytes(control.body)
+        with self._lock:
+            state = self._store.round_state(study.study_id)
+            received = (
+                self._store.senders(study.study_id, state.open_round)
+                if state.open_round is not None
+                else ()
+            )
+            aggregated = self._store.aggregated(study.study_id)
+        return StudyStatus(study.study_id, state.open_round, state.highest, received, aggregated)
 
     # -- data owners: upload -------------------------------------------------------------
 
@@ -508,55 +535,50 @@ class CommitteeMember:
         try:
             envelope = Envelope.from_bytes(data)
         except (BadInputError, ValueError) as exc:
-            return self._reject("", None, Reason.MALFORMED, str(exc), size=len(data))
+            return self._reject(None, "", None, Reason.MALFORMED, str(exc), size=len(data))
         sender, number = envelope.sender, envelope.round
+        study = self._studies.get(envelope.study_id)
         try:
-            with self._lock:
-                study, owner = self._precheck(envelope)
+            study, owner = self._precheck(envelope, study)
             payload = self._authenticate(envelope, owner.identity, study)
-            with self._lock:
-                # Authentic: burn the nonce whatever happens next (re-checked: a concurrent
-                # upload of the same envelope may have burned it since the precheck).
-                if envelope.nonce in self._nonces:
-                    raise _Rejected(Reason.REPLAYED_NONCE, "envelope nonce was seen before")
-                self._nonces.add(envelope.nonce)
+            # Authentic: burn the nonce whatever happens next.
+            if not self._store.burn_nonce(study.study_id, envelope.nonce):
+                raise _Rejected(Reason.REPLAYED_NONCE, "envelope nonce was seen before")
             try:
-                study.mode.check(payload, length=study.config.update_length)
+                study.mode.check(payload, length=study.manifest.update_length)
             except BadInputError as exc:
                 raise _Rejected(Reason.MODE_CHECK_FAILED, str(exc)) from exc
             with self._lock:
                 self._commit(envelope, study, payload)
         except _Rejected as rejected:
-            known = sender if self._is_owner(sender) else ""
-            return self._reject(known, number, rejected.reason, rejected.detail, size=len(data))
+            known = sender if study is not None and sender in study.owners else ""
+            return self._reject(
+                study, known, number, rejected.reason, rejected.detail, size=len(data)
+            )
         log.info(
             "upload accepted",
             extra=fields(member=self.member_id, sender=sender, round=number, size=len(data)),
         )
         return Verdict(self.member_id, True, sender, number, payload_hash=envelope.payload_hash)
 
-    def _is_owner(self, party_id: str) -> bool:
-        study = self._study
-        return study is not None and party_id in study.owners
-
-    def _precheck(self, envelope: Envelope) -> tuple[_Study, DataOwner]:
+    def _precheck(self, envelope: Envelope, study: _Study | None) -> tuple[_Study, OwnerEntry]:
         """Cheap checks in order: study, round, deadline, recipient, sender, nonce."""
-        if self._study is None:
-            raise _Rejected(Reason.NOT_CONFIGURED, f"member {self.member_id} has no study")
-        study = self._study
-        if envelope.study_id != study.config.study_id:
-            raise _Rejected(Reason.WRONG_STUDY, f"envelope is for study {envelope.study_id!r}")
-        current = self._round
-        if current is None:
+        if study is None:
+            if not self._studies:
+                raise _Rejected(Reason.NOT_CONFIGURED, f"member {self.member_id} has no study")
+            raise _Rejected(Reason.WRONG_STUDY, f"envelope is for study {envelope.study_id[:64]!r}")
+        state = self._store.round_state(study.study_id)
+        if state.open_round is None:
             raise _Rejected(
                 Reason.ROUND_NOT_OPEN, f"no round is open (envelope round {envelope.round})"
             )
-        if envelope.round != current.number:
+        if envelope.round != state.open_round:
             raise _Rejected(
-                Reason.WRONG_ROUND, f"envelope round {envelope.round}, open round {current.number}"
+                Reason.WRONG_ROUND,
+                f"envelope round {envelope.round}, open round {state.open_round}",
             )
-        if current.deadline is not None and self._clock() > current.deadline:
-            raise _Rejected(Reason.DEADLINE_PASSED, f"round {current.number} deadline passed")
+        if state.deadline is not None and self._clock() > state.deadline:
+            raise _Rejected(Reason.DEADLINE_PASSED, f"round {state.open_round} deadline passed")
         if envelope.recipient != self.member_id:
             raise _Rejected(
                 Reason.WRONG_RECIPIENT, f"envelope is addressed to {envelope.recipient!r}"
@@ -564,7 +586,7 @@ class CommitteeMember:
         owner = study.owners.get(envelope.sender)
         if owner is None:
             raise _Rejected(Reason.UNKNOWN_SENDER, "sender is not in the study roster")
-        if envelope.nonce in self._nonces:
+        if self._store.nonce_seen(study.study_id, envelope.nonce):
             raise _Rejected(Reason.REPLAYED_NONCE, "envelope nonce was seen before")
         return study, owner
 
@@ -575,7 +597,7 @@ class CommitteeMember:
                 envelope,
                 recipient=self._keys.identity,
                 sender=sender,
-                study_id=study.config.study_id,
+                study_id=study.study_id,
                 round=envelope.round,
             )
         except VerificationError as exc:
@@ -583,25 +605,33 @@ class CommitteeMember:
             raise _Rejected(reason, str(exc)) from exc
 
     def _commit(self, envelope: Envelope, study: _Study, payload: bytes) -> None:
-        """Store under the lock, re-checking what may have changed since the precheck."""
-        current = self._round
-        if self._study is not study:
-            raise _Rejected(Reason.WRONG_STUDY, "the member was reconfigured during the upload")
-        if current is None or current.number != envelope.round:
+        """Store under the lock, re-checking the round (it may have moved since the precheck)."""
+        state = self._store.round_state(study.study_id)
+        if state.open_round != envelope.round:
             raise _Rejected(Reason.ROUND_NOT_OPEN, f"round {envelope.round} closed during upload")
-        if envelope.sender in current.uploads:
+        if not self._store.add_upload(
+            study.study_id, envelope.round, envelope.sender, payload, envelope.payload_hash
+        ):
             raise _Rejected(
                 Reason.DUPLICATE_SENDER,
-                f"{envelope.sender!r} already uploaded for round {current.number}; first kept",
+                f"{envelope.sender!r} already uploaded for round {envelope.round}; first kept",
             )
-        current.uploads[envelope.sender] = _Upload(payload, envelope.payload_hash)
 
     def _reject(
-        self, sender: str, number: int | None, reason: Reason, detail: str, *, size: int
+        self,
+        study: _Study | None,
+        sender: str,
+        number: int | None,
+        reason: Reason,
+        detail: str,
+        *,
+        size: int,
     ) -> Verdict:
-        with self._lock:
-            if self._round is not None:
-                self._round.rejections[(sender, reason)] += 1
+        if study is not None:
+            with self._lock:
+                open_round = self._store.round_state(study.study_id).open_round
+                if open_round is not None:
+                    self._store.count_rejection(study.study_id, open_round, sender, reason.value)
         log.warning(
             "upload rejected",
             extra=fields(
@@ -617,49 +647,64 @@ class CommitteeMember:
 
     # -- coordinator: aggregate ----------------------------------------------------------
 
-    def aggregate(
-        self, round: int, client_ids: Sequence[str], *, study_id: str | None = None
-    ) -> AggregateResult:
-        """Combine the uploads of client set S for ``round`` and sign the result.
+    def aggregate(self, control: SignedControl) -> AggregateResult:
+        """Combine the uploads of client set S for the open round and sign the result.
 
-        Called by the coordinator once the client set S is agreed. ProtocolAbort names the
-        clients of S without an accepted upload (retry with a smaller S; the round stays
-        open). Afterwards the round's uploads are dropped; asking again with the same S
-        returns the same result, with a different S it is refused (ProtocolAbort).
+        Called by the coordinator once S is agreed. S must be distinct ids of the manifest's
+        owners (``bad_client_set``, ``not_in_roster``) with at least ``min_clients`` of them
+        (``client_set_too_small``). ``missing_uploads`` names the clients of S without an
+        accepted upload (the round stays open; retry with a smaller S). Afterwards the
+        round's uploads are dropped; asking again with the same S returns the stored signed
+        result, with another S it is refused (``client_set_changed``).
         """
-        ids = canonical_client_ids(client_ids)
+        study = self._verified(control, ControlKind.AGGREGATE)
+        body = _AggregateBody.from_bytes(control.body)
+        manifest, number = study.manifest, body.round
+        ids = canonical_client_ids(body.client_ids)
+        unknown = [cid for cid in ids if cid not in study.owners]
+        if unknown:
+            raise Refusal.NOT_IN_ROSTER.error(
+                "client set: not in the study roster: " + ", ".join(c[:64] for c in unknown[:8])
+            )
+        if len(ids) < manifest.min_clients:
+            raise Refusal.CLIENT_SET_TOO_SMALL.error(
+                f"client set of {len(ids)}, the manifest requires at least {manifest.min_clients}"
+            )
+        if not 1 <= number <= manifest.rounds:
+            raise Refusal.ROUND_OUT_OF_RANGE.error(
+                f"round {number}, the manifest has 1..{manifest.rounds}"
+            )
         cs_hash = client_set_hash(ids)
         with self._lock:
-            study = self._require_study(study_id)
-            unknown = [cid for cid in ids if cid not in study.owners]
-            if unknown:
-                raise BadInputError(f"client set: not in the study roster: {', '.join(unknown)}")
-            last = self._last_result
-            if last is not None and last.round == round:
-                if self._last_client_set == cs_hash:
-                    return last
-                raise ProtocolAbort(
-                    f"member {self.member_id}: round {round} was already aggregated over a "
-                    "different client set"
+            stored = self._store.result(study.study_id, number)
+            if stored is not None:
+                if stored.client_set == cs_hash:
+                    return AggregateResult.from_record(stored.record, stored.aggregate)
+                raise Refusal.CLIENT_SET_CHANGED.error(
+                    f"round {number} was already aggregated over a different client set"
                 )
-            current = self._round
-            if current is None or current.number != round:
-                raise ProtocolAbort(f"member {self.member_id}: round {round} is not open")
-            missing = [cid for cid in ids if cid not in current.uploads]
+            if self._store.round_state(study.study_id).open_round != number:
+                raise Refusal.ROUND_NOT_OPEN.error(f"round {number} is not open")
+            have = set(self._store.senders(study.study_id, number))
+            missing = [cid for cid in ids if cid not in have]
             if missing:
-                raise ProtocolAbort(
-                    f"member {self.member_id}: no accepted upload for round {round} from: "
-                    + ", ".join(missing)
+                raise Refusal.MISSING_UPLOADS.error(
+                    f"no accepted upload for round {number} from: " + ", ".join(missing)
                 )
-            result = self._sign(study, current, ids)
-            self._last_result = result
-            self._last_client_set = cs_hash
-            self._round = None
+            result = self._sign(study, number, ids)
+            self._store.finish_round(
+                study.study_id,
+                number,
+                client_set=cs_hash,
+                record=result.to_record(),
+                aggregate=result.aggregate,
+            )
         log.info(
             "round aggregated",
             extra=fields(
                 member=self.member_id,
-                round=round,
+                study=study.study_id,
+                round=number,
                 clients=len(ids),
                 aggregate_hash=result.aggregate_hash.hex(),
                 rejected=sum(r.count for r in result.rejections),
@@ -667,32 +712,29 @@ class CommitteeMember:
         )
         return result
 
-    def _sign(self, study: _Study, current: _Round, ids: tuple[str, ...]) -> AggregateResult:
-        config = study.config
-        aggregate = study.mode.combine([current.uploads[cid].payload for cid in ids])
+    def _sign(self, study: _Study, number: int, ids: tuple[str, ...]) -> AggregateResult:
+        manifest = study.manifest
+        aggregate = study.mode.combine(self._store.payloads(study.study_id, number, ids))
         aggregate_hash = tagged_hash(Tag.AGGREGATE, aggregate)
         digest = aggregate_result_digest(
-            study_id=config.study_id,
-            round=current.number,
-            client_ids=ids,
-            aggregate_hash=aggregate_hash,
+            study_id=study.study_id, round=number, client_ids=ids, aggregate_hash=aggregate_hash
         )
         attestation = attestation_digest(
-            chain_id=config.chain_id,
-            contract=config.contract,
-            study_id=study_id_bytes(config.study_id),
-            round=current.number,
+            chain_id=manifest.chain_id,
+            contract=manifest.contract,
+            study_id=study_id_bytes(study.study_id),
+            round=number,
             aggregate_hash=aggregate_hash,
             contributors=[study.owners[cid].payout_address for cid in ids],
         )
         rejections = tuple(
-            Rejection(sender, reason, count)
-            for (sender, reason), count in sorted(current.rejections.items())
+            Rejection(sender, Reason(reason), count)
+            for sender, reason, count in self._store.rejections(study.study_id, number)
         )
         return AggregateResult(
             member_id=self.member_id,
-            study_id=config.study_id,
-            round=current.number,
+            study_id=study.study_id,
+            round=number,
             client_ids=ids,
             aggregate=aggregate,
             aggregate_hash=aggregate_hash,

@@ -2,21 +2,63 @@
 
 A committee member is mode-agnostic: it authenticates envelopes, keeps one payload per data
 owner and round, and hands the agreed set to an :class:`AggregationMode`. Each secure mode
-has a frozen *spec* (what the coordinator sends in the study configuration) and a mode
-class built from it by :func:`build_mode`. CKKS is the default; an MPC mode (additive
-shares) plugs in here later with its own spec and class, and must pass the same contract
-tests (``tests/aggregator/test_aggregator_modes.py``).
+has a frozen *spec* (the mode set-up the coordinator forwards in its signed Configure call)
+and a mode class built from it by :func:`build_mode`. CKKS is the default; an MPC mode
+(additive shares) plugs in here later with its own spec and class, and must pass the same
+contract tests (``tests/aggregator/test_aggregator_modes.py``).
+
+A CKKS set-up is *dealt* by the study's key dealer (a data owner named in the manifest): it
+signs :func:`dealt_context_digest` over the public context, so a coordinator cannot hand the
+committee a context of its own. The member checks that signature (:meth:`ModeSpec.verify_dealt`)
+against the manifest's dealer before it accepts the set-up.
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 from cohort.crypto.ckks import CkksPublicContext
-from cohort.errors import BadInputError, ConfigError
+from cohort.crypto.ckks import dealt_context_digest as ckks_dealt_digest
+from cohort.crypto.hashing import Tag, tagged_hash
+from cohort.crypto.identity import Identity, PublicIdentity, verify_signature
+from cohort.errors import BadInputError, ConfigError, VerificationError
+
+_STUDY_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _study_bytes(study_id: str) -> bytes:
+    if not isinstance(study_id, str) or not _STUDY_ID.match(study_id):
+        raise BadInputError("study id must be a manifest hash (64 lower-case hex digits)")
+    return bytes.fromhex(study_id)
+
+
+def context_fingerprint(public_context: bytes) -> bytes:
+    """``tagged_hash(Tag.CKKS_CONTEXT, public_context)``: the same 32 bytes as
+    :meth:`CkksPublicContext.fingerprint` of that (canonical) context, computed without
+    loading it."""
+    if not isinstance(public_context, bytes) or not public_context:
+        raise BadInputError("ckks: public context must be non-empty bytes")
+    return tagged_hash(Tag.CKKS_CONTEXT, public_context)
+
+
+def dealt_context_digest(study_id: str, public_context: bytes) -> bytes:
+    """What the key dealer signs for a study's CKKS context:
+    :func:`cohort.crypto.ckks.dealt_context_digest` of its :func:`context_fingerprint`.
+
+    Run by the key dealer (a data owner) when it deals the context, and by every committee
+    member at Configure.
+    """
+    _study_bytes(study_id)
+    return ckks_dealt_digest(study_id, context_fingerprint(public_context))
+
+
+def sign_dealt_context(dealer: Identity, study_id: str, public_context: bytes) -> bytes:
+    """The key dealer's Ed25519 signature over :func:`dealt_context_digest`. Run by the dealer."""
+    return dealer.sign(dealt_context_digest(study_id, public_context))
 
 
 class AggregationMode(ABC):
@@ -39,22 +81,51 @@ class AggregationMode(ABC):
 
 
 @dataclass(frozen=True)
-class ModeSpec:
-    """Base of the per-mode study parameters the coordinator sends at configuration."""
+class ModeSpec(ABC):
+    """Base of the per-mode set-up the coordinator forwards at configuration."""
 
     name: ClassVar[str]
+
+    @abstractmethod
+    def setup_digest(self) -> bytes:
+        """32 bytes naming the set-up: two Configure calls with the same digest are the same
+        set-up (a retry), different digests a conflicting one."""
+
+    @abstractmethod
+    def verify_dealt(self, study_id: str, dealer: PublicIdentity | None) -> None:
+        """VerificationError unless the study's dealer vouched for this set-up. Run by a
+        committee member at Configure, before it builds the mode."""
 
 
 @dataclass(frozen=True)
 class CkksSpec(ModeSpec):
-    """Study parameters of the CKKS mode: the data owners' public TenSEAL context."""
+    """CKKS set-up: the data owners' public TenSEAL context and the key dealer's signature
+    over :func:`dealt_context_digest` of it."""
 
     public_context: bytes
+    dealer_signature: bytes = b""
 
     name: ClassVar[str] = "ckks"
 
     def __repr__(self) -> str:
-        return f"CkksSpec(public_context=<{len(self.public_context)} bytes>)"
+        return (
+            f"CkksSpec(public_context=<{len(self.public_context)} bytes>, "
+            f"dealer_signature=<{len(self.dealer_signature)} bytes>)"
+        )
+
+    def setup_digest(self) -> bytes:
+        return context_fingerprint(self.public_context)
+
+    def verify_dealt(self, study_id: str, dealer: PublicIdentity | None) -> None:
+        if dealer is None:
+            raise VerificationError("ckks: the manifest names no key dealer among its owners")
+        digest = dealt_context_digest(study_id, self.public_context)
+        try:
+            verify_signature(dealer, digest, self.dealer_signature)
+        except VerificationError:
+            raise VerificationError(
+                f"ckks: the context is not signed by the study's key dealer {dealer.party_id!r}"
+            ) from None
 
 
 class CkksMode(AggregationMode):
@@ -88,5 +159,8 @@ def build_mode(spec: ModeSpec) -> AggregationMode:
     key, :class:`ConfigError` for an unknown spec.
     """
     if isinstance(spec, CkksSpec):
-        return CkksMode(CkksPublicContext.from_bytes(spec.public_context))
+        context = CkksPublicContext.from_bytes(spec.public_context)
+        if context.to_bytes() != spec.public_context:
+            raise BadInputError("ckks: public context is not in canonical form")
+        return CkksMode(context)
     raise ConfigError(f"secure mode: unsupported spec {type(spec).__name__}")

@@ -24,21 +24,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from cohort.aggregator.member import (
-    AggregateResult,
-    StudyConfig,
-    aggregate_result_digest,
-    canonical_client_ids,
-    study_id_bytes,
-)
+from cohort.aggregator.control import canonical_client_ids
+from cohort.aggregator.member import AggregateResult, aggregate_result_digest, study_id_bytes
 from cohort.bounties.attestation import attestation_digest, recover_signer
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import PublicIdentity, verify_signature
 from cohort.errors import BadInputError, ConfigError, ProtocolAbort, VerificationError
+from cohort.federation.manifest import Manifest
 
 
 class RosterEntry(Protocol):
-    """Anything naming a member's keys: MemberInfo, committee.MemberRef."""
+    """Anything naming a member's keys: MemberInfo, committee.MemberRef, a manifest's
+    CommitteeEntry."""
 
     @property
     def member_id(self) -> str: ...
@@ -89,15 +86,16 @@ class AttestationCheck:
     contributors: tuple[str, ...]
 
     @classmethod
-    def for_study(cls, study: StudyConfig, client_ids: Sequence[str]) -> AttestationCheck:
-        """Payout addresses of ``client_ids`` from the study roster."""
+    def for_manifest(cls, manifest: Manifest, client_ids: Sequence[str]) -> AttestationCheck:
+        """Chain, contract and payout addresses of ``client_ids`` (in canonical order, as the
+        members attest them) from the study manifest."""
         payouts = []
-        for cid in client_ids:
-            owner = study.owner(cid)
+        for cid in canonical_client_ids(client_ids):
+            owner = manifest.owner(cid)
             if owner is None:
                 raise BadInputError(f"client set: {cid!r} is not in the study roster")
             payouts.append(owner.payout_address)
-        return cls(study.chain_id, study.contract, tuple(payouts))
+        return cls(manifest.chain_id, manifest.contract, tuple(payouts))
 
 
 @dataclass(frozen=True, repr=False)

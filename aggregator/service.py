@@ -1,8 +1,10 @@
 """gRPC face of a committee member, and the wire <-> dataclass conversions.
 
 The servicer decodes every request once into the dataclasses of
-``cohort.aggregator.member`` and maps Cohort errors to status codes, with the reason in the
-details and the exact error class in the ``cohort-error`` trailing metadata:
+``cohort.aggregator.member`` / ``cohort.aggregator.control`` (a coordinator call's body stays
+serialized until the member has checked its signature and counter) and maps Cohort errors
+to status codes, with the reason in the details and the exact error class in the
+``cohort-error`` trailing metadata:
 
 =====================  ====================  ======================================
 Cohort error           gRPC status           meaning
@@ -13,32 +15,35 @@ ProtocolAbort          FAILED_PRECONDITION   wrong state: not configured, round 
 anything else          INTERNAL              a bug; details say only "internal error"
 =====================  ====================  ======================================
 
-Messages may be large (one CKKS update of 1M values is ~81 MB), so server and channels
-raise gRPC's 4 MB default to :data:`MAX_MESSAGE_BYTES`.
+:func:`serve` serves TLS with the member's certificate, or plaintext when given none (the
+``--insecure`` flag of ``python -m cohort.aggregator``). Messages may be large (one CKKS
+update of 1M values is ~81 MB), so server and channels raise gRPC's 4 MB default to
+:data:`MAX_MESSAGE_BYTES`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from cohort.aggregator.control import SignedControl
 from cohort.aggregator.member import (
     AggregateResult,
     CommitteeMember,
-    DataOwner,
     MemberInfo,
-    MemberStatus,
+    PublicStatus,
     Reason,
     Rejection,
-    StudyConfig,
+    StudyStatus,
     Verdict,
 )
-from cohort.aggregator.modes import CkksSpec, ModeSpec
 from cohort.aggregator.proto import committee_pb2 as pb
 from cohort.aggregator.proto import committee_pb2_grpc as pb_grpc
 from cohort.crypto.identity import PublicIdentity
+from cohort.crypto.tls import CertKey, server_credentials
 from cohort.errors import (
     BadInputError,
     BudgetExhausted,
@@ -118,69 +123,41 @@ def info_from_proto(msg: pb.MemberInfo) -> MemberInfo:
     return MemberInfo(msg.member_id, identity, msg.eth_address)
 
 
-def status_to_proto(status: MemberStatus) -> pb.InfoReply:
-    reply = pb.InfoReply(
+def public_status_to_proto(status: PublicStatus) -> pb.InfoReply:
+    return pb.InfoReply(
         member=info_to_proto(status.info),
         modes=list(status.modes),
-        study_id=status.study_id or "",
+        tls_fingerprint=status.tls_fingerprint,
+    )
+
+
+def public_status_from_proto(msg: pb.InfoReply) -> PublicStatus:
+    return PublicStatus(
+        info=info_from_proto(msg.member),
+        modes=tuple(msg.modes),
+        tls_fingerprint=msg.tls_fingerprint,
+    )
+
+
+def study_status_to_proto(status: StudyStatus) -> pb.StatusReply:
+    reply = pb.StatusReply(
+        study_id=status.study_id,
+        highest_round=status.highest_round,
         received=list(status.received),
+        aggregated=list(status.aggregated),
     )
     if status.open_round is not None:
         reply.open_round = status.open_round
     return reply
 
 
-def status_from_proto(msg: pb.InfoReply) -> MemberStatus:
-    return MemberStatus(
-        info=info_from_proto(msg.member),
-        modes=tuple(msg.modes),
-        study_id=msg.study_id or None,
-        open_round=msg.open_round if msg.HasField("open_round") else None,
-        received=tuple(msg.received),
-    )
-
-
-def study_to_proto(study: StudyConfig) -> pb.StudyConfig:
-    msg = pb.StudyConfig(
-        study_id=study.study_id,
-        owners=[
-            pb.DataOwner(identity=identity_to_proto(o.identity), payout_address=o.payout_address)
-            for o in study.owners
-        ],
-        update_length=study.update_length,
-        committee=list(study.committee),
-        quorum=study.quorum,
-        chain_id=study.chain_id,
-        contract=study.contract,
-    )
-    if isinstance(study.mode, CkksSpec):
-        msg.ckks.public_context = study.mode.public_context
-    else:
-        raise ConfigError(f"study config: mode {study.mode.name!r} has no wire form")
-    return msg
-
-
-def study_from_proto(msg: pb.StudyConfig) -> StudyConfig:
-    """Decode and validate a study config (ConfigError/BadInputError naming the field)."""
-    kind = msg.WhichOneof("mode")
-    mode: ModeSpec
-    if kind == "ckks":
-        mode = CkksSpec(public_context=msg.ckks.public_context)
-    else:
-        raise ConfigError("study config: mode is missing or unsupported")
-    owners = tuple(
-        DataOwner(identity_from_proto(o.identity, what="data owner"), o.payout_address)
-        for o in msg.owners
-    )
-    return StudyConfig(
+def study_status_from_proto(msg: pb.StatusReply) -> StudyStatus:
+    return StudyStatus(
         study_id=msg.study_id,
-        owners=owners,
-        mode=mode,
-        update_length=msg.update_length,
-        committee=tuple(msg.committee),
-        quorum=msg.quorum,
-        chain_id=msg.chain_id,
-        contract=msg.contract,
+        open_round=msg.open_round if msg.HasField("open_round") else None,
+        highest_round=msg.highest_round,
+        received=tuple(msg.received),
+        aggregated=tuple(msg.aggregated),
     )
 
 
@@ -250,7 +227,10 @@ class CommitteeServicer(pb_grpc.CommitteeServicer):
             return body()
         except CohortError as exc:
             code, details, name = status_for(exc), str(exc), type(exc).__name__
-            log.info(
+            # tampering (signatures, replays, approvals) is worth an operator's attention
+            level = logging.WARNING if isinstance(exc, VerificationError) else logging.INFO
+            log.log(
+                level,
                 "rpc refused",
                 extra=fields(member=self._member.member_id, rpc=rpc, code=code.name, error=details),
             )
@@ -263,29 +243,26 @@ class CommitteeServicer(pb_grpc.CommitteeServicer):
         raise RuntimeError("grpc context.abort returned")
 
     def Info(self, request: pb.InfoRequest, context: Any) -> pb.InfoReply:  # noqa: N802
-        """Anyone: who the member is and where it stands."""
-        return self._run(context, "Info", lambda: status_to_proto(self._member.status()))
+        """Anyone: who the member is and which modes it runs."""
+        return self._run(
+            context, "Info", lambda: public_status_to_proto(self._member.public_status())
+        )
 
-    def Configure(self, request: pb.ConfigureRequest, context: Any) -> pb.ConfigureReply:  # noqa: N802
-        """Coordinator: bind the member to a study."""
+    def Configure(self, request: pb.SignedControl, context: Any) -> pb.ConfigureReply:  # noqa: N802
+        """Coordinator (signed): bind the member to an approved study."""
 
         def body() -> pb.ConfigureReply:
-            study = study_from_proto(request.study)
-            self._member.configure(study, reset=request.reset)
-            return pb.ConfigureReply(study_id=study.study_id)
+            study_id = self._member.configure(SignedControl.from_proto(request))
+            return pb.ConfigureReply(study_id=study_id)
 
         return self._run(context, "Configure", body)
 
-    def OpenRound(self, request: pb.OpenRoundRequest, context: Any) -> pb.OpenRoundReply:  # noqa: N802
-        """Coordinator: open a round."""
+    def OpenRound(self, request: pb.SignedControl, context: Any) -> pb.OpenRoundReply:  # noqa: N802
+        """Coordinator (signed): open a round."""
 
         def body() -> pb.OpenRoundReply:
-            self._member.open_round(
-                request.round,
-                study_id=request.study_id or None,
-                deadline=request.deadline if request.HasField("deadline") else None,
-            )
-            return pb.OpenRoundReply(round=request.round)
+            number = self._member.open_round(SignedControl.from_proto(request))
+            return pb.OpenRoundReply(round=number)
 
         return self._run(context, "OpenRound", body)
 
@@ -299,36 +276,63 @@ class CommitteeServicer(pb_grpc.CommitteeServicer):
 
         return self._run(context, "Upload", body)
 
-    def Aggregate(self, request: pb.AggregateRequest, context: Any) -> pb.AggregateReply:  # noqa: N802
-        """Coordinator: aggregate the agreed client set and sign."""
+    def Aggregate(self, request: pb.SignedControl, context: Any) -> pb.AggregateReply:  # noqa: N802
+        """Coordinator (signed): aggregate the agreed client set and sign."""
 
         def body() -> pb.AggregateReply:
-            result = self._member.aggregate(
-                request.round, list(request.client_ids), study_id=request.study_id or None
-            )
+            result = self._member.aggregate(SignedControl.from_proto(request))
             return pb.AggregateReply(result=result_to_proto(result))
 
         return self._run(context, "Aggregate", body)
 
+    def Status(self, request: pb.SignedControl, context: Any) -> pb.StatusReply:  # noqa: N802
+        """Coordinator (signed): where a study stands, who uploaded this round."""
+
+        def body() -> pb.StatusReply:
+            status = self._member.status(SignedControl.from_proto(request))
+            return study_status_to_proto(status)
+
+        return self._run(context, "Status", body)
+
+
+SERVER_OPTIONS: list[tuple[str, int]] = [*GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
+"""Server options: the message limits, and no SO_REUSEPORT, so a second member cannot
+bind a port that one already serves."""
+
 
 def serve(
-    member: CommitteeMember, *, host: str = "127.0.0.1", port: int = 0, max_workers: int = 8
+    member: CommitteeMember,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: CertKey | None = None,
+    max_workers: int = 8,
 ) -> tuple[grpc.Server, int]:
     """Start a gRPC server for ``member``; returns it (started) and the bound port.
 
-    Run by the committee member's process. ``port=0`` picks a free port. The server is
-    plaintext: bind to loopback or put it behind TLS termination (see docs/committee.md).
+    Run by the committee member's process. ``port=0`` picks a free port. With ``tls`` the
+    server presents that certificate (:func:`cohort.crypto.tls.server_credentials`);
+    without it the server is plaintext, which only ``--insecure`` runs and tests ask for.
+    ConfigError ``port in use`` when ``host:port`` is taken.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS)
+    server = grpc.server(ThreadPoolExecutor(max_workers=max_workers), options=SERVER_OPTIONS)
     pb_grpc.add_CommitteeServicer_to_server(CommitteeServicer(member), server)
+    address = f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, server_credentials(tls))
     except RuntimeError:
         bound = 0
     if bound == 0:
-        raise ConfigError(f"committee member: could not bind {host}:{port} (address in use?)")
+        server.stop(grace=None)
+        raise ConfigError(f"committee member: cannot listen on {address}: port in use")
     server.start()
-    log.info("member serving", extra=fields(member=member.member_id, host=host, port=bound))
+    log.info(
+        "member serving",
+        extra=fields(member=member.member_id, host=host, port=bound, tls=tls is not None),
+    )
     return server, bound

@@ -5,7 +5,8 @@ of :mod:`cohort.federation.hospital` and encodes the reply. The owner's local se
 key store, own epsilon cap) come from the SuperNode, never from the coordinator:
 
 * deployment: ``flower-supernode --node-config 'party-id="h1" workdir="/srv/cohort"
-  data="/data/h1.csv" epsilon-cap=3.0'``;
+  data="/data/h1.csv" epsilon-cap=3.0'`` (the workdir holds the key store, the operator's
+  approved manifests and the privacy ledger);
 * ``cohort simulate``: :func:`make_client_app` with a resolver from Flower's partition id
   to :class:`~cohort.federation.hospital.HospitalSettings`.
 """
@@ -19,24 +20,34 @@ from flwr.clientapp import ClientApp
 
 from cohort.errors import BadInputError
 from cohort.federation import hospital, wire
+from cohort.federation.policy import HospitalPolicy
 
 SettingsResolver = Callable[[Context], hospital.HospitalSettings]
 
 
+_POLICY_KEYS = ("epsilon-cap", "delta", "min-clients", "modes", "noise-seed")
+
+
 def settings_from_node_config(context: Context) -> hospital.HospitalSettings:
-    """Read a deployed SuperNode's ``--node-config`` into HospitalSettings."""
+    """Read a deployed SuperNode's ``--node-config`` into HospitalSettings.
+
+    ``party-id``, ``workdir``, ``data`` and ``epsilon-cap`` are required; ``delta``,
+    ``min-clients``, ``modes`` (comma-separated), ``noise-seed``, ``label-column`` and
+    ``dataset-id`` are optional. Custom model architectures are registered in the hospital's
+    config file, never through a value the coordinator can influence.
+    """
     cfg = context.node_config
-    missing = [k for k in ("party-id", "workdir", "data") if k not in cfg]
+    missing = [k for k in ("party-id", "workdir", "data", "epsilon-cap") if k not in cfg]
     if missing:
         raise BadInputError(f"SuperNode node-config is missing {', '.join(missing)}")
-    cap = cfg.get("epsilon-cap")
+    policy = HospitalPolicy.from_mapping({k: cfg[k] for k in _POLICY_KEYS if k in cfg})
     return hospital.HospitalSettings(
         party_id=str(cfg["party-id"]),
         workdir=str(cfg["workdir"]),
         data=str(cfg["data"]),
+        policy=policy,
         label_column=str(cfg.get("label-column", "label")),
-        epsilon_cap=None if cap is None else float(cap),
-        normalizer=None if "normalizer" not in cfg else str(cfg["normalizer"]),
+        dataset_id=str(cfg.get("dataset-id", "default")),
     )
 
 

@@ -1,16 +1,23 @@
 """The coordinator's side of a study (run by the sponsor inside Cohort's ServerApp).
 
-One study, step by step (see docs/architecture.md):
+The coordinator works from the signed study manifest that every data owner and committee
+member approved; its messages carry the round's work (study id, round number, the global
+model, client sets), never terms. One study, step by step (see docs/architecture.md):
 
-1. enrol the data owners (public keys, payout addresses, example counts);
-2. deploy the study contract with the bounty, the committee and the data owners;
-3. CKKS mode: a key dealer among the owners creates the CKKS context and boxes its secret part
-   to every other owner; the committee gets the public context only;
-4. each round: open the round at every member, send the global model, collect receipts (never
-   updates), pick the client set S the committee can aggregate, collect the members' signed
-   aggregates, accept on quorum, relay the members' attestations on-chain, have one owner of S
-   (rotating) decrypt the aggregate, apply the mean update, evaluate;
-5. settle the bounty by accepted contributions and release each owner's payout.
+1. enrol the data owners of the manifest's roster that connected (which node is which owner,
+   example counts);
+2. CKKS mode: the manifest's key dealer creates the CKKS context and boxes its secret part to
+   the roster; the committee gets the public context with the dealer's signature, inside a
+   Configure call signed with the coordinator key (tolerating members that are down while a
+   quorum remains);
+3. each round: open the round at the members (stop the study with a reason, before any
+   hospital trains, if fewer than a quorum opened it), send the global model, collect
+   receipts (never updates), pick the client set S the committee can aggregate, collect the
+   members' signed aggregates, accept on quorum, relay the attestations on-chain, have one
+   owner of S decrypt and a second one check the decryption, apply the mean update,
+   evaluate;
+4. settle the bounty by accepted contributions (the contract allows it only after the final
+   round or the deadline) and release each owner's payout.
 
 The coordinator never holds a CKKS secret key and never receives an individual update in
 any form; :mod:`cohort.federation.transcript` records what it did receive.
@@ -21,7 +28,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -30,24 +37,26 @@ import torch
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from cohort.aggregator.committee import Committee, MemberRef
-from cohort.aggregator.member import AggregateResult, DataOwner, study_id_bytes
-from cohort.aggregator.member import StudyConfig as MemberStudy
+from cohort.aggregator.committee import Committee
+from cohort.aggregator.control import ControlSigner
+from cohort.aggregator.member import AggregateResult
 from cohort.aggregator.modes import CkksSpec
-from cohort.aggregator.quorum import AttestationCheck, QuorumDecision, QuorumNotReached, decide
-from cohort.bounties.chain import ChainProvider
+from cohort.aggregator.quorum import QuorumDecision, QuorumNotReached
 from cohort.bounties.study import StudyContract
 from cohort.clients.data import Dataset
 from cohort.clients.model import build_model, evaluate, get_flat, set_flat
+from cohort.crypto.ckks import dealt_context_digest
 from cohort.crypto.hashing import Tag, tagged_hash
-from cohort.errors import BadInputError, CohortError, ProtocolAbort
+from cohort.crypto.identity import Identity, verify_signature
+from cohort.errors import BadInputError, CohortError, ProtocolAbort, VerificationError
 from cohort.federation import wire
-from cohort.federation.config import SecureMode, StudyConfig
+from cohort.federation.manifest import Manifest, SecureMode, SignedManifest
 from cohort.logs import fields, get_logger
 
 log = get_logger(__name__)
 
 REPLY_TIMEOUT_S = 600.0
+NODE_WAIT_S = 120.0
 
 
 @dataclass
@@ -63,6 +72,9 @@ class RoundRecord:
     finalized: bool
     max_epsilon: float
     seconds: float
+    reason: str = ""  # why the round was skipped, "" when it completed
+    decryptors: list[str] = field(default_factory=list)
+    faulty_decryptors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,24 +99,34 @@ class StudyOutcome:
     bounty_wei: int = 0
     total_paid_wei: int = 0
     finalized_rounds: int = 0
+    settled: bool = False
+    stopped: str = ""  # why the study stopped early, "" when every round ran
     final_model: np.ndarray | None = None
     node_errors: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
 class Coordinator:
-    """Drives one study over a Flower grid. Run by the coordinator (sponsor)."""
+    """Drives one study over a Flower grid. Run by the coordinator (sponsor).
 
-    config: StudyConfig
+    ``identity`` holds the coordinator signing key the manifest names; ``registry`` is the
+    sponsor's own model registry (as a hospital's, never taken from a message).
+    """
+
+    signed: SignedManifest
+    identity: Identity
     grid: Grid
     test_set: Dataset
-    committee: Sequence[MemberRef]
-    chain: ChainProvider
+    contract: StudyContract
     sponsor: str
+    registry: Mapping[str, str] = field(default_factory=dict)
     on_round: Callable[[RoundRecord], None] | None = None
     outcome: StudyOutcome = field(default_factory=StudyOutcome)
-    _member_study: MemberStudy | None = field(default=None, repr=False)
     _weight_unit: int = field(default=1, repr=False)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.signed.manifest
 
     # ------------------------------------------------------------------ messaging
 
@@ -138,75 +160,60 @@ class Coordinator:
         return by_node
 
     def _wait_for_nodes(self) -> list[int]:
-        deadline = time.monotonic() + 120
+        wanted = len(self.manifest.owners)
+        deadline = time.monotonic() + NODE_WAIT_S
         while True:
             nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= self.config.clients:
-                return nodes[: self.config.clients]
+            if len(nodes) >= wanted:
+                return nodes
             if time.monotonic() > deadline:
-                raise ProtocolAbort(
-                    f"only {len(nodes)} of {self.config.clients} data owners connected"
-                )
+                if len(nodes) >= self.manifest.min_clients:
+                    log.warning("not every data owner connected", extra=fields(nodes=len(nodes)))
+                    return nodes
+                raise ProtocolAbort(f"only {len(nodes)} of {wanted} data owners connected")
             time.sleep(0.5)
 
     # ------------------------------------------------------------------ the study
 
     def run(self) -> StudyOutcome:
-        cfg = self.config
-        study_id = cfg.study_id
-        self.outcome.study_id = study_id
+        manifest = self.manifest
+        self.outcome.study_id = manifest.study_id
+        self.outcome.contract = self.contract.address
+        self.outcome.chain = self.contract.provider.name
+        self.outcome.bounty_wei = manifest.bounty_wei
         nodes = self._wait_for_nodes()
-
-        owners = self._enroll(nodes, study_id)
+        owners = self._enroll(nodes)
         party_of = {n: owners[n].party_id for n in owners}
-        features = {o.features for o in owners.values()}
-        if len(features) != 1 or features != {self.test_set.features.shape[1]}:
-            raise BadInputError(
-                f"data owners and the test set disagree on the feature count: {sorted(features)}"
-            )
-        contract = StudyContract.deploy(
-            self.chain,
-            sponsor=self.sponsor,
-            study_id=study_id_bytes(study_id),
-            committee=[m.eth_address for m in self.committee],
-            quorum=cfg.quorum,
-            data_owners=[o.payout_address for o in owners.values()],
-            bounty_wei=cfg.bounty_wei,
-        )
-        self.outcome.contract = contract.address
-        self.outcome.chain = self.chain.name
-        self.outcome.bounty_wei = cfg.bounty_wei
 
-        torch.manual_seed(
-            cfg.seed if cfg.seed is not None else int.from_bytes(np.random.bytes(4), "big")
+        torch.manual_seed(manifest.init_seed)
+        model = build_model(
+            manifest.model,
+            in_features=manifest.features,
+            num_classes=manifest.num_classes,
+            registry=self.registry,
         )
-        model = build_model(cfg.model, in_features=self.test_set.features.shape[1], num_classes=2)
         global_vec = get_flat(model).astype(np.float32)
+        if global_vec.shape[0] != manifest.update_length:
+            raise ProtocolAbort(
+                f"model {manifest.model!r} has {global_vec.shape[0]} parameters, the manifest "
+                f"says {manifest.update_length}"
+            )
 
-        members = Committee(self.committee)
+        members = Committee(manifest, ControlSigner(self.identity))
         try:
-            if cfg.secure is SecureMode.CKKS:
-                public_context = self._deal_keys(owners, study_id)
-                self._member_study = MemberStudy(
-                    study_id=study_id,
-                    owners=tuple(
-                        DataOwner(identity=o.identity(), payout_address=o.payout_address)
-                        for o in owners.values()
-                    ),
-                    mode=CkksSpec(public_context=public_context),
-                    update_length=int(global_vec.shape[0]),
-                    committee=members.member_ids,
-                    quorum=cfg.quorum,
-                    chain_id=self.chain.chain_id,
-                    contract=contract.address,
-                )
-                members.configure(self._member_study)
-
-            for rnd in range(1, cfg.rounds + 1):
+            if manifest.secure is SecureMode.CKKS:
+                setup = self._deal_keys(owners)
+                self._require_quorum(members.configure(self.signed, setup), "configured the study")
+            for rnd in range(1, manifest.rounds + 1):
                 started = time.perf_counter()
-                global_vec, record = self._round(
-                    rnd, nodes, party_of, owners, global_vec, model, members, contract
-                )
+                try:
+                    global_vec, record = self._round(
+                        rnd, party_of, owners, global_vec, model, members
+                    )
+                except ProtocolAbort as exc:
+                    self.outcome.stopped = f"round {rnd}: {exc}"
+                    log.warning("study stopped", extra=fields(round=rnd, reason=str(exc)))
+                    break
                 record.seconds = round(time.perf_counter() - started, 3)
                 self.outcome.rounds.append(record)
                 if self.on_round is not None:
@@ -214,60 +221,89 @@ class Coordinator:
         finally:
             members.close()
 
-        self._settle(contract)
+        self._settle()
         self.outcome.final_model = global_vec
         return self.outcome
 
-    def _enroll(self, nodes: list[int], study_id: str) -> dict[int, wire.EnrollReply]:
-        request = wire.EnrollRequest(study_id=study_id).to_record()
+    def _require_quorum(self, errors: Mapping[str, CohortError], what: str) -> None:
+        """Go on while a quorum of members did ``what``; otherwise stop with the reasons."""
+        manifest = self.manifest
+        for member_id, exc in errors.items():
+            log.warning("committee member failed", extra=fields(member=member_id, reason=str(exc)))
+        done = len(manifest.committee) - len(errors)
+        if done < manifest.quorum:
+            reasons = "; ".join(f"{m}: {e}" for m, e in sorted(errors.items()))
+            raise ProtocolAbort(
+                f"only {done} of {len(manifest.committee)} committee members {what} "
+                f"(quorum {manifest.quorum}): {reasons}"
+            )
+
+    def _enroll(self, nodes: list[int]) -> dict[int, wire.EnrollReply]:
+        manifest = self.manifest
+        request = wire.EnrollRequest(study_id=manifest.study_id).to_record()
         replies = self._send(nodes, wire.ENROLL, [request] * len(nodes), group="enroll")
         owners: dict[int, wire.EnrollReply] = {}
+        seen: set[str] = set()
         for node, reply in replies.items():
             try:
-                owners[node] = wire.EnrollReply.from_record(reply.content)
+                enrolled = wire.EnrollReply.from_record(reply.content)
+                if manifest.owner(enrolled.party_id) is None:
+                    raise BadInputError(f"{enrolled.party_id!r} is not in the manifest's roster")
+                if enrolled.party_id in seen:
+                    raise BadInputError(f"{enrolled.party_id!r} enrolled from two nodes")
+                if enrolled.features != manifest.features or enrolled.examples < 1:
+                    raise BadInputError(
+                        f"{enrolled.party_id!r} reports {enrolled.features} features and "
+                        f"{enrolled.examples} examples"
+                    )
             except BadInputError as exc:
                 log.warning("enrolment rejected", extra=fields(node=node, reason=str(exc)))
-        ids = [o.party_id for o in owners.values()]
-        if len(set(ids)) != len(ids):
-            raise BadInputError(f"data owners enrolled with duplicate party ids: {sorted(ids)}")
-        if len(owners) < self.config.min_clients:
+                continue
+            seen.add(enrolled.party_id)
+            owners[node] = enrolled
+        if len(owners) < manifest.min_clients:
             raise ProtocolAbort(
-                f"{len(owners)} data owners enrolled, at least {self.config.min_clients} needed"
+                f"{len(owners)} data owners enrolled, at least {manifest.min_clients} needed"
             )
         self._weight_unit = max(o.examples for o in owners.values())
         for o in owners.values():
+            entry = manifest.owner(o.party_id)
+            assert entry is not None
             self.outcome.clients[o.party_id] = ClientRecord(
-                id=o.party_id, payout_address=o.payout_address, examples=o.examples
+                id=o.party_id, payout_address=entry.payout_address, examples=o.examples
             )
         return dict(sorted(owners.items(), key=lambda kv: kv[1].party_id))
 
-    def _deal_keys(self, owners: dict[int, wire.EnrollReply], study_id: str) -> bytes:
-        """Have the first owner (by party id) deal the CKKS context; return the public context."""
-        dealer_node = next(iter(owners))
-        roster = list(owners.values())
-        request = wire.KeygenRequest(
-            study_id=study_id,
-            party_ids=tuple(o.party_id for o in roster),
-            sign_keys=tuple(o.sign_key for o in roster),
-            box_keys=tuple(o.box_key for o in roster),
-        )
+    def _deal_keys(self, owners: dict[int, wire.EnrollReply]) -> CkksSpec:
+        """Have the manifest's key dealer deal the CKKS context; return the members' setup."""
+        manifest = self.manifest
+        node_of = {o.party_id: n for n, o in owners.items()}
+        dealer_node = node_of.get(manifest.key_dealer)
+        if dealer_node is None:
+            raise ProtocolAbort(f"key dealer {manifest.key_dealer!r} did not enrol")
+        request = wire.KeygenRequest(study_id=manifest.study_id)
         replies = self._send([dealer_node], wire.KEYGEN, [request.to_record()], group="keygen")
         if dealer_node not in replies:
-            raise ProtocolAbort(f"key dealer {owners[dealer_node].party_id} did not answer")
+            raise ProtocolAbort(f"key dealer {manifest.key_dealer} did not answer")
         dealt = wire.KeygenReply.from_record(replies[dealer_node].content)
-        dealer = owners[dealer_node]
-        node_of = {o.party_id: n for n, o in owners.items()}
+        dealer = manifest.owner(manifest.key_dealer)
+        assert dealer is not None
+        verify_signature(
+            dealer.identity,
+            dealt_context_digest(manifest.study_id, dealt.fingerprint),
+            dealt.dealer_signature,
+        )
         targets, contents = [], []
         for recipient, box in zip(dealt.recipients, dealt.boxes, strict=True):
+            if recipient not in node_of:
+                continue  # a roster owner that did not connect: it takes no part
             targets.append(node_of[recipient])
             contents.append(
                 wire.InstallKeyRequest(
-                    study_id=study_id,
-                    dealer_id=dealer.party_id,
-                    dealer_sign_key=dealer.sign_key,
-                    dealer_box_key=dealer.box_key,
+                    study_id=manifest.study_id,
                     box=box,
                     fingerprint=dealt.fingerprint,
+                    dealer_signature=dealt.dealer_signature,
                 ).to_record()
             )
         installed = self._send(targets, wire.INSTALL_KEY, contents, group="install_key")
@@ -279,49 +315,31 @@ class Coordinator:
             )
             if not ok:
                 log.warning("key installation failed", extra=fields(party=owners[node].party_id))
-        return dealt.public_context
+        return CkksSpec(
+            public_context=dealt.public_context, dealer_signature=dealt.dealer_signature
+        )
 
     def _round(
         self,
         rnd: int,
-        nodes: list[int],
         party_of: dict[int, str],
         owners: dict[int, wire.EnrollReply],
         global_vec: np.ndarray,
         model: torch.nn.Module,
         members: Committee,
-        contract: StudyContract,
     ) -> tuple[np.ndarray, RoundRecord]:
-        cfg = self.config
-        secure = cfg.secure is SecureMode.CKKS
+        manifest = self.manifest
+        secure = manifest.secure is SecureMode.CKKS
+        opened: list[str] = list(manifest.member_ids)
         if secure:
-            members.open_round(rnd, study_id=self.outcome.study_id)
+            # A quorum must hold the round open before any hospital spends budget on it.
+            errors = members.open_round(rnd)
+            self._require_quorum(errors, f"opened round {rnd}")
+            opened = [m for m in manifest.member_ids if m not in errors]
         instruction = wire.TrainInstruction(
-            study_id=self.outcome.study_id,
-            round=rnd,
-            total_rounds=cfg.rounds,
-            weight_unit=self._weight_unit,
-            secure=cfg.secure.value,
-            seed=-1 if cfg.seed is None else cfg.seed,
-            model=cfg.model,
-            epsilon=cfg.dp.epsilon,
-            delta=cfg.dp.delta,
-            local_epochs=cfg.dp.local_epochs,
-            batch_size=cfg.dp.batch_size,
-            max_grad_norm=cfg.dp.max_grad_norm,
-            lr=cfg.dp.lr,
-            quorum=cfg.quorum,
-            min_clients=cfg.min_clients,
-            **wire.committee_lists(
-                [
-                    wire.MemberInfo(
-                        m.member_id, m.identity.sign_key, m.identity.box_key, m.endpoint
-                    )
-                    for m in self.committee
-                ]
-            ),
+            study_id=manifest.study_id, round=rnd, weight_unit=self._weight_unit
         )
-        targets = [n for n in nodes if n in party_of]
+        targets = list(party_of)
         contents = [wire.put_vector(instruction.to_record(), global_vec) for _ in targets]
         replies = self._send(targets, wire.TRAIN, contents, group=f"round-{rnd}")
 
@@ -365,27 +383,33 @@ class Coordinator:
             log.warning("round skipped", extra=fields(round=rnd, reason=reason))
             acc, loss = evaluate(model, self.test_set)
             return global_vec, RoundRecord(
-                rnd, acc, loss, "", [], declined, sorted(failed), {}, False, max_eps, 0.0
+                rnd, acc, loss, "", [], declined, sorted(failed), {}, False, max_eps, 0.0, reason
             )
 
-        if len(ok) < cfg.min_clients:
-            return skipped(f"{len(ok)} usable updates, at least {cfg.min_clients} needed")
+        if len(ok) < manifest.min_clients:
+            return skipped(f"{len(ok)} usable updates, at least {manifest.min_clients} needed")
 
         faulty: dict[str, str] = {}
         finalized = False
-        agg_hash = b""
+        decryptors: list[str] = []
+        wrong: list[str] = []
         if secure:
             client_set, chosen = choose_client_set(
-                {p: set(r.delivered) for p, r in ok.items()}, list(members.member_ids), cfg.quorum
+                {p: set(r.delivered) & set(opened) for p, r in ok.items()},
+                list(opened),
+                manifest.quorum,
             )
-            if len(client_set) < cfg.min_clients:
+            if len(client_set) < manifest.min_clients:
                 return skipped("no client set of the minimum size reached a quorum of members")
             decision = self._aggregate(rnd, client_set, chosen, members, faulty)
             if decision is None:
                 return skipped("the committee reached no quorum on the aggregate")
             agg_hash = decision.aggregate_hash
-            finalized = self._attest(contract, rnd, decision, owners, client_set)
-            total = self._decrypt(rnd, client_set, decision, party_of)
+            finalized = self._attest(rnd, decision, client_set)
+            try:
+                total, decryptors, wrong = self._decrypt(rnd, client_set, decision, party_of)
+            except ProtocolAbort as exc:
+                return skipped(str(exc))
         else:
             client_set = sorted(ok)
             total = np.sum([updates[p].astype(np.float64) for p in client_set], axis=0)
@@ -393,7 +417,7 @@ class Coordinator:
         # Owners sent update * examples / weight_unit; divide by the weight of S.
         weight = sum(ok[p].examples for p in client_set) / self._weight_unit
         mean = total / weight
-        global_vec = (global_vec.astype(np.float64) + cfg.server_lr * mean).astype(np.float32)
+        global_vec = (global_vec.astype(np.float64) + manifest.server_lr * mean).astype(np.float32)
         set_flat(model, global_vec)
         acc, loss = evaluate(model, self.test_set)
         for p in client_set:
@@ -410,6 +434,9 @@ class Coordinator:
             finalized,
             max_eps,
             0.0,
+            "",
+            decryptors,
+            wrong,
         )
         log.info("round done", extra=fields(round=rnd, accuracy=acc, clients=len(client_set)))
         return global_vec, record
@@ -426,28 +453,15 @@ class Coordinator:
 
         def ask(member_id: str) -> AggregateResult | None:
             try:
-                return members.client(member_id).aggregate(
-                    rnd, client_set, study_id=self.outcome.study_id
-                )
+                return members.aggregate(member_id, rnd, client_set)
             except CohortError as exc:
                 faulty[member_id] = f"aggregate failed: {exc}"
                 return None
 
         with ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
             results = [r for r in pool.map(ask, chosen) if r is not None]
-        if self._member_study is None:
-            raise ProtocolAbort("the committee was never configured for this study")
-        check = AttestationCheck.for_study(self._member_study, client_set)
         try:
-            decision = decide(
-                results,
-                quorum=self.config.quorum,
-                roster=self.committee,
-                study_id=self.outcome.study_id,
-                round=rnd,
-                client_ids=client_set,
-                attestation=check,
-            )
+            decision = members.decide(results, round=rnd, client_ids=client_set)
         except QuorumNotReached as exc:
             faulty.update({f.member_id: f"{f.reason}: {f.detail}" for f in exc.faults})
             log.warning("no quorum", extra=fields(round=rnd, reason=str(exc)))
@@ -459,24 +473,16 @@ class Coordinator:
             )
         return decision
 
-    def _attest(
-        self,
-        contract: StudyContract,
-        rnd: int,
-        decision: QuorumDecision,
-        owners: dict[int, wire.EnrollReply],
-        client_set: list[str],
-    ) -> bool:
+    def _attest(self, rnd: int, decision: QuorumDecision, client_set: list[str]) -> bool:
         """Relay every agreeing member's attestation; True once the chain finalized this hash.
 
         All of them are relayed, not just a quorum: late attestations are recorded on-chain
         too, so an auditor sees which members vouched for the round.
         """
-        payout = {o.party_id: o.payout_address for o in owners.values()}
-        contributors = [payout[p] for p in client_set]
+        contributors = [self.outcome.clients[p].payout_address for p in client_set]
         for attestation in decision.attestations:
             try:
-                contract.submit_attestation(
+                self.contract.submit_attestation(
                     relayer=self.sponsor,
                     round=rnd,
                     aggregate_hash=decision.aggregate_hash,
@@ -487,14 +493,47 @@ class Coordinator:
                 log.warning(
                     "attestation refused on-chain", extra=fields(round=rnd, reason=str(exc))
                 )
-        return contract.finalized_hash(rnd) == decision.aggregate_hash
+        return self.contract.finalized_hash(rnd) == decision.aggregate_hash
+
+    def _decrypt_one(
+        self, party: str, node: int, rnd: int, request: wire.DecryptRequest
+    ) -> tuple[bytes, np.ndarray] | None:
+        """One owner's decryption, with its signature and plaintext hash checked."""
+        replies = self._send([node], wire.DECRYPT, [request.to_record()], group=f"decrypt-{rnd}")
+        reply = replies.get(node)
+        if reply is None:
+            return None
+        try:
+            answer = wire.DecryptReply.from_record(reply.content)
+            vector = wire.get_vector(reply.content, message=wire.DECRYPT, length=None)
+            entry = self.manifest.owner(party)
+            assert entry is not None
+            digest = wire.decryption_digest(
+                study_id=request.study_id,
+                round=rnd,
+                aggregate_hash=request.aggregate_hash,
+                plain_hash=answer.plain_hash,
+            )
+            verify_signature(entry.identity, digest, answer.signature)
+            if wire.plaintext_hash(vector) != answer.plain_hash or answer.party_id != party:
+                raise VerificationError(f"decryption by {party} does not match its signed hash")
+        except (BadInputError, VerificationError) as exc:
+            log.warning("decryption rejected", extra=fields(party=party, reason=str(exc)))
+            return None
+        return answer.plain_hash, vector.astype(np.float64)
 
     def _decrypt(
         self, rnd: int, client_set: list[str], decision: QuorumDecision, party_of: dict[int, str]
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, list[str], list[str]]:
+        """Decrypt with one owner of S and check it with a second (rotating through S).
+
+        Decryption is deterministic, so two honest owners return the same plaintext hash. On
+        a mismatch further owners are asked until two agree; the odd ones out are returned as
+        faulty decryptors. Returns (sum, owners who agree, faulty decryptors).
+        """
         node_of = {p: n for n, p in party_of.items()}
         request = wire.DecryptRequest(
-            study_id=self.outcome.study_id,
+            study_id=self.manifest.study_id,
             round=rnd,
             client_ids=tuple(client_set),
             aggregate=decision.aggregate,
@@ -502,29 +541,44 @@ class Coordinator:
             member_ids=tuple(decision.signatures),
             member_signatures=tuple(decision.signatures.values()),
         )
-        # Rotate the decryptor through the client set; fall back to the next on failure.
-        order = client_set[rnd % len(client_set) :] + client_set[: rnd % len(client_set)]
+        start = rnd % len(client_set)
+        order = client_set[start:] + client_set[:start]
+        answers: dict[bytes, list[str]] = {}
+        vectors: dict[bytes, np.ndarray] = {}
         for party in order:
-            replies = self._send(
-                [node_of[party]], wire.DECRYPT, [request.to_record()], group=f"decrypt-{rnd}"
-            )
-            reply = replies.get(node_of[party])
-            if reply is None:
+            got = self._decrypt_one(party, node_of[party], rnd, request)
+            if got is None:
                 continue
-            return wire.get_vector(reply.content, message=wire.DECRYPT, length=None).astype(
-                np.float64
-            )
-        raise ProtocolAbort(f"round {rnd}: no data owner of the client set decrypted the aggregate")
+            plain_hash, vector = got
+            answers.setdefault(plain_hash, []).append(party)
+            vectors.setdefault(plain_hash, vector)
+            agreed = answers[plain_hash]
+            if len(agreed) >= 2:
+                wrong = sorted(p for h, ps in answers.items() if h != plain_hash for p in ps)
+                for p in wrong:
+                    log.warning("wrong decryption", extra=fields(round=rnd, party=p))
+                return vectors[plain_hash], agreed, wrong
+        if len(answers) == 1:
+            ((plain_hash, agreed),) = answers.items()
+            log.warning("decryption unchecked: one owner answered", extra=fields(round=rnd))
+            return vectors[plain_hash], agreed, []
+        raise ProtocolAbort("no two data owners of the client set agree on the decryption")
 
-    def _settle(self, contract: StudyContract) -> None:
-        contract.settle(sponsor=self.sponsor)
+    def _settle(self) -> None:
+        contract = self.contract
+        self.outcome.finalized_rounds = contract.finalized_rounds()
+        try:
+            contract.settle(sponsor=self.sponsor)
+        except CohortError as exc:
+            log.warning("study not settled", extra=fields(reason=str(exc)))
+            return
+        self.outcome.settled = True
         total = 0
         for record in self.outcome.clients.values():
             paid = contract.release(account=record.payout_address, relayer=self.sponsor)
             record.paid_wei = paid
             total += paid
         self.outcome.total_paid_wei = total
-        self.outcome.finalized_rounds = contract.finalized_rounds()
 
 
 _COHORT_ERROR = re.compile(r"cohort\.errors\.(\w+): (.+)")

@@ -4,39 +4,52 @@ These functions are run by the data owner (inside Cohort's ClientApp) and know n
 Flower: the ClientApp decodes a message with :mod:`cohort.federation.wire`, calls one of them
 and encodes the reply. What leaves this module towards the coordinator is a receipt (ids,
 counts, epsilon, hashes); the model update leaves only as CKKS ciphertexts sealed to each
-committee member (or, in the comparison mode ``none``, in plaintext).
+committee member (or, in the comparison mode ``none`` where local policy allows it, in
+plaintext).
+
+Every handler starts from :func:`_study`: the message names a study by its manifest hash, and
+the owner acts only if its operator approved that manifest and the manifest fits the owner's
+local :class:`~cohort.federation.policy.HospitalPolicy`. Every term comes from there - mode,
+roster, dealer, committee, thresholds, rounds, DP terms, model - never from the message.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from cohort.aggregator.client import MemberClient
+from cohort.aggregator.committee import MemberRef
 from cohort.aggregator.member import aggregate_result_digest
 from cohort.clients.data import Dataset, Normalizer, demo_split, load_csv
 from cohort.clients.model import build_model, get_flat, set_flat
 from cohort.clients.privacy import PrivacyLedger
 from cohort.clients.training import DpConfig, train_dp
-from cohort.crypto.ckks import DEFAULT_PARAMS, CkksSecretContext
+from cohort.crypto.ckks import DEFAULT_PARAMS, CkksSecretContext, dealt_context_digest
 from cohort.crypto.encoding import quantize
 from cohort.crypto.envelope import build_envelope
-from cohort.crypto.hashing import Tag, tagged_hash
-from cohort.crypto.identity import Identity, PublicIdentity, verify_signature
+from cohort.crypto.hashing import Tag, client_set_hash, tagged_hash
+from cohort.crypto.identity import Identity, verify_signature
+from cohort.crypto.tls import ChannelTls
 from cohort.errors import BadInputError, BudgetExhausted, CohortError, VerificationError
 from cohort.federation import wire
-from cohort.federation.config import SecureMode
+from cohort.federation.approval import Role, approved_manifest
 from cohort.federation.keystore import KeyStore
+from cohort.federation.manifest import CommitteeEntry, Manifest, SecureMode
+from cohort.federation.policy import HospitalPolicy
 from cohort.logs import fields, get_logger
 
 log = get_logger(__name__)
+
+LIVENESS_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -44,19 +57,19 @@ class HospitalSettings:
     """A data owner's local settings: never sent by the coordinator.
 
     ``data`` is a CSV path, or ``demo:<index>`` for the built-in breast-cancer split (then
-    ``demo_hospitals``, ``demo_seed`` and ``demo_alpha`` fix the split). ``epsilon_cap`` is
-    the owner's own budget; the guard uses the smaller of it and the study's epsilon.
-    ``normalizer`` is the feature scaling the sponsor publishes with the study (a JSON file,
-    :class:`~cohort.clients.data.Normalizer`); CSV data is standardised with it. The demo
-    split comes standardised with the demo's published scaling.
+    ``demo_hospitals``, ``demo_seed`` and ``demo_alpha`` fix the split). ``policy`` is the
+    operator's own :class:`HospitalPolicy` (budget cap, accepted modes and models, minimum
+    client set, seeding). ``dataset_id`` names the dataset's privacy ledger, which spans every
+    study this dataset joins. CSV data is standardised with the normaliser of the approved
+    manifest; the demo split comes standardised with the demo's published scaling.
     """
 
     party_id: str
     workdir: str
     data: str
+    policy: HospitalPolicy
     label_column: str = "label"
-    epsilon_cap: float | None = None
-    normalizer: str | None = None
+    dataset_id: str = "default"
     demo_hospitals: int = 5
     demo_seed: int = 0
     demo_alpha: float = 1.0
@@ -65,98 +78,177 @@ class HospitalSettings:
     def keystore(self) -> KeyStore:
         return KeyStore(Path(self.workdir) / "keystore", self.party_id)
 
-    def ledger_path(self, study_id: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_id)
+    @property
+    def ledger_path(self) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.dataset_id)
         return Path(self.workdir) / f"ledger-{safe}.json"
 
-    def dataset(self) -> Dataset:
-        return _load_dataset(self)
+    def dataset(self, manifest: Manifest) -> Dataset:
+        normalizer = None if manifest.normalizer is None else json.dumps(manifest.normalizer)
+        data = _load_dataset(
+            self.data,
+            self.label_column,
+            (self.demo_hospitals, self.demo_seed, self.demo_alpha),
+            manifest.num_classes,
+            normalizer,
+        )
+        if data.features.shape[1] != manifest.features:
+            raise BadInputError(
+                f"{data.source}: {data.features.shape[1]} feature columns, the study's manifest "
+                f"says {manifest.features}"
+            )
+        return data
 
 
 @functools.lru_cache(maxsize=8)
-def _load_dataset(settings: HospitalSettings) -> Dataset:
-    if settings.data.startswith("demo:"):
+def _load_dataset(
+    data: str,
+    label_column: str,
+    demo: tuple[int, int, float],
+    num_classes: int,
+    normalizer: str | None,
+) -> Dataset:
+    if data.startswith("demo:"):
         try:
-            index = int(settings.data.removeprefix("demo:"))
+            index = int(data.removeprefix("demo:"))
         except ValueError:
-            raise BadInputError(f"data {settings.data!r}: expected demo:<index>") from None
-        hospitals, _ = demo_split(
-            num_hospitals=settings.demo_hospitals,
-            seed=settings.demo_seed,
-            alpha=settings.demo_alpha,
-        )
+            raise BadInputError(f"data {data!r}: expected demo:<index>") from None
+        hospitals, _ = demo_split(num_hospitals=demo[0], seed=demo[1], alpha=demo[2])
         if not 0 <= index < len(hospitals):
-            raise BadInputError(
-                f"data {settings.data!r}: index out of range 0..{len(hospitals) - 1}"
-            )
+            raise BadInputError(f"data {data!r}: index out of range 0..{len(hospitals) - 1}")
         return hospitals[index]
-    dataset = load_csv(Path(settings.data), label_column=settings.label_column, num_classes=2)
-    if settings.normalizer is None:
+    dataset = load_csv(Path(data), label_column=label_column, num_classes=num_classes)
+    if normalizer is None:
         return dataset
-    path = Path(settings.normalizer)
-    try:
-        published = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"normalizer {path}: cannot read it as JSON ({exc})") from None
-    return Normalizer.from_dict(published).apply(dataset)
+    return Normalizer.from_dict(json.loads(normalizer)).apply(dataset)
+
+
+def _study(settings: HospitalSettings, study_id: str) -> tuple[Identity, Manifest]:
+    """The approved manifest behind ``study_id``, checked against local policy."""
+    identity = settings.keystore.identity()
+    manifest = approved_manifest(Path(settings.workdir), study_id, identity, Role.OWNER)
+    settings.policy.check(manifest)
+    return identity, manifest
+
+
+def _check_round(manifest: Manifest, round: int, what: str) -> None:
+    if not 1 <= round <= manifest.rounds:
+        raise VerificationError(
+            f"{what} round {round}: the approved manifest has rounds 1..{manifest.rounds}"
+        )
+
+
+def member_tls(manifest: Manifest, entry: CommitteeEntry) -> ChannelTls | None:
+    """The TLS pin for one member from the manifest (None for a study without TLS)."""
+    return MemberRef.from_entry(entry).channel_tls(manifest.tls_ca)
 
 
 # ------------------------------------------------------------------- set-up messages
 
 
 def enroll(settings: HospitalSettings, request: wire.EnrollRequest) -> wire.EnrollReply:
-    """Create (or load) this owner's identity and payout account; report public keys only."""
-    identity = settings.keystore.identity()
-    data = settings.dataset()
-    log.info("enrolled", extra=fields(party=settings.party_id, study=request.study_id))
+    """Say which roster entry this node is and how much data it has (keys are in the manifest)."""
+    identity, manifest = _study(settings, request.study_id)
+    data = settings.dataset(manifest)
+    log.info("enrolled", extra=fields(party=identity.party_id, study=manifest.study_id[:16]))
     return wire.EnrollReply(
         party_id=identity.party_id,
-        sign_key=identity.public.sign_key,
-        box_key=identity.public.box_key,
-        payout_address=settings.keystore.payout_address(),
         examples=int(data.labels.shape[0]),
         features=int(data.features.shape[1]),
     )
 
 
 def keygen(settings: HospitalSettings, request: wire.KeygenRequest) -> wire.KeygenReply:
-    """Key dealer: create the study's CKKS context and box its secret part to each peer."""
-    identity = settings.keystore.identity()
+    """Key dealer: create the study's CKKS context once and box it to the manifest's owners.
+
+    Only the dealer the manifest names acts; the recipients and their keys are the manifest's
+    roster, never a list from the coordinator. Asking again returns the same dealing.
+    """
+    identity, manifest = _study(settings, request.study_id)
+    if manifest.secure is not SecureMode.CKKS:
+        raise VerificationError(f"keygen: study {manifest.study_id[:16]} is not in CKKS mode")
+    if manifest.key_dealer != identity.party_id:
+        raise VerificationError(
+            f"keygen: the manifest names {manifest.key_dealer!r} as key dealer, not this owner"
+        )
+    keystore = settings.keystore
+    dealt = keystore.load_record("dealt", manifest.study_id)
+    if dealt:
+        return _dealt_from_record(dealt)
     context = CkksSecretContext.generate()
-    settings.keystore.save_ckks(request.study_id, context)
+    keystore.install_ckks(manifest.study_id, context)
     secret = context.to_bytes()
     public = context.public()
-    recipients: list[str] = []
-    boxes: list[bytes] = []
-    for peer in request.roster():
-        if peer.party_id == identity.party_id:
-            continue
-        recipients.append(peer.party_id)
-        boxes.append(identity.box_to(peer, secret))
-    log.info("ckks context dealt", extra=fields(party=settings.party_id, peers=len(recipients)))
-    return wire.KeygenReply(
+    fingerprint = public.fingerprint()
+    recipients = [o for o in manifest.owners if o.party_id != identity.party_id]
+    reply = wire.KeygenReply(
         party_id=identity.party_id,
         public_context=public.to_bytes(),
-        fingerprint=public.fingerprint(),
-        recipients=tuple(recipients),
-        boxes=tuple(boxes),
+        fingerprint=fingerprint,
+        dealer_signature=identity.sign(dealt_context_digest(manifest.study_id, fingerprint)),
+        recipients=tuple(o.party_id for o in recipients),
+        boxes=tuple(identity.box_to(o.identity, secret) for o in recipients),
     )
+    keystore.save_record("dealt", manifest.study_id, _dealt_to_record(reply))
+    log.info("ckks context dealt", extra=fields(party=identity.party_id, peers=len(recipients)))
+    return reply
+
+
+def _dealt_to_record(reply: wire.KeygenReply) -> dict[str, Any]:
+    return {
+        "party_id": reply.party_id,
+        "public_context": reply.public_context.hex(),
+        "fingerprint": reply.fingerprint.hex(),
+        "dealer_signature": reply.dealer_signature.hex(),
+        "recipients": list(reply.recipients),
+        "boxes": [box.hex() for box in reply.boxes],
+    }
+
+
+def _dealt_from_record(record: dict[str, Any]) -> wire.KeygenReply:
+    try:
+        return wire.KeygenReply(
+            party_id=str(record["party_id"]),
+            public_context=bytes.fromhex(record["public_context"]),
+            fingerprint=bytes.fromhex(record["fingerprint"]),
+            dealer_signature=bytes.fromhex(record["dealer_signature"]),
+            recipients=tuple(str(r) for r in record["recipients"]),
+            boxes=tuple(bytes.fromhex(b) for b in record["boxes"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise BadInputError("key store: the dealer's record of its dealing is malformed") from None
 
 
 def install_key(
     settings: HospitalSettings, request: wire.InstallKeyRequest
 ) -> wire.InstallKeyReply:
-    """Open the dealer's box and store the CKKS secret context; check its fingerprint."""
-    identity = settings.keystore.identity()
-    dealer = PublicIdentity(
-        party_id=request.dealer_id, sign_key=request.dealer_sign_key, box_key=request.dealer_box_key
-    )
-    secret = identity.unbox_from(dealer, request.box)
+    """Open the manifest's dealer's box and install the study's CKKS key, once.
+
+    The Box authenticates the dealer's X25519 key from the manifest; the dealer's signature
+    over the context fingerprint is checked with its Ed25519 key from the manifest; a key
+    already installed for the study is never overwritten.
+    """
+    identity, manifest = _study(settings, request.study_id)
+    if manifest.secure is not SecureMode.CKKS:
+        raise VerificationError(f"install_key: study {manifest.study_id[:16]} is not in CKKS mode")
+    dealer = manifest.owner(manifest.key_dealer)
+    if dealer is None or dealer.party_id == identity.party_id:
+        raise VerificationError("install_key: this owner is the study's key dealer")
+    secret = identity.unbox_from(dealer.identity, request.box)
     context = CkksSecretContext.from_bytes(secret)
     fingerprint = context.public().fingerprint()
     if fingerprint != request.fingerprint:
         raise VerificationError("delivered CKKS context does not match the announced fingerprint")
-    settings.keystore.save_ckks(request.study_id, context)
+    verify_signature(
+        dealer.identity,
+        dealt_context_digest(manifest.study_id, fingerprint),
+        request.dealer_signature,
+    )
+    if not settings.keystore.install_ckks(manifest.study_id, context):
+        log.warning(
+            "second key delivery ignored (same key)",
+            extra=fields(party=identity.party_id, study=manifest.study_id[:16]),
+        )
     return wire.InstallKeyReply(party_id=identity.party_id, fingerprint=fingerprint)
 
 
@@ -169,200 +261,256 @@ class TrainOutcome:
     update: np.ndarray | None  # plaintext weighted update: only in SecureMode.NONE
 
 
+def _receipt(
+    party_id: str, status: str, reason: str, *, epsilon: float, **kw: Any
+) -> wire.TrainReceipt:
+    base: dict[str, Any] = {
+        "party_id": party_id,
+        "status": status,
+        "reason": reason,
+        "examples": 0,
+        "epsilon": epsilon,
+        "payload_hash": b"",
+        "delivered": (),
+    }
+    base.update(kw)
+    return wire.TrainReceipt(**base)
+
+
+def reachable_members(manifest: Manifest) -> list[str]:
+    """Members answering Info within :data:`LIVENESS_TIMEOUT_S` (over the manifest's TLS pin)."""
+
+    def ping(entry: CommitteeEntry) -> str | None:
+        try:
+            with MemberClient(entry.endpoint, tls=member_tls(manifest, entry)) as client:
+                info = client.info(timeout_s=LIVENESS_TIMEOUT_S)
+        except CohortError:
+            return None
+        return entry.member_id if info.info.member_id == entry.member_id else None
+
+    with ThreadPoolExecutor(max_workers=len(manifest.committee)) as pool:
+        return [m for m in pool.map(ping, manifest.committee) if m is not None]
+
+
 def train(
     settings: HospitalSettings, instruction: wire.TrainInstruction, global_model: np.ndarray
 ) -> TrainOutcome:
-    """Guard the budget, train with DP-SGD, encrypt the weighted update and upload it.
+    """Check, guard the budget, train with DP-SGD, protect the weighted update and upload it.
 
-    Returns a receipt for the coordinator. A declined round (budget) or a failed upload is a
-    receipt with that status and reason, never an exception: the round goes on without us.
+    Everything that could make this round's work unusable is checked before any privacy
+    budget is spent: the approved manifest and local policy, the round number, our size
+    against the weight unit, the key, and that a quorum of the committee is reachable.
+    Returns a receipt for the coordinator. A declined round (budget, dead committee) or a
+    failed upload is a receipt with that status and reason, never an exception.
     """
-    identity = settings.keystore.identity()
-    data = settings.dataset()
-    cap = instruction.epsilon
-    if settings.epsilon_cap is not None:
-        cap = min(cap, settings.epsilon_cap)
-    dp = DpConfig(
-        target_epsilon=instruction.epsilon,
-        total_rounds=instruction.total_rounds,
-        local_epochs=instruction.local_epochs,
-        batch_size=instruction.batch_size,
-        max_grad_norm=instruction.max_grad_norm,
-        delta=instruction.delta,
-        lr=instruction.lr,
-    )
-    ledger = PrivacyLedger.open(
-        settings.ledger_path(instruction.study_id),
-        owner=identity.party_id,
-        epsilon_cap=cap,
-        delta=instruction.delta,
-    )
-    # Everything that could make this round's work unusable is checked before any privacy
-    # budget is spent on it: our size against the weight unit, the pinned study terms, the key.
+    identity, manifest = _study(settings, instruction.study_id)
+    _check_round(manifest, instruction.round, "train")
+    policy = settings.policy
+    data = settings.dataset(manifest)
     examples = int(data.labels.shape[0])
     if examples > instruction.weight_unit:
         raise BadInputError(
             f"train round {instruction.round}: {examples} examples, more than the study's "
             f"weight unit {instruction.weight_unit} (largest enrolled owner)"
         )
-    secure = SecureMode.parse(instruction.secure)
-    context: CkksSecretContext | None = None
-    members = instruction.committee()
-    if secure is SecureMode.CKKS:
-        settings.keystore.pin_terms(
-            instruction.study_id,
-            [m.identity() for m in members],
-            quorum=instruction.quorum,
-            min_clients=instruction.min_clients,
+    if global_model.shape[0] != manifest.update_length:
+        raise BadInputError(
+            f"train round {instruction.round}: global model has {global_model.shape[0]} values, "
+            f"the manifest says {manifest.update_length}"
         )
-        context = settings.keystore.load_ckks(instruction.study_id)
+    ledger = PrivacyLedger.open(
+        settings.ledger_path,
+        owner=identity.party_id,
+        epsilon_cap=policy.epsilon_cap,
+        delta=policy.delta,
+    )
+    context: CkksSecretContext | None = None
+    if manifest.secure is SecureMode.CKKS:
+        context = settings.keystore.load_ckks(manifest.study_id)
+        alive = reachable_members(manifest)
+        if len(alive) < manifest.quorum:
+            reason = (
+                f"only {len(alive)} of {len(manifest.committee)} committee members reachable, "
+                f"quorum is {manifest.quorum}: no budget spent"
+            )
+            log.warning("round declined", extra=fields(party=identity.party_id, reason=reason))
+            return TrainOutcome(
+                _receipt(identity.party_id, "declined", reason, epsilon=ledger.epsilon()), None
+            )
 
-    seed = None if instruction.seed < 0 else instruction.seed
+    dp = DpConfig(
+        target_epsilon=manifest.dp.epsilon,
+        total_rounds=manifest.rounds,
+        local_epochs=manifest.dp.local_epochs,
+        batch_size=manifest.dp.batch_size,
+        max_grad_norm=manifest.dp.max_grad_norm,
+        delta=manifest.dp.delta,
+        lr=manifest.dp.lr,
+    )
+    seed = policy.noise_seed
     if seed is not None:
         torch.manual_seed(_derived_seed(seed, identity.party_id, instruction.round))
-    model = build_model(instruction.model, in_features=data.features.shape[1], num_classes=2)
+    model = build_model(
+        manifest.model,
+        in_features=manifest.features,
+        num_classes=manifest.num_classes,
+        registry=policy.models,
+    )
     set_flat(model, global_model)
-
-    def receipt(status: str, reason: str, **kw: object) -> wire.TrainReceipt:
-        base: dict[str, object] = {
-            "party_id": identity.party_id,
-            "status": status,
-            "reason": reason,
-            "examples": 0,
-            "payload_hash": b"",
-            "delivered": (),
-        }
-        base.update(kw)
-        if "epsilon" not in base:  # a declined round: what the ledger already holds
-            base["epsilon"] = ledger.epsilon()
-        return wire.TrainReceipt(**base)  # type: ignore[arg-type]
-
     try:
         result = train_dp(
-            model, data, config=dp, ledger=ledger, round=instruction.round, noise_seed=seed
+            model,
+            data,
+            config=dp,
+            ledger=ledger,
+            round=instruction.round,
+            noise_seed=seed,
+            study_id=manifest.study_id,
         )
     except BudgetExhausted as exc:
         log.warning(
             "round declined",
             extra=fields(party=identity.party_id, round=instruction.round, reason=str(exc)),
         )
-        return TrainOutcome(receipt("declined", str(exc)), None)
+        return TrainOutcome(
+            _receipt(identity.party_id, "declined", str(exc), epsilon=ledger.epsilon()), None
+        )
 
     # FedAvg weight examples / weight_unit <= 1 keeps encoded values within the update's
     # own magnitude (CKKS max_abs), and the coordinator divides by the weight of S.
     weight = result.examples / instruction.weight_unit
     update = (get_flat(model).astype(np.float64) - global_model.astype(np.float64)) * weight
+    done = {"examples": result.examples, "epsilon": result.epsilon}
     if context is None:
         # Grid values below max_abs need 22 significant bits: float32 carries them exactly.
         weighted = quantize(update, grid=DEFAULT_PARAMS.release_grid).astype(np.float32)
-        return TrainOutcome(
-            receipt("ok", "", examples=result.examples, epsilon=result.epsilon),
-            weighted,
-        )
-    weighted = quantize(update, grid=context.params.release_grid)
-    # No training loss: it is computed without noise, so DP does not cover it.
-    common = {"examples": result.examples, "epsilon": result.epsilon}
-    payload = context.encrypt(weighted)
+        return TrainOutcome(_receipt(identity.party_id, "ok", "", **done), weighted)
+    payload = context.encrypt(quantize(update, grid=context.params.release_grid))
     payload_hash = tagged_hash(Tag.PAYLOAD, payload)
-    delivered = upload(
-        identity, members, study_id=instruction.study_id, round=instruction.round, payload=payload
-    )
-    if len(delivered) < instruction.quorum:
-        return TrainOutcome(
-            receipt(
-                "failed",
-                f"upload accepted by {len(delivered)} members, quorum is {instruction.quorum}",
-                payload_hash=payload_hash,
-                delivered=tuple(delivered),
-                **common,
-            ),
-            None,
-        )
+    delivered = upload(identity, manifest, round=instruction.round, payload=payload)
+    status, reason = "ok", ""
+    if len(delivered) < manifest.quorum:
+        status = "failed"
+        reason = f"upload accepted by {len(delivered)} members, quorum is {manifest.quorum}"
     return TrainOutcome(
-        receipt("ok", "", payload_hash=payload_hash, delivered=tuple(delivered), **common), None
+        _receipt(
+            identity.party_id,
+            status,
+            reason,
+            payload_hash=payload_hash,
+            delivered=tuple(delivered),
+            **done,
+        ),
+        None,
     )
 
 
-def upload(
-    identity: Identity,
-    members: Sequence[wire.MemberInfo],
-    *,
-    study_id: str,
-    round: int,
-    payload: bytes,
-) -> list[str]:
-    """Send one signed, sealed envelope to each member in parallel; return who accepted."""
+def upload(identity: Identity, manifest: Manifest, *, round: int, payload: bytes) -> list[str]:
+    """Send one signed, sealed envelope to each manifest member in parallel; return who accepted."""
 
-    def one(member: wire.MemberInfo) -> str | None:
+    def one(entry: CommitteeEntry) -> str | None:
         envelope = build_envelope(
-            identity, member.identity(), study_id=study_id, round=round, payload=payload
+            identity, entry.identity, study_id=manifest.study_id, round=round, payload=payload
         )
-        client = MemberClient(member.endpoint)
         try:
-            client.upload(envelope.to_bytes())
+            with MemberClient(entry.endpoint, tls=member_tls(manifest, entry)) as client:
+                client.upload(envelope.to_bytes())
         except CohortError as exc:
             log.warning(
                 "upload rejected",
-                extra=fields(member=member.member_id, round=round, reason=str(exc)),
+                extra=fields(member=entry.member_id, round=round, reason=str(exc)),
             )
             return None
-        finally:
-            client.close()
-        return member.member_id
+        return entry.member_id
 
-    with ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
-        results = list(pool.map(one, members))
+    with ThreadPoolExecutor(max_workers=max(1, len(manifest.committee))) as pool:
+        results = list(pool.map(one, manifest.committee))
     return [m for m in results if m is not None]
 
 
 def decrypt(
     settings: HospitalSettings, request: wire.DecryptRequest
 ) -> tuple[wire.DecryptReply, np.ndarray]:
-    """Rotating decryptor: decrypt an aggregate, and only an aggregate.
+    """Decrypt an aggregate, and only an aggregate, at most one per round.
 
-    Refuses unless the ciphertext hashes to ``aggregate_hash``, the client set has at least
-    ``min_clients`` members, and ``quorum`` distinct members of the pinned committee signed
-    this (study, round, client set, aggregate hash). Committee, quorum and ``min_clients`` are
-    the terms pinned at this owner's first round, not values from this request. A single
-    owner's ciphertext can never satisfy these checks, so a curious coordinator cannot use us
-    as a decryption oracle.
+    Refuses unless the round is within the manifest, the client set lies within the roster
+    and has at least max(manifest, local policy) ``min_clients`` owners including this one,
+    the ciphertext hashes to ``aggregate_hash``, and a quorum of the manifest's committee
+    signed this (study, round, client set, aggregate hash). Before decrypting it durably
+    records the round's aggregate and refuses any other aggregate for that round later. The
+    reply signs the hash of what it returns, so a wrong decryption is attributable.
     """
-    identity = settings.keystore.identity()
-    terms = settings.keystore.pinned_terms(request.study_id)
-    committee, quorum, min_clients = terms.committee, terms.quorum, terms.min_clients
-    if len(set(request.client_ids)) < min_clients:
+    identity, manifest = _study(settings, request.study_id)
+    _check_round(manifest, request.round, "decrypt")
+    if manifest.secure is not SecureMode.CKKS:
+        raise VerificationError(f"decrypt: study {manifest.study_id[:16]} is not in CKKS mode")
+    ids = set(request.client_ids)
+    minimum = max(manifest.min_clients, settings.policy.min_clients)
+    if len(ids) != len(request.client_ids) or len(ids) < minimum:
         raise VerificationError(
-            f"decrypt round {request.round}: client set has "
-            f"{len(set(request.client_ids))} members, "
-            f"at least {min_clients} required"
+            f"decrypt round {request.round}: client set has {len(ids)} distinct members, "
+            f"at least {minimum} required"
+        )
+    outside = sorted(ids - set(manifest.owner_ids))
+    if outside:
+        raise VerificationError(
+            f"decrypt round {request.round}: {outside[0]!r} is not in the study's roster"
+        )
+    if identity.party_id not in ids:
+        raise VerificationError(
+            f"decrypt round {request.round}: this owner is not in the client set"
         )
     if tagged_hash(Tag.AGGREGATE, request.aggregate) != request.aggregate_hash:
         raise VerificationError(f"decrypt round {request.round}: aggregate does not match its hash")
+    _check_quorum_signatures(manifest, request)
+    settings.keystore.record_decryption(
+        manifest.study_id,
+        request.round,
+        client_set_hash=client_set_hash(tuple(sorted(ids))),
+        aggregate_hash=request.aggregate_hash,
+    )
+    vector = settings.keystore.load_ckks(manifest.study_id).decrypt(request.aggregate)
+    plain_hash = wire.plaintext_hash(vector)
+    signature = identity.sign(
+        wire.decryption_digest(
+            study_id=manifest.study_id,
+            round=request.round,
+            aggregate_hash=request.aggregate_hash,
+            plain_hash=plain_hash,
+        )
+    )
+    reply = wire.DecryptReply(
+        party_id=identity.party_id,
+        round=request.round,
+        length=int(vector.shape[0]),
+        plain_hash=plain_hash,
+        signature=signature,
+    )
+    return reply, vector
+
+
+def _check_quorum_signatures(manifest: Manifest, request: wire.DecryptRequest) -> None:
     message = aggregate_result_digest(
-        study_id=request.study_id,
+        study_id=manifest.study_id,
         round=request.round,
         client_ids=request.client_ids,
         aggregate_hash=request.aggregate_hash,
     )
     signers: set[str] = set()
+    committee: Mapping[str, CommitteeEntry] = {m.member_id: m for m in manifest.committee}
     for member_id, signature in zip(request.member_ids, request.member_signatures, strict=True):
         member = committee.get(member_id)
         if member is None:
             raise VerificationError(
                 f"decrypt round {request.round}: {member_id!r} is not a committee member"
             )
-        verify_signature(member, message, signature)
+        verify_signature(member.identity, message, signature)
         signers.add(member_id)
-    if len(signers) < quorum:
+    if len(signers) < manifest.quorum:
         raise VerificationError(
             f"decrypt round {request.round}: {len(signers)} committee signatures, "
-            f"quorum is {quorum}"
+            f"quorum is {manifest.quorum}"
         )
-    context = settings.keystore.load_ckks(request.study_id)
-    vector = context.decrypt(request.aggregate)
-    return wire.DecryptReply(
-        party_id=identity.party_id, round=request.round, length=int(vector.shape[0])
-    ), vector
 
 
 def _derived_seed(seed: int, party_id: str, round: int) -> int:
@@ -370,3 +518,17 @@ def _derived_seed(seed: int, party_id: str, round: int) -> int:
         Tag.NOISE_SEED, str(seed).encode(), party_id.encode(), b"init", str(round).encode()
     )
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+__all__ = [
+    "HospitalSettings",
+    "TrainOutcome",
+    "decrypt",
+    "enroll",
+    "install_key",
+    "keygen",
+    "member_tls",
+    "reachable_members",
+    "train",
+    "upload",
+]

@@ -5,7 +5,10 @@ Layout under ``<workdir>/keystore/``::
     identity.json            Ed25519 + X25519 keys (cohort.crypto.identity)
     eth.json                 the payout account's secp256k1 key
     ckks-<study>.bin         the study's CKKS secret context (shared among data owners only)
-    committee-<study>.json   the committee roster pinned at first sight (trust on first use)
+    dealt-<study>.json       the dealer's own record of what it dealt (the key dealer only)
+    decryptions-<study>.json which aggregate this owner decrypted in each round
+
+Study terms are not kept here: they come from the approved manifest (federation.approval).
 
 Secrets live in these files and nowhere else: not in logs, messages or exceptions.
 """
@@ -16,11 +19,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from eth_account import Account
 
 from cohort.crypto.ckks import CkksSecretContext
-from cohort.crypto.identity import Identity, PublicIdentity
+from cohort.crypto.identity import Identity
 from cohort.errors import BadInputError, VerificationError
 from cohort.files import PRIVATE, write_atomic
 
@@ -74,61 +78,69 @@ class KeyStore:
     def ckks_path(self, study_id: str) -> Path:
         return self.root / f"ckks-{_safe(study_id)}.bin"
 
-    def save_ckks(self, study_id: str, context: CkksSecretContext) -> None:
-        _write_private(self.ckks_path(study_id), context.to_bytes())
+    def install_ckks(self, study_id: str, context: CkksSecretContext) -> bool:
+        """Store the study's CKKS secret context once; True if it was new.
+
+        Installing the same context again is a no-op; a different one is refused
+        (VerificationError): an installed key is never overwritten, so a second dealing by
+        a coordinator cannot swap the key this owner encrypts under.
+        """
+        path = self.ckks_path(study_id)
+        if path.exists():
+            held = self.load_ckks(study_id).public().fingerprint()
+            if held != context.public().fingerprint():
+                raise VerificationError(
+                    f"study {study_id[:16]}: a CKKS key is already installed; a second, "
+                    "different dealing is refused"
+                )
+            return False
+        _write_private(path, context.to_bytes())
+        return True
 
     def load_ckks(self, study_id: str) -> CkksSecretContext:
         path = self.ckks_path(study_id)
         if not path.exists():
-            raise BadInputError(f"no CKKS secret context for study {study_id!r} in {self.root}")
+            raise BadInputError(f"no CKKS secret context for study {study_id[:16]} in {self.root}")
         return CkksSecretContext.from_bytes(path.read_bytes())
 
-    # ----------------------------------------------------------- study terms (TOFU)
+    # ----------------------------------------------------------- durable records
 
-    def _terms_path(self, study_id: str) -> Path:
-        return self.root / f"terms-{_safe(study_id)}.json"
+    def _record_path(self, kind: str, study_id: str) -> Path:
+        return self.root / f"{kind}-{_safe(study_id)}.json"
 
-    def pin_terms(
-        self, study_id: str, committee: list[PublicIdentity], *, quorum: int, min_clients: int
-    ) -> StudyTerms:
-        """Pin the committee roster, quorum and minimum client set at first sight.
-
-        A later round that announces different terms is refused: a coordinator that swaps
-        member keys or lowers the quorum mid-study (to forge a decryption request) is caught
-        here. Later issues anchor these terms on-chain instead of trusting the first message.
-        """
-        wanted = {
-            "committee": sorted((m.to_dict() for m in committee), key=lambda d: d["party_id"]),
-            "quorum": quorum,
-            "min_clients": min_clients,
-        }
-        path = self._terms_path(study_id)
-        if path.exists():
-            if json.loads(path.read_text()) != wanted:
-                raise VerificationError(
-                    f"study {study_id!r}: committee, quorum or min_clients differ from the terms "
-                    "pinned at this owner's first round"
-                )
-        else:
-            _write_private(path, json.dumps(wanted, indent=1).encode())
-        return self.pinned_terms(study_id)
-
-    def pinned_terms(self, study_id: str) -> StudyTerms:
-        path = self._terms_path(study_id)
+    def load_record(self, kind: str, study_id: str) -> dict[str, Any]:
+        """A small JSON record of this party's own past actions ({} when none)."""
+        path = self._record_path(kind, study_id)
         if not path.exists():
-            raise VerificationError(f"no study terms pinned for study {study_id!r}")
-        data = json.loads(path.read_text())
-        return StudyTerms(
-            committee={d["party_id"]: PublicIdentity.from_dict(d) for d in data["committee"]},
-            quorum=int(data["quorum"]),
-            min_clients=int(data["min_clients"]),
-        )
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise BadInputError(f"key store {path}: unreadable record") from None
+        if not isinstance(data, dict):
+            raise BadInputError(f"key store {path}: expected a JSON object")
+        return data
 
+    def save_record(self, kind: str, study_id: str, data: dict[str, Any]) -> None:
+        _write_private(self._record_path(kind, study_id), json.dumps(data, indent=1).encode())
 
-@dataclass(frozen=True)
-class StudyTerms:
-    """What a data owner pinned at its first round of a study."""
+    def record_decryption(
+        self, study_id: str, round: int, *, client_set_hash: bytes, aggregate_hash: bytes
+    ) -> None:
+        """Durably note that this owner decrypts (round, S, aggregate) - before it does.
 
-    committee: dict[str, PublicIdentity]
-    quorum: int
-    min_clients: int
+        At most one aggregate per round: asking again for the same one is allowed (it reveals
+        nothing new), any other aggregate for that round is refused (VerificationError), so
+        a coordinator cannot have S and S minus one owner both decrypted and subtract them.
+        """
+        log = self.load_record("decryptions", study_id)
+        entry = {"client_set": client_set_hash.hex(), "aggregate": aggregate_hash.hex()}
+        held = log.get(str(round))
+        if held is not None and held != entry:
+            raise VerificationError(
+                f"decrypt round {round}: this owner already decrypted another aggregate for "
+                "that round"
+            )
+        if held is None:
+            log[str(round)] = entry
+            self.save_record("decryptions", study_id, log)

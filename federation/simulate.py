@@ -1,13 +1,22 @@
 """``cohort simulate``: a whole study on one machine with the real components.
 
+* sponsor: creates the synthetic parties' keys, the study manifest (committee, roster, DP terms,
+  model, chain and the contract's address), signs it and deploys the study contract bound to
+  its hash on the embedded EVM (py-evm through eth-tester) in this process;
+* approvals: ``cohort simulate`` approves the manifest on behalf of its synthetic hospitals and
+  committee members (each with its own identity, in its own work directory) and says so in
+  the summary; real parties approve with ``cohort study approve``;
 * data owners: Flower ClientApps in the simulation runtime (Ray worker processes), each with
-  its own work directory (key store, privacy ledger) under ``<out>/hospitals/``;
-* committee: ``k`` aggregator services as separate processes serving gRPC on 127.0.0.1
-  (free ports), stopped at the end;
-* chain: the embedded EVM (py-evm through eth-tester) in this process;
-* coordinator: the Flower ServerApp in this process, which deploys the study contract.
+  its own work directory (key store, approvals, privacy ledger) under ``<out>/hospitals/``,
+  and a local policy set on its behalf (cap = the study's epsilon, the study's mode only);
+* committee: ``k`` aggregator services as separate processes serving gRPC over TLS on
+  127.0.0.1 (free ports, certificates from a study CA), stopped at the end;
+* coordinator: the Flower ServerApp in this process, signing its control calls.
 
-The result is ``<out>/summary.json`` plus the coordinator's inbound transcript.
+Every run is a fresh study (a new manifest nonce, fresh synthetic parties): an ``--out``
+directory left by an earlier simulation is cleared first, any other non-empty one is refused.
+The result is ``<out>/summary.json``, ``<out>/manifest.json`` and the coordinator's inbound
+transcript.
 """
 
 from __future__ import annotations
@@ -15,29 +24,62 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
+import shutil
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid
 
-from cohort.aggregator.committee import LocalCommittee, MemberRef
+from cohort.aggregator.committee import LocalCommittee
+from cohort.aggregator.member import study_id_bytes
 from cohort.bounties.chain import ChainProvider, EmbeddedChain
-from cohort.clients.data import demo_split
-from cohort.errors import ProtocolAbort
+from cohort.bounties.study import StudyContract, predict_address
+from cohort.clients.data import demo_normalizer, demo_split
+from cohort.clients.model import build_model, num_parameters
+from cohort.crypto.identity import Identity
+from cohort.errors import ConfigError, ProtocolAbort
+from cohort.federation.approval import Role, approve
 from cohort.federation.client_app import make_client_app
 from cohort.federation.config import StudyConfig, write_json
 from cohort.federation.coordinator import Coordinator, RoundRecord, StudyOutcome
 from cohort.federation.hospital import HospitalSettings
+from cohort.federation.manifest import (
+    CommitteeEntry,
+    DpTerms,
+    Manifest,
+    OwnerEntry,
+    SignedManifest,
+    new_nonce,
+)
+from cohort.federation.policy import HospitalPolicy
 from cohort.federation.server_app import ServerRun, make_server_app
 
 SUMMARY = "summary.json"
 TRANSCRIPT = "coordinator-inbound.jsonl"
 MODEL = "model.npy"
+MANIFEST = "manifest.json"
+MARKER = ".cohort-simulation"
+NUM_CLASSES = 2
+DEADLINE_S = 7 * 24 * 3600
+ON_BEHALF = "approved by cohort simulate on behalf of a synthetic party"
+
+
+class CommitteeHandle(Protocol):
+    """What the simulation needs of a committee: manifest entries, the CA, approvals."""
+
+    def entries(self) -> list[CommitteeEntry]: ...
+
+    @property
+    def ca_pem(self) -> str: ...
+
+    def approve(self, signed: SignedManifest) -> None: ...
 
 
 class _PartitionResolver:
@@ -51,12 +93,21 @@ class _PartitionResolver:
 
 
 def hospital_settings(config: StudyConfig, out: Path) -> list[HospitalSettings]:
+    """Synthetic hospitals on the demo split, with a local policy set on their behalf."""
     seed = config.seed if config.seed is not None else 0
+    policy = HospitalPolicy(
+        epsilon_cap=config.dp.epsilon,
+        delta=config.dp.delta,
+        min_clients=config.min_clients,
+        modes=frozenset({config.secure}),
+        noise_seed=config.seed,
+    )
     return [
         HospitalSettings(
             party_id=f"hospital-{i + 1}",
             workdir=str((out / "hospitals" / f"hospital-{i + 1}").resolve()),
             data=f"demo:{i}",
+            policy=policy,
             demo_hospitals=config.clients,
             demo_seed=seed,
             demo_alpha=config.dirichlet_alpha,
@@ -65,22 +116,153 @@ def hospital_settings(config: StudyConfig, out: Path) -> list[HospitalSettings]:
     ]
 
 
+def prepare_out(out: Path) -> None:
+    """Make ``out`` a fresh simulation directory (see module doc); ConfigError otherwise."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise ConfigError(
+                f"--out {out}: holds files that are not a Cohort simulation; use an empty "
+                "or new directory"
+            )
+        for child in out.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by cohort simulate; cleared by the next run\n")
+
+
 @contextlib.contextmanager
 def _committee(
-    config: StudyConfig, out: Path, given: Sequence[MemberRef] | None
-) -> Iterator[list[MemberRef]]:
+    config: StudyConfig, out: Path, given: CommitteeHandle | None
+) -> Iterator[CommitteeHandle]:
     if given is not None:
-        yield list(given)
+        yield given
         return
-    with LocalCommittee(config.committee, workdir=out / "committee") as committee:
-        yield list(committee.roster)
+    with LocalCommittee(config.committee, workdir=out / "committee", tls=True) as committee:
+        yield committee
+
+
+def _sponsor_identity(out: Path, name: str) -> Identity:
+    identity = Identity.generate(name)
+    identity.save(out / "sponsor" / f"{name}.json")
+    return identity
+
+
+def create_manifest(
+    config: StudyConfig,
+    *,
+    hospitals: Sequence[HospitalSettings],
+    committee: CommitteeHandle,
+    provider: ChainProvider,
+    sponsor_address: str,
+    sponsor: Identity,
+    coordinator: Identity,
+) -> SignedManifest:
+    """The sponsor's manifest for a simulated study, signed (contract address predicted)."""
+    seed = config.seed if config.seed is not None else 0
+    _, test_set = demo_split(num_hospitals=config.clients, seed=seed, alpha=config.dirichlet_alpha)
+    features = int(test_set.features.shape[1])
+    owners = []
+    for h in hospitals:
+        identity = h.keystore.identity()
+        owners.append(
+            OwnerEntry(
+                party_id=identity.party_id,
+                sign_key=identity.public.sign_key,
+                box_key=identity.public.box_key,
+                payout_address=h.keystore.payout_address(),
+            )
+        )
+    init_seed = config.seed if config.seed is not None else secrets.randbits(63)
+    length = num_parameters(build_model(config.model, in_features=features, num_classes=2))
+    ca = committee.ca_pem
+    manifest = Manifest(
+        name=config.name,
+        nonce=new_nonce(),
+        secure=config.secure,
+        committee=tuple(committee.entries()),
+        quorum=config.quorum,
+        min_clients=config.min_clients,
+        owners=tuple(owners),
+        key_dealer=owners[0].party_id,
+        coordinator_key=coordinator.public.sign_key,
+        sponsor_key=sponsor.public.sign_key,
+        sponsor_address=sponsor_address,
+        rounds=config.rounds,
+        dp=DpTerms(**asdict(config.dp)),
+        model=config.model,
+        features=features,
+        num_classes=NUM_CLASSES,
+        update_length=length,
+        init_seed=init_seed,
+        server_lr=config.server_lr,
+        payout_rule="proportional-to-included-rounds",
+        bounty_wei=config.bounty_wei,
+        chain_id=provider.chain_id,
+        contract=predict_address(provider, sponsor_address),
+        deadline=int(time.time()) + DEADLINE_S,
+        tls_ca=ca,
+        normalizer=demo_normalizer(seed=seed).to_dict(),
+    )
+    return SignedManifest.sign(manifest, sponsor)
+
+
+def deploy(provider: ChainProvider, signed: SignedManifest) -> StudyContract:
+    """Deploy the study contract bound to the manifest, at the address the manifest names."""
+    m = signed.manifest
+    return StudyContract.deploy(
+        provider,
+        sponsor=m.sponsor_address,
+        study_id=study_id_bytes(m.study_id),
+        committee=[e.eth_address for e in m.committee],
+        quorum=m.quorum,
+        data_owners=[o.payout_address for o in m.owners],
+        bounty_wei=m.bounty_wei,
+        manifest_hash=m.digest(),
+        rounds=m.rounds,
+        deadline=m.deadline,
+        expected_address=m.contract,
+    )
+
+
+def approve_on_behalf(
+    signed: SignedManifest,
+    contract: StudyContract,
+    hospitals: Sequence[HospitalSettings],
+    committee: CommitteeHandle,
+) -> None:
+    """What each operator would do with ``cohort study approve``, for synthetic parties."""
+    m = signed.manifest
+    contract.verify_binding(
+        manifest_hash=m.digest(),
+        chain_id=m.chain_id,
+        committee=[e.eth_address for e in m.committee],
+        quorum=m.quorum,
+        data_owners=[o.payout_address for o in m.owners],
+        rounds=m.rounds,
+    )
+    for h in hospitals:
+        h.policy.check(m)
+        approve(
+            signed,
+            workdir=Path(h.workdir),
+            identity=h.keystore.identity(),
+            role=Role.OWNER,
+            note=ON_BEHALF,
+            contract_checked=True,
+        )
+    committee.approve(signed)
 
 
 def run_study(
     config: StudyConfig,
     out: Path,
     *,
-    committee: Sequence[MemberRef] | None = None,
+    committee: CommitteeHandle | None = None,
     chain: ChainProvider | None = None,
     settings: Sequence[HospitalSettings] | None = None,
     on_round: Any = None,
@@ -89,7 +271,7 @@ def run_study(
     """Run one study in-process and return (and write) its summary."""
     from flwr.simulation import run_simulation
 
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out)
     hospitals = list(settings) if settings is not None else hospital_settings(config, out)
     if len(hospitals) != config.clients:
         raise ProtocolAbort(f"{len(hospitals)} hospital settings for {config.clients} clients")
@@ -99,19 +281,33 @@ def run_study(
         alpha=config.dirichlet_alpha,
     )
     provider = chain if chain is not None else EmbeddedChain()
-    sponsor = provider.accounts()[0]
+    sponsor_address = provider.accounts()[0]
+    sponsor = _sponsor_identity(out, "sponsor")
+    coordinator = _sponsor_identity(out, "coordinator")
     run = ServerRun(transcript=out / TRANSCRIPT)
 
-    with _committee(config, out, committee) as roster:
+    with _committee(config, out, committee) as members:
+        signed = create_manifest(
+            config,
+            hospitals=hospitals,
+            committee=members,
+            provider=provider,
+            sponsor_address=sponsor_address,
+            sponsor=sponsor,
+            coordinator=coordinator,
+        )
+        signed.save(out / MANIFEST)
+        contract = deploy(provider, signed)
+        approve_on_behalf(signed, contract, hospitals, members)
 
         def factory(grid: Grid, context: Context) -> Coordinator:
             return Coordinator(
-                config=config,
+                signed=signed,
+                identity=coordinator,
                 grid=grid,
                 test_set=test_set,
-                committee=roster,
-                chain=provider,
-                sponsor=sponsor,
+                contract=contract,
+                sponsor=sponsor_address,
                 on_round=on_round,
             )
 
@@ -136,6 +332,8 @@ def run_study(
     if run.outcome is None:
         raise ProtocolAbort("the coordinator finished without an outcome (see Flower's log)")
     summary = build_summary(config, run.outcome)
+    summary["manifest"] = str(out / MANIFEST)
+    summary["approvals"] = ON_BEHALF
     if run.outcome.final_model is not None:
         np.save(out / MODEL, run.outcome.final_model)
     write_json(out / SUMMARY, summary)
@@ -158,7 +356,9 @@ def build_summary(config: StudyConfig, outcome: StudyOutcome) -> dict[str, Any]:
             }
             for c in sorted(outcome.clients.values(), key=lambda c: c.id)
         ],
+        "stopped": outcome.stopped,
         "chain": {
+            "settled": outcome.settled,
             "provider": outcome.chain,
             "contract": outcome.contract,
             "finalized_rounds": outcome.finalized_rounds,

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from cohort.crypto.identity import PublicIdentity
+from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.errors import BadInputError
 
 ENROLL = "query.enroll"
@@ -44,19 +44,6 @@ _ARRAY_KEY = "arrays"
 _FLAT = "flat"
 
 T = TypeVar("T", bound="_Schema")
-
-
-@dataclass(frozen=True)
-class MemberInfo:
-    """One committee member as data owners see it (from the coordinator's roster)."""
-
-    member_id: str
-    sign_key: bytes
-    box_key: bytes
-    endpoint: str
-
-    def identity(self) -> PublicIdentity:
-        return PublicIdentity(party_id=self.member_id, sign_key=self.sign_key, box_key=self.box_key)
 
 
 @dataclass(frozen=True)
@@ -127,6 +114,10 @@ def _coerce(message: str, name: str, annotation: str, value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- enrolment and keys
+#
+# Every request names the study by its manifest hash and carries the round's work only:
+# terms (mode, committee, thresholds, DP, model, dealer, roster) come from the manifest the
+# data owner's operator approved, never from these messages.
 
 
 @dataclass(frozen=True)
@@ -137,43 +128,31 @@ class EnrollRequest(_Schema):
 
 @dataclass(frozen=True)
 class EnrollReply(_Schema):
+    """Which roster entry this node is, and its data's size (its keys are in the manifest)."""
+
     MESSAGE: ClassVar[str] = ENROLL
     party_id: str
-    sign_key: bytes
-    box_key: bytes
-    payout_address: str
     examples: int
     features: int
-
-    def identity(self) -> PublicIdentity:
-        return PublicIdentity(party_id=self.party_id, sign_key=self.sign_key, box_key=self.box_key)
 
 
 @dataclass(frozen=True)
 class KeygenRequest(_Schema):
-    """Sent to the key dealer: the data owners to share the CKKS secret context with."""
+    """To the manifest's key dealer: create the study's CKKS context (once)."""
 
     MESSAGE: ClassVar[str] = KEYGEN
     study_id: str
-    party_ids: tuple[str, ...]
-    sign_keys: tuple[bytes, ...]
-    box_keys: tuple[bytes, ...]
-
-    def roster(self) -> list[PublicIdentity]:
-        if not len(self.party_ids) == len(self.sign_keys) == len(self.box_keys):
-            raise BadInputError(f"{KEYGEN}: roster lists have different lengths")
-        return [
-            PublicIdentity(party_id=p, sign_key=s, box_key=b)
-            for p, s, b in zip(self.party_ids, self.sign_keys, self.box_keys, strict=True)
-        ]
 
 
 @dataclass(frozen=True)
 class KeygenReply(_Schema):
+    """The public context with the dealer's signature, and one Box per other roster owner."""
+
     MESSAGE: ClassVar[str] = KEYGEN
     party_id: str
     public_context: bytes
     fingerprint: bytes
+    dealer_signature: bytes
     recipients: tuple[str, ...]
     boxes: tuple[bytes, ...]
 
@@ -184,11 +163,9 @@ class InstallKeyRequest(_Schema):
 
     MESSAGE: ClassVar[str] = INSTALL_KEY
     study_id: str
-    dealer_id: str
-    dealer_sign_key: bytes
-    dealer_box_key: bytes
     box: bytes
     fingerprint: bytes
+    dealer_signature: bytes
 
 
 @dataclass(frozen=True)
@@ -203,39 +180,12 @@ class InstallKeyReply(_Schema):
 
 @dataclass(frozen=True)
 class TrainInstruction(_Schema):
-    """Round r instructions; the global model travels beside it as an ArrayRecord."""
+    """Round r of an approved study; the global model travels beside it as an ArrayRecord."""
 
     MESSAGE: ClassVar[str] = TRAIN
     study_id: str
     round: int
-    total_rounds: int
     weight_unit: int  # largest enrolled example count: owners weight by examples / weight_unit
-    secure: str
-    seed: int  # -1: noise from the operating system's entropy
-    model: str
-    epsilon: float
-    delta: float
-    local_epochs: int
-    batch_size: int
-    max_grad_norm: float
-    lr: float
-    quorum: int
-    min_clients: int
-    member_ids: tuple[str, ...]
-    member_sign_keys: tuple[bytes, ...]
-    member_box_keys: tuple[bytes, ...]
-    member_endpoints: tuple[str, ...]
-
-    def committee(self) -> list[MemberInfo]:
-        lists = (
-            self.member_ids,
-            self.member_sign_keys,
-            self.member_box_keys,
-            self.member_endpoints,
-        )
-        if len({len(x) for x in lists}) != 1:
-            raise BadInputError(f"{TRAIN}: committee lists have different lengths")
-        return [MemberInfo(*row) for row in zip(*lists, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -254,7 +204,7 @@ class TrainReceipt(_Schema):
 
 @dataclass(frozen=True)
 class DecryptRequest(_Schema):
-    """Coordinator -> rotating decryptor: the quorum-backed aggregate of client set S."""
+    """Coordinator -> a data owner of S: the quorum-backed aggregate of client set S."""
 
     MESSAGE: ClassVar[str] = DECRYPT
     study_id: str
@@ -268,10 +218,15 @@ class DecryptRequest(_Schema):
 
 @dataclass(frozen=True)
 class DecryptReply(_Schema):
+    """The decryptor's signature covers the aggregate hash and the hash of what it returns,
+    so a wrong decryption is attributable (see :func:`decryption_digest`)."""
+
     MESSAGE: ClassVar[str] = DECRYPT
     party_id: str
     round: int
     length: int
+    plain_hash: bytes
+    signature: bytes
 
 
 # ---------------------------------------------------------------- arrays
@@ -309,10 +264,23 @@ def has_vector(content: RecordDict) -> bool:
     return _ARRAY_KEY in content.array_records
 
 
-def committee_lists(members: Sequence[MemberInfo]) -> dict[str, tuple[Any, ...]]:
-    return {
-        "member_ids": tuple(m.member_id for m in members),
-        "member_sign_keys": tuple(m.sign_key for m in members),
-        "member_box_keys": tuple(m.box_key for m in members),
-        "member_endpoints": tuple(m.endpoint for m in members),
-    }
+def plaintext_hash(vector: np.ndarray) -> bytes:
+    """``tagged_hash(Tag.PLAINTEXT, little-endian float64 bytes)`` of a decrypted aggregate."""
+    return tagged_hash(Tag.PLAINTEXT, np.ascontiguousarray(vector, dtype="<f8").tobytes())
+
+
+def decryption_digest(
+    *, study_id: str, round: int, aggregate_hash: bytes, plain_hash: bytes
+) -> bytes:
+    """What a decryptor signs: ``tagged_hash(DECRYPTION, study, u64 round, aggregate, plain)``.
+
+    Two owners who decrypt one aggregate must return the same plaintext hash; a differing
+    one is a wrong decryption, attributable to the owner who signed it.
+    """
+    return tagged_hash(
+        Tag.DECRYPTION,
+        bytes.fromhex(study_id),
+        round.to_bytes(8, "big"),
+        aggregate_hash,
+        plain_hash,
+    )

@@ -24,47 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x63ommittee.proto\x12\x13\x63ohort.committee.v1\"E\n\x0ePublicIdentity\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\x10\n\x08sign_key\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62ox_key\x18\x03 \x01(\x0c\"k\n\nMemberInfo\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x35\n\x08identity\x18\x02 \x01(\x0b\x32#.cohort.committee.v1.PublicIdentity\x12\x13\n\x0b\x65th_address\x18\x03 \x01(\t\"\r\n\x0bInfoRequest\"\x97\x01\n\tInfoReply\x12/\n\x06member\x18\x01 \x01(\x0b\x32\x1f.cohort.committee.v1.MemberInfo\x12\r\n\x05modes\x18\x02 \x03(\t\x12\x10\n\x08study_id\x18\x03 \x01(\t\x12\x17\n\nopen_round\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x10\n\x08received\x18\x05 \x03(\tB\r\n\x0b_open_round\"Z\n\tDataOwner\x12\x35\n\x08identity\x18\x01 \x01(\x0b\x32#.cohort.committee.v1.PublicIdentity\x12\x16\n\x0epayout_address\x18\x02 \x01(\t\"(\n\x0e\x43kksModeParams\x12\x16\n\x0epublic_context\x18\x01 \x01(\x0c\"\xea\x01\n\x0bStudyConfig\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12.\n\x06owners\x18\x02 \x03(\x0b\x32\x1e.cohort.committee.v1.DataOwner\x12\x33\n\x04\x63kks\x18\x03 \x01(\x0b\x32#.cohort.committee.v1.CkksModeParamsH\x00\x12\x15\n\rupdate_length\x18\x04 \x01(\x04\x12\x11\n\tcommittee\x18\x05 \x03(\t\x12\x0e\n\x06quorum\x18\x06 \x01(\r\x12\x10\n\x08\x63hain_id\x18\x07 \x01(\x04\x12\x10\n\x08\x63ontract\x18\x08 \x01(\tB\x06\n\x04mode\"R\n\x10\x43onfigureRequest\x12/\n\x05study\x18\x01 \x01(\x0b\x32 .cohort.committee.v1.StudyConfig\x12\r\n\x05reset\x18\x02 \x01(\x08\"\"\n\x0e\x43onfigureReply\x12\x10\n\x08study_id\x18\x01 \x01(\t\"W\n\x10OpenRoundRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x15\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_deadline\"\x1f\n\x0eOpenRoundReply\x12\r\n\x05round\x18\x01 \x01(\x04\"!\n\rUploadRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"U\n\x0bUploadReply\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x14\n\x0cpayload_hash\x18\x04 \x01(\x0c\"G\n\x10\x41ggregateRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x12\n\nclient_ids\x18\x03 \x03(\t\":\n\tRejection\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"\xf7\x01\n\x0f\x41ggregateResult\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x12\n\nclient_ids\x18\x04 \x03(\t\x12\x11\n\taggregate\x18\x05 \x01(\x0c\x12\x16\n\x0e\x61ggregate_hash\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x13\n\x0b\x65th_address\x18\x08 \x01(\t\x12\x15\n\reth_signature\x18\t \x01(\x0c\x12\x32\n\nrejections\x18\n \x03(\x0b\x32\x1e.cohort.committee.v1.Rejection\"F\n\x0e\x41ggregateReply\x12\x34\n\x06result\x18\x01 \x01(\x0b\x32$.cohort.committee.v1.AggregateResult2\xb0\x03\n\tCommittee\x12H\n\x04Info\x12 .cohort.committee.v1.InfoRequest\x1a\x1e.cohort.committee.v1.InfoReply\x12W\n\tConfigure\x12%.cohort.committee.v1.ConfigureRequest\x1a#.cohort.committee.v1.ConfigureReply\x12W\n\tOpenRound\x12%.cohort.committee.v1.OpenRoundRequest\x1a#.cohort.committee.v1.OpenRoundReply\x12N\n\x06Upload\x12\".cohort.committee.v1.UploadRequest\x1a .cohort.committee.v1.UploadReply\x12W\n\tAggregate\x12%.cohort.committee.v1.AggregateRequest\x1a#.cohort.committee.v1.AggregateReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x63ommittee.proto\x12\x13\x63ohort.committee.v1\"a\n\rSignedControl\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x03 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"=\n\tCkksSetup\x12\x16\n\x0epublic_context\x18\x01 \x01(\x0c\x12\x18\n\x10\x64\x65\x61ler_signature\x18\x02 \x01(\x0c\"a\n\rConfigureBody\x12\x17\n\x0fsigned_manifest\x18\x01 \x01(\x0c\x12.\n\x04\x63kks\x18\x02 \x01(\x0b\x32\x1e.cohort.committee.v1.CkksSetupH\x00\x42\x07\n\x05setup\"B\n\rOpenRoundBody\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x15\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_deadline\"2\n\rAggregateBody\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\nclient_ids\x18\x02 \x03(\t\"\x0c\n\nStatusBody\"E\n\x0ePublicIdentity\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\x10\n\x08sign_key\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62ox_key\x18\x03 \x01(\x0c\"k\n\nMemberInfo\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x35\n\x08identity\x18\x02 \x01(\x0b\x32#.cohort.committee.v1.PublicIdentity\x12\x13\n\x0b\x65th_address\x18\x03 \x01(\t\"\r\n\x0bInfoRequest\"d\n\tInfoReply\x12/\n\x06member\x18\x01 \x01(\x0b\x32\x1f.cohort.committee.v1.MemberInfo\x12\r\n\x05modes\x18\x02 \x03(\t\x12\x17\n\x0ftls_fingerprint\x18\x03 \x01(\x0c\"\"\n\x0e\x43onfigureReply\x12\x10\n\x08study_id\x18\x01 \x01(\t\"\x1f\n\x0eOpenRoundReply\x12\r\n\x05round\x18\x01 \x01(\x04\"!\n\rUploadRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"U\n\x0bUploadReply\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x14\n\x0cpayload_hash\x18\x04 \x01(\x0c\":\n\tRejection\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"\xf7\x01\n\x0f\x41ggregateResult\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x12\n\nclient_ids\x18\x04 \x03(\t\x12\x11\n\taggregate\x18\x05 \x01(\x0c\x12\x16\n\x0e\x61ggregate_hash\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x13\n\x0b\x65th_address\x18\x08 \x01(\t\x12\x15\n\reth_signature\x18\t \x01(\x0c\x12\x32\n\nrejections\x18\n \x03(\x0b\x32\x1e.cohort.committee.v1.Rejection\"F\n\x0e\x41ggregateReply\x12\x34\n\x06result\x18\x01 \x01(\x0b\x32$.cohort.committee.v1.AggregateResult\"\x84\x01\n\x0bStatusReply\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x17\n\nopen_round\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rhighest_round\x18\x03 \x01(\x04\x12\x10\n\x08received\x18\x04 \x03(\t\x12\x12\n\naggregated\x18\x05 \x03(\x04\x42\r\n\x0b_open_round2\xf7\x03\n\tCommittee\x12H\n\x04Info\x12 .cohort.committee.v1.InfoRequest\x1a\x1e.cohort.committee.v1.InfoReply\x12T\n\tConfigure\x12\".cohort.committee.v1.SignedControl\x1a#.cohort.committee.v1.ConfigureReply\x12T\n\tOpenRound\x12\".cohort.committee.v1.SignedControl\x1a#.cohort.committee.v1.OpenRoundReply\x12N\n\x06Upload\x12\".cohort.committee.v1.UploadRequest\x1a .cohort.committee.v1.UploadReply\x12T\n\tAggregate\x12\".cohort.committee.v1.SignedControl\x1a#.cohort.committee.v1.AggregateReply\x12N\n\x06Status\x12\".cohort.committee.v1.SignedControl\x1a .cohort.committee.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'committee_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUBLICIDENTITY']._serialized_start=40
-  _globals['_PUBLICIDENTITY']._serialized_end=109
-  _globals['_MEMBERINFO']._serialized_start=111
-  _globals['_MEMBERINFO']._serialized_end=218
-  _globals['_INFOREQUEST']._serialized_start=220
-  _globals['_INFOREQUEST']._serialized_end=233
-  _globals['_INFOREPLY']._serialized_start=236
-  _globals['_INFOREPLY']._serialized_end=387
-  _globals['_DATAOWNER']._serialized_start=389
-  _globals['_DATAOWNER']._serialized_end=479
-  _globals['_CKKSMODEPARAMS']._serialized_start=481
-  _globals['_CKKSMODEPARAMS']._serialized_end=521
-  _globals['_STUDYCONFIG']._serialized_start=524
-  _globals['_STUDYCONFIG']._serialized_end=758
-  _globals['_CONFIGUREREQUEST']._serialized_start=760
-  _globals['_CONFIGUREREQUEST']._serialized_end=842
-  _globals['_CONFIGUREREPLY']._serialized_start=844
-  _globals['_CONFIGUREREPLY']._serialized_end=878
-  _globals['_OPENROUNDREQUEST']._serialized_start=880
-  _globals['_OPENROUNDREQUEST']._serialized_end=967
-  _globals['_OPENROUNDREPLY']._serialized_start=969
-  _globals['_OPENROUNDREPLY']._serialized_end=1000
-  _globals['_UPLOADREQUEST']._serialized_start=1002
-  _globals['_UPLOADREQUEST']._serialized_end=1035
-  _globals['_UPLOADREPLY']._serialized_start=1037
-  _globals['_UPLOADREPLY']._serialized_end=1122
-  _globals['_AGGREGATEREQUEST']._serialized_start=1124
-  _globals['_AGGREGATEREQUEST']._serialized_end=1195
-  _globals['_REJECTION']._serialized_start=1197
-  _globals['_REJECTION']._serialized_end=1255
-  _globals['_AGGREGATERESULT']._serialized_start=1258
-  _globals['_AGGREGATERESULT']._serialized_end=1505
-  _globals['_AGGREGATEREPLY']._serialized_start=1507
-  _globals['_AGGREGATEREPLY']._serialized_end=1577
-  _globals['_COMMITTEE']._serialized_start=1580
-  _globals['_COMMITTEE']._serialized_end=2012
+  _globals['_SIGNEDCONTROL']._serialized_start=40
+  _globals['_SIGNEDCONTROL']._serialized_end=137
+  _globals['_CKKSSETUP']._serialized_start=139
+  _globals['_CKKSSETUP']._serialized_end=200
+  _globals['_CONFIGUREBODY']._serialized_start=202
+  _globals['_CONFIGUREBODY']._serialized_end=299
+  _globals['_OPENROUNDBODY']._serialized_start=301
+  _globals['_OPENROUNDBODY']._serialized_end=367
+  _globals['_AGGREGATEBODY']._serialized_start=369
+  _globals['_AGGREGATEBODY']._serialized_end=419
+  _globals['_STATUSBODY']._serialized_start=421
+  _globals['_STATUSBODY']._serialized_end=433
+  _globals['_PUBLICIDENTITY']._serialized_start=435
+  _globals['_PUBLICIDENTITY']._serialized_end=504
+  _globals['_MEMBERINFO']._serialized_start=506
+  _globals['_MEMBERINFO']._serialized_end=613
+  _globals['_INFOREQUEST']._serialized_start=615
+  _globals['_INFOREQUEST']._serialized_end=628
+  _globals['_INFOREPLY']._serialized_start=630
+  _globals['_INFOREPLY']._serialized_end=730
+  _globals['_CONFIGUREREPLY']._serialized_start=732
+  _globals['_CONFIGUREREPLY']._serialized_end=766
+  _globals['_OPENROUNDREPLY']._serialized_start=768
+  _globals['_OPENROUNDREPLY']._serialized_end=799
+  _globals['_UPLOADREQUEST']._serialized_start=801
+  _globals['_UPLOADREQUEST']._serialized_end=834
+  _globals['_UPLOADREPLY']._serialized_start=836
+  _globals['_UPLOADREPLY']._serialized_end=921
+  _globals['_REJECTION']._serialized_start=923
+  _globals['_REJECTION']._serialized_end=981
+  _globals['_AGGREGATERESULT']._serialized_start=984
+  _globals['_AGGREGATERESULT']._serialized_end=1231
+  _globals['_AGGREGATEREPLY']._serialized_start=1233
+  _globals['_AGGREGATEREPLY']._serialized_end=1303
+  _globals['_STATUSREPLY']._serialized_start=1306
+  _globals['_STATUSREPLY']._serialized_end=1438
+  _globals['_COMMITTEE']._serialized_start=1441
+  _globals['_COMMITTEE']._serialized_end=1944
 # @@protoc_insertion_point(module_scope)

@@ -3,16 +3,18 @@
 isort:skip_file
 Wire schema between a committee member (one aggregator service) and its callers.
 
-Callers: the coordinator (Info, Configure, OpenRound, Aggregate) and data owners
+Callers: the coordinator (Info, Configure, OpenRound, Aggregate, Status) and data owners
 (Info, Upload). Every message is typed; the only opaque bytes are cryptographic
-objects (keys, contexts, sealed envelopes, ciphertexts, hashes, signatures).
-Decoded once at the boundary (cohort.aggregator.service / client) into dataclasses.
+objects (keys, contexts, sealed envelopes, ciphertexts, hashes, signatures) and the body
+of a SignedControl, which is the serialized inner request the coordinator signed.
+Decoded once at the boundary (cohort.aggregator.control / service / client) into
+dataclasses; a control body is parsed only after its signature and counter checked out.
 
 Errors travel as gRPC status codes: INVALID_ARGUMENT = bad input,
 PERMISSION_DENIED = failed verification (tampering), FAILED_PRECONDITION = protocol
-abort. The details string is "<reason code>: <human detail>" where a reason exists.
+abort. The details string is "<reason code>: <human detail>".
 
-Regenerate the Python modules with `python aggregator/proto/generate.py`.
+Regenerate the Python modules with `make proto` (aggregator/proto/generate.py).
 """
 
 from collections import abc as _abc
@@ -29,6 +31,161 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class SignedControl(_message.Message):
+    """A coordinator call. The Ed25519 signature, by the manifest's coordinator key, covers
+    tagged_hash(CONTROL, study id bytes, recipient member id, kind, u64 counter, body).
+    The member verifies it and requires counter > the last one it accepted for the study
+    before it parses body.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STUDY_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    COUNTER_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    study_id: _builtins.str
+    """manifest hash, 64 hex digits"""
+    kind: _builtins.str
+    """"configure" | "open_round" | "aggregate" | "status" """
+    counter: _builtins.int
+    """strictly increasing per (study, member)"""
+    body: _builtins.bytes
+    """serialized ConfigureBody / OpenRoundBody / AggregateBody / StatusBody"""
+    signature: _builtins.bytes
+    """64 bytes"""
+    def __init__(
+        self,
+        *,
+        study_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        counter: _builtins.int = ...,
+        body: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "counter", b"counter", "kind", b"kind", "signature", b"signature", "study_id", b"study_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedControl: _TypeAlias = SignedControl  # noqa: Y015
+
+@_typing.final
+class CkksSetup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_CONTEXT_FIELD_NUMBER: _builtins.int
+    DEALER_SIGNATURE_FIELD_NUMBER: _builtins.int
+    public_context: _builtins.bytes
+    """serialized TenSEAL context without a secret key"""
+    dealer_signature: _builtins.bytes
+    """key dealer's Ed25519 over the dealt-context digest"""
+    def __init__(
+        self,
+        *,
+        public_context: _builtins.bytes = ...,
+        dealer_signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dealer_signature", b"dealer_signature", "public_context", b"public_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CkksSetup: _TypeAlias = CkksSetup  # noqa: Y015
+
+@_typing.final
+class ConfigureBody(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNED_MANIFEST_FIELD_NUMBER: _builtins.int
+    CKKS_FIELD_NUMBER: _builtins.int
+    signed_manifest: _builtins.bytes
+    """SignedManifest.to_bytes(), the study the operator approved"""
+    @_builtins.property
+    def ckks(self) -> Global___CkksSetup: ...
+    def __init__(
+        self,
+        *,
+        signed_manifest: _builtins.bytes = ...,
+        ckks: Global___CkksSetup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ckks", b"ckks", "setup", b"setup"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ckks", b"ckks", "setup", b"setup", "signed_manifest", b"signed_manifest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_setup: _TypeAlias = _typing.Literal["ckks"]  # noqa: Y015
+    _WhichOneofArgType_setup: _TypeAlias = _typing.Literal["setup", b"setup"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_setup) -> _WhichOneofReturnType_setup | None: ...
+
+Global___ConfigureBody: _TypeAlias = ConfigureBody  # noqa: Y015
+
+@_typing.final
+class OpenRoundBody(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    deadline: _builtins.float
+    """unix seconds; uploads after it are refused"""
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        deadline: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_deadline", b"_deadline", "deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_deadline", b"_deadline", "deadline", b"deadline", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__deadline: _TypeAlias = _typing.Literal["deadline"]  # noqa: Y015
+    _WhichOneofArgType__deadline: _TypeAlias = _typing.Literal["_deadline", b"_deadline"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__deadline) -> _WhichOneofReturnType__deadline | None: ...
+
+Global___OpenRoundBody: _TypeAlias = OpenRoundBody  # noqa: Y015
+
+@_typing.final
+class AggregateBody(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    CLIENT_IDS_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    @_builtins.property
+    def client_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        client_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ids", b"client_ids", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregateBody: _TypeAlias = AggregateBody  # noqa: Y015
+
+@_typing.final
+class StatusBody(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusBody: _TypeAlias = StatusBody  # noqa: Y015
 
 @_typing.final
 class PublicIdentity(_message.Message):
@@ -105,158 +262,29 @@ class InfoReply(_message.Message):
 
     MEMBER_FIELD_NUMBER: _builtins.int
     MODES_FIELD_NUMBER: _builtins.int
-    STUDY_ID_FIELD_NUMBER: _builtins.int
-    OPEN_ROUND_FIELD_NUMBER: _builtins.int
-    RECEIVED_FIELD_NUMBER: _builtins.int
-    study_id: _builtins.str
-    """empty when not configured"""
-    open_round: _builtins.int
+    TLS_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    tls_fingerprint: _builtins.bytes
+    """SHA-256 of its TLS certificate (DER); empty: plaintext"""
     @_builtins.property
     def member(self) -> Global___MemberInfo: ...
     @_builtins.property
     def modes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """secure modes this member can run"""
 
-    @_builtins.property
-    def received(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """senders with an accepted upload in the open round"""
-
     def __init__(
         self,
         *,
         member: Global___MemberInfo | None = ...,
         modes: _abc.Iterable[_builtins.str] | None = ...,
-        study_id: _builtins.str = ...,
-        open_round: _builtins.int | None = ...,
-        received: _abc.Iterable[_builtins.str] | None = ...,
+        tls_fingerprint: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_open_round", b"_open_round", "member", b"member", "open_round", b"open_round"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_open_round", b"_open_round", "member", b"member", "modes", b"modes", "open_round", b"open_round", "received", b"received", "study_id", b"study_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "modes", b"modes", "tls_fingerprint", b"tls_fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__open_round: _TypeAlias = _typing.Literal["open_round"]  # noqa: Y015
-    _WhichOneofArgType__open_round: _TypeAlias = _typing.Literal["_open_round", b"_open_round"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__open_round) -> _WhichOneofReturnType__open_round | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InfoReply: _TypeAlias = InfoReply  # noqa: Y015
-
-@_typing.final
-class DataOwner(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    IDENTITY_FIELD_NUMBER: _builtins.int
-    PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
-    payout_address: _builtins.str
-    """0x address paid for this owner's contributions"""
-    @_builtins.property
-    def identity(self) -> Global___PublicIdentity: ...
-    def __init__(
-        self,
-        *,
-        identity: Global___PublicIdentity | None = ...,
-        payout_address: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "payout_address", b"payout_address"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___DataOwner: _TypeAlias = DataOwner  # noqa: Y015
-
-@_typing.final
-class CkksModeParams(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    PUBLIC_CONTEXT_FIELD_NUMBER: _builtins.int
-    public_context: _builtins.bytes
-    """serialized TenSEAL context without a secret key"""
-    def __init__(
-        self,
-        *,
-        public_context: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_context", b"public_context"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CkksModeParams: _TypeAlias = CkksModeParams  # noqa: Y015
-
-@_typing.final
-class StudyConfig(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    STUDY_ID_FIELD_NUMBER: _builtins.int
-    OWNERS_FIELD_NUMBER: _builtins.int
-    CKKS_FIELD_NUMBER: _builtins.int
-    UPDATE_LENGTH_FIELD_NUMBER: _builtins.int
-    COMMITTEE_FIELD_NUMBER: _builtins.int
-    QUORUM_FIELD_NUMBER: _builtins.int
-    CHAIN_ID_FIELD_NUMBER: _builtins.int
-    CONTRACT_FIELD_NUMBER: _builtins.int
-    study_id: _builtins.str
-    update_length: _builtins.int
-    """number of values in one update"""
-    quorum: _builtins.int
-    """members that must agree on one aggregate"""
-    chain_id: _builtins.int
-    contract: _builtins.str
-    """0x address of the study contract"""
-    @_builtins.property
-    def owners(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataOwner]: ...
-    @_builtins.property
-    def ckks(self) -> Global___CkksModeParams: ...
-    @_builtins.property
-    def committee(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """member ids of the whole committee"""
-
-    def __init__(
-        self,
-        *,
-        study_id: _builtins.str = ...,
-        owners: _abc.Iterable[Global___DataOwner] | None = ...,
-        ckks: Global___CkksModeParams | None = ...,
-        update_length: _builtins.int = ...,
-        committee: _abc.Iterable[_builtins.str] | None = ...,
-        quorum: _builtins.int = ...,
-        chain_id: _builtins.int = ...,
-        contract: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ckks", b"ckks", "mode", b"mode"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_id", b"chain_id", "ckks", b"ckks", "committee", b"committee", "contract", b"contract", "mode", b"mode", "owners", b"owners", "quorum", b"quorum", "study_id", b"study_id", "update_length", b"update_length"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_mode: _TypeAlias = _typing.Literal["ckks"]  # noqa: Y015
-    _WhichOneofArgType_mode: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_mode) -> _WhichOneofReturnType_mode | None: ...
-
-Global___StudyConfig: _TypeAlias = StudyConfig  # noqa: Y015
-
-@_typing.final
-class ConfigureRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    STUDY_FIELD_NUMBER: _builtins.int
-    RESET_FIELD_NUMBER: _builtins.int
-    reset: _builtins.bool
-    """drop a different study this member is bound to"""
-    @_builtins.property
-    def study(self) -> Global___StudyConfig: ...
-    def __init__(
-        self,
-        *,
-        study: Global___StudyConfig | None = ...,
-        reset: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["study", b"study"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reset", b"reset", "study", b"study"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ConfigureRequest: _TypeAlias = ConfigureRequest  # noqa: Y015
 
 @_typing.final
 class ConfigureReply(_message.Message):
@@ -276,34 +304,6 @@ class ConfigureReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConfigureReply: _TypeAlias = ConfigureReply  # noqa: Y015
-
-@_typing.final
-class OpenRoundRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    STUDY_ID_FIELD_NUMBER: _builtins.int
-    ROUND_FIELD_NUMBER: _builtins.int
-    DEADLINE_FIELD_NUMBER: _builtins.int
-    study_id: _builtins.str
-    round: _builtins.int
-    deadline: _builtins.float
-    """unix seconds; uploads after it are refused"""
-    def __init__(
-        self,
-        *,
-        study_id: _builtins.str = ...,
-        round: _builtins.int = ...,
-        deadline: _builtins.float | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_deadline", b"_deadline", "deadline", b"deadline"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_deadline", b"_deadline", "deadline", b"deadline", "round", b"round", "study_id", b"study_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__deadline: _TypeAlias = _typing.Literal["deadline"]  # noqa: Y015
-    _WhichOneofArgType__deadline: _TypeAlias = _typing.Literal["_deadline", b"_deadline"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__deadline) -> _WhichOneofReturnType__deadline | None: ...
-
-Global___OpenRoundRequest: _TypeAlias = OpenRoundRequest  # noqa: Y015
 
 @_typing.final
 class OpenRoundReply(_message.Message):
@@ -372,32 +372,6 @@ class UploadReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UploadReply: _TypeAlias = UploadReply  # noqa: Y015
-
-@_typing.final
-class AggregateRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    STUDY_ID_FIELD_NUMBER: _builtins.int
-    ROUND_FIELD_NUMBER: _builtins.int
-    CLIENT_IDS_FIELD_NUMBER: _builtins.int
-    study_id: _builtins.str
-    round: _builtins.int
-    @_builtins.property
-    def client_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        study_id: _builtins.str = ...,
-        round: _builtins.int = ...,
-        client_ids: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ids", b"client_ids", "round", b"round", "study_id", b"study_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___AggregateRequest: _TypeAlias = AggregateRequest  # noqa: Y015
 
 @_typing.final
 class Rejection(_message.Message):
@@ -497,3 +471,44 @@ class AggregateReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AggregateReply: _TypeAlias = AggregateReply  # noqa: Y015
+
+@_typing.final
+class StatusReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STUDY_ID_FIELD_NUMBER: _builtins.int
+    OPEN_ROUND_FIELD_NUMBER: _builtins.int
+    HIGHEST_ROUND_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    AGGREGATED_FIELD_NUMBER: _builtins.int
+    study_id: _builtins.str
+    open_round: _builtins.int
+    """absent when no round is open"""
+    highest_round: _builtins.int
+    """0 before the first OpenRound"""
+    @_builtins.property
+    def received(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """senders with an accepted upload in the open round"""
+
+    @_builtins.property
+    def aggregated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """rounds this member signed a result for"""
+
+    def __init__(
+        self,
+        *,
+        study_id: _builtins.str = ...,
+        open_round: _builtins.int | None = ...,
+        highest_round: _builtins.int = ...,
+        received: _abc.Iterable[_builtins.str] | None = ...,
+        aggregated: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_open_round", b"_open_round", "open_round", b"open_round"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_open_round", b"_open_round", "aggregated", b"aggregated", "highest_round", b"highest_round", "open_round", b"open_round", "received", b"received", "study_id", b"study_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__open_round: _TypeAlias = _typing.Literal["open_round"]  # noqa: Y015
+    _WhichOneofArgType__open_round: _TypeAlias = _typing.Literal["_open_round", b"_open_round"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__open_round) -> _WhichOneofReturnType__open_round | None: ...
+
+Global___StatusReply: _TypeAlias = StatusReply  # noqa: Y015

@@ -42,12 +42,12 @@ class CommitteeStub:
                 _registered_method=True)
         self.Configure = channel.unary_unary(
                 '/cohort.committee.v1.Committee/Configure',
-                request_serializer=committee__pb2.ConfigureRequest.SerializeToString,
+                request_serializer=committee__pb2.SignedControl.SerializeToString,
                 response_deserializer=committee__pb2.ConfigureReply.FromString,
                 _registered_method=True)
         self.OpenRound = channel.unary_unary(
                 '/cohort.committee.v1.Committee/OpenRound',
-                request_serializer=committee__pb2.OpenRoundRequest.SerializeToString,
+                request_serializer=committee__pb2.SignedControl.SerializeToString,
                 response_deserializer=committee__pb2.OpenRoundReply.FromString,
                 _registered_method=True)
         self.Upload = channel.unary_unary(
@@ -57,8 +57,13 @@ class CommitteeStub:
                 _registered_method=True)
         self.Aggregate = channel.unary_unary(
                 '/cohort.committee.v1.Committee/Aggregate',
-                request_serializer=committee__pb2.AggregateRequest.SerializeToString,
+                request_serializer=committee__pb2.SignedControl.SerializeToString,
                 response_deserializer=committee__pb2.AggregateReply.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/cohort.committee.v1.Committee/Status',
+                request_serializer=committee__pb2.SignedControl.SerializeToString,
+                response_deserializer=committee__pb2.StatusReply.FromString,
                 _registered_method=True)
 
 
@@ -67,21 +72,22 @@ class CommitteeServicer:
     """
 
     def Info(self, request, context):
-        """Anyone: the member's public keys, Ethereum address and current state.
+        """Anyone: the member's public keys, Ethereum address, modes and TLS fingerprint. Nothing
+        about studies, rounds or senders.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Configure(self, request, context):
-        """Coordinator: bind the member to one study (roster, secure mode, update length).
+        """Coordinator (signed, body ConfigureBody): bind the member to one approved study.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def OpenRound(self, request, context):
-        """Coordinator: open round r; uploads for other rounds are rejected.
+        """Coordinator (signed, body OpenRoundBody): open round r of a study.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,7 +101,14 @@ class CommitteeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Aggregate(self, request, context):
-        """Coordinator: combine the uploads of the agreed client set and sign the result.
+        """Coordinator (signed, body AggregateBody): combine the client set's uploads and sign.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Coordinator (signed, body StatusBody): where a study stands, who uploaded this round.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,12 +124,12 @@ def add_CommitteeServicer_to_server(servicer, server):
             ),
             'Configure': grpc.unary_unary_rpc_method_handler(
                     servicer.Configure,
-                    request_deserializer=committee__pb2.ConfigureRequest.FromString,
+                    request_deserializer=committee__pb2.SignedControl.FromString,
                     response_serializer=committee__pb2.ConfigureReply.SerializeToString,
             ),
             'OpenRound': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenRound,
-                    request_deserializer=committee__pb2.OpenRoundRequest.FromString,
+                    request_deserializer=committee__pb2.SignedControl.FromString,
                     response_serializer=committee__pb2.OpenRoundReply.SerializeToString,
             ),
             'Upload': grpc.unary_unary_rpc_method_handler(
@@ -126,8 +139,13 @@ def add_CommitteeServicer_to_server(servicer, server):
             ),
             'Aggregate': grpc.unary_unary_rpc_method_handler(
                     servicer.Aggregate,
-                    request_deserializer=committee__pb2.AggregateRequest.FromString,
+                    request_deserializer=committee__pb2.SignedControl.FromString,
                     response_serializer=committee__pb2.AggregateReply.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=committee__pb2.SignedControl.FromString,
+                    response_serializer=committee__pb2.StatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,7 +201,7 @@ class Committee:
             request,
             target,
             '/cohort.committee.v1.Committee/Configure',
-            committee__pb2.ConfigureRequest.SerializeToString,
+            committee__pb2.SignedControl.SerializeToString,
             committee__pb2.ConfigureReply.FromString,
             options,
             channel_credentials,
@@ -210,7 +228,7 @@ class Committee:
             request,
             target,
             '/cohort.committee.v1.Committee/OpenRound',
-            committee__pb2.OpenRoundRequest.SerializeToString,
+            committee__pb2.SignedControl.SerializeToString,
             committee__pb2.OpenRoundReply.FromString,
             options,
             channel_credentials,
@@ -264,8 +282,35 @@ class Committee:
             request,
             target,
             '/cohort.committee.v1.Committee/Aggregate',
-            committee__pb2.AggregateRequest.SerializeToString,
+            committee__pb2.SignedControl.SerializeToString,
             committee__pb2.AggregateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.committee.v1.Committee/Status',
+            committee__pb2.SignedControl.SerializeToString,
+            committee__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,

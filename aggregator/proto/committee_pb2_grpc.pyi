@@ -3,16 +3,18 @@
 isort:skip_file
 Wire schema between a committee member (one aggregator service) and its callers.
 
-Callers: the coordinator (Info, Configure, OpenRound, Aggregate) and data owners
+Callers: the coordinator (Info, Configure, OpenRound, Aggregate, Status) and data owners
 (Info, Upload). Every message is typed; the only opaque bytes are cryptographic
-objects (keys, contexts, sealed envelopes, ciphertexts, hashes, signatures).
-Decoded once at the boundary (cohort.aggregator.service / client) into dataclasses.
+objects (keys, contexts, sealed envelopes, ciphertexts, hashes, signatures) and the body
+of a SignedControl, which is the serialized inner request the coordinator signed.
+Decoded once at the boundary (cohort.aggregator.control / service / client) into
+dataclasses; a control body is parsed only after its signature and counter checked out.
 
 Errors travel as gRPC status codes: INVALID_ARGUMENT = bad input,
 PERMISSION_DENIED = failed verification (tampering), FAILED_PRECONDITION = protocol
-abort. The details string is "<reason code>: <human detail>" where a reason exists.
+abort. The details string is "<reason code>: <human detail>".
 
-Regenerate the Python modules with `python aggregator/proto/generate.py`.
+Regenerate the Python modules with `make proto` (aggregator/proto/generate.py).
 """
 
 from collections import abc as _abc
@@ -46,15 +48,19 @@ class CommitteeStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CommitteeAsyncStub: ...
     Info: _grpc.UnaryUnaryMultiCallable[_committee_pb2.InfoRequest, _committee_pb2.InfoReply]
-    """Anyone: the member's public keys, Ethereum address and current state."""
-    Configure: _grpc.UnaryUnaryMultiCallable[_committee_pb2.ConfigureRequest, _committee_pb2.ConfigureReply]
-    """Coordinator: bind the member to one study (roster, secure mode, update length)."""
-    OpenRound: _grpc.UnaryUnaryMultiCallable[_committee_pb2.OpenRoundRequest, _committee_pb2.OpenRoundReply]
-    """Coordinator: open round r; uploads for other rounds are rejected."""
+    """Anyone: the member's public keys, Ethereum address, modes and TLS fingerprint. Nothing
+    about studies, rounds or senders.
+    """
+    Configure: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.ConfigureReply]
+    """Coordinator (signed, body ConfigureBody): bind the member to one approved study."""
+    OpenRound: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.OpenRoundReply]
+    """Coordinator (signed, body OpenRoundBody): open round r of a study."""
     Upload: _grpc.UnaryUnaryMultiCallable[_committee_pb2.UploadRequest, _committee_pb2.UploadReply]
     """Data owner: one signed, sealed envelope addressed to this member."""
-    Aggregate: _grpc.UnaryUnaryMultiCallable[_committee_pb2.AggregateRequest, _committee_pb2.AggregateReply]
-    """Coordinator: combine the uploads of the agreed client set and sign the result."""
+    Aggregate: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.AggregateReply]
+    """Coordinator (signed, body AggregateBody): combine the client set's uploads and sign."""
+    Status: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.StatusReply]
+    """Coordinator (signed, body StatusBody): where a study stands, who uploaded this round."""
 
 @_typing.type_check_only
 class CommitteeAsyncStub(CommitteeStub):
@@ -62,15 +68,19 @@ class CommitteeAsyncStub(CommitteeStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Info: _aio.UnaryUnaryMultiCallable[_committee_pb2.InfoRequest, _committee_pb2.InfoReply]  # type: ignore[assignment]
-    """Anyone: the member's public keys, Ethereum address and current state."""
-    Configure: _aio.UnaryUnaryMultiCallable[_committee_pb2.ConfigureRequest, _committee_pb2.ConfigureReply]  # type: ignore[assignment]
-    """Coordinator: bind the member to one study (roster, secure mode, update length)."""
-    OpenRound: _aio.UnaryUnaryMultiCallable[_committee_pb2.OpenRoundRequest, _committee_pb2.OpenRoundReply]  # type: ignore[assignment]
-    """Coordinator: open round r; uploads for other rounds are rejected."""
+    """Anyone: the member's public keys, Ethereum address, modes and TLS fingerprint. Nothing
+    about studies, rounds or senders.
+    """
+    Configure: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.ConfigureReply]  # type: ignore[assignment]
+    """Coordinator (signed, body ConfigureBody): bind the member to one approved study."""
+    OpenRound: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.OpenRoundReply]  # type: ignore[assignment]
+    """Coordinator (signed, body OpenRoundBody): open round r of a study."""
     Upload: _aio.UnaryUnaryMultiCallable[_committee_pb2.UploadRequest, _committee_pb2.UploadReply]  # type: ignore[assignment]
     """Data owner: one signed, sealed envelope addressed to this member."""
-    Aggregate: _aio.UnaryUnaryMultiCallable[_committee_pb2.AggregateRequest, _committee_pb2.AggregateReply]  # type: ignore[assignment]
-    """Coordinator: combine the uploads of the agreed client set and sign the result."""
+    Aggregate: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.AggregateReply]  # type: ignore[assignment]
+    """Coordinator (signed, body AggregateBody): combine the client set's uploads and sign."""
+    Status: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.StatusReply]  # type: ignore[assignment]
+    """Coordinator (signed, body StatusBody): where a study stands, who uploaded this round."""
 
 class CommitteeServicer(metaclass=_abc_1.ABCMeta):
     """One committee member: an aggregator service run by one organisation."""
@@ -81,23 +91,25 @@ class CommitteeServicer(metaclass=_abc_1.ABCMeta):
         request: _committee_pb2.InfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_committee_pb2.InfoReply, _abc.Awaitable[_committee_pb2.InfoReply]]:
-        """Anyone: the member's public keys, Ethereum address and current state."""
+        """Anyone: the member's public keys, Ethereum address, modes and TLS fingerprint. Nothing
+        about studies, rounds or senders.
+        """
 
     @_abc_1.abstractmethod
     def Configure(
         self,
-        request: _committee_pb2.ConfigureRequest,
+        request: _committee_pb2.SignedControl,
         context: _ServicerContext,
     ) -> _typing.Union[_committee_pb2.ConfigureReply, _abc.Awaitable[_committee_pb2.ConfigureReply]]:
-        """Coordinator: bind the member to one study (roster, secure mode, update length)."""
+        """Coordinator (signed, body ConfigureBody): bind the member to one approved study."""
 
     @_abc_1.abstractmethod
     def OpenRound(
         self,
-        request: _committee_pb2.OpenRoundRequest,
+        request: _committee_pb2.SignedControl,
         context: _ServicerContext,
     ) -> _typing.Union[_committee_pb2.OpenRoundReply, _abc.Awaitable[_committee_pb2.OpenRoundReply]]:
-        """Coordinator: open round r; uploads for other rounds are rejected."""
+        """Coordinator (signed, body OpenRoundBody): open round r of a study."""
 
     @_abc_1.abstractmethod
     def Upload(
@@ -110,9 +122,17 @@ class CommitteeServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Aggregate(
         self,
-        request: _committee_pb2.AggregateRequest,
+        request: _committee_pb2.SignedControl,
         context: _ServicerContext,
     ) -> _typing.Union[_committee_pb2.AggregateReply, _abc.Awaitable[_committee_pb2.AggregateReply]]:
-        """Coordinator: combine the uploads of the agreed client set and sign the result."""
+        """Coordinator (signed, body AggregateBody): combine the client set's uploads and sign."""
+
+    @_abc_1.abstractmethod
+    def Status(
+        self,
+        request: _committee_pb2.SignedControl,
+        context: _ServicerContext,
+    ) -> _typing.Union[_committee_pb2.StatusReply, _abc.Awaitable[_committee_pb2.StatusReply]]:
+        """Coordinator (signed, body StatusBody): where a study stands, who uploaded this round."""
 
 def add_CommitteeServicer_to_server(servicer: CommitteeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,5 +1,6 @@
 """CommitteeMember: every rejection reason with a real envelope, aggregation against the
-plaintext oracle, round and study state transitions, key store."""
+plaintext oracle, round transitions, client-set rules from the manifest, persistence across a
+reopen of the same work directory, key store."""
 
 from __future__ import annotations
 
@@ -12,17 +13,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from committee_testkit import LENGTH, MEMBER_IDS, STUDY, Owner, SealFn
+from committee_testkit import (
+    DEALER,
+    LENGTH,
+    MEMBER_IDS,
+    Coordinator,
+    MakeMember,
+    MakeSigned,
+    Owner,
+    SealFn,
+    dealt_setup,
+)
 
+from cohort.aggregator.control import ControlSigner, OpenRoundBody, Refusal
+from cohort.aggregator.keys import MemberKeys
 from cohort.aggregator.member import (
     CommitteeMember,
-    MemberKeys,
     Reason,
-    StudyConfig,
     aggregate_result_digest,
     study_id_bytes,
 )
-from cohort.aggregator.modes import CkksSpec
 from cohort.bounties.attestation import attestation_digest, recover_signer
 from cohort.crypto.ckks import CkksSecretContext
 from cohort.crypto.envelope import Envelope, build_envelope
@@ -42,10 +52,10 @@ def _tamper(data: bytes, **changes: object) -> bytes:
 
 def test_aggregate_equals_plaintext_sum_and_is_signed(
     member: CommitteeMember,
+    coord: Coordinator,
     seal: SealFn,
     ckks: CkksSecretContext,
     owners: dict[str, Owner],
-    study: StudyConfig,
     plain_sum: Sum,
 ) -> None:
     ids = ["hospital-c", "hospital-a", "hospital-b"]
@@ -54,18 +64,20 @@ def test_aggregate_equals_plaintext_sum_and_is_signed(
         assert verdict.accepted, verdict
         assert verdict.reason is None
         assert len(verdict.payload_hash) == 32
-    result = member.aggregate(1, ids)
+    result = coord.aggregate(member, 1, ids)
     assert result.client_ids == ("hospital-a", "hospital-b", "hospital-c")
     np.testing.assert_allclose(ckks.decrypt(result.aggregate)[:LENGTH], plain_sum(ids), atol=1e-3)
     assert result.aggregate_hash == tagged_hash(Tag.AGGREGATE, result.aggregate)
+    study = coord.study_id
     digest = aggregate_result_digest(
-        study_id=STUDY, round=1, client_ids=result.client_ids, aggregate_hash=result.aggregate_hash
+        study_id=study, round=1, client_ids=result.client_ids, aggregate_hash=result.aggregate_hash
     )
     verify_signature(member.info.identity, digest, result.signature)
+    manifest = coord.signed.manifest
     eth_digest = attestation_digest(
-        chain_id=study.chain_id,
-        contract=study.contract,
-        study_id=study_id_bytes(STUDY),
+        chain_id=manifest.chain_id,
+        contract=manifest.contract,
+        study_id=study_id_bytes(study),
         round=1,
         aggregate_hash=result.aggregate_hash,
         contributors=[owners[i].payout for i in ids],
@@ -76,32 +88,34 @@ def test_aggregate_equals_plaintext_sum_and_is_signed(
     assert "bytes>" in repr(result)  # the aggregate is never dumped in a repr
 
 
-def test_honest_members_agree_bit_for_bit(members: list[CommitteeMember], seal: SealFn) -> None:
+def test_honest_members_agree_bit_for_bit(
+    members: list[CommitteeMember], coord: Coordinator, seal: SealFn
+) -> None:
     ids = ["hospital-a", "hospital-b", "hospital-d"]
     for m in members:
         for pid in ids:
             m.accept(seal(pid, m.info)).raise_if_rejected()
-    hashes = {m.aggregate(1, ids).aggregate_hash for m in members}
+    hashes = {coord.aggregate(m, 1, ids).aggregate_hash for m in members}
     assert len(hashes) == 1
 
 
 # --------------------------------------------------------------------------- rejections
 
 
-def _forged(seal: SealFn, member: CommitteeMember, owners: dict[str, Owner]) -> bytes:
+def _forged(member: CommitteeMember, owners: dict[str, Owner], study: str) -> bytes:
     # Mallory holds her own keys but claims to be hospital-a.
     impostor = Identity.generate("hospital-a", seed=b"\x99" * 32)
     payload = CkksSecretContext.generate().encrypt(owners["hospital-a"].vector)
     return build_envelope(
-        impostor, member.info.identity, study_id=STUDY, round=1, payload=payload
+        impostor, member.info.identity, study_id=study, round=1, payload=payload
     ).to_bytes()
 
 
-def _unknown_sender(member: CommitteeMember, ckks: CkksSecretContext) -> bytes:
+def _unknown_sender(member: CommitteeMember, ckks: CkksSecretContext, study: str) -> bytes:
     mallory = Identity.generate("mallory", seed=b"\x42" * 32)
     payload = ckks.encrypt(np.zeros(LENGTH))
     return build_envelope(
-        mallory, member.info.identity, study_id=STUDY, round=1, payload=payload
+        mallory, member.info.identity, study_id=study, round=1, payload=payload
     ).to_bytes()
 
 
@@ -139,20 +153,22 @@ def _build_case(
 ) -> bytes:
     good = seal("hospital-d", member.info)
     envelope = Envelope.from_bytes(good)
+    study = envelope.study_id
+    owner = owners["hospital-d"]
     if case == "garbage_bytes":
         return b"\x00not an envelope" * 4
     if case == "truncated":
         return good[: len(good) // 2]
     if case == "wrong_study":
-        return seal("hospital-d", member.info, study_id="another-study")
+        return seal("hospital-d", member.info, study_id="ab" * 32)
     if case == "wrong_round":
         return seal("hospital-d", member.info, round=2)
     if case == "wrong_recipient":
         return seal("hospital-d", others[1].info)
     if case == "unknown_sender":
-        return _unknown_sender(member, ckks)
+        return _unknown_sender(member, ckks, study)
     if case == "forged_signature":
-        return _forged(seal, member, owners)
+        return _forged(member, owners, study)
     if case == "zero_signature":
         return _tamper(good, signature=bytes(64))
     if case == "flipped_signature_bit":
@@ -166,15 +182,13 @@ def _build_case(
     if case == "wrong_length":
         return seal("hospital-d", member.info, vector=np.ones(LENGTH - 3))
     if case == "garbage_payload":
-        owner = owners["hospital-d"]
         return build_envelope(
-            owner.identity, member.info.identity, study_id=STUDY, round=1, payload=b"junk" * 50
+            owner.identity, member.info.identity, study_id=study, round=1, payload=b"junk" * 50
         ).to_bytes()
     if case == "foreign_ckks_context":
-        owner = owners["hospital-d"]
         payload = CkksSecretContext.generate().encrypt(owner.vector)
         return build_envelope(
-            owner.identity, member.info.identity, study_id=STUDY, round=1, payload=payload
+            owner.identity, member.info.identity, study_id=study, round=1, payload=payload
         ).to_bytes()
     raise AssertionError(case)
 
@@ -183,6 +197,7 @@ def _build_case(
 def test_each_rejection_reason_and_the_round_still_aggregates(
     case: str,
     members: list[CommitteeMember],
+    coord: Coordinator,
     seal: SealFn,
     ckks: CkksSecretContext,
     owners: dict[str, Owner],
@@ -212,19 +227,23 @@ def test_each_rejection_reason_and_the_round_still_aggregates(
     assert bad.hex()[:64] not in str(logged)
     # the good uploads still aggregate, and the rejection is summarized
     member.accept(seal("hospital-b", member.info)).raise_if_rejected()
-    result = member.aggregate(1, ["hospital-a", "hospital-b"])
+    result = coord.aggregate(member, 1, ["hospital-a", "hospital-b"])
     decrypted = ckks.decrypt(result.aggregate)[:LENGTH]
     np.testing.assert_allclose(decrypted, plain_sum(["hospital-a", "hospital-b"]), atol=1e-3)
-    assert [(r.reason, r.count) for r in result.rejections] == [(reason, 1)]
+    # counted per study: an upload that names no configured study is only logged
+    unattributed = reason in (Reason.MALFORMED, Reason.WRONG_STUDY)
+    counted = [] if unattributed else [(reason, 1)]
+    assert [(r.reason, r.count) for r in result.rejections] == counted
 
 
 def test_rejections_name_known_senders_only(
-    member: CommitteeMember, seal: SealFn, ckks: CkksSecretContext
+    member: CommitteeMember, coord: Coordinator, seal: SealFn, ckks: CkksSecretContext
 ) -> None:
     member.accept(seal("hospital-a", member.info, round=7))
-    member.accept(_unknown_sender(member, ckks))
+    member.accept(_unknown_sender(member, ckks, coord.study_id))
     member.accept(seal("hospital-a", member.info)).raise_if_rejected()
-    result = member.aggregate(1, ["hospital-a"])
+    member.accept(seal("hospital-b", member.info)).raise_if_rejected()
+    result = coord.aggregate(member, 1, ["hospital-a", "hospital-b"])
     assert {(r.sender, r.reason) for r in result.rejections} == {
         ("hospital-a", Reason.WRONG_ROUND),
         ("", Reason.UNKNOWN_SENDER),
@@ -241,64 +260,79 @@ def test_replayed_envelope_is_rejected(member: CommitteeMember, seal: SealFn) ->
 
 
 def test_duplicate_sender_keeps_the_first_upload(
-    member: CommitteeMember, seal: SealFn, ckks: CkksSecretContext, owners: dict[str, Owner]
+    member: CommitteeMember,
+    coord: Coordinator,
+    seal: SealFn,
+    ckks: CkksSecretContext,
+    plain_sum: Sum,
 ) -> None:
     member.accept(seal("hospital-a", member.info)).raise_if_rejected()
     second = member.accept(seal("hospital-a", member.info, vector=np.full(LENGTH, 5.0)))
     assert second.reason is Reason.DUPLICATE_SENDER
     with pytest.raises(ProtocolAbort, match="duplicate_sender"):
         second.raise_if_rejected()
-    result = member.aggregate(1, ["hospital-a"])
+    member.accept(seal("hospital-b", member.info)).raise_if_rejected()
+    result = coord.aggregate(member, 1, ["hospital-a", "hospital-b"])
     np.testing.assert_allclose(
-        ckks.decrypt(result.aggregate)[:LENGTH], owners["hospital-a"].vector, atol=1e-3
+        ckks.decrypt(result.aggregate)[:LENGTH],
+        plain_sum(["hospital-a", "hospital-b"]),
+        atol=1e-3,
     )
 
 
 def test_no_round_open_and_not_configured(
-    member_keys: dict[str, MemberKeys], study: StudyConfig, seal: SealFn
+    make_member: MakeMember, coord: Coordinator, seal: SealFn
 ) -> None:
-    m = CommitteeMember(member_keys["member-1"])
+    m = make_member("member-1")
     assert m.accept(seal("hospital-a", m.info)).reason is Reason.NOT_CONFIGURED
-    m.configure(study)
+    coord.configure(m)
     assert m.accept(seal("hospital-a", m.info)).reason is Reason.ROUND_NOT_OPEN
 
 
 def test_deadline_refuses_late_uploads(
-    member_keys: dict[str, MemberKeys], study: StudyConfig, seal: SealFn
+    make_member: MakeMember, coord: Coordinator, seal: SealFn
 ) -> None:
     now = [1000.0]
-    m = CommitteeMember(member_keys["member-1"], clock=lambda: now[0])
-    m.configure(study)
-    m.open_round(1, deadline=1010.0)
+    m = make_member("member-1", clock=lambda: now[0])
+    coord.configure(m)
+    coord.open_round(m, 1, deadline=1010.0)
     assert m.accept(seal("hospital-a", m.info)).accepted
+    assert m.accept(seal("hospital-c", m.info)).accepted
     now[0] = 1011.0
     late = m.accept(seal("hospital-b", m.info))
     assert late.reason is Reason.DEADLINE_PASSED
-    assert m.aggregate(1, ["hospital-a"]).client_ids == ("hospital-a",)
+    result = coord.aggregate(m, 1, ["hospital-a", "hospital-c"])
+    assert result.client_ids == ("hospital-a", "hospital-c")
 
 
 def test_old_envelope_cannot_be_replayed_in_a_later_round(
-    member: CommitteeMember, seal: SealFn
+    member: CommitteeMember, coord: Coordinator, seal: SealFn
 ) -> None:
     data = seal("hospital-a", member.info)
     member.accept(data).raise_if_rejected()
-    member.aggregate(1, ["hospital-a"])
-    member.open_round(2)
+    member.accept(seal("hospital-b", member.info)).raise_if_rejected()
+    coord.aggregate(member, 1, ["hospital-a", "hospital-b"])
+    coord.open_round(member, 2)
     assert member.accept(data).reason is Reason.WRONG_ROUND
     assert member.accept(seal("hospital-a", member.info, round=2)).accepted
 
 
 def test_nonce_reused_in_a_later_round_is_a_replay(
-    member: CommitteeMember, seal: SealFn, owners: dict[str, Owner], ckks: CkksSecretContext
+    member: CommitteeMember,
+    coord: Coordinator,
+    seal: SealFn,
+    owners: dict[str, Owner],
+    ckks: CkksSecretContext,
 ) -> None:
     first = Envelope.from_bytes(seal("hospital-a", member.info))
     member.accept(first.to_bytes()).raise_if_rejected()
-    member.aggregate(1, ["hospital-a"])
-    member.open_round(2)
+    member.accept(seal("hospital-b", member.info)).raise_if_rejected()
+    coord.aggregate(member, 1, ["hospital-a", "hospital-b"])
+    coord.open_round(member, 2)
     again = build_envelope(
         owners["hospital-a"].identity,
         member.info.identity,
-        study_id=STUDY,
+        study_id=coord.study_id,
         round=2,
         payload=ckks.encrypt(owners["hospital-a"].vector),
         nonce=first.nonce,
@@ -307,7 +341,7 @@ def test_nonce_reused_in_a_later_round_is_a_replay(
 
 
 def test_concurrent_uploads_accept_exactly_one_per_sender(
-    member: CommitteeMember, seal: SealFn
+    member: CommitteeMember, coord: Coordinator, seal: SealFn
 ) -> None:
     same = seal("hospital-a", member.info)
     fresh = [seal("hospital-b", member.info) for _ in range(6)]
@@ -318,109 +352,131 @@ def test_concurrent_uploads_accept_exactly_one_per_sender(
     assert {v.reason for v in replays if not v.accepted} == {Reason.REPLAYED_NONCE}
     assert sum(v.accepted for v in duplicates) == 1
     assert {v.reason for v in duplicates if not v.accepted} == {Reason.DUPLICATE_SENDER}
-    assert member.status().received == ("hospital-a", "hospital-b")
+    assert coord.status(member).received == ("hospital-a", "hospital-b")
 
 
 # --------------------------------------------------------------------------- aggregation
 
 
 def test_missing_clients_abort_and_a_smaller_set_succeeds(
-    member: CommitteeMember, seal: SealFn, ckks: CkksSecretContext, plain_sum: Sum
+    member: CommitteeMember,
+    coord: Coordinator,
+    seal: SealFn,
+    ckks: CkksSecretContext,
+    plain_sum: Sum,
 ) -> None:
     member.accept(seal("hospital-a", member.info)).raise_if_rejected()
     member.accept(seal("hospital-b", member.info)).raise_if_rejected()
-    with pytest.raises(ProtocolAbort, match="hospital-c, hospital-d"):
-        member.aggregate(1, ["hospital-a", "hospital-b", "hospital-c", "hospital-d"])
-    result = member.aggregate(1, ["hospital-b", "hospital-a"])
+    with pytest.raises(ProtocolAbort, match=r"missing_uploads: .*hospital-c, hospital-d"):
+        coord.aggregate(member, 1, ["hospital-a", "hospital-b", "hospital-c", "hospital-d"])
+    result = coord.aggregate(member, 1, ["hospital-b", "hospital-a"])
     decrypted = ckks.decrypt(result.aggregate)[:LENGTH]
     np.testing.assert_allclose(decrypted, plain_sum(["hospital-a", "hospital-b"]), atol=1e-3)
 
 
-def test_round_is_closed_after_aggregation(member: CommitteeMember, seal: SealFn) -> None:
+def test_one_client_set_per_round(
+    member: CommitteeMember, coord: Coordinator, seal: SealFn
+) -> None:
+    for pid in ("hospital-a", "hospital-b", "hospital-c"):
+        member.accept(seal(pid, member.info)).raise_if_rejected()
+    first = coord.aggregate(member, 1, ["hospital-a", "hospital-b", "hospital-c"])
+    assert coord.aggregate(member, 1, ["hospital-c", "hospital-b", "hospital-a"]) == first
+    # S and then S minus {c} would hand whoever decrypts both the update of c alone
+    with pytest.raises(ProtocolAbort, match=Refusal.CLIENT_SET_CHANGED.value):
+        coord.aggregate(member, 1, ["hospital-a", "hospital-b"])
+    assert member.accept(seal("hospital-d", member.info)).reason is Reason.ROUND_NOT_OPEN
+    assert coord.status(member).open_round is None
+    assert coord.status(member).aggregated == (1,)
+    with pytest.raises(ProtocolAbort, match=Refusal.ROUND_NOT_AFTER.value):
+        coord.open_round(member, 1)
+    coord.open_round(member, 2)
+    with pytest.raises(ProtocolAbort, match=Refusal.ROUND_NOT_OPEN.value):
+        coord.aggregate(member, 3, ["hospital-a", "hospital-b"])
+
+
+@pytest.mark.parametrize(
+    ("ids", "refusal"),
+    [
+        ([], Refusal.BAD_CLIENT_SET),
+        (["hospital-a", "hospital-a"], Refusal.BAD_CLIENT_SET),
+        (["hospital-a", ""], Refusal.BAD_CLIENT_SET),
+        (["hospital-a", "nobody"], Refusal.NOT_IN_ROSTER),
+        (["hospital-a"], Refusal.CLIENT_SET_TOO_SMALL),
+    ],
+)
+def test_bad_client_sets(
+    member: CommitteeMember,
+    coord: Coordinator,
+    seal: SealFn,
+    ids: list[str],
+    refusal: Refusal,
+) -> None:
     member.accept(seal("hospital-a", member.info)).raise_if_rejected()
     member.accept(seal("hospital-b", member.info)).raise_if_rejected()
-    first = member.aggregate(1, ["hospital-a", "hospital-b"])
-    assert member.aggregate(1, ["hospital-b", "hospital-a"]) == first  # safe retry
-    with pytest.raises(ProtocolAbort, match="different client set"):
-        member.aggregate(1, ["hospital-a"])
-    assert member.accept(seal("hospital-c", member.info)).reason is Reason.ROUND_NOT_OPEN
-    assert member.status().open_round is None
-    with pytest.raises(ProtocolAbort, match="not after"):
-        member.open_round(1)
-    member.open_round(2)
-    with pytest.raises(ProtocolAbort, match="not open"):
-        member.aggregate(3, ["hospital-a"])
+    with pytest.raises(BadInputError, match=refusal.value):
+        coord.aggregate(member, 1, ids)
+    # refused before anything was signed: a valid S still aggregates
+    assert coord.aggregate(member, 1, ["hospital-a", "hospital-b"]).round == 1
 
 
-@pytest.mark.parametrize(
-    ("ids", "error"),
-    [
-        ([], BadInputError),
-        (["hospital-a", "hospital-a"], BadInputError),
-        (["hospital-a", "nobody"], BadInputError),
-    ],
-)
-def test_bad_client_sets(member: CommitteeMember, ids: list[str], error: type[Exception]) -> None:
-    with pytest.raises(error):
-        member.aggregate(1, ids)
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-def test_configure_rules(
-    member_keys: dict[str, MemberKeys], study: StudyConfig, ckks: CkksSecretContext
+def test_min_clients_comes_from_the_manifest(
+    make_member: MakeMember,
+    signer: ControlSigner,
+    make_signed: MakeSigned,
+    owners: dict[str, Owner],
+    ckks: CkksSecretContext,
+    seal: SealFn,
 ) -> None:
-    m = CommitteeMember(member_keys["member-2"])
-    with pytest.raises(ProtocolAbort, match="not configured"):
-        m.open_round(1)
-    m.configure(study)
-    m.configure(study)  # same study again: no-op
-    m.open_round(4)
-    other = dataclasses.replace(study, study_id="another-study")
-    with pytest.raises(ProtocolAbort, match="reset"):
-        m.configure(other)
-    m.configure(other, reset=True)
-    status = m.status()
-    assert status.study_id == "another-study"
-    assert status.open_round is None
-    assert "ckks" in status.modes
-    with pytest.raises(ProtocolAbort, match="serves study"):
-        m.open_round(1, study_id=STUDY)
+    strict = make_signed(min_clients=3)
+    setup = dealt_setup(owners[DEALER].identity, strict.study_id, ckks.public().to_bytes())
+    study = Coordinator(signer, strict, setup)
+    m = make_member("member-1", approved=[strict])
+    study.configure(m)
+    study.open_round(m, 1)
+    for pid in ("hospital-a", "hospital-b"):
+        m.accept(seal(pid, m.info, study_id=strict.study_id)).raise_if_rejected()
+    with pytest.raises(BadInputError, match=r"client_set_too_small: .*at least 3"):
+        study.aggregate(m, 1, ["hospital-a", "hospital-b"])
 
 
-def test_configure_refuses_a_secret_context(
-    member_keys: dict[str, MemberKeys], study: StudyConfig, ckks: CkksSecretContext
+# --------------------------------------------------------------------------- persistence
+
+
+def test_a_reopened_member_resumes_and_refuses_replays(
+    make_member: MakeMember,
+    coord: Coordinator,
+    seal: SealFn,
+    ckks: CkksSecretContext,
+    plain_sum: Sum,
 ) -> None:
-    leaky = dataclasses.replace(study, mode=CkksSpec(ckks.to_bytes()))
-    with pytest.raises(BadInputError):
-        CommitteeMember(member_keys["member-1"]).configure(leaky)
+    m = make_member("member-1")
+    coord.configure(m)
+    opened = coord.control(m.member_id, OpenRoundBody(1))
+    m.open_round(opened)
+    uploads = [seal(pid, m.info) for pid in ("hospital-a", "hospital-b", "hospital-c")]
+    for data in uploads:
+        m.accept(data).raise_if_rejected()
+    m.close()
+    again = make_member("member-1", approved=())
+    assert coord.status(again).received == ("hospital-a", "hospital-b", "hospital-c")
+    assert {again.accept(d).reason for d in uploads} == {Reason.REPLAYED_NONCE}
+    with pytest.raises(VerificationError, match=Refusal.STALE_COUNTER.value):
+        again.open_round(opened)
+    result = coord.aggregate(again, 1, ["hospital-a", "hospital-b", "hospital-c"])
+    np.testing.assert_allclose(
+        ckks.decrypt(result.aggregate)[:LENGTH],
+        plain_sum(["hospital-a", "hospital-b", "hospital-c"]),
+        atol=1e-3,
+    )
+    again.close()
+    third = make_member("member-1", approved=())
+    assert coord.aggregate(third, 1, ["hospital-c", "hospital-a", "hospital-b"]) == result
 
 
-def test_configure_refuses_a_committee_without_this_member(
-    member_keys: dict[str, MemberKeys], study: StudyConfig
-) -> None:
-    other = dataclasses.replace(study, committee=("member-2", "member-3"))
-    with pytest.raises(ConfigError, match="member-1"):
-        CommitteeMember(member_keys["member-1"]).configure(other)
-
-
-@pytest.mark.parametrize(
-    ("change", "match"),
-    [
-        ({"study_id": ""}, "study_id"),
-        ({"owners": ()}, "owners"),
-        ({"update_length": 0}, "update_length"),
-        ({"quorum": 4}, "quorum"),
-        ({"quorum": 0}, "quorum"),
-        ({"committee": ("member-1", "member-1")}, "committee"),
-        ({"chain_id": 0}, "chain_id"),
-        ({"contract": "0x1234"}, "contract"),
-    ],
-)
-def test_study_config_validation(study: StudyConfig, change: dict[str, object], match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
-        dataclasses.replace(study, **change)  # type: ignore[arg-type]
+def test_one_process_per_work_directory(make_member: MakeMember) -> None:
+    make_member("member-1")
+    with pytest.raises(ConfigError, match="in use by another member process"):
+        make_member("member-1", approved=())
 
 
 # --------------------------------------------------------------------------- key store

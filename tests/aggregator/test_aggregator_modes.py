@@ -9,9 +9,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cohort.aggregator.modes import AggregationMode, CkksMode, CkksSpec, ModeSpec, build_mode
+from cohort.aggregator.modes import (
+    AggregationMode,
+    CkksMode,
+    CkksSpec,
+    ModeSpec,
+    build_mode,
+    context_fingerprint,
+    dealt_context_digest,
+    sign_dealt_context,
+)
 from cohort.crypto.ckks import CkksSecretContext
-from cohort.errors import BadInputError, ConfigError
+from cohort.crypto.hashing import Tag, tagged_hash
+from cohort.crypto.identity import Identity, PublicIdentity
+from cohort.errors import BadInputError, ConfigError, VerificationError
 
 LENGTH = 6
 
@@ -105,5 +116,42 @@ def test_unknown_spec_is_a_config_error() -> None:
     class Unknown(ModeSpec):
         name = "unknown"
 
+        def setup_digest(self) -> bytes:
+            return bytes(32)
+
+        def verify_dealt(self, study_id: str, dealer: PublicIdentity | None) -> None:
+            return None
+
     with pytest.raises(ConfigError, match="unsupported"):
         build_mode(Unknown())
+
+
+STUDY_ID = "ab" * 32
+
+
+def test_the_dealt_context_digest_binds_study_and_context() -> None:
+    context = _SECRET.public().to_bytes()
+    digest = dealt_context_digest(STUDY_ID, context)
+    assert digest == tagged_hash(
+        Tag.DEALT_CONTEXT, bytes.fromhex(STUDY_ID), _SECRET.public().fingerprint()
+    )
+    assert context_fingerprint(context) == _SECRET.public().fingerprint()
+    assert dealt_context_digest("cd" * 32, context) != digest
+    other = CkksSecretContext.generate().public().to_bytes()
+    assert dealt_context_digest(STUDY_ID, other) != digest
+    with pytest.raises(BadInputError, match="64"):
+        dealt_context_digest("study-1", context)
+
+
+def test_a_dealt_spec_verifies_only_for_its_dealer_and_study() -> None:
+    dealer = Identity.generate("hospital-a", seed=b"\x01" * 32)
+    other = Identity.generate("hospital-b", seed=b"\x02" * 32)
+    context = _SECRET.public().to_bytes()
+    spec = CkksSpec(context, sign_dealt_context(dealer, STUDY_ID, context))
+    spec.verify_dealt(STUDY_ID, dealer.public)
+    assert spec.setup_digest() == context_fingerprint(context)
+    for study, who in ((STUDY_ID, other.public), ("cd" * 32, dealer.public), (STUDY_ID, None)):
+        with pytest.raises(VerificationError):
+            spec.verify_dealt(study, who)
+    with pytest.raises(VerificationError):
+        CkksSpec(context).verify_dealt(STUDY_ID, dealer.public)

@@ -8,15 +8,10 @@ import itertools
 
 import numpy as np
 import pytest
-from committee_testkit import MEMBER_IDS, STUDY, SealFn
+from committee_testkit import IDS, MEMBER_IDS, Coordinator, SealFn
 
-from cohort.aggregator.member import (
-    AggregateResult,
-    CommitteeMember,
-    MemberKeys,
-    StudyConfig,
-    aggregate_result_digest,
-)
+from cohort.aggregator.keys import MemberKeys
+from cohort.aggregator.member import AggregateResult, CommitteeMember, aggregate_result_digest
 from cohort.aggregator.quorum import (
     AttestationCheck,
     FaultReason,
@@ -28,22 +23,22 @@ from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import verify_signature
 from cohort.errors import ConfigError, ProtocolAbort
 
-IDS = ("hospital-a", "hospital-b", "hospital-c")
-
 
 @pytest.fixture
-def results(members: list[CommitteeMember], seal: SealFn) -> list[AggregateResult]:
+def results(
+    members: list[CommitteeMember], coord: Coordinator, seal: SealFn
+) -> list[AggregateResult]:
     for m in members:
         for pid in IDS:
             m.accept(seal(pid, m.info)).raise_if_rejected()
-    return [m.aggregate(1, IDS) for m in members]
+    return [coord.aggregate(m, 1, IDS) for m in members]
 
 
 def _decide(results: list[AggregateResult], members: list[CommitteeMember], **kw: object):  # type: ignore[no-untyped-def]
     args: dict[str, object] = {
         "quorum": 2,
         "roster": [m.info for m in members],
-        "study_id": STUDY,
+        "study_id": results[0].study_id if results else "ab" * 32,
         "round": 1,
         "client_ids": list(IDS),
     }
@@ -78,16 +73,18 @@ def test_all_honest(results: list[AggregateResult], members: list[CommitteeMembe
 def test_roster_as_a_mapping_of_identities(
     results: list[AggregateResult],
     members: list[CommitteeMember],
-    member_keys: dict[str, MemberKeys],
-    study: StudyConfig,
+    coord: Coordinator,
 ) -> None:
     roster = {m.member_id: m.info.identity for m in members}
-    check = AttestationCheck.for_study(study, IDS)
+    check = AttestationCheck.for_manifest(coord.signed.manifest, IDS)
     decision = _decide(results, members, roster=roster, attestation=check)
     assert decision.agreeing == MEMBER_IDS
     for m in members:
         digest = aggregate_result_digest(
-            study_id=STUDY, round=1, client_ids=IDS, aggregate_hash=decision.aggregate_hash
+            study_id=coord.study_id,
+            round=1,
+            client_ids=IDS,
+            aggregate_hash=decision.aggregate_hash,
         )
         verify_signature(m.info.identity, digest, decision.signatures[m.member_id])
     forged = dataclasses.replace(results[2], eth_signature=results[0].eth_signature)
@@ -157,9 +154,10 @@ def test_invalid_results_are_faulty(
 
 
 def test_attestation_signatures_are_checked_when_asked(
-    results: list[AggregateResult], members: list[CommitteeMember], study: StudyConfig
+    results: list[AggregateResult], members: list[CommitteeMember], coord: Coordinator
 ) -> None:
-    check = AttestationCheck.for_study(study, IDS)
+    check = AttestationCheck.for_manifest(coord.signed.manifest, IDS)
+    assert check == AttestationCheck.for_manifest(coord.signed.manifest, IDS[::-1])
     assert _decide(results, members, attestation=check).faulty == ()
     swapped = dataclasses.replace(results[2], eth_signature=results[0].eth_signature)
     decision = _decide([results[0], results[1], swapped], members, attestation=check)

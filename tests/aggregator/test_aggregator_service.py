@@ -1,129 +1,417 @@
-"""gRPC round trip against a real in-process server on 127.0.0.1, and error-type mapping."""
+"""Real gRPC over TLS against in-process members on 127.0.0.1: a committee built from the
+manifest, error types across the wire, TLS pinning, what Info reveals, a tampering member."""
 
 from __future__ import annotations
 
 import dataclasses
 import socket
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
-from committee_testkit import LENGTH, STUDY, SealFn
+from committee_testkit import (
+    DEALER,
+    IDS,
+    LENGTH,
+    MEMBER_IDS,
+    MakeSigned,
+    Owner,
+    SealFn,
+    dealt_setup,
+    entry_for,
+)
 
 from cohort.aggregator.client import MemberClient, MemberUnavailable
-from cohort.aggregator.member import CommitteeMember, MemberKeys, StudyConfig
+from cohort.aggregator.committee import Committee
+from cohort.aggregator.control import (
+    AggregateBody,
+    ControlSigner,
+    OpenRoundBody,
+    Refusal,
+    SignedControl,
+    StatusBody,
+)
+from cohort.aggregator.keys import MemberKeys
+from cohort.aggregator.member import (
+    AggregateResult,
+    CommitteeMember,
+    aggregate_result_digest,
+    study_id_bytes,
+)
 from cohort.aggregator.modes import CkksSpec
-from cohort.aggregator.service import serve, study_from_proto, study_to_proto
+from cohort.aggregator.proto import committee_pb2 as pb
+from cohort.aggregator.proto import committee_pb2_grpc as pb_grpc
+from cohort.aggregator.quorum import FaultReason
+from cohort.aggregator.service import GRPC_OPTIONS, serve
+from cohort.bounties.attestation import attestation_digest, sign_attestation
 from cohort.crypto.ckks import CkksSecretContext
 from cohort.crypto.envelope import Envelope
+from cohort.crypto.hashing import Tag, tagged_hash
+from cohort.crypto.identity import Identity
+from cohort.crypto.tls import ChannelTls, cert_fingerprint, open_channel
 from cohort.errors import BadInputError, ConfigError, ProtocolAbort, VerificationError
+from cohort.federation.approval import Role, approve
+from cohort.federation.certs import CA_CERT, load_cert_key, member_files, write_study_certs
+from cohort.federation.manifest import SignedManifest
+
+Sum = Callable[[Sequence[str]], np.ndarray]
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("certs")
+    write_study_certs(out, members=MEMBER_IDS, hosts=("127.0.0.1", "localhost"))
+    return out
+
+
+class _Tamperer(CommitteeMember):
+    """A member that replaces the aggregate with its own ciphertext and signs the result
+    (Ed25519 and Ethereum attestation) as if it were honest."""
+
+    extra = b""
+
+    def aggregate(self, control: SignedControl) -> AggregateResult:
+        honest = super().aggregate(control)
+        manifest = self._studies[honest.study_id].manifest
+        new_hash = tagged_hash(Tag.AGGREGATE, self.extra)
+        digest = aggregate_result_digest(
+            study_id=honest.study_id,
+            round=honest.round,
+            client_ids=honest.client_ids,
+            aggregate_hash=new_hash,
+        )
+        attestation = attestation_digest(
+            chain_id=manifest.chain_id,
+            contract=manifest.contract,
+            study_id=study_id_bytes(honest.study_id),
+            round=honest.round,
+            aggregate_hash=new_hash,
+            contributors=[manifest.owner(c).payout_address for c in honest.client_ids],  # type: ignore[union-attr]
+        )
+        return dataclasses.replace(
+            honest,
+            aggregate=self.extra,
+            aggregate_hash=new_hash,
+            signature=self._keys.identity.sign(digest),
+            eth_signature=sign_attestation(self._keys.eth_private_key, attestation),
+        )
+
+
+@dataclass
+class Served:
+    """Three members served over TLS, their manifest (approved by each) and a Committee."""
+
+    members: dict[str, CommitteeMember]
+    servers: dict[str, grpc.Server]
+    signed: SignedManifest
+    setup: CkksSpec
+    committee: Committee
+    signer: ControlSigner
+    extra_clients: list[MemberClient] = field(default_factory=list)
+
+    @property
+    def study_id(self) -> str:
+        return self.signed.study_id
+
+    def client(self, member_id: str, *, tls: ChannelTls | bool | None = True) -> MemberClient:
+        """What a data owner opens: the manifest's endpoint and TLS pin."""
+        ref = next(r for r in self.committee.roster if r.member_id == member_id)
+        channel_tls = ref.channel_tls(self.signed.manifest.tls_ca) if tls is True else tls
+        client = MemberClient(ref.endpoint, tls=channel_tls or None, timeout_s=5)
+        self.extra_clients.append(client)
+        return client
+
+
+ServeFn = Callable[..., Served]
 
 
 @pytest.fixture
-def served(member_keys: dict[str, MemberKeys]) -> Iterator[tuple[CommitteeMember, MemberClient]]:
-    member = CommitteeMember(member_keys["member-1"])
-    server, port = serve(member, host="127.0.0.1", port=0)
-    client = MemberClient(f"127.0.0.1:{port}", timeout_s=10)
-    try:
-        yield member, client
-    finally:
-        client.close()
-        server.stop(grace=None)
-
-
-def test_study_config_survives_the_wire(study: StudyConfig) -> None:
-    assert study_from_proto(study_to_proto(study)) == study
-
-
-def test_round_trip(
-    served: tuple[CommitteeMember, MemberClient],
-    study: StudyConfig,
-    seal: SealFn,
+def serve_committee(
+    tmp_path: Path,
+    certs: Path,
+    member_keys: dict[str, MemberKeys],
+    make_signed: MakeSigned,
+    owners: dict[str, Owner],
     ckks: CkksSecretContext,
-    plain_sum: Callable[[Sequence[str]], np.ndarray],
-) -> None:
-    member, client = served
-    status = client.info()
-    assert status.info == member.info
-    assert status.study_id is None
-    assert status.open_round is None
-    client.configure(study)
-    client.open_round(1, study_id=STUDY)
-    assert client.info().open_round == 1
-    assert client.info().study_id == STUDY
-    ids = ["hospital-a", "hospital-b"]
-    for pid in ids:
-        verdict = client.upload(seal(pid, status.info))
-        assert verdict.accepted
-        assert verdict.sender == pid
-        assert verdict.round == 1
-        assert len(verdict.payload_hash) == 32
-    assert client.info().received == tuple(ids)
-    with pytest.raises(ProtocolAbort, match="hospital-c"):
-        client.aggregate(1, [*ids, "hospital-c"])
-    result = client.aggregate(1, ids, study_id=STUDY)
-    assert result == member.aggregate(1, ids)
-    np.testing.assert_allclose(ckks.decrypt(result.aggregate)[:LENGTH], plain_sum(ids), atol=1e-3)
+    coordinator: Identity,
+) -> Iterator[ServeFn]:
+    made: list[Served] = []
+
+    def start(classes: dict[str, type[CommitteeMember]] | None = None) -> Served:
+        members, servers, entries = {}, {}, []
+        for mid in MEMBER_IDS:
+            cert_name, key_name = member_files(mid)
+            cert = load_cert_key(certs / cert_name, certs / key_name)
+            cls = (classes or {}).get(mid, CommitteeMember)
+            fingerprint = cert_fingerprint(cert.cert_pem)
+            member = cls(member_keys[mid], workdir=tmp_path / mid, tls_fingerprint=fingerprint)
+            server, port = serve(member, host="127.0.0.1", port=0, tls=cert)
+            members[mid], servers[mid] = member, server
+            entries.append(
+                entry_for(
+                    member_keys[mid], endpoint=f"127.0.0.1:{port}", tls_fingerprint=fingerprint
+                )
+            )
+        signed = make_signed(committee=entries, tls_ca=(certs / CA_CERT).read_text())
+        for mid in MEMBER_IDS:
+            approve(
+                signed, workdir=tmp_path / mid, identity=member_keys[mid].identity, role=Role.MEMBER
+            )
+        setup = dealt_setup(owners[DEALER].identity, signed.study_id, ckks.public().to_bytes())
+        signer = ControlSigner(coordinator)
+        committee = Committee(signed.manifest, signer, timeout_s=5)
+        served = Served(members, servers, signed, setup, committee, signer)
+        made.append(served)
+        return served
+
+    yield start
+    for served in made:
+        served.committee.close()
+        for client in served.extra_clients:
+            client.close()
+        for server in served.servers.values():
+            server.stop(grace=None)
+        for member in served.members.values():
+            member.close()
 
 
-def test_errors_keep_their_type_across_the_wire(
-    served: tuple[CommitteeMember, MemberClient], study: StudyConfig, seal: SealFn
+@pytest.fixture
+def served(serve_committee: ServeFn) -> Served:
+    return serve_committee()
+
+
+def _upload_all(served: Served, seal: SealFn, ids: Sequence[str] = IDS) -> None:
+    for ref in served.committee.roster:
+        client = served.client(ref.member_id)
+        for pid in ids:
+            verdict = client.upload(seal(pid, ref.info, study_id=served.study_id))
+            assert verdict.accepted
+            assert (verdict.sender, verdict.round, len(verdict.payload_hash)) == (pid, 1, 32)
+
+
+# --------------------------------------------------------------------------- a round
+
+
+def test_a_round_over_tls_with_the_committee_from_the_manifest(
+    served: Served, seal: SealFn, ckks: CkksSecretContext, plain_sum: Sum
 ) -> None:
-    member, client = served
+    committee = served.committee
+    assert committee.member_ids == MEMBER_IDS
+    assert committee.configure(served.signed, served.setup) == {}
+    assert committee.configure(served.signed, served.setup) == {}  # a retry is a no-op
+    assert committee.open_round(1) == {}
+    _upload_all(served, seal)
+    for mid in MEMBER_IDS:
+        status = committee.status(mid)
+        assert (status.study_id, status.open_round, status.received) == (served.study_id, 1, IDS)
+    with pytest.raises(ProtocolAbort, match=Refusal.MISSING_UPLOADS.value):
+        committee.aggregate("member-1", 1, [*IDS, "hospital-d"])
+    results, errors = committee.aggregate_all(1, IDS)
+    assert errors == {}
+    decision = committee.decide(results, round=1, client_ids=IDS)
+    assert decision.agreeing == MEMBER_IDS
+    assert decision.faulty == ()
+    np.testing.assert_allclose(ckks.decrypt(decision.aggregate)[:LENGTH], plain_sum(IDS), atol=1e-3)
+    again = committee.aggregate("member-2", 1, list(reversed(IDS)))
+    assert again == next(r for r in results if r.member_id == "member-2")
+
+
+def test_errors_keep_their_type_across_the_wire(served: Served, seal: SealFn) -> None:
+    committee = served.committee
+    info = served.members["member-1"].info
+    client = served.client("member-1")
     with pytest.raises(ProtocolAbort, match="not_configured"):
-        client.upload(seal("hospital-a", member.info))
-    client.configure(study)
+        client.upload(seal("hospital-a", info, study_id=served.study_id))
+    assert committee.configure(served.signed, served.setup) == {}
     with pytest.raises(ProtocolAbort, match="round_not_open"):
-        client.upload(seal("hospital-a", member.info))
-    client.open_round(1)
-    good = seal("hospital-a", member.info)
+        client.upload(seal("hospital-a", info, study_id=served.study_id))
+    assert committee.open_round(1) == {}
+    good = seal("hospital-a", info, study_id=served.study_id)
     client.upload(good)
     with pytest.raises(VerificationError, match="replayed_nonce"):
         client.upload(good)
     forged = dataclasses.replace(
-        Envelope.from_bytes(seal("hospital-b", member.info)), signature=bytes(64)
+        Envelope.from_bytes(seal("hospital-b", info, study_id=served.study_id)),
+        signature=bytes(64),
     )
     with pytest.raises(VerificationError, match="bad_signature"):
         client.upload(forged.to_bytes())
     with pytest.raises(BadInputError, match="malformed"):
         client.upload(b"definitely not an envelope")
     with pytest.raises(BadInputError, match="mode_check_failed"):
-        client.upload(seal("hospital-c", member.info, vector=np.ones(LENGTH + 2)))
+        client.upload(
+            seal("hospital-c", info, vector=np.ones(LENGTH + 2), study_id=served.study_id)
+        )
     with pytest.raises(ProtocolAbort, match="wrong_round"):
-        client.upload(seal("hospital-d", member.info, round=2))
-    with pytest.raises(ProtocolAbort, match="reset"):
-        client.configure(dataclasses.replace(study, study_id="other"))
-    with pytest.raises(BadInputError):
-        client.aggregate(1, ["hospital-a", "hospital-a"])
+        client.upload(seal("hospital-d", info, round=2, study_id=served.study_id))
+    # control calls
+    unsigned = dataclasses.replace(
+        served.signer.sign(served.study_id, "member-1", StatusBody()), signature=b""
+    )
+    with pytest.raises(VerificationError, match=Refusal.BAD_CONTROL_SIGNATURE.value):
+        client.status(unsigned)
+    replayed = served.signer.sign(served.study_id, "member-1", OpenRoundBody(2))
+    client.open_round(replayed)
+    with pytest.raises(VerificationError, match=Refusal.STALE_COUNTER.value):
+        client.open_round(replayed)
+    with pytest.raises(BadInputError, match=Refusal.ROUND_OUT_OF_RANGE.value):
+        committee.aggregate("member-1", 2**64 - 1, ["hospital-a", "hospital-b"])
+    with pytest.raises(BadInputError, match=Refusal.CLIENT_SET_TOO_SMALL.value):
+        committee.aggregate("member-1", 2, ["hospital-a"])
+    with pytest.raises(BadInputError, match=Refusal.NOT_IN_ROSTER.value):
+        committee.aggregate("member-1", 2, ["hospital-a", "mallory"])
+    errors = committee.open_round(2**64 - 1)
+    assert set(errors) == set(MEMBER_IDS)
+    assert all(isinstance(e, BadInputError) for e in errors.values())
+    assert committee.open_round(3) == {}  # not locked out
 
 
-def test_config_errors_keep_their_subclass(
-    served: tuple[CommitteeMember, MemberClient], study: StudyConfig, ckks: CkksSecretContext
+def test_a_second_client_set_for_a_round_is_refused_over_the_wire(
+    served: Served, seal: SealFn
 ) -> None:
-    _, client = served
-    with pytest.raises(ConfigError, match="member-1"):
-        client.configure(dataclasses.replace(study, committee=("member-2", "member-3")))
-    with pytest.raises(BadInputError):
-        client.configure(dataclasses.replace(study, mode=CkksSpec(ckks.to_bytes())))
+    committee = served.committee
+    committee.configure(served.signed, served.setup)
+    committee.open_round(1)
+    _upload_all(served, seal)
+    first = committee.aggregate("member-1", 1, IDS)
+    with pytest.raises(ProtocolAbort, match=Refusal.CLIENT_SET_CHANGED.value):
+        committee.aggregate("member-1", 1, IDS[:2])
+    assert committee.aggregate("member-1", 1, IDS) == first
 
 
-def test_large_messages_pass(
-    served: tuple[CommitteeMember, MemberClient], study: StudyConfig
+# --------------------------------------------------------------------------- TLS
+
+
+def test_a_plaintext_client_cannot_talk_to_a_tls_member(served: Served) -> None:
+    assert served.client("member-1").info().info.member_id == "member-1"
+    with pytest.raises(MemberUnavailable):
+        served.client("member-1", tls=None).info()
+
+
+def test_the_manifest_pin_and_the_study_ca_are_enforced(
+    served: Served, tmp_path: Path, certs: Path
 ) -> None:
+    ca = (certs / CA_CERT).read_bytes()
+    pins = {m: cert_fingerprint((certs / member_files(m)[0]).read_bytes()) for m in MEMBER_IDS}
+    with pytest.raises(VerificationError, match="fingerprint"):
+        served.client("member-1", tls=ChannelTls(ca, "member-1", pins["member-2"])).info()
+    with pytest.raises(VerificationError, match="does not verify"):
+        served.client("member-1", tls=ChannelTls(ca, "member-2", pins["member-1"])).info()
+    other = tmp_path / "other-ca"
+    write_study_certs(other, members=["member-1"])
+    foreign = ChannelTls((other / CA_CERT).read_bytes(), "member-1", pins["member-1"])
+    with pytest.raises(VerificationError, match="does not verify"):
+        served.client("member-1", tls=foreign).info()
+    # without a pin gRPC still checks the CA and the name: the call cannot connect
+    with pytest.raises(MemberUnavailable):
+        served.client("member-1", tls=ChannelTls(ca, "member-2", None)).info()
+
+
+def test_info_reveals_no_senders_and_status_needs_a_signature(served: Served, seal: SealFn) -> None:
+    committee = served.committee
+    committee.configure(served.signed, served.setup)
+    committee.open_round(1)
+    _upload_all(served, seal)
+    ref = committee.roster[0]
+    channel = open_channel(
+        ref.endpoint, ref.channel_tls(served.signed.manifest.tls_ca), options=GRPC_OPTIONS
+    )
+    try:
+        stub = pb_grpc.CommitteeStub(channel)
+        reply = stub.Info(pb.InfoRequest(), timeout=5)
+        present = {f.name for f, _ in reply.ListFields()}
+        assert present == {"member", "modes", "tls_fingerprint"}
+        assert b"hospital" not in reply.SerializeToString()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Status(pb.SignedControl(study_id=served.study_id, kind="status"), timeout=5)
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert Refusal.BAD_CONTROL_SIGNATURE.value in (refused.value.details() or "")
+    finally:
+        channel.close()
+    assert committee.status(ref.member_id).received == IDS
+
+
+# --------------------------------------------------------------------------- availability
+
+
+def test_the_committee_goes_on_when_a_member_is_down(served: Served, seal: SealFn) -> None:
+    committee = served.committee
+    served.servers["member-3"].stop(grace=None)
+    errors = committee.configure(served.signed, served.setup)
+    assert set(errors) == {"member-3"}
+    assert isinstance(errors["member-3"], MemberUnavailable)
+    assert set(committee.open_round(1)) == {"member-3"}
+    for mid in ("member-1", "member-2"):
+        client = served.client(mid)
+        for pid in IDS:
+            client.upload(seal(pid, served.members[mid].info, study_id=served.study_id))
+    results, errors = committee.aggregate_all(1, IDS)
+    assert set(errors) == {"member-3"}
+    decision = committee.decide(results, round=1, client_ids=IDS)
+    assert decision.agreeing == ("member-1", "member-2")
+    assert decision.missing == ("member-3",)
+
+
+def test_the_committee_names_a_tampering_member(
+    serve_committee: ServeFn, seal: SealFn, ckks: CkksSecretContext, plain_sum: Sum
+) -> None:
+    _Tamperer.extra = ckks.encrypt(np.full(LENGTH, 50.0))
+    served = serve_committee({"member-3": _Tamperer})
+    committee = served.committee
+    assert committee.configure(served.signed, served.setup) == {}
+    assert committee.open_round(1) == {}
+    _upload_all(served, seal)
+    results, errors = committee.aggregate_all(1, IDS)
+    assert errors == {}
+    decision = committee.decide(results, round=1, client_ids=IDS)
+    assert decision.agreeing == ("member-1", "member-2")
+    assert [(f.member_id, f.reason) for f in decision.faulty] == [
+        ("member-3", FaultReason.DISAGREES)
+    ]
+    np.testing.assert_allclose(ckks.decrypt(decision.aggregate)[:LENGTH], plain_sum(IDS), atol=1e-3)
+
+
+def test_the_committee_refuses_a_signer_that_is_not_the_manifests(
+    served: Served, sponsor: Identity
+) -> None:
+    with pytest.raises(ConfigError, match="coordinator_key"):
+        Committee(served.signed.manifest, ControlSigner(sponsor))
+
+
+def test_large_messages_pass(served: Served) -> None:
     """A 6 MB upload passes gRPC's 4 MB default and reaches the member's own checks."""
-    _, client = served
-    client.configure(study)
-    client.open_round(1)
+    served.committee.configure(served.signed, served.setup)
     with pytest.raises(BadInputError, match="malformed"):
-        client.upload(b"\x00" * (6 * 1024 * 1024))
+        served.client("member-1").upload(b"\x00" * (6 * 1024 * 1024))
 
 
-def test_unreachable_member() -> None:
+def test_a_taken_port_is_refused(served: Served, member_keys: dict[str, MemberKeys]) -> None:
+    port = int(served.committee.roster[0].endpoint.rsplit(":", 1)[1])
+    with (
+        CommitteeMember(
+            member_keys["member-2"], workdir=served.members["member-1"].workdir.parent / "x"
+        ) as m,
+        pytest.raises(ConfigError, match="port in use"),
+    ):
+        serve(m, host="127.0.0.1", port=port)
+
+
+def test_unreachable_member(served: Served) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with MemberClient(f"127.0.0.1:{port}", timeout_s=1) as client:
-        with pytest.raises(MemberUnavailable):
-            client.info()
-        with pytest.raises(MemberUnavailable, match="no answer"):
-            client.wait_ready(timeout_s=0.5)
+    tls = served.committee.roster[0].channel_tls(served.signed.manifest.tls_ca)
+    for channel_tls in (None, tls):
+        with MemberClient(f"127.0.0.1:{port}", tls=channel_tls, timeout_s=1) as client:
+            with pytest.raises(MemberUnavailable):
+                client.info()
+            with pytest.raises(MemberUnavailable, match="no answer"):
+                client.wait_ready(timeout_s=0.5)
+
+
+def test_an_aggregate_body_names_its_round(served: Served) -> None:
+    body = AggregateBody(3, ("a", "b"))
+    assert AggregateBody.from_bytes(body.to_bytes()) == body

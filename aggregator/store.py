@@ -1,0 +1,352 @@
+"""A committee member's persistent state: one SQLite file, ``<workdir>/state.sqlite``.
+
+Run by the committee member only (:class:`~cohort.aggregator.member.CommitteeMember`). It
+holds everything that must survive a restart so that a restarted member resumes exactly where
+it was and cannot be replayed into anything:
+
+==============  =================================================================
+table           rows
+==============  =================================================================
+``studies``     each configured study: the Configure body as signed (manifest and
+                mode set-up) and the set-up digest
+``counters``    the last accepted control counter per study (u64, big-endian)
+``nonces``      every burned envelope nonce per study
+``rounds``      every opened round: open / abandoned / aggregated, its deadline,
+                and for an aggregated round the client set hash and signed result
+``uploads``     the accepted payloads of open rounds (deleted once aggregated)
+``rejections``  rejection counts of open rounds, by sender and reason
+==============  =================================================================
+
+Write-ahead log, ``synchronous=FULL``: a transaction the member acted on is on disk before
+it answers. One connection guarded by a lock (the gRPC server calls from several threads);
+an exclusive ``flock`` on ``state.sqlite.lock`` stops a second process from opening the same
+work directory. The store checks nothing about the protocol; the member does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cohort.errors import BadInputError, ConfigError
+
+STATE_FILE = "state.sqlite"
+SCHEMA_VERSION = "1"
+_U64 = 8
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies (
+    study_id TEXT PRIMARY KEY,
+    body BLOB NOT NULL,
+    setup_digest BLOB NOT NULL,
+    configured_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (study_id TEXT PRIMARY KEY, counter BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS nonces (
+    study_id TEXT NOT NULL, nonce BLOB NOT NULL, PRIMARY KEY (study_id, nonce)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rounds (
+    study_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('open', 'abandoned', 'aggregated')),
+    deadline REAL,
+    opened_at REAL NOT NULL,
+    client_set BLOB,
+    result TEXT,
+    aggregate BLOB,
+    PRIMARY KEY (study_id, round)
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    study_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    payload_hash BLOB NOT NULL,
+    PRIMARY KEY (study_id, round, sender)
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    study_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (study_id, round, sender, reason)
+);
+"""
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """Where one study's rounds stand: the open round (if any) and the highest opened."""
+
+    open_round: int | None
+    deadline: float | None
+    highest: int
+
+
+@dataclass(frozen=True, repr=False)
+class StoredResult:
+    """An aggregated round: the client set hash and the member's signed result."""
+
+    client_set: bytes
+    record: str
+    aggregate: bytes
+
+    def __repr__(self) -> str:
+        return f"StoredResult(aggregate=<{len(self.aggregate)} bytes>)"
+
+
+class MemberStore:
+    """The SQLite state of one member work directory. Close it when done."""
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._flock = self._take_flock(path.with_name(path.name + ".lock"))
+        try:
+            if not path.exists():
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._check_version()
+        except sqlite3.DatabaseError as exc:
+            self._release_flock()
+            raise BadInputError(f"member state {path}: not a usable SQLite file ({exc})") from None
+        except BaseException:
+            self._release_flock()
+            raise
+
+    @staticmethod
+    def _take_flock(lock_path: Path) -> int:
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(
+                f"member state {lock_path.with_suffix('')}: in use by another member process"
+            ) from None
+        return fd
+
+    def _release_flock(self) -> None:
+        if self._flock >= 0:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._flock, fcntl.LOCK_UN)
+            os.close(self._flock)
+            self._flock = -1
+
+    def _check_version(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise ConfigError(
+                f"member state {self.path}: schema version {row[0]}, this member reads "
+                f"{SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._flock >= 0:
+                self._db.close()
+                self._release_flock()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT) under the store lock."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        with self._lock:
+            return list(self._db.execute(sql, tuple(params)).fetchall())
+
+    # ---------------------------------------------------------------- studies
+
+    def studies(self) -> list[tuple[str, bytes, bytes]]:
+        """Every configured study: (study id, Configure body, set-up digest)."""
+        rows = self._read("SELECT study_id, body, setup_digest FROM studies ORDER BY study_id")
+        return [(str(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
+
+    def add_study(self, study_id: str, body: bytes, setup_digest: bytes) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO studies VALUES (?, ?, ?, ?)",
+                (study_id, body, setup_digest, time.time()),
+            )
+
+    # ---------------------------------------------------------------- control counters
+
+    def advance_counter(self, study_id: str, counter: int) -> int | None:
+        """Store ``counter`` if it is above the last one for ``study_id`` and return None;
+        otherwise change nothing and return the last accepted counter."""
+        encoded = counter.to_bytes(_U64, "big")
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT counter FROM counters WHERE study_id = ?", (study_id,)
+            ).fetchone()
+            if row is not None:
+                last = int.from_bytes(row[0], "big")
+                if counter <= last:
+                    return last
+            db.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", (study_id, encoded))
+        return None
+
+    def last_counter(self, study_id: str) -> int | None:
+        rows = self._read("SELECT counter FROM counters WHERE study_id = ?", (study_id,))
+        return int.from_bytes(rows[0][0], "big") if rows else None
+
+    # ---------------------------------------------------------------- rounds
+
+    def round_state(self, study_id: str) -> RoundState:
+        rows = self._read(
+            "SELECT round, deadline FROM rounds WHERE study_id = ? AND state = 'open'", (study_id,)
+        )
+        top = self._read("SELECT MAX(round) FROM rounds WHERE study_id = ?", (study_id,))
+        highest = int(top[0][0]) if top and top[0][0] is not None else 0
+        if not rows:
+            return RoundState(None, None, highest)
+        number, deadline = rows[0]
+        return RoundState(
+            int(number),
+            None if deadline is None else float(deadline),
+            highest,
+        )
+
+    def open_round(self, study_id: str, round: int, deadline: float | None) -> int | None:
+        """Open ``round``; an open round is abandoned (its uploads deleted). Returns the
+        abandoned round's number, if any. The caller checks that ``round`` is new."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT round FROM rounds WHERE study_id = ? AND state = 'open'", (study_id,)
+            ).fetchone()
+            abandoned = None if row is None else int(row[0])
+            if abandoned is not None:
+                db.execute(
+                    "UPDATE rounds SET state = 'abandoned' WHERE study_id = ? AND round = ?",
+                    (study_id, abandoned),
+                )
+                self._drop_round_data(db, study_id, abandoned)
+            db.execute(
+                "INSERT INTO rounds (study_id, round, state, deadline, opened_at) "
+                "VALUES (?, ?, 'open', ?, ?)",
+                (study_id, round, deadline, time.time()),
+            )
+        return abandoned
+
+    @staticmethod
+    def _drop_round_data(db: sqlite3.Connection, study_id: str, round: int) -> None:
+        db.execute("DELETE FROM uploads WHERE study_id = ? AND round = ?", (study_id, round))
+        db.execute("DELETE FROM rejections WHERE study_id = ? AND round = ?", (study_id, round))
+
+    def aggregated(self, study_id: str) -> tuple[int, ...]:
+        rows = self._read(
+            "SELECT round FROM rounds WHERE study_id = ? AND state = 'aggregated' ORDER BY round",
+            (study_id,),
+        )
+        return tuple(int(r[0]) for r in rows)
+
+    def result(self, study_id: str, round: int) -> StoredResult | None:
+        rows = self._read(
+            "SELECT client_set, result, aggregate FROM rounds "
+            "WHERE study_id = ? AND round = ? AND state = 'aggregated'",
+            (study_id, round),
+        )
+        if not rows:
+            return None
+        client_set, record, aggregate = rows[0]
+        return StoredResult(bytes(client_set), str(record), bytes(aggregate))
+
+    def finish_round(
+        self, study_id: str, round: int, *, client_set: bytes, record: str, aggregate: bytes
+    ) -> None:
+        """Mark the open ``round`` aggregated with its signed result; drop its uploads."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE rounds SET state = 'aggregated', client_set = ?, result = ?, "
+                "aggregate = ? WHERE study_id = ? AND round = ? AND state = 'open'",
+                (client_set, record, aggregate, study_id, round),
+            )
+            if cursor.rowcount != 1:
+                raise RuntimeError(f"store: round {round} of {study_id[:16]} is not open")
+            self._drop_round_data(db, study_id, round)
+
+    # ---------------------------------------------------------------- uploads
+
+    def nonce_seen(self, study_id: str, nonce: bytes) -> bool:
+        rows = self._read(
+            "SELECT 1 FROM nonces WHERE study_id = ? AND nonce = ?", (study_id, nonce)
+        )
+        return bool(rows)
+
+    def burn_nonce(self, study_id: str, nonce: bytes) -> bool:
+        """Record ``nonce``; False if it was already burned."""
+        with self._tx() as db:
+            cursor = db.execute("INSERT OR IGNORE INTO nonces VALUES (?, ?)", (study_id, nonce))
+            return cursor.rowcount == 1
+
+    def add_upload(
+        self, study_id: str, round: int, sender: str, payload: bytes, payload_hash: bytes
+    ) -> bool:
+        """Keep ``sender``'s payload for ``round``; False if it already has one."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO uploads VALUES (?, ?, ?, ?, ?)",
+                (study_id, round, sender, payload, payload_hash),
+            )
+            return cursor.rowcount == 1
+
+    def senders(self, study_id: str, round: int) -> tuple[str, ...]:
+        rows = self._read(
+            "SELECT sender FROM uploads WHERE study_id = ? AND round = ? ORDER BY sender",
+            (study_id, round),
+        )
+        return tuple(str(r[0]) for r in rows)
+
+    def payloads(self, study_id: str, round: int, senders: Sequence[str]) -> list[bytes]:
+        """The payloads of ``senders`` in that order; KeyError names a missing one."""
+        out = []
+        for sender in senders:
+            rows = self._read(
+                "SELECT payload FROM uploads WHERE study_id = ? AND round = ? AND sender = ?",
+                (study_id, round, sender),
+            )
+            if not rows:
+                raise KeyError(sender)
+            out.append(bytes(rows[0][0]))
+        return out
+
+    def count_rejection(self, study_id: str, round: int, sender: str, reason: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO rejections VALUES (?, ?, ?, ?, 1) ON CONFLICT "
+                "(study_id, round, sender, reason) DO UPDATE SET count = count + 1",
+                (study_id, round, sender, reason),
+            )
+
+    def rejections(self, study_id: str, round: int) -> list[tuple[str, str, int]]:
+        rows = self._read(
+            "SELECT sender, reason, count FROM rejections WHERE study_id = ? AND round = ? "
+            "ORDER BY sender, reason",
+            (study_id, round),
+        )
+        return [(str(s), str(r), int(c)) for s, r, c in rows]
