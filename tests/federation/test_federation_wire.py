@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
@@ -14,27 +16,7 @@ from cohort.federation.coordinator import choose_client_set
 
 
 def _instruction(**overrides: object) -> wire.TrainInstruction:
-    base: dict[str, object] = {
-        "study_id": "s",
-        "round": 1,
-        "total_rounds": 5,
-        "weight_unit": 400,
-        "secure": "ckks",
-        "seed": 3,
-        "model": "mlp",
-        "epsilon": 3.0,
-        "delta": 1e-5,
-        "local_epochs": 1,
-        "batch_size": 32,
-        "max_grad_norm": 1.0,
-        "lr": 0.5,
-        "quorum": 2,
-        "min_clients": 2,
-        "member_ids": ("m1", "m2"),
-        "member_sign_keys": (b"a" * 32, b"b" * 32),
-        "member_box_keys": (b"c" * 32, b"d" * 32),
-        "member_endpoints": ("127.0.0.1:1", "127.0.0.1:2"),
-    }
+    base: dict[str, object] = {"study_id": "ab" * 32, "round": 1, "weight_unit": 400}
     base.update(overrides)
     return wire.TrainInstruction(**base)  # type: ignore[arg-type]
 
@@ -43,13 +25,21 @@ def test_train_instruction_round_trips() -> None:
     instruction = _instruction()
     decoded = wire.TrainInstruction.from_record(instruction.to_record())
     assert decoded == instruction
-    assert [m.member_id for m in decoded.committee()] == ["m1", "m2"]
+
+
+def test_train_instruction_carries_work_not_terms() -> None:
+    """Mode, committee, thresholds, DP terms and model come from the approved manifest."""
+    names = {f.name for f in dataclasses.fields(wire.TrainInstruction)}
+    assert names == {"study_id", "round", "weight_unit"}
+    for schema in (wire.KeygenRequest, wire.InstallKeyRequest, wire.DecryptRequest):
+        fields = {f.name for f in dataclasses.fields(schema)}
+        assert not fields & {"secure", "quorum", "min_clients", "model", "epsilon", "party_ids"}
 
 
 def test_missing_field_is_named() -> None:
     record = _instruction().to_record()
-    del record["cohort"]["quorum"]
-    with pytest.raises(BadInputError, match="train: missing field 'quorum'"):
+    del record["cohort"]["weight_unit"]
+    with pytest.raises(BadInputError, match="train: missing field 'weight_unit'"):
         wire.TrainInstruction.from_record(record)
 
 
@@ -65,9 +55,14 @@ def test_message_without_cohort_record_is_rejected() -> None:
         wire.TrainReceipt.from_record(RecordDict({"other": ConfigRecord({"a": 1})}))
 
 
-def test_uneven_committee_lists_are_rejected() -> None:
-    with pytest.raises(BadInputError, match="committee lists have different lengths"):
-        _instruction(member_endpoints=("127.0.0.1:1",)).committee()
+def test_decryption_digest_binds_round_and_both_hashes() -> None:
+    base = {"study_id": "ab" * 32, "round": 1, "aggregate_hash": b"a" * 32, "plain_hash": b"p" * 32}
+    digest = wire.decryption_digest(**base)  # type: ignore[arg-type]
+    for key, value in (("round", 2), ("aggregate_hash", b"b" * 32), ("plain_hash", b"q" * 32)):
+        assert wire.decryption_digest(**{**base, key: value}) != digest  # type: ignore[arg-type]
+    one = np.arange(4, dtype=np.float64)
+    assert wire.plaintext_hash(one) == wire.plaintext_hash(one.copy())
+    assert wire.plaintext_hash(one) != wire.plaintext_hash(one + 1e-12)
 
 
 @given(st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=1, max_size=300))
