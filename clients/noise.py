@@ -59,14 +59,15 @@ def random_key() -> bytes:
     return os.urandom(KEY_SIZE)
 
 
-def seeded_key(seed: int, *, owner: str, study_id: str, round: int) -> bytes:
+def seeded_key(seed: int, *, owner: str, domain: str, round: int) -> bytes:
     """Round key derived from a local ``seed``: reproducible, so **not private** (anyone who
-    knows the seed regenerates the noise and can subtract it). Tests and demos only."""
+    knows the seed regenerates the noise and can subtract it). Tests and demos only.
+    ``domain`` separates unrelated uses of one seed."""
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < _MAX_SEED:
         raise BadInputError(f"noise seed must be an integer in [0, 2^256), got {seed!r}")
     if not isinstance(round, int) or isinstance(round, bool) or not 0 <= round < 2**64:
         raise BadInputError(f"round must be an integer in [0, 2^64), got {round!r}")
-    data = _lp(owner.encode("utf-8")) + _lp(study_id.encode("utf-8")) + struct.pack(">Q", round)
+    data = _lp(owner.encode("utf-8")) + _lp(domain.encode("utf-8")) + struct.pack(">Q", round)
     return _kdf(seed.to_bytes(KEY_SIZE, "big"), SEED_PERSON, data)
 
 

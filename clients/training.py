@@ -178,14 +178,20 @@ class TrainResult:
     empty_batches: int
 
 
-def derive_noise_key(noise_seed: int, *, owner: str, study_id: str, round: int) -> bytes:
+SEEDED_DOMAIN = "cohort/seeded-dp-sgd"
+
+
+def derive_noise_key(noise_seed: int, *, owner: str, round: int) -> bytes:
     """256-bit round key for seeded noise and sampling: :func:`cohort.clients.noise.seeded_key`.
 
     Reproducible runs only: anyone who knows the local seed can regenerate the noise and
     strip it from an update, so a seeded round gives no privacy to real patients (its ledger
-    entry says so).
+    entry says so). The key depends on the seed, the owner and the round only, not on the
+    study: the same seed replays the same noise in every study, which is what makes a CKKS
+    study and its plaintext twin comparable bit for bit, and one more reason a seeded run is
+    unfit for real data.
     """
-    return seeded_key(noise_seed, owner=owner, study_id=study_id, round=round)
+    return seeded_key(noise_seed, owner=owner, domain=SEEDED_DOMAIN, round=round)
 
 
 def _check_inputs(model: nn.Module, dataset: Dataset, round: int, noise_seed: int | None) -> None:
@@ -404,7 +410,7 @@ def train_dp(
             "seeded DP noise: reproducible, not private",
             extra=fields(owner=ledger.owner, round=round),
         )
-        round_key = derive_noise_key(noise_seed, owner=ledger.owner, study_id=study_id, round=round)
+        round_key = derive_noise_key(noise_seed, owner=ledger.owner, round=round)
 
     work = copy.deepcopy(model)
     work.train()

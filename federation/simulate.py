@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -60,6 +61,9 @@ from cohort.federation.manifest import (
 )
 from cohort.federation.policy import HospitalPolicy
 from cohort.federation.server_app import ServerRun, make_server_app
+from cohort.logs import fields, get_logger
+
+log = get_logger(__name__)
 
 SUMMARY = "summary.json"
 TRANSCRIPT = "coordinator-inbound.jsonl"
@@ -313,18 +317,20 @@ def run_study(
 
         server_app = make_server_app(factory, run)
         client_app = make_client_app(_PartitionResolver(hospitals))
+        init_args: dict[str, Any] = {
+            "log_to_driver": False,
+            "logging_level": logging.ERROR,
+            "num_cpus": max(1, min(os.cpu_count() or 1, config.clients)),
+        }
         with _quiet(quiet_flower):
+            start_ray(init_args)
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=config.clients,
                 backend_config={
                     "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                    "init_args": {
-                        "log_to_driver": False,
-                        "logging_level": logging.ERROR,
-                        "num_cpus": max(1, min(os.cpu_count() or 1, config.clients)),
-                    },
+                    "init_args": init_args,
                 },
             )
     if run.error is not None:
@@ -338,6 +344,43 @@ def run_study(
         np.save(out / MODEL, run.outcome.final_model)
     write_json(out / SUMMARY, summary)
     return summary
+
+
+RAY_START_ATTEMPTS = 4
+
+
+def start_ray(init_args: dict[str, Any], *, attempts: int = RAY_START_ATTEMPTS) -> None:
+    """Start Ray for Flower's simulation runtime, retrying a start-up that timed out.
+
+    On a busy machine Ray's head node can miss its own start-up deadlines ("timed out
+    waiting for file ... gcs_server_port", "the current node timed out during startup"),
+    which would crash the whole simulation. Flower's Ray backend reuses an initialised Ray
+    (and shuts it down at the end), so starting it here, with retries, costs nothing when
+    the machine is idle. The arguments are the ones Flower's backend would pass.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(
+                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                include_dashboard=False,
+                **init_args,
+            )
+            return
+        except Exception as exc:  # Ray raises RuntimeError, ConnectionError, TimeoutError...
+            ray.shutdown()
+            if attempt == attempts:
+                raise ProtocolAbort(f"Ray did not start after {attempts} attempts: {exc}") from exc
+            log.warning(
+                "Ray start-up failed; retrying", extra=fields(attempt=attempt, error=str(exc))
+            )
 
 
 def build_summary(config: StudyConfig, outcome: StudyOutcome) -> dict[str, Any]:

@@ -59,13 +59,13 @@ def test_derivation_follows_the_documented_construction() -> None:
 
     lp = [struct.pack(">Q", len(p)) + p for p in (b"hospital-a", b"study-1")]
     expected = kdf((7).to_bytes(32, "big"), SEED_PERSON, lp[0] + lp[1] + struct.pack(">Q", 2))
-    assert seeded_key(7, owner="hospital-a", study_id="study-1", round=2) == expected
+    assert seeded_key(7, owner="hospital-a", domain="study-1", round=2) == expected
 
 
 def test_pinned_vector() -> None:
     """Pinned outputs (from this implementation, checked against the oracle above): a
     change to any derivation step, the bit extraction or Box-Muller shows up here."""
-    key = seeded_key(1, owner="hospital-a", study_id="study-1", round=1)
+    key = seeded_key(1, owner="hospital-a", domain="study-1", round=1)
     assert key.hex() == "326fcb7e83a4e13c3dea48db4d9b471143a55b9afd748746e7bff76532ee973e"
     noise = stream(key, NOISE)
     assert noise.uniform(3).tolist() == [
@@ -104,16 +104,16 @@ def test_streams_are_distinct_per_purpose_key_and_round() -> None:
     }
     assert len(heads) == 3
     keys = {
-        seeded_key(1, owner="hospital-a", study_id="s", round=1),
-        seeded_key(2, owner="hospital-a", study_id="s", round=1),
-        seeded_key(1, owner="hospital-b", study_id="s", round=1),
-        seeded_key(1, owner="hospital-a", study_id="t", round=1),
-        seeded_key(1, owner="hospital-a", study_id="s", round=2),
+        seeded_key(1, owner="hospital-a", domain="s", round=1),
+        seeded_key(2, owner="hospital-a", domain="s", round=1),
+        seeded_key(1, owner="hospital-b", domain="s", round=1),
+        seeded_key(1, owner="hospital-a", domain="t", round=1),
+        seeded_key(1, owner="hospital-a", domain="s", round=2),
     }
     assert len(keys) == 5
     # length prefixes: moving a byte between owner and study changes the key
-    assert seeded_key(1, owner="ab", study_id="c", round=1) != seeded_key(
-        1, owner="a", study_id="bc", round=1
+    assert seeded_key(1, owner="ab", domain="c", round=1) != seeded_key(
+        1, owner="a", domain="bc", round=1
     )
 
 
@@ -222,8 +222,8 @@ def test_key_and_seed_validation() -> None:
     with pytest.raises(BadInputError, match="round key must be 32 bytes"):
         ChaChaStream.derive(b"x" * 31, NOISE)
     with pytest.raises(BadInputError, match=r"noise seed must be an integer in \[0, 2\^256\)"):
-        seeded_key(-1, owner="a", study_id="s", round=1)
+        seeded_key(-1, owner="a", domain="s", round=1)
     with pytest.raises(BadInputError, match="noise seed"):
-        seeded_key(2**256, owner="a", study_id="s", round=1)
+        seeded_key(2**256, owner="a", domain="s", round=1)
     with pytest.raises(BadInputError, match="size must be an integer >= 0"):
         stream().random_bytes(-1)

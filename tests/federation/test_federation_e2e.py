@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cohort.aggregator.committee import MemberRef
+from cohort.aggregator.control import SignedControl
+from cohort.aggregator.keys import MemberKeys
 from cohort.aggregator.member import (
     AggregateResult,
     CommitteeMember,
-    MemberKeys,
     Verdict,
     aggregate_result_digest,
 )
@@ -37,7 +37,10 @@ from cohort.aggregator.service import serve
 from cohort.crypto.envelope import Envelope
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.federation import transcript
+from cohort.federation.approval import Role, approve
+from cohort.federation.certs import load_cert_key, write_study_certs
 from cohort.federation.config import SecureMode, StudyConfig
+from cohort.federation.manifest import CommitteeEntry, SignedManifest
 from cohort.federation.simulate import TRANSCRIPT, hospital_settings, run_study
 
 pytestmark = pytest.mark.slow
@@ -68,16 +71,14 @@ class WireAttacker(CommitteeMember):
 class Tamperer(CommitteeMember):
     """Returns a different aggregate, properly signed: only the quorum can catch it."""
 
-    def aggregate(
-        self, round: int, client_ids: Any, *, study_id: str | None = None
-    ) -> AggregateResult:
-        result = super().aggregate(round, client_ids, study_id=study_id)
+    def aggregate(self, control: SignedControl) -> AggregateResult:
+        result = super().aggregate(control)
         tampered = result.aggregate[:-1] + bytes([result.aggregate[-1] ^ 0xFF])
         digest = tagged_hash(Tag.AGGREGATE, tampered)
         signature = self._keys.identity.sign(
             aggregate_result_digest(
                 study_id=result.study_id,
-                round=round,
+                round=result.round,
                 client_ids=result.client_ids,
                 aggregate_hash=digest,
             )
@@ -87,25 +88,61 @@ class Tamperer(CommitteeMember):
         )
 
 
+class InProcessCommittee:
+    """Three members served over TLS from this process (so the test can subclass them)."""
+
+    def __init__(self, root: Path) -> None:
+        ids = ["member-1", "member-2", "member-3"]
+        fingerprints = write_study_certs(root / "certs", members=ids)
+        self._ca = (root / "certs" / "ca.pem").read_text()
+        self.members: list[CommitteeMember] = []
+        self.servers: list[Any] = []
+        self._entries: list[CommitteeEntry] = []
+        self._keys: list[tuple[MemberKeys, Path]] = []
+        for member_id, cls in zip(ids, (WireAttacker, CommitteeMember, Tamperer), strict=True):
+            keys = MemberKeys.generate(member_id)
+            cert = load_cert_key(
+                root / "certs" / f"{member_id}.pem", root / "certs" / f"{member_id}-key.pem"
+            )
+            member = cls(keys, workdir=root / member_id)
+            if isinstance(member, WireAttacker):
+                member.attacks = []
+            server, port = serve(member, tls=cert)
+            self.members.append(member)
+            self.servers.append(server)
+            self._entries.append(
+                CommitteeEntry(
+                    member_id=member_id,
+                    sign_key=keys.identity.public.sign_key,
+                    box_key=keys.identity.public.box_key,
+                    eth_address=keys.eth_address,
+                    endpoint=f"127.0.0.1:{port}",
+                    tls_fingerprint=bytes.fromhex(fingerprints[member_id]),
+                )
+            )
+            self._keys.append((keys, root / member_id))
+
+    def entries(self) -> list[CommitteeEntry]:
+        return list(self._entries)
+
+    @property
+    def ca_pem(self) -> str:
+        return self._ca
+
+    def approve(self, signed: SignedManifest) -> None:
+        for keys, workdir in self._keys:
+            approve(signed, workdir=workdir, identity=keys.identity, role=Role.MEMBER)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop(grace=None)
+
+
 @pytest.fixture(scope="module")
-def committee() -> Iterator[tuple[list[MemberRef], WireAttacker]]:
-    members: list[CommitteeMember] = []
-    for i, cls in enumerate((WireAttacker, CommitteeMember, Tamperer), start=1):
-        member = cls(MemberKeys.generate(f"member-{i}"))
-        if isinstance(member, WireAttacker):
-            member.attacks = []
-        members.append(member)
-    servers, roster = [], []
-    for member in members:
-        server, port = serve(member)
-        servers.append(server)
-        info = member.info
-        roster.append(
-            MemberRef(info.member_id, info.identity, info.eth_address, f"127.0.0.1:{port}")
-        )
-    yield roster, members[0]  # type: ignore[misc]
-    for server in servers:
-        server.stop(grace=None)
+def committee(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessCommittee]:
+    handle = InProcessCommittee(tmp_path_factory.mktemp("committee"))
+    yield handle
+    handle.stop()
 
 
 def _config(secure: SecureMode) -> StudyConfig:
@@ -113,22 +150,26 @@ def _config(secure: SecureMode) -> StudyConfig:
 
 
 def _settings(config: StudyConfig, out: Path) -> list[Any]:
+    capped = dataclasses.replace(hospital_settings(config, out)[0].policy, epsilon_cap=CAP)
     return [
-        dataclasses.replace(s, epsilon_cap=CAP) if s.party_id == CAPPED else s
+        dataclasses.replace(s, policy=capped) if s.party_id == CAPPED else s
         for s in hospital_settings(config, out)
     ]
 
 
 @pytest.fixture(scope="module")
 def studies(
-    tmp_path_factory: pytest.TempPathFactory, committee: tuple[list[MemberRef], WireAttacker]
+    tmp_path_factory: pytest.TempPathFactory, committee: InProcessCommittee
 ) -> dict[str, Any]:
-    roster, attacker = committee
     ckks_cfg, none_cfg = _config(SecureMode.CKKS), _config(SecureMode.NONE)
     ckks_out = tmp_path_factory.mktemp("ckks")
     none_out = tmp_path_factory.mktemp("none")
-    ckks = run_study(ckks_cfg, ckks_out, committee=roster, settings=_settings(ckks_cfg, ckks_out))
+    ckks = run_study(
+        ckks_cfg, ckks_out, committee=committee, settings=_settings(ckks_cfg, ckks_out)
+    )
     none = run_study(none_cfg, none_out, settings=_settings(none_cfg, none_out))
+    attacker = committee.members[0]
+    assert isinstance(attacker, WireAttacker)
     return {
         "ckks": ckks,
         "none": none,
