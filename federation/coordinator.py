@@ -106,6 +106,17 @@ class StudyOutcome:
 
 
 @dataclass
+class Session:
+    """What the coordinator holds between rounds of one study."""
+
+    owners: dict[int, wire.EnrollReply]
+    party_of: dict[int, str]
+    model: torch.nn.Module
+    global_vec: np.ndarray
+    members: Committee
+
+
+@dataclass
 class Coordinator:
     """Drives one study over a Flower grid. Run by the coordinator (sponsor).
 
@@ -176,15 +187,26 @@ class Coordinator:
     # ------------------------------------------------------------------ the study
 
     def run(self) -> StudyOutcome:
+        """The whole study: :meth:`open_session`, every round, settlement."""
+        session = self.open_session()
+        try:
+            for rnd in range(1, self.manifest.rounds + 1):
+                if not self.play_round(session, rnd):
+                    break
+        finally:
+            session.members.close()
+        self._settle()
+        self.outcome.final_model = session.global_vec
+        return self.outcome
+
+    def open_session(self) -> Session:
+        """Enrol the owners, build the initial model, deal keys and configure the committee."""
         manifest = self.manifest
         self.outcome.study_id = manifest.study_id
         self.outcome.contract = self.contract.address
         self.outcome.chain = self.contract.provider.name
         self.outcome.bounty_wei = manifest.bounty_wei
-        nodes = self._wait_for_nodes()
-        owners = self._enroll(nodes)
-        party_of = {n: owners[n].party_id for n in owners}
-
+        owners = self._enroll(self._wait_for_nodes())
         torch.manual_seed(manifest.init_seed)
         model = build_model(
             manifest.model,
@@ -198,32 +220,38 @@ class Coordinator:
                 f"model {manifest.model!r} has {global_vec.shape[0]} parameters, the manifest "
                 f"says {manifest.update_length}"
             )
-
         members = Committee(manifest, ControlSigner(self.identity))
         try:
             if manifest.secure is SecureMode.CKKS:
                 setup = self._deal_keys(owners)
                 self._require_quorum(members.configure(self.signed, setup), "configured the study")
-            for rnd in range(1, manifest.rounds + 1):
-                started = time.perf_counter()
-                try:
-                    global_vec, record = self._round(
-                        rnd, party_of, owners, global_vec, model, members
-                    )
-                except ProtocolAbort as exc:
-                    self.outcome.stopped = f"round {rnd}: {exc}"
-                    log.warning("study stopped", extra=fields(round=rnd, reason=str(exc)))
-                    break
-                record.seconds = round(time.perf_counter() - started, 3)
-                self.outcome.rounds.append(record)
-                if self.on_round is not None:
-                    self.on_round(record)
-        finally:
+        except BaseException:
             members.close()
+            raise
+        party_of = {n: owners[n].party_id for n in owners}
+        return Session(owners, party_of, model, global_vec, members)
 
-        self._settle()
-        self.outcome.final_model = global_vec
-        return self.outcome
+    def play_round(self, session: Session, rnd: int) -> bool:
+        """Run round ``rnd``; False when the study had to stop (reason in the outcome)."""
+        started = time.perf_counter()
+        try:
+            session.global_vec, record = self._round(
+                rnd,
+                session.party_of,
+                session.owners,
+                session.global_vec,
+                session.model,
+                session.members,
+            )
+        except ProtocolAbort as exc:
+            self.outcome.stopped = f"round {rnd}: {exc}"
+            log.warning("study stopped", extra=fields(round=rnd, reason=str(exc)))
+            return False
+        record.seconds = round(time.perf_counter() - started, 3)
+        self.outcome.rounds.append(record)
+        if self.on_round is not None:
+            self.on_round(record)
+        return True
 
     def _require_quorum(self, errors: Mapping[str, CohortError], what: str) -> None:
         """Go on while a quorum of members did ``what``; otherwise stop with the reasons."""
@@ -581,7 +609,7 @@ class Coordinator:
         self.outcome.total_paid_wei = total
 
 
-_COHORT_ERROR = re.compile(r"cohort\.errors\.(\w+): (.+)")
+_COHORT_ERROR = re.compile(r"cohort\.(?:[a-z_]+\.)+([A-Z]\w*): (.+)")
 
 
 def error_reason(raw: str) -> str:

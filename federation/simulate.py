@@ -271,8 +271,13 @@ def run_study(
     settings: Sequence[HospitalSettings] | None = None,
     on_round: Any = None,
     quiet_flower: bool = True,
+    coordinator_class: type[Coordinator] = Coordinator,
 ) -> dict[str, Any]:
-    """Run one study in-process and return (and write) its summary."""
+    """Run one study in-process and return (and write) its summary.
+
+    ``coordinator_class`` lets a sponsor run its own coordinator logic (and the adversarial
+    tests a scripted malicious one) over the same parties, committee and chain.
+    """
     from flwr.simulation import run_simulation
 
     prepare_out(out)
@@ -305,7 +310,7 @@ def run_study(
         approve_on_behalf(signed, contract, hospitals, members)
 
         def factory(grid: Grid, context: Context) -> Coordinator:
-            return Coordinator(
+            return coordinator_class(
                 signed=signed,
                 identity=coordinator,
                 grid=grid,
