@@ -646,7 +646,7 @@ def simulate(
         Path, typer.Option(help="Output directory for summary.json, ledgers and key stores.")
     ] = Path("runs/latest"),
     model: Annotated[
-        str, typer.Option(help="Model spec: mlp, mlp:64,32, logreg or package.module:factory.")
+        str, typer.Option(help="Built-in architecture: mlp, mlp:64,32 (hidden widths) or logreg.")
     ] = "mlp",
 ) -> None:
     """Run a private federated study on one machine (embedded chain, local committee)."""
@@ -659,6 +659,14 @@ def simulate(
             code=2,
         )
     _check_out(out)
+    from cohort.clients.model import is_builtin_spec
+
+    if not is_builtin_spec(model):
+        _fail(
+            f"--model {model!r}: the simulation's synthetic hospitals run built-in "
+            "architectures only (mlp, mlp:<widths>, logreg)",
+            code=2,
+        )
     try:
         config = StudyConfig(
             clients=clients,
@@ -674,8 +682,8 @@ def simulate(
         _fail(str(exc), code=2)
     if seed is not None:
         _warn(
-            f"seeded run (--seed {seed}): data split, keys and DP noise are reproducible by "
-            "anyone who knows the seed; unfit for real patient data"
+            f"seeded run (--seed {seed}): data split, model initialisation and DP noise are "
+            "reproducible by anyone who knows the seed; unfit for real patient data"
         )
 
     from cohort.federation.simulate import SUMMARY, run_study
@@ -701,12 +709,21 @@ def simulate(
             progress.stop()
             _fail(f"study aborted: {exc}")
     print_summary(summary)
+    console.print(
+        f"manifest {summary.get('manifest', '-')}: {summary.get('approvals', '')} "
+        f"({clients} hospitals, {committee} committee members)",
+        soft_wrap=True,
+    )
     console.print(f"summary written to {out / SUMMARY}", soft_wrap=True)
     failure = unfinalized_reasons(summary)
     if failure is not None:
         for reason in failure[1:]:
             err_console.print(f"  {reason}")
         _fail(failure[0])
+    if summary.get("stopped"):
+        # Detected, not prevented: e.g. the committee lost its quorum. No hospital trained
+        # the round that could not complete.
+        _fail(f"study stopped early: {summary['stopped']}")
 
 
 def _float_cell(value: object, digits: int) -> str:

@@ -76,6 +76,7 @@ def test_simulate_rejects_bad_options_before_starting_anything(tmp_path: Path) -
         (["--epsilon", "-1"], "--epsilon must be a finite number > 0"),
         (["--epsilon", "inf"], "got inf"),
         (["--epsilon", "nan"], "got nan"),
+        (["--model", "os:ftruncate"], "built-in architectures only"),
     ]:
         result = runner.invoke(app, ["simulate", *args, "--out", str(out)])
         assert result.exit_code == 2, result.output
@@ -160,6 +161,35 @@ def test_simulate_exits_1_when_no_round_is_finalized(
     assert ok
     assert result.exit_code == 0, result.output
     assert "2 rounds finalized" in result.output
+
+
+def test_simulate_exits_1_when_the_study_stopped_early(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def stopped() -> dict[str, Any]:
+        summary = _summary(finalized=1)
+        summary["stopped"] = "round 2: only 1 of 3 committee members opened round 2 (quorum 2)"
+        return summary
+
+    _fake_study(monkeypatch, stopped)
+    result = runner.invoke(app, ["simulate", "--rounds", "2", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert "study stopped early: round 2: only 1 of 3 committee members" in result.output
+
+
+def test_plaintext_comparison_run_succeeds_without_on_chain_finalization(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def plaintext() -> dict[str, Any]:
+        summary = _summary(finalized=0)
+        summary["config"] = {"secure": "none"}
+        summary["rounds"][0]["aggregate_hash"] = "ab" * 32
+        return summary
+
+    _fake_study(monkeypatch, plaintext)
+    args = ["simulate", "--secure", "none", "--rounds", "2", "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
 
 
 def test_simulate_warns_that_a_seeded_run_is_unfit_for_patient_data(
