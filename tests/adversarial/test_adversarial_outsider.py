@@ -23,6 +23,7 @@ from cohort.aggregator.committee import Committee, LocalCommittee
 from cohort.aggregator.control import (
     AggregateBody,
     ConfigureBody,
+    ControlBody,
     ControlSigner,
     OpenRoundBody,
     StatusBody,
@@ -116,7 +117,7 @@ def test_unsigned_control_is_refused(deployment: Deployment) -> None:
     """The outsider signs with its own key: every control call is refused, none is parsed."""
     d, study, member = deployment, deployment.study_id, "member-1"
     client = d.client(member)
-    calls = {
+    calls: dict[str, ControlBody] = {
         "configure": ConfigureBody(d.signed.to_bytes(), d.setup),
         "open_round": OpenRoundBody(round=1),
         "aggregate": AggregateBody(round=1, client_ids=OWNERS),

@@ -84,7 +84,7 @@ def test_the_nonce_makes_equal_terms_distinct_studies() -> None:
 )
 def test_terms_are_validated_when_built(changes: dict[str, object], match: str) -> None:
     with pytest.raises((ConfigError, BadInputError), match=match):
-        dataclasses.replace(BASE, **changes)  # type: ignore[arg-type]
+        dataclasses.replace(BASE, **changes)
 
 
 def test_the_sponsor_signature_binds_every_byte() -> None:
