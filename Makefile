@@ -55,6 +55,8 @@ format: setup
 
 bench: setup
 	$(BIN)/python bench/round.py
+	$(BIN)/python bench/control.py
+	$(BIN)/python bench/noise.py
 	$(BIN)/python bench/study.py
 	$(BIN)/python bench/dp_accuracy.py
 

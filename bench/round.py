@@ -2,14 +2,20 @@
 
 What runs (in-process, no Flower, no gRPC, no chain): ``--clients`` data owners with
 synthetic float32 updates ~ N(0, 0.01) and example counts drawn (seeded) from 30..120; a
-committee of ``--committee`` :class:`~cohort.aggregator.member.CommitteeMember` objects
-configured for the study exactly as the coordinator does (roster, ``CkksSpec`` with the
-public context, update length, quorum ``k // 2 + 1``). Each data owner weights its update
-by ``examples / weight_unit``, quantises it to ``params.release_grid``, encrypts it
-**once** and builds one signed, sealed envelope per member (as ``federation/hospital.py``
-does); each member accepts every envelope (verify + unseal + CKKS check) and aggregates
-(homomorphic sum + Ed25519 signature + Ethereum attestation); the coordinator checks the
-quorum (``cohort.aggregator.quorum.decide``); one data owner decrypts the sum.
+committee of ``--committee`` :class:`~cohort.aggregator.member.CommitteeMember` objects, each
+with its own work directory (approval and SQLite state) under a temporary folder. The
+sponsor signs a study manifest over real identities (owners, members, coordinator, key
+dealer; quorum ``k // 2 + 1``), every member operator approves it (``Role.MEMBER``), the
+key dealer signs the CKKS public context, and the coordinator configures each member with a
+signed Configure, then drives the round with signed OpenRound and Aggregate calls
+(:class:`~cohort.aggregator.control.ControlSigner`), as ``federation/coordinator.py`` does.
+Each data owner weights its update by ``examples / weight_unit``, quantises it to
+``params.release_grid``, encrypts it **once** and builds one signed, sealed envelope per
+member (as ``federation/hospital.py`` does); each member accepts every envelope (verify +
+unseal + CKKS check + store) and aggregates (homomorphic sum + Ed25519 signature + Ethereum
+attestation); the coordinator checks the quorum (``cohort.aggregator.quorum.decide``); one
+data owner decrypts the sum. ``bench/control.py`` measures the same committee over gRPC
+(TLS against plaintext, and the cost of signing the control calls).
 
 ``none`` is the plaintext comparison mode: owners send the weighted, quantised update and
 the coordinator sums it with numpy.
@@ -32,6 +38,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,22 +50,32 @@ from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
-from cohort.aggregator.member import (
-    AggregateResult,
-    CommitteeMember,
-    DataOwner,
-    MemberKeys,
-    StudyConfig,
+from cohort.aggregator.control import (
+    AggregateBody,
+    ConfigureBody,
+    ControlSigner,
+    OpenRoundBody,
 )
-from cohort.aggregator.modes import CkksSpec
+from cohort.aggregator.keys import MemberKeys
+from cohort.aggregator.member import AggregateResult, CommitteeMember
+from cohort.aggregator.modes import CkksSpec, sign_dealt_context
 from cohort.aggregator.quorum import AttestationCheck, decide
 from cohort.crypto.ckks import DEFAULT_PARAMS, CkksSecretContext
 from cohort.crypto.encoding import quantize
 from cohort.crypto.envelope import build_envelope
 from cohort.crypto.identity import Identity
+from cohort.federation.approval import Role, approve
+from cohort.federation.manifest import (
+    CommitteeEntry,
+    DpTerms,
+    Manifest,
+    OwnerEntry,
+    SecureMode,
+    SignedManifest,
+    new_nonce,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-STUDY_ID = "bench-round"
 CHAIN_ID = 1337
 UPDATE_STD = 0.01
 EXAMPLES_RANGE = (30, 120)
@@ -157,8 +174,8 @@ def run_none(inputs: Inputs, grid: float, repeat: int) -> tuple[dict[str, Any], 
         "upload_bytes_per_client": plaintext,
         "upload_ratio_per_client": 1.0,
         "wire_note": (
-            "bytes are 4*P float32 as the reference; Cohort's none mode currently ships the "
-            "quantised update as float64 (8*P bytes), although grid values fit float32 exactly"
+            "bytes are 4*P: none mode ships the quantised update as float32 "
+            "(federation/hospital.py; grid values below max_abs are exact in float32)"
         ),
         "max_abs_error_mean_vs_float64": float(np.max(np.abs(mean - reference))),
     }
@@ -171,38 +188,116 @@ def run_none(inputs: Inputs, grid: float, repeat: int) -> tuple[dict[str, Any], 
 
 @dataclass
 class Study:
+    """A signed, approved study with its committee configured through signed Configure."""
+
     context: CkksSecretContext
     owners: list[Identity]
     members: list[CommitteeMember]
-    config: StudyConfig
+    signer: ControlSigner
+    manifest: Manifest
+    home: tempfile.TemporaryDirectory[str]
     configure_s: list[float] = field(default_factory=list)
 
+    @property
+    def study_id(self) -> str:
+        return self.manifest.study_id
 
-def setup_study(params: int, clients: int, k: int, seed: int) -> Study:
-    """Keys, roster and a committee configured as federation/coordinator.py does it."""
+    def close(self) -> None:
+        for member in self.members:
+            member.close()
+        self.home.cleanup()
+
+
+def study_manifest(
+    *,
+    owners: Sequence[Identity],
+    keys: Sequence[MemberKeys],
+    coordinator: Identity,
+    sponsor: Identity,
+    update_length: int,
+    rounds: int,
+) -> SignedManifest:
+    """A CKKS study manifest over real identities, signed by the sponsor (no TLS: the
+    members are in-process objects; placeholder endpoints)."""
+    committee = tuple(
+        CommitteeEntry(
+            member_id=key.identity.party_id,
+            sign_key=key.identity.public.sign_key,
+            box_key=key.identity.public.box_key,
+            eth_address=key.eth_address,
+            endpoint=f"127.0.0.1:{50051 + j}",
+        )
+        for j, key in enumerate(keys)
+    )
+    manifest = Manifest(
+        name="bench-round",
+        nonce=new_nonce(),
+        secure=SecureMode.CKKS,
+        committee=committee,
+        quorum=len(keys) // 2 + 1,
+        min_clients=len(owners),
+        owners=tuple(
+            OwnerEntry(
+                o.party_id, o.public.sign_key, o.public.box_key, str(Account.create().address)
+            )
+            for o in owners
+        ),
+        key_dealer=owners[0].party_id,
+        coordinator_key=coordinator.public.sign_key,
+        sponsor_key=sponsor.public.sign_key,
+        sponsor_address=str(Account.create().address),
+        rounds=rounds,
+        dp=DpTerms(
+            epsilon=3.0, delta=1e-5, local_epochs=1, batch_size=32, max_grad_norm=1.0, lr=0.1
+        ),
+        model="mlp",
+        features=30,
+        num_classes=2,
+        update_length=update_length,
+        init_seed=0,
+        server_lr=1.0,
+        payout_rule="proportional-to-included-rounds",
+        bounty_wei=0,
+        chain_id=CHAIN_ID,
+        contract=str(Account.create().address),
+        deadline=int(time.time()) + 86_400,
+    )
+    return SignedManifest.sign(manifest, sponsor)
+
+
+def setup_study(params: int, clients: int, k: int, seed: int, rounds: int) -> Study:
+    """Keys, a signed manifest, the members' approvals, and a signed Configure per member."""
     context = CkksSecretContext.generate()
     owners = [
         Identity.generate(f"hospital-{i:02d}", seed=seed.to_bytes(8, "big") + i.to_bytes(24, "big"))
         for i in range(clients)
     ]
     keys = [MemberKeys.generate(f"member-{j}") for j in range(k)]
-    config = StudyConfig(
-        study_id=STUDY_ID,
-        owners=tuple(
-            DataOwner(identity=o.public, payout_address=Account.create().address) for o in owners
-        ),
-        mode=CkksSpec(public_context=context.public().to_bytes()),
+    coordinator = Identity.generate("coordinator")
+    signed = study_manifest(
+        owners=owners,
+        keys=keys,
+        coordinator=coordinator,
+        sponsor=Identity.generate("sponsor"),
         update_length=params,
-        committee=tuple(key.identity.party_id for key in keys),
-        quorum=k // 2 + 1,
-        chain_id=CHAIN_ID,
-        contract=Account.create().address,
+        rounds=rounds,
     )
-    members = [CommitteeMember(key) for key in keys]
-    study = Study(context, owners, members, config)
+    manifest = signed.verify()
+    public = context.public().to_bytes()
+    setup = CkksSpec(public, sign_dealt_context(owners[0], manifest.study_id, public))
+    home = tempfile.TemporaryDirectory(prefix="cohort-bench-round-")
+    members: list[CommitteeMember] = []
+    for key in keys:
+        workdir = Path(home.name) / key.identity.party_id
+        approve(signed, workdir=workdir, identity=key.identity, role=Role.MEMBER)
+        members.append(CommitteeMember(key, workdir=workdir))
+    signer = ControlSigner(coordinator)
+    study = Study(context, owners, members, signer, manifest, home)
+    body = ConfigureBody(signed.to_bytes(), setup)
     for member in members:
-        _, seconds = timed(member.configure, config)
-        study.configure_s.append(seconds)
+        start = time.perf_counter()
+        member.configure(signer.sign(manifest.study_id, member.member_id, body))
+        study.configure_s.append(time.perf_counter() - start)
     return study
 
 
@@ -224,12 +319,12 @@ class CkksSamples:
 
 
 def envelopes(
-    owner: Identity, members: Sequence[CommitteeMember], rnd: int, payload: bytes
+    owner: Identity, members: Sequence[CommitteeMember], study_id: str, rnd: int, payload: bytes
 ) -> list[bytes]:
     """One signed, sealed envelope per member, serialized (federation/hospital.py upload)."""
     return [
         build_envelope(
-            owner, m.info.identity, study_id=STUDY_ID, round=rnd, payload=payload
+            owner, m.info.identity, study_id=study_id, round=rnd, payload=payload
         ).to_bytes()
         for m in members
     ]
@@ -238,11 +333,16 @@ def envelopes(
 def ckks_round(
     study: Study, inputs: Inputs, rnd: int, samples: CkksSamples, quantized_sum: np.ndarray
 ) -> None:
-    """One round: encrypt once, k envelopes, every member accepts and aggregates, decrypt."""
-    context, members, config = study.context, study.members, study.config
+    """One round: encrypt once, k envelopes, every member accepts and aggregates, decrypt.
+
+    Control calls are signed right before each call (ControlSigner.sign); the member verifies
+    the signature and counter inside open_round / aggregate, so member times include that.
+    """
+    context, members, manifest, signer = study.context, study.members, study.manifest, study.signer
+    study_id = manifest.study_id
     grid = context.params.release_grid
     for member in members:
-        member.open_round(rnd, study_id=STUDY_ID)
+        member.open_round(signer.sign(study_id, member.member_id, OpenRoundBody(rnd)))
     accept = [0.0] * len(members)
     for i, owner in enumerate(study.owners):
         start = time.perf_counter()
@@ -254,7 +354,7 @@ def ckks_round(
         samples.encrypt_s.append(end - start)
         del weighted
 
-        blobs, seconds = timed(envelopes, owner, members, rnd, payload)
+        blobs, seconds = timed(envelopes, owner, members, study_id, rnd, payload)
         samples.envelopes_s.append(seconds)
         samples.payload_bytes.append(len(payload))
         samples.envelope_bytes.extend(len(b) for b in blobs)
@@ -270,10 +370,12 @@ def ckks_round(
     client_ids = [o.party_id for o in study.owners]
     results: list[AggregateResult] = []
     agg_times: list[float] = []
+    body = AggregateBody(rnd, tuple(client_ids))
     for member in members:
-        result, seconds = timed(member.aggregate, rnd, client_ids)
+        start = time.perf_counter()
+        result = member.aggregate(signer.sign(study_id, member.member_id, body))
+        agg_times.append(time.perf_counter() - start)
         results.append(result)
-        agg_times.append(seconds)
     samples.aggregate_s.append(agg_times)
     hashes = {r.aggregate_hash for r in results}
     if len(hashes) != 1:
@@ -282,12 +384,12 @@ def ckks_round(
     start = time.perf_counter()
     decision = decide(
         results,
-        quorum=config.quorum,
+        quorum=manifest.quorum,
         roster=[m.info for m in members],
-        study_id=STUDY_ID,
+        study_id=study_id,
         round=rnd,
         client_ids=client_ids,
-        attestation=AttestationCheck.for_study(config, client_ids),
+        attestation=AttestationCheck.for_manifest(manifest, client_ids),
     )
     samples.quorum_s.append(time.perf_counter() - start)
     results.clear()
@@ -306,10 +408,14 @@ def ckks_round(
 def run_ckks(
     inputs: Inputs, k: int, repeat: int, seed: int, quantized_sum: np.ndarray
 ) -> dict[str, Any]:
-    study, setup_s = timed(setup_study, inputs.params, len(inputs.updates), k, seed)
+    study, setup_s = timed(setup_study, inputs.params, len(inputs.updates), k, seed, repeat)
     samples = CkksSamples()
-    for rnd in range(1, repeat + 1):
-        ckks_round(study, inputs, rnd, samples, quantized_sum)
+    try:
+        for rnd in range(1, repeat + 1):
+            ckks_round(study, inputs, rnd, samples, quantized_sum)
+    finally:
+        configure_s = study.configure_s
+        study.close()
     del study
     gc.collect()
     plaintext = 4 * inputs.params
@@ -319,6 +425,12 @@ def run_ckks(
     aggregate_per_member = [s for per_round in samples.aggregate_s for s in per_round]
     return {
         "setup_s": setup_s,
+        "member_configure_s": {
+            "what": "signed Configure per member: approval lookup, control signature and "
+            "counter, manifest and dealer checks, CKKS context load, state write",
+            "median": median(configure_s),
+            "samples": configure_s,
+        },
         "client_encrypt_s": {
             "what": "weight + quantise + encrypt one update (median over clients and rounds)",
             "median": median(samples.encrypt_s),
@@ -346,13 +458,14 @@ def run_ckks(
         "envelope_ratio": envelope / plaintext,
         "upload_ratio_per_client": upload / plaintext,
         "member_accept_s": {
-            "what": f"accept (verify + unseal + CKKS check) all {len(inputs.updates)} uploads, "
-            "per member; median over members and rounds",
+            "what": f"accept (verify + unseal + CKKS check + store) all {len(inputs.updates)} "
+            "uploads, per member; median over members and rounds",
             "median": median(accept_per_member),
             "per_round_per_member": samples.accept_s,
         },
         "member_aggregate_s": {
-            "what": "homomorphic sum + Ed25519 signature + attestation, per member",
+            "what": "signed Aggregate: control check, read uploads, homomorphic sum, "
+            "Ed25519 signature, attestation, state write; per member",
             "median": median(aggregate_per_member),
             "per_round_per_member": samples.aggregate_s,
         },
@@ -478,12 +591,12 @@ def rows(results: dict[str, Any], k: int, clients: int) -> tuple[list[str], list
             ),
         ),
         line(
-            f"member: accept {clients} uploads (verify + unseal + check)",
+            f"member: accept {clients} uploads (verify + unseal + check + store)",
             dash,
             lambda c: fmt_s(c["member_accept_s"]["median"]),
         ),
         line(
-            "member: aggregate (sum + sign)",
+            "member: aggregate (signed call: sum + sign + store)",
             lambda n: fmt_s(n["aggregate_s"]["median"]) + " (numpy, coordinator)",
             lambda c: fmt_s(c["member_aggregate_s"]["median"]),
         ),
@@ -537,9 +650,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {cpus} CPU cores ({m['cpu_model'] or m['platform']}), Python {m['python']}, "
         f"TenSEAL {m['tenseal']}, {m['date'][:10]}; `python bench/round.py`, one round, "
         f"{args['clients']} clients, committee k={args['committee']} "
-        f"(quorum {args['quorum']}), in-process, median of {args['repeat']} run(s), whole run "
+        f"(quorum {args['quorum']}), in-process members configured by signed Configure with "
+        f"an approved manifest, median of {args['repeat']} run(s), whole run "
         f"{results['wall_s']:.0f} s. Member times are per member (members run in parallel "
-        "on their own machines)."
+        "on their own machines) and include the member's SQLite state (synchronous=FULL). "
+        "gRPC, TLS and control-call signing: `bench/control.py` (`bench/results/control.md`)."
     )
     note = machine_note + "\n\n" + issue_note(results)
     return "\n".join(out) + "\n\n" + note + "\n"
@@ -580,8 +695,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
-    if args.clients < 1 or args.committee < 1 or args.repeat < 1:
-        parser.error("--clients, --committee and --repeat must be >= 1")
+    if args.clients < 2 or args.committee < 1 or args.repeat < 1:
+        parser.error(
+            "--clients must be >= 2 (a manifest lists at least 2 owners); "
+            "--committee and --repeat >= 1"
+        )
 
     console = Console()
     if not console.is_terminal:
