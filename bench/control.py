@@ -34,12 +34,8 @@ the JSON). A figure, not a test: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
-import importlib.metadata
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,6 +47,7 @@ from typing import Any
 
 import numpy as np
 from eth_account import Account
+from machine import describe as describe_machine
 
 from cohort.aggregator.client import MemberClient
 from cohort.aggregator.committee import Committee, LocalCommittee, MemberRef
@@ -454,33 +451,6 @@ def time_sign_verify(variant: Variant, clients: Sequence[str], repeat: int) -> d
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions: dict[str, str | None] = {}
-    for package in ("grpcio", "tenseal", "pynacl", "cryptography"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "cpu_model": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        **versions,
-    }
-
-
 def summarize(variants: dict[str, Variant], signing: dict[str, Any], k: int) -> dict[str, Any]:
     """Medians per variant, paired TLS - plaintext differences, signing per round."""
     tls, plain = variants["tls"], variants["plaintext"]
@@ -727,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     envelope_bytes = variants["tls"].envelope_bytes
     results: dict[str, Any] = {
-        "machine": machine(),
+        "machine": describe_machine(("grpcio", "tenseal", "pynacl", "cryptography")),
         "parameters": {
             "params": args.params,
             "clients": args.clients,

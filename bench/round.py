@@ -30,12 +30,8 @@ the round runs R times per size and the table shows medians (every sample is in 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
-import importlib.metadata
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -47,6 +43,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 from eth_account import Account
+from machine import describe as describe_machine
 from rich.console import Console
 from rich.table import Table
 
@@ -480,33 +477,6 @@ def run_ckks(
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions: dict[str, str | None] = {}
-    for package in ("tenseal", "torch", "numpy", "pynacl"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "cpu_model": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        **versions,
-    }
-
-
 def fmt_s(seconds: float) -> str:
     if seconds != seconds:  # nan
         return "-"
@@ -707,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     grid = DEFAULT_PARAMS.release_grid
     results: dict[str, Any] = {
-        "machine": machine(),
+        "machine": describe_machine(("tenseal", "torch", "numpy", "pynacl")),
         "parameters": {
             "sizes": args.sizes,
             "clients": args.clients,

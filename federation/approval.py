@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cohort.bounties.study import StudyContract
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import Identity, verify_signature
 from cohort.errors import BadInputError, VerificationError
@@ -95,6 +96,21 @@ class Approval:
             "contract_checked": self.contract_checked,
             "signature": self.signature.hex(),
         }
+
+
+def check_contract(contract: StudyContract, manifest: Manifest) -> None:
+    """The study contract is the committed code, on the manifest's chain, bound to this
+    manifest's hash, committee, quorum, roster, rounds and deadline; VerificationError
+    naming the first field that differs. Run by an operator before approving."""
+    contract.verify_binding(
+        manifest_hash=manifest.digest(),
+        chain_id=manifest.chain_id,
+        committee=[m.eth_address for m in manifest.committee],
+        quorum=manifest.quorum,
+        data_owners=[o.payout_address for o in manifest.owners],
+        rounds=manifest.rounds,
+        deadline=manifest.deadline,
+    )
 
 
 def study_dir(workdir: Path, study_id: str) -> Path:

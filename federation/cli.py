@@ -381,19 +381,11 @@ def _check_contract(manifest: Manifest, chain_url: str) -> None:
     """The study contract on ``chain_url`` is bound to ``manifest``; else one line, exit 1."""
     from cohort.bounties.chain import RpcChain
     from cohort.bounties.study import StudyContract
+    from cohort.federation.approval import check_contract
 
     try:
         provider = RpcChain(chain_url)
-        contract = StudyContract.at(provider, manifest.contract)
-        contract.verify_binding(
-            manifest_hash=manifest.digest(),
-            chain_id=manifest.chain_id,
-            committee=[m.eth_address for m in manifest.committee],
-            quorum=manifest.quorum,
-            data_owners=[o.payout_address for o in manifest.owners],
-            rounds=manifest.rounds,
-            deadline=manifest.deadline,
-        )
+        check_contract(StudyContract.at(provider, manifest.contract), manifest)
     except CohortError as exc:
         _fail(f"contract {manifest.contract} on {chain_url}: {exc}")
 

@@ -46,7 +46,7 @@ from cohort.clients.data import demo_normalizer, demo_split
 from cohort.clients.model import build_model, num_parameters
 from cohort.crypto.identity import Identity
 from cohort.errors import ConfigError, ProtocolAbort
-from cohort.federation.approval import Role, approve
+from cohort.federation.approval import Role, approve, check_contract
 from cohort.federation.client_app import make_client_app
 from cohort.federation.config import StudyConfig, write_json
 from cohort.federation.coordinator import Coordinator, RoundRecord, StudyOutcome
@@ -241,14 +241,7 @@ def approve_on_behalf(
 ) -> None:
     """What each operator would do with ``cohort study approve``, for synthetic parties."""
     m = signed.manifest
-    contract.verify_binding(
-        manifest_hash=m.digest(),
-        chain_id=m.chain_id,
-        committee=[e.eth_address for e in m.committee],
-        quorum=m.quorum,
-        data_owners=[o.payout_address for o in m.owners],
-        rounds=m.rounds,
-    )
+    check_contract(contract, m)
     for h in hospitals:
         h.policy.check(m)
         approve(
