@@ -509,6 +509,13 @@ class StudyContract:
             return None
         return bytes(state.finalizedHash(round).call())
 
+    def finalized_contributors_hash(self, round: int) -> bytes | None:
+        """keccak256 of the contributors ``round`` was finalized with, or None if not final."""
+        state = self._contract.functions
+        if not state.isFinalized(round).call():
+            return None
+        return bytes(state.finalizedContributorsHash(round).call())
+
     def is_finalized(self, round: int) -> bool:
         return bool(self._contract.functions.isFinalized(round).call())
 

@@ -19,9 +19,11 @@ import datetime as _dt
 import enum
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cohort.bounties.attestation import contributors_hash
 from cohort.bounties.study import StudyContract
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import Identity, verify_signature
@@ -111,6 +113,37 @@ def check_contract(contract: StudyContract, manifest: Manifest) -> None:
         rounds=manifest.rounds,
         deadline=manifest.deadline,
     )
+
+
+def check_finalized(
+    contract: StudyContract,
+    manifest: Manifest,
+    *,
+    round: int,
+    client_ids: Sequence[str],
+    aggregate_hash: bytes,
+) -> None:
+    """The contract finalized exactly this (aggregate, client set) for ``round``.
+
+    Run by a data owner that can reach the chain, before it decrypts: the contract finalizes
+    one result per round, so even a coordinator working with a committee member that signs
+    two client sets cannot have two aggregates of one round decrypted by two owners.
+    """
+    payouts = []
+    for cid in client_ids:
+        owner = manifest.owner(cid)
+        if owner is None:
+            raise VerificationError(f"round {round}: {cid!r} is not in the study's roster")
+        payouts.append(owner.payout_address)
+    final = contract.finalized_hash(round)
+    if final is None:
+        raise VerificationError(f"round {round}: the study contract has not finalized it")
+    if final != aggregate_hash:
+        raise VerificationError(f"round {round}: the study contract finalized another aggregate")
+    if contract.finalized_contributors_hash(round) != contributors_hash(payouts):
+        raise VerificationError(
+            f"round {round}: the study contract finalized another set of contributors"
+        )
 
 
 def study_dir(workdir: Path, study_id: str) -> Path:

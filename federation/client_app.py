@@ -25,16 +25,17 @@ from cohort.federation.policy import HospitalPolicy
 SettingsResolver = Callable[[Context], hospital.HospitalSettings]
 
 
-_POLICY_KEYS = ("epsilon-cap", "delta", "min-clients", "modes", "noise-seed")
+_POLICY_KEYS = ("epsilon-cap", "delta", "min-clients", "modes", "noise-seed", "chain-url")
 
 
 def settings_from_node_config(context: Context) -> hospital.HospitalSettings:
     """Read a deployed SuperNode's ``--node-config`` into HospitalSettings.
 
     ``party-id``, ``workdir``, ``data`` and ``epsilon-cap`` are required; ``delta``,
-    ``min-clients``, ``modes`` (comma-separated), ``noise-seed``, ``label-column`` and
-    ``dataset-id`` are optional. Custom model architectures are registered in the hospital's
-    config file, never through a value the coordinator can influence.
+    ``min-clients``, ``modes`` (comma-separated), ``noise-seed``, ``chain-url``,
+    ``label-column`` and ``dataset-id`` are optional. A model name is only ever looked up in
+    the built-in architectures (and the operator's own registry), never imported from a
+    value the coordinator can influence.
     """
     cfg = context.node_config
     missing = [k for k in ("party-id", "workdir", "data", "epsilon-cap") if k not in cfg]

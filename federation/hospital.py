@@ -29,6 +29,8 @@ import torch
 from cohort.aggregator.client import MemberClient
 from cohort.aggregator.committee import MemberRef
 from cohort.aggregator.member import aggregate_result_digest
+from cohort.bounties.chain import RpcChain
+from cohort.bounties.study import StudyContract
 from cohort.clients.data import Dataset, Normalizer, demo_split, load_csv
 from cohort.clients.model import build_model, get_flat, set_flat
 from cohort.clients.privacy import PrivacyLedger
@@ -41,7 +43,7 @@ from cohort.crypto.identity import Identity, verify_signature
 from cohort.crypto.tls import ChannelTls
 from cohort.errors import BadInputError, BudgetExhausted, CohortError, VerificationError
 from cohort.federation import wire
-from cohort.federation.approval import Role, approved_manifest
+from cohort.federation.approval import Role, approved_manifest, check_finalized
 from cohort.federation.keystore import KeyStore
 from cohort.federation.manifest import CommitteeEntry, Manifest, SecureMode
 from cohort.federation.policy import HospitalPolicy
@@ -436,7 +438,9 @@ def decrypt(
     Refuses unless the round is within the manifest, the client set lies within the roster
     and has at least max(manifest, local policy) ``min_clients`` owners including this one,
     the ciphertext hashes to ``aggregate_hash``, and a quorum of the manifest's committee
-    signed this (study, round, client set, aggregate hash). Before decrypting it durably
+    signed this (study, round, client set, aggregate hash), and - when the owner's policy names
+    a chain it trusts - the study contract finalized exactly this aggregate and client set
+    for the round (one result per round, whoever signs what). Before decrypting it durably
     records the round's aggregate and refuses any other aggregate for that round later. The
     reply signs the hash of what it returns, so a wrong decryption is attributable.
     """
@@ -463,6 +467,14 @@ def decrypt(
     if tagged_hash(Tag.AGGREGATE, request.aggregate) != request.aggregate_hash:
         raise VerificationError(f"decrypt round {request.round}: aggregate does not match its hash")
     _check_quorum_signatures(manifest, request)
+    if settings.policy.chain_url is not None:
+        check_finalized(
+            StudyContract.at(RpcChain(settings.policy.chain_url), manifest.contract),
+            manifest,
+            round=request.round,
+            client_ids=request.client_ids,
+            aggregate_hash=request.aggregate_hash,
+        )
     settings.keystore.record_decryption(
         manifest.study_id,
         request.round,

@@ -12,7 +12,11 @@ The policy is checked against every approved manifest before the hospital acts o
   (built-in specs ``mlp``, ``mlp:<widths>`` and ``logreg`` are always available); a model
   name from the manifest is only ever looked up here, never imported from a received string;
 * ``noise_seed``: local seeding of the DP noise (reproducible experiments only, recorded in the
-  ledger as seeded; unfit for real patient data).
+  ledger as seeded; unfit for real patient data);
+* ``chain_url``: the hospital's own view of the study's chain (a JSON-RPC endpoint it
+  trusts). With it the hospital decrypts an aggregate only once the study contract has
+  finalized exactly that aggregate and client set for the round (see
+  :func:`cohort.federation.approval.check_finalized`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class HospitalPolicy:
     modes: frozenset[SecureMode] = frozenset({SecureMode.CKKS})
     models: Mapping[str, str] = field(default_factory=dict)
     noise_seed: int | None = None
+    chain_url: str | None = None
 
     def __post_init__(self) -> None:
         cap = self.epsilon_cap
@@ -64,6 +69,8 @@ class HospitalPolicy:
                 raise ConfigError(f"models: {name!r} is a built-in spec and cannot be redefined")
             if not isinstance(target, str) or ":" not in target:
                 raise ConfigError(f"models: {name!r} must map to 'package.module:factory'")
+        if self.chain_url is not None and not self.chain_url.startswith(("http://", "https://")):
+            raise ConfigError(f"chain-url must be an http(s) JSON-RPC URL, got {self.chain_url!r}")
         if self.noise_seed is not None and not 0 <= self.noise_seed < 2**63:
             raise ConfigError(f"noise-seed must be in 0..2^63-1, got {self.noise_seed}")
 
@@ -99,7 +106,15 @@ class HospitalPolicy:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> HospitalPolicy:
         """From a TOML table / node-config mapping with dashed keys (``epsilon-cap`` ...)."""
-        known = {"epsilon-cap", "delta", "min-clients", "modes", "models", "noise-seed"}
+        known = {
+            "epsilon-cap",
+            "delta",
+            "min-clients",
+            "modes",
+            "models",
+            "noise-seed",
+            "chain-url",
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"hospital policy: unknown key {unknown[0]!r}")
@@ -118,6 +133,7 @@ class HospitalPolicy:
             modes=frozenset(SecureMode.parse(str(n).strip()) for n in names if str(n).strip()),
             models={str(k): str(v) for k, v in models.items()},
             noise_seed=None if seed is None else int(_number(seed, "noise-seed")),
+            chain_url=None if data.get("chain-url") is None else str(data["chain-url"]),
         )
 
 

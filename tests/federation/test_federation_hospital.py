@@ -348,3 +348,30 @@ def test_csv_owner_standardises_with_the_manifest_normalizer(tmp_path: Path) -> 
     narrow = study.resign(features=29)
     with pytest.raises(BadInputError, match="30 feature columns, the study's manifest says 29"):
         site.dataset(narrow.manifest)
+
+
+def test_an_owner_with_a_chain_checks_the_contract_before_decrypting(
+    study: Study, ready: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``chain-url`` in its policy the owner asks its own chain view first; here the
+    contract the manifest names does not exist there, so nothing is decrypted or recorded."""
+    from cohort.bounties.chain import EmbeddedChain
+
+    chain = EmbeddedChain()
+    asked: list[str] = []
+
+    def connect(url: str) -> EmbeddedChain:
+        asked.append(url)
+        return chain
+
+    monkeypatch.setattr(hospital, "RpcChain", connect)
+    owner = dataclasses.replace(
+        study.owners[0],
+        policy=dataclasses.replace(study.owners[0].policy, chain_url="http://127.0.0.1:8545"),
+    )
+    ids = ("hospital-1", "hospital-2")
+    request = _decrypt_request(study, ids, study.members[:2], ready)
+    with pytest.raises(BadInputError, match="no contract at"):
+        hospital.decrypt(owner, request)
+    assert asked == ["http://127.0.0.1:8545"]
+    assert owner.keystore.load_record("decryptions", study.study_id) == {}
