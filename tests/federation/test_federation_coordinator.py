@@ -1,0 +1,92 @@
+"""The coordinator's decryption check in isolation: a lying decryptor is outvoted and named.
+
+The Flower messages are replaced by a table of what each owner answers (a unit test of the
+agreement rule; the end-to-end and adversarial suites run the real runtime).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import numpy as np
+import pytest
+
+from cohort.aggregator.quorum import QuorumDecision
+from cohort.errors import ProtocolAbort
+from cohort.federation import wire
+from cohort.federation.coordinator import Coordinator
+
+STUDY = "ab" * 32
+TRUE = np.arange(4, dtype=np.float64)
+LIE = TRUE + 1.0
+
+
+class Table(Coordinator):
+    """Answers decryption requests from ``answers`` (party -> vector or None)."""
+
+    answers: dict[str, np.ndarray | None]
+    asked: list[str]
+
+    def _decrypt_one(
+        self, party: str, node: int, rnd: int, request: wire.DecryptRequest
+    ) -> tuple[bytes, np.ndarray] | None:
+        self.asked.append(party)
+        vector = self.answers[party]
+        return None if vector is None else (wire.plaintext_hash(vector), vector)
+
+
+def _coordinator(answers: dict[str, np.ndarray | None]) -> Table:
+    signed = cast(Any, type("S", (), {"manifest": type("M", (), {"study_id": STUDY})()})())
+    table = Table(
+        signed=signed,
+        identity=cast(Any, None),
+        grid=cast(Any, None),
+        test_set=cast(Any, None),
+        contract=cast(Any, None),
+        sponsor="0x" + "00" * 20,
+    )
+    table.answers = answers
+    table.asked = []
+    return table
+
+
+def _decision() -> QuorumDecision:
+    return QuorumDecision(
+        study_id=STUDY,
+        round=1,
+        client_ids=("h1", "h2", "h3"),
+        aggregate=b"agg",
+        aggregate_hash=b"h" * 32,
+        agreeing=("m1", "m2"),
+        faulty=(),
+        missing=(),
+        attestations=(),
+        signatures={"m1": b"s" * 64, "m2": b"t" * 64},
+    )
+
+
+def _run(answers: dict[str, np.ndarray | None]) -> tuple[Table, Any]:
+    table = _coordinator(answers)
+    party_of = {1: "h1", 2: "h2", 3: "h3"}
+    return table, table._decrypt(1, ["h1", "h2", "h3"], _decision(), party_of)
+
+
+def test_two_agreeing_decryptions_are_enough() -> None:
+    table, (total, agreed, wrong) = _run({"h1": TRUE, "h2": TRUE, "h3": TRUE})
+    np.testing.assert_array_equal(total, TRUE)
+    assert agreed == ["h2", "h3"]  # round 1 starts the rotation at the second owner
+    assert wrong == []
+    assert table.asked == ["h2", "h3"]
+
+
+def test_a_lying_decryptor_is_outvoted_and_named() -> None:
+    table, (total, agreed, wrong) = _run({"h1": TRUE, "h2": LIE, "h3": TRUE})
+    np.testing.assert_array_equal(total, TRUE)
+    assert sorted(agreed) == ["h1", "h3"]
+    assert wrong == ["h2"]
+    assert table.asked == ["h2", "h3", "h1"]
+
+
+def test_no_two_agreeing_decryptions_skip_the_round() -> None:
+    with pytest.raises(ProtocolAbort, match="no two data owners"):
+        _run({"h1": TRUE + 2, "h2": LIE, "h3": TRUE})
