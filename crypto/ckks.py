@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cohort.crypto import ckks_fastsum as fastsum
 from cohort.crypto import ckks_wire as wire
 from cohort.crypto.ckks_params import (
     DEFAULT_PARAMS,
@@ -35,6 +36,8 @@ from cohort.crypto.ckks_tenseal import (
     load_chunk,
     load_context,
     new_context,
+    seal_layout,
+    seal_zstd,
     serialize_context,
 )
 from cohort.crypto.hashing import Tag, tagged_hash
@@ -53,7 +56,7 @@ __all__ = [
 class CkksPublicContext:
     """Parameters without keys. Run by committee members (check, add) and the coordinator."""
 
-    __slots__ = ("_bytes", "_ctx", "_fingerprint", "_frame")
+    __slots__ = ("_bytes", "_codec", "_ctx", "_fingerprint", "_frame", "_layout")
 
     def __init__(self, frame: wire.ContextFrame) -> None:
         what = "CKKS public context"
@@ -64,6 +67,8 @@ class CkksPublicContext:
             raise BadInputError(f"{what}: TenSEAL context is not in canonical form")
         self._frame = frame
         self._ctx = ctx
+        self._layout = seal_layout(ctx, frame.params, what=what)
+        self._codec = seal_zstd()
         self._bytes = frame.to_bytes()
         self._fingerprint = tagged_hash(Tag.CKKS_CONTEXT, self._bytes)
 
@@ -90,22 +95,25 @@ class CkksPublicContext:
         """Run by a committee member on each upload before accepting it.
 
         Raises BadInputError on malformed framing, a value count other than ``length``, a
-        wrong chunk count, another context's fingerprint, or a chunk that does not
-        deserialize under this context as a ``slots``-value ciphertext at the right scale.
-        It cannot see the plaintext, so it cannot check ``|value| <= max_abs``.
+        wrong chunk count, another context's fingerprint, or a chunk that is not a fresh
+        ``slots``-value SEAL ciphertext of this context's ring dimension, prime chain and
+        scale (:func:`cohort.crypto.ckks_fastsum.decode_chunk` names the fault). It cannot
+        see the plaintext, so it cannot check ``|value| <= max_abs``.
         """
         frame = wire.parse_vector(blob, self.params, length=length, fingerprint=self._fingerprint)
         sizes = wire.chunk_sizes(frame.length, self.params.slots)
         for i, (chunk, size) in enumerate(zip(frame.chunks, sizes, strict=True)):
-            self._chunk(chunk, f"encrypted vector: chunk {i}", size)
+            self._decode(chunk, f"encrypted vector: chunk {i}", size)
 
-    def _chunk(self, data: bytes, where: str, size: int) -> Any:
-        return load_chunk(self._ctx, self.params, data, where=where, size=size)
+    def _decode(self, data: bytes, where: str, size: int) -> np.ndarray:
+        return fastsum.decode_chunk(data, self._layout, self._codec, size=size, where=where)
 
     def add(self, blobs: Sequence[bytes]) -> bytes:
         """Run by a committee member: the homomorphic sum of ``blobs`` as EncryptedVector bytes.
 
-        Deterministic: the same blobs in the same order give bit-identical output. At most
+        Byte-identical to TenSEAL's ``add_`` of the same ciphertexts, computed on the raw
+        coefficient arrays (:mod:`cohort.crypto.ckks_fastsum`); every chunk is checked as in
+        :meth:`check`. Deterministic and independent of the order of ``blobs``. At most
         :data:`MAX_SUMMANDS` blobs, all with the same value count under this context.
         """
         if len(blobs) == 0:
@@ -131,10 +139,14 @@ class CkksPublicContext:
         sizes = wire.chunk_sizes(first.length, self.params.slots)
         out: list[bytes] = []
         for j, size in enumerate(sizes):
-            acc = self._chunk(frames[0].chunks[j], f"encrypted vector 0: chunk {j}", size)
-            for i, frame in enumerate(frames[1:], start=1):
-                acc.add_(self._chunk(frame.chunks[j], f"encrypted vector {i}: chunk {j}", size))
-            out.append(bytes(acc.serialize()))
+            total = fastsum.add_chunks(
+                (
+                    self._decode(frame.chunks[j], f"encrypted vector {i}: chunk {j}", size)
+                    for i, frame in enumerate(frames)
+                ),
+                self._layout,
+            )
+            out.append(fastsum.encode_chunk(total, self._layout, self._codec, size=size))
         return wire.VectorFrame(
             length=first.length, fingerprint=self._fingerprint, chunks=tuple(out)
         ).to_bytes()

@@ -7,11 +7,15 @@ CKKS backend means replacing this module only.
 
 from __future__ import annotations
 
+import ctypes
+from functools import cache
 from typing import Any
 
 import numpy as np
 import tenseal as ts
+import tenseal.sealapi as sealapi
 
+from cohort.crypto.ckks_fastsum import Layout
 from cohort.crypto.ckks_params import CkksParams
 from cohort.errors import BadInputError, ConfigError
 
@@ -93,3 +97,82 @@ def load_chunk(ctx: Any, params: CkksParams, data: bytes, *, where: str, size: i
             f"{where} is not a {size}-value CKKS ciphertext at scale 2**{params.scale_bits}"
         )
     return vec
+
+
+def seal_layout(ctx: Any, params: CkksParams, *, what: str) -> Layout:
+    """The data level of ``ctx`` as :mod:`cohort.crypto.ckks_fastsum` checks it: SEAL's
+    primes for ``params`` (recomputed with ``sealapi``), confirmed by the context's parms_id."""
+    n = params.poly_modulus_degree
+    parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(n)
+    parms.set_coeff_modulus(sealapi.CoeffModulus.Create(n, list(params.coeff_mod_bit_sizes)))
+    ref = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
+    parms_id = tuple(int(x) for x in ref.first_parms_id())
+    if parms_id != tuple(int(x) for x in ctx.seal_context().data.first_parms_id()):
+        raise BadInputError(f"{what}: SEAL's prime chain for {params} differs from the context's")
+    primes = tuple(int(m.value()) for m in ref.first_context_data().parms().coeff_modulus())
+    header = sealapi.Serialization.SEALHeader()
+    return Layout(
+        poly_modulus_degree=n,
+        primes=primes,
+        parms_id=(parms_id[0], parms_id[1], parms_id[2], parms_id[3]),
+        scale=2.0**params.scale_bits,
+        version=(int(header.version_major), int(header.version_minor)),
+    )
+
+
+class SealZstd:
+    """The zstd that SEAL inside TenSEAL links (exported by TenSEAL's extension module), so
+    compressed output is byte-identical to SEAL's ``compr_mode_type::zstd``."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(ts._ts_cpp.__file__)
+        size_t, ptr = ctypes.c_size_t, ctypes.c_void_p
+        try:
+            self._compress = lib.ZSTD_compress2
+            self._decompress = lib.ZSTD_decompress
+            self._bound = lib.ZSTD_compressBound
+            self._new, self._free = lib.ZSTD_createCCtx, lib.ZSTD_freeCCtx
+            self._is_error = lib.ZSTD_isError
+            self._content_size = lib.ZSTD_getFrameContentSize
+        except AttributeError:
+            raise ConfigError(
+                "this TenSEAL build exports no zstd: the fast CKKS sum needs it"
+            ) from None
+        self._compress.argtypes = [ptr, ptr, size_t, ptr, size_t]
+        self._decompress.argtypes = [ptr, size_t, ptr, size_t]
+        self._compress.restype = self._decompress.restype = self._bound.restype = size_t
+        self._bound.argtypes = [size_t]
+        self._new.restype = ptr
+        self._free.argtypes = [ptr]
+        self._is_error.argtypes = [size_t]
+        self._is_error.restype = ctypes.c_uint
+        self._content_size.argtypes = [ptr, size_t]
+        self._content_size.restype = ctypes.c_ulonglong
+
+    def compress(self, data: bytes) -> bytes:
+        """Like SEAL's ``zstd_deflate_array_inplace``: one frame, default parameters."""
+        out = ctypes.create_string_buffer(self._bound(len(data)))
+        cctx = self._new()
+        try:
+            n = self._compress(cctx, out, len(out), data, len(data))
+        finally:
+            self._free(cctx)
+        if self._is_error(n):
+            raise RuntimeError(f"zstd compression failed (code {n})")
+        return out.raw[:n]
+
+    def decompress_into(self, data: memoryview, out: np.ndarray) -> int:
+        src = np.frombuffer(data, dtype=np.uint8)
+        n = self._decompress(out.ctypes.data, out.size, src.ctypes.data, src.size)
+        return -1 if self._is_error(n) else int(n)
+
+    def content_size(self, data: memoryview) -> int:
+        src = np.frombuffer(data, dtype=np.uint8)
+        n = int(self._content_size(src.ctypes.data, src.size))
+        return -1 if n >= (1 << 64) - 2 else n  # ZSTD_CONTENTSIZE_UNKNOWN / _ERROR
+
+
+@cache
+def seal_zstd() -> SealZstd:
+    return SealZstd()

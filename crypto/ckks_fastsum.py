@@ -1,0 +1,299 @@
+"""Homomorphic addition of CKKS ciphertexts on SEAL's serialized form, with numpy.
+
+Run by committee members (through :class:`cohort.crypto.ckks.CkksPublicContext`): each
+serialized chunk (a TenSEAL CKKSVector holding one SEAL ciphertext) is parsed once into its
+raw RNS coefficients, checked against the context's :class:`Layout`, and the coefficient
+arrays are added modulo each prime. The sum is written back exactly as TenSEAL would
+serialize ``a.add_(b)``: same bytes. No TenSEAL or SEAL object is built; the zstd codec SEAL
+itself uses is passed in (:class:`Codec`). Format and overflow argument:
+docs/ckks-parameters.md, "Fast sum".
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from cohort.errors import BadInputError
+
+SEAL_MAGIC = 0xA15E
+SEAL_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr, reserved, size
+COMPR_NONE, COMPR_ZLIB, COMPR_ZSTD = 0, 1, 2
+# parms_id (4 x u64), is_ntt_form (u8), polynomial count, N, prime count (u64), scale (double),
+# correction factor (u64): SEAL 4.x Ciphertext::save_members before its coefficient DynArray.
+CT_MEMBERS = struct.Struct("<4QBQQQdQ")
+COUNT = struct.Struct("<Q")
+PREFIX = CT_MEMBERS.size + SEAL_HEADER.size + COUNT.size  # 97 bytes before the coefficients
+PAD = -PREFIX % 8  # decompress at this offset so the coefficients land 8-byte aligned
+U64_MAX = (1 << 64) - 1
+POLYS = 2  # a fresh ciphertext: c0, c1
+
+
+def lazy_adds(prime: int) -> int:
+    """How many values below ``prime`` may be added in uint64 to a reduced accumulator
+    (itself below ``prime``) before a remainder is due: ``(m + 1) * (prime - 1) <= 2**64 - 1``.
+    At least 15 for any prime below 2**60 (SEAL's limit), 65535 for the default 48-bit one."""
+    return U64_MAX // (prime - 1) - 1
+
+
+class Codec(Protocol):
+    """zstd as SEAL links it: compress like ``ZSTD_compress2`` with a default context."""
+
+    def compress(self, data: bytes) -> bytes: ...
+
+    def decompress_into(self, data: memoryview, out: np.ndarray) -> int:
+        """Decompress one zstd frame into ``out`` (uint8); bytes written, or -1 on error."""
+        ...
+
+    def content_size(self, data: memoryview) -> int:
+        """The decompressed size a zstd frame header declares; -1 if absent or invalid."""
+        ...
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a fresh data-level ciphertext under one context looks like. Built from the
+    context by :func:`cohort.crypto.ckks_tenseal.seal_layout`."""
+
+    poly_modulus_degree: int
+    primes: tuple[int, ...]  # the data level's RNS primes
+    parms_id: tuple[int, int, int, int]  # SEAL's hash of (N, primes): names the prime chain
+    scale: float
+    version: tuple[int, int]  # SEAL (major, minor) as written in headers
+
+    @property
+    def coeff_count(self) -> int:
+        return POLYS * len(self.primes) * self.poly_modulus_degree
+
+    @property
+    def raw_size(self) -> int:
+        """Uncompressed SEAL ciphertext body (after its outer 16-byte header)."""
+        return PREFIX + 8 * self.coeff_count
+
+
+class _Proto:
+    """The three fields of TenSEAL's CKKSVectorProto, in the canonical order TenSEAL writes."""
+
+    def __init__(self, view: memoryview, where: str) -> None:
+        self.view, self.pos, self.where = view, 0, where
+
+    def error(self, msg: str) -> BadInputError:
+        return BadInputError(f"{self.where} does not deserialize: {msg}")
+
+    def varint(self, what: str) -> int:
+        value = shift = 0
+        while True:
+            if self.pos >= len(self.view) or shift > 63:
+                raise self.error(f"{what} is truncated")
+            byte = self.view[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    def tag(self, expected: int, what: str) -> None:
+        if self.pos >= len(self.view) or self.view[self.pos] != expected:
+            raise self.error(f"expected TenSEAL CKKSVector field {what}")
+        self.pos += 1
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n > len(self.view) - self.pos:
+            raise self.error(f"{what} is truncated")
+        self.pos += n
+        return self.view[self.pos - n : self.pos]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def decode_chunk(data: bytes, layout: Layout, codec: Codec, *, size: int, where: str) -> np.ndarray:
+    """Parse and check one serialized chunk; its coefficients as uint64 ``(2, primes, N)``.
+
+    BadInputError naming ``where`` and the fault: framing, compression, ring dimension,
+    prime count, prime chain (parms_id), polynomial count, NTT form, scale, correction
+    factor, value count, or a coefficient not reduced modulo its prime.
+    """
+    p = _Proto(memoryview(data), where)
+    p.tag(0x0A, "1 (sizes)")
+    sizes = _Proto(p.take(p.varint("sizes length"), "sizes"), where)
+    count = sizes.varint("size")
+    if sizes.pos != len(sizes.view):
+        raise p.error("holds more than one ciphertext")
+    p.tag(0x12, "2 (ciphertext)")
+    seal = p.take(p.varint("ciphertext length"), "ciphertext")
+    p.tag(0x19, "3 (scale)")
+    (proto_scale,) = struct.unpack("<d", p.take(8, "scale"))
+    if p.pos != len(p.view):
+        raise p.error(f"{len(p.view) - p.pos} trailing bytes")
+    if len(seal) < SEAL_HEADER.size:
+        raise p.error("SEAL header is truncated")
+    magic, hsize, major, minor, compr, reserved, total = SEAL_HEADER.unpack_from(seal)
+    if magic != SEAL_MAGIC or hsize != SEAL_HEADER.size or reserved != 0:
+        raise p.error("bad SEAL header")
+    if (major, minor) != layout.version:  # SEAL itself refuses other versions
+        raise p.error(
+            f"SEAL version {major}.{minor}, expected {layout.version[0]}.{layout.version[1]}"
+        )
+    if total != len(seal):
+        raise p.error(f"SEAL header declares {total} bytes, ciphertext field holds {len(seal)}")
+    buf = _inflate(seal[SEAL_HEADER.size :], compr, layout, codec, p)
+    raw = buf[PAD:]
+    head = raw.data  # struct reads the header fields through the buffer protocol
+    bad = f"{where} is not a {size}-value CKKS ciphertext under this context"
+    if raw.size < CT_MEMBERS.size:
+        raise p.error(f"{raw.size} ciphertext bytes, expected {layout.raw_size}")
+    *parms_id, ntt, polys, n, primes, scale, correction = CT_MEMBERS.unpack_from(head)
+    if n != layout.poly_modulus_degree:
+        raise BadInputError(f"{bad}: ring dimension N={n}, expected {layout.poly_modulus_degree}")
+    if primes != len(layout.primes):
+        raise BadInputError(f"{bad}: {primes} primes in its modulus, expected {len(layout.primes)}")
+    if tuple(parms_id) != layout.parms_id:
+        raise BadInputError(f"{bad}: another prime chain (SEAL parms_id differs)")
+    if polys != POLYS or not ntt or correction != 1:
+        raise BadInputError(
+            f"{bad}: not a fresh ciphertext ({polys} polynomials, NTT form {bool(ntt)}, "
+            f"correction factor {correction})"
+        )
+    if scale != layout.scale or proto_scale != layout.scale:
+        shown = math.log2(scale) if scale > 0 else scale
+        raise BadInputError(f"{bad}: scale 2**{shown:g}, expected 2**{math.log2(layout.scale):g}")
+    if count != size:
+        raise BadInputError(f"{bad}: it holds {count} values")
+    if raw.size != layout.raw_size:
+        raise p.error(f"{raw.size} ciphertext bytes, expected {layout.raw_size}")
+    magic, hsize, major, minor, compr, reserved, total = SEAL_HEADER.unpack_from(
+        head, CT_MEMBERS.size
+    )
+    (coeffs,) = COUNT.unpack_from(head, CT_MEMBERS.size + SEAL_HEADER.size)
+    if (magic, hsize, (major, minor), compr, reserved, coeffs) != (
+        SEAL_MAGIC,
+        SEAL_HEADER.size,
+        layout.version,
+        COMPR_NONE,
+        0,
+        layout.coeff_count,
+    ) or total != SEAL_HEADER.size + COUNT.size + 8 * layout.coeff_count:
+        raise p.error("bad coefficient array header")
+    shape = (POLYS, len(layout.primes), layout.poly_modulus_degree)
+    out_coeffs = buf[PAD + PREFIX :].view("<u8").reshape(shape)
+    for i, prime in enumerate(layout.primes):
+        if int(out_coeffs[:, i, :].max()) >= prime:
+            raise BadInputError(f"{bad}: a coefficient is not reduced modulo prime {i}")
+    return out_coeffs
+
+
+def add_chunks(chunks: Iterable[np.ndarray], layout: Layout) -> np.ndarray:
+    """Sum decoded chunks modulo each prime: lazy uint64 adds, a remainder every
+    :func:`lazy_adds` terms and one at the end. Order-independent and exact."""
+    q = np.array(layout.primes, dtype=np.uint64)[None, :, None]
+    every = min(lazy_adds(prime) for prime in layout.primes)
+    acc: np.ndarray | None = None
+    pending = 0
+    for chunk in chunks:
+        if acc is None:
+            acc = chunk.copy()
+            continue
+        if pending == every:
+            np.remainder(acc, q, out=acc)
+            pending = 0
+        np.add(acc, chunk, out=acc)
+        pending += 1
+    if acc is None:
+        raise BadInputError("add: no chunks to sum")
+    np.remainder(acc, q, out=acc)
+    return acc
+
+
+def encode_chunk(coeffs: np.ndarray, layout: Layout, codec: Codec, *, size: int) -> bytes:
+    """Serialize reduced coefficients as TenSEAL serializes a CKKSVector of ``size`` values."""
+    major, minor = layout.version
+    body_size = SEAL_HEADER.size + COUNT.size + 8 * layout.coeff_count
+    raw = b"".join(
+        (
+            CT_MEMBERS.pack(
+                *layout.parms_id,
+                1,
+                POLYS,
+                layout.poly_modulus_degree,
+                len(layout.primes),
+                layout.scale,
+                1,
+            ),
+            SEAL_HEADER.pack(SEAL_MAGIC, SEAL_HEADER.size, major, minor, COMPR_NONE, 0, body_size),
+            COUNT.pack(layout.coeff_count),
+            np.ascontiguousarray(coeffs, dtype="<u8").tobytes(),
+        )
+    )
+    packed = codec.compress(raw)
+    seal = (
+        SEAL_HEADER.pack(
+            SEAL_MAGIC,
+            SEAL_HEADER.size,
+            major,
+            minor,
+            COMPR_ZSTD,
+            0,
+            SEAL_HEADER.size + len(packed),
+        )
+        + packed
+    )
+    sizes = _varint(size)
+    return b"".join(
+        (
+            b"\x0a",
+            _varint(len(sizes)),
+            sizes,
+            b"\x12",
+            _varint(len(seal)),
+            seal,
+            b"\x19",
+            struct.pack("<d", layout.scale),
+        )
+    )
+
+
+def _inflate(body: memoryview, compr: int, layout: Layout, codec: Codec, p: _Proto) -> np.ndarray:
+    """The uncompressed ciphertext body at offset :data:`PAD` of a fresh uint8 buffer. Any
+    size up to four times the expected one is returned, so that a chunk of other parameters
+    is named by its header fields; the caller checks the exact size."""
+    limit = 4 * layout.raw_size
+    if compr == COMPR_NONE:
+        n = len(body)
+        if n > limit:
+            raise p.error(f"{n} ciphertext bytes, expected {layout.raw_size}")
+        buf = np.empty(PAD + n, dtype=np.uint8)
+        buf[PAD:] = np.frombuffer(body, dtype=np.uint8)
+        return buf
+    if compr == COMPR_ZLIB:
+        inflate = zlib.decompressobj()
+        try:
+            out = inflate.decompress(body, limit)
+        except zlib.error:
+            raise p.error("zlib data is corrupt") from None
+        if not inflate.eof or inflate.unused_data:
+            raise p.error("zlib data is truncated, too long or followed by other bytes")
+        buf = np.empty(PAD + len(out), dtype=np.uint8)
+        buf[PAD:] = np.frombuffer(out, dtype=np.uint8)
+        return buf
+    if compr == COMPR_ZSTD:
+        n = codec.content_size(body)
+        if n < 0 or n > limit:
+            raise p.error("zstd frame header is corrupt or declares an implausible size")
+        buf = np.empty(PAD + n, dtype=np.uint8)
+        if codec.decompress_into(body, buf[PAD:]) != n:
+            raise p.error(f"zstd data does not decompress to the {n} bytes it declares")
+        return buf
+    raise p.error(f"unknown SEAL compression mode {compr}")
