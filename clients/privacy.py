@@ -13,7 +13,10 @@ What happened is kept apart from how it is counted (as in Google's dp_accounting
   every epsilon from the events alone.
 
 An event states everything the epsilon depends on; the ledger stores the epsilon only
-as a convenience, and :meth:`PrivacyLedger.verify` recomputes it.
+as a convenience, and :meth:`PrivacyLedger.verify` recomputes it. Each entry also names, in
+an :class:`AccountingRecord`, what an independent accountant would otherwise have to guess:
+the mechanism, the sampling scheme, the neighbouring relation, the accountant and its error
+margin, and the noise generator (see docs/privacy.md, "Ledger records").
 """
 
 from __future__ import annotations
@@ -48,6 +51,19 @@ log = get_logger(__name__)
 
 LEDGER_FORMAT = "cohort-privacy-ledger/v2"
 ACCOUNTANT = "prv"
+#: The one mechanism a :class:`DpEvent` describes: a Gaussian on a Poisson subsample.
+MECHANISM = "subsampled_gaussian"
+#: How batches are drawn: each example independently with probability ``sample_rate``.
+SAMPLING = "poisson"
+#: Neighbouring datasets differ by adding or removing one example (Opacus's accounting).
+NEIGHBOURING_RELATION = "add_or_remove_one"
+#: Error margin of Opacus's PRV accountant (``PRVAccountant.get_epsilon(eps_error=...)``):
+#: the epsilon it returns is its estimate plus this, and the estimate is within this of the
+#: true epsilon (Gopi et al. 2021), so a recorded epsilon lies in [true, true + 2 * this].
+PRV_EPS_ERROR = 0.01
+#: Where DP-SGD's noise and Poisson batches come from (:mod:`cohort.clients.noise`):
+#: ChaCha20 keystreams from libsodium's ``randombytes_buf_deterministic``.
+NOISE_GENERATOR = "chacha20-libsodium"
 _EVENT_FIELDS = ("round", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "delta")
 
 
@@ -57,6 +73,75 @@ def _is_int(value: object) -> TypeIs[int]:
 
 def _is_number(value: object) -> TypeIs[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class AccountingRecord:
+    """What a ledger entry says about how its :class:`DpEvent` happened and was counted.
+
+    The event's numbers (noise multiplier, sample rate, steps, clipping norm, delta) do not
+    say which mechanism they parametrise, under which neighbouring relation, nor how the
+    recorded epsilon was computed; these fields do, so that an auditor's accountant
+    (dp_accounting's PLD or RDP) needs to assume nothing. Only the values this code
+    implements are accepted (:class:`BadInputError` naming the field otherwise).
+    """
+
+    mechanism: str = MECHANISM
+    sampling: str = SAMPLING
+    neighbouring_relation: str = NEIGHBOURING_RELATION
+    accountant: str = ACCOUNTANT
+    accountant_eps_error: float = PRV_EPS_ERROR
+    noise_generator: str = NOISE_GENERATOR
+
+    def __post_init__(self) -> None:
+        for name, wanted in _RECORD_VALUES.items():
+            value = getattr(self, name)
+            if isinstance(wanted, float):
+                ok = _is_number(value) and float(value) == wanted
+            else:
+                ok = value == wanted
+            if not ok:
+                raise BadInputError(
+                    f"accounting record: field {name!r} must be {wanted!r} (the only one "
+                    f"Cohort implements), got {value!r}"
+                )
+
+    def to_dict(self) -> dict[str, str | float]:
+        return {name: getattr(self, name) for name in _RECORD_VALUES}
+
+    @classmethod
+    def from_entry(cls, item: Mapping[str, Any], *, where: str) -> AccountingRecord | None:
+        """The record fields of a ledger entry; None when it has none of them (an entry
+        written before they were recorded, whose values :data:`LEGACY_RECORD` gives)."""
+        present = [name for name in _RECORD_VALUES if name in item]
+        if not present:
+            return None
+        missing = [name for name in _RECORD_VALUES if name not in item]
+        if missing:
+            raise BadInputError(
+                f"{where}: missing field {missing[0]!r} (an entry records all of "
+                f"{', '.join(_RECORD_VALUES)} or, written before they existed, none)"
+            )
+        try:
+            return cls(**{name: item[name] for name in _RECORD_VALUES})
+        except BadInputError as exc:
+            raise BadInputError(f"{where}: {exc}") from None
+
+
+_RECORD_VALUES: dict[str, str | float] = {
+    "mechanism": MECHANISM,
+    "sampling": SAMPLING,
+    "neighbouring_relation": NEIGHBOURING_RELATION,
+    "accountant": ACCOUNTANT,
+    "accountant_eps_error": PRV_EPS_ERROR,
+    "noise_generator": NOISE_GENERATOR,
+}
+
+#: The record of an entry written before entries carried one: the ledger format
+#: cohort-privacy-ledger/v2 was only ever written by code with exactly these (one mechanism,
+#: Opacus's PRV at its default eps_error 0.01, ChaCha20 noise since the format began), so
+#: they are read from the format, not guessed.
+LEGACY_RECORD = AccountingRecord()
 
 
 @dataclass(frozen=True)
@@ -149,25 +234,33 @@ def _canonical_history(events: Iterable[DpEvent]) -> tuple[tuple[float, float, i
     return tuple(sorted((sigma, q, steps) for (sigma, q), steps in grouped.items()))
 
 
+def accountant_history(events: Iterable[DpEvent]) -> tuple[tuple[float, float, int], ...]:
+    """Accountant state restored from recorded events: ``(noise_multiplier, sample_rate,
+    steps)`` per distinct mechanism, sorted; what the PRV accountant counts, and what an
+    auditor composes with another accountant."""
+    return _canonical_history(events)
+
+
 @functools.lru_cache(maxsize=512)
 def _prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
     if not history:
         return 0.0
     accountant = PRVAccountant()
-    accountant.history = list(history)
+    accountant.history = list(history)  # the state, restored from the recorded events
     with warnings.catch_warnings():
         # The PRV domain bound goes through RDP, which warns when its best order is the
         # largest one tried; the bound stays valid. At sample_rate 1 (full batches) the PRV
         # takes log(1 - q) = log(0) in a branch np.where then discards.
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(accountant.get_epsilon(delta=delta))
+        return float(accountant.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
 
 
 def compute_epsilon(events: Sequence[DpEvent], *, delta: float) -> float:
     """Epsilon at ``delta`` of all ``events`` composed, by Opacus's PRV accountant.
 
-    The accountant returns an upper bound (estimate + its discretisation error, 0.01).
+    The accountant returns an upper bound (estimate + its discretisation error,
+    :data:`PRV_EPS_ERROR`).
     Results are memoised per distinct history; no events means epsilon 0.
     """
     if not 0 < delta < 1:
@@ -242,7 +335,9 @@ class LedgerEntry:
     """One recorded event, the study it was spent for, and its link in the hash chain.
 
     ``epsilon_cap`` is the owner's cap in force when the entry was recorded; ``seeded``
-    says the round's noise came from a local seed (reproducible, so not private).
+    says the round's noise came from a local seed (reproducible, so not private);
+    ``record`` how the event happened and was counted (None: an entry written before
+    entries carried it; :attr:`accounting` then gives the values its format fixed).
     """
 
     event: DpEvent
@@ -253,11 +348,18 @@ class LedgerEntry:
     recorded_at: str
     prev_hash: bytes
     entry_hash: bytes
+    record: AccountingRecord | None = None
+
+    @property
+    def accounting(self) -> AccountingRecord:
+        """The entry's record, or :data:`LEGACY_RECORD` for an entry without one."""
+        return LEGACY_RECORD if self.record is None else self.record
 
     def body(self) -> dict[str, Any]:
         """The hashed content (everything but the hashes)."""
         return {
             **self.event.to_dict(),
+            **({} if self.record is None else self.record.to_dict()),
             "study_id": self.study_id,
             "seeded": self.seeded,
             "warning": SEEDED_WARNING if self.seeded else None,
@@ -337,10 +439,17 @@ def _read_document(path: Path) -> _Document:
     return _Document(owner, float(delta), data["genesis"], data["head"], entries)
 
 
+def read_entries(path: Path) -> tuple[LedgerEntry, ...]:
+    """The entries of the ledger file at ``path``, parsed but not verified (an auditor pairs
+    this with :meth:`PrivacyLedger.verify`); :class:`BadInputError` if malformed."""
+    return _read_document(Path(path)).entries
+
+
 def _parse_entry(item: object, *, where: str) -> LedgerEntry:
     if not isinstance(item, dict):
         raise BadInputError(f"{where}: must be a JSON object")
     event = DpEvent.from_dict(item, where=where)
+    record = AccountingRecord.from_entry(item, where=where)
     study_id = item.get("study_id")
     if not isinstance(study_id, str) or not study_id:
         raise BadInputError(f"{where}: field 'study_id' must be a non-empty string")
@@ -379,6 +488,7 @@ def _parse_entry(item: object, *, where: str) -> LedgerEntry:
         recorded_at=recorded_at,
         prev_hash=hashes["prev"],
         entry_hash=hashes["hash"],
+        record=record,
     )
 
 
@@ -720,12 +830,23 @@ class PrivacyLedger:
                     f"{study_cap:g}: projected {study_projected:.4f} for this study alone"
                 )
 
-    def record(self, event: DpEvent, *, study_id: str, epsilon: float, seeded: bool) -> None:
+    def record(
+        self,
+        event: DpEvent,
+        *,
+        study_id: str,
+        epsilon: float,
+        seeded: bool,
+        noise_generator: str = NOISE_GENERATOR,
+    ) -> None:
         """Run after training, before the update is released: append ``event`` durably.
 
         ``epsilon`` is the caller's :meth:`projected_epsilon` for the event; it must agree
         with the accountant (:class:`BadInputError` otherwise). ``seeded`` says the noise
-        came from a local seed; the entry then carries :data:`SEEDED_WARNING`. The same
+        came from a local seed; the entry then carries :data:`SEEDED_WARNING`;
+        ``noise_generator`` names the generator of noise and batches (only
+        :data:`NOISE_GENERATOR` is implemented). The entry's :class:`AccountingRecord`
+        states the mechanism, sampling, neighbouring relation and accountant. The same
         replay check as :meth:`guard` applies. Spending is always recorded, even past the
         cap (the guard is what prevents that).
         """
@@ -734,6 +855,7 @@ class PrivacyLedger:
         self._check_event(event, study_id)
         if not isinstance(seeded, bool):
             raise BadInputError(f"seeded must be True or False, got {seeded!r}")
+        accounting = AccountingRecord(noise_generator=noise_generator)
         expected = self.projected_epsilon(event)
         if not _is_number(epsilon) or not math.isclose(
             epsilon, expected, rel_tol=1e-9, abs_tol=1e-12
@@ -751,6 +873,7 @@ class PrivacyLedger:
             recorded_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             prev_hash=prev,
             entry_hash=b"",
+            record=accounting,
         )
         entry = dataclasses.replace(draft, entry_hash=LedgerEntry.link(prev, draft.body()))
         self._entries.append(entry)

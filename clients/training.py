@@ -42,7 +42,12 @@ from cohort.clients.noise import (
     random_key,
     seeded_key,
 )
-from cohort.clients.privacy import DpEvent, PrivacyLedger, calibrate_noise_multiplier
+from cohort.clients.privacy import (
+    NOISE_GENERATOR,
+    DpEvent,
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+)
 from cohort.errors import BadInputError, ConfigError, ProtocolAbort
 from cohort.logs import fields, get_logger
 
@@ -436,7 +441,10 @@ def train_dp(
         run.close()
 
     epsilon = ledger.projected_epsilon(event)
-    ledger.record(event, study_id=study_id, epsilon=epsilon, seeded=seeded)
+    # Noise and batches both came from ChaCha20 streams (SecureNoiseDPOptimizer, PoissonSampler).
+    ledger.record(
+        event, study_id=study_id, epsilon=epsilon, seeded=seeded, noise_generator=NOISE_GENERATOR
+    )
     with torch.no_grad():
         model.load_state_dict(work.state_dict())
     loss_mean = loss_sum / loss_examples if loss_examples else float("nan")

@@ -32,6 +32,7 @@ from rich.text import Text
 
 from cohort import __version__
 from cohort.errors import CohortError
+from cohort.federation import cli_audit
 
 if TYPE_CHECKING:
     from cohort.crypto.identity import Identity
@@ -62,6 +63,7 @@ study_app = typer.Typer(
 keys_app = typer.Typer(help="A data owner's identity and payout account.", no_args_is_help=True)
 app.add_typer(study_app, name="study", rich_help_panel=_OWNERS)
 app.add_typer(keys_app, name="keys", rich_help_panel=_OWNERS)
+cli_audit.register(app, panel=_OWNERS)  # cohort audit (federation/cli_audit.py)
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)

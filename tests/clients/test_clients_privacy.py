@@ -14,7 +14,9 @@ from scipy.optimize import brentq  # type: ignore[import-untyped]
 from scipy.stats import norm  # type: ignore[import-untyped]
 
 from cohort.clients.privacy import (
+    LEGACY_RECORD,
     SEEDED_WARNING,
+    AccountingRecord,
     DpEvent,
     LedgerEntry,
     PrivacyLedger,
@@ -210,6 +212,12 @@ def test_entry_fields_on_disk(filled: Path) -> None:
         "steps",
         "max_grad_norm",
         "delta",
+        "mechanism",
+        "sampling",
+        "neighbouring_relation",
+        "accountant",
+        "accountant_eps_error",
+        "noise_generator",
         "study_id",
         "seeded",
         "warning",
@@ -512,3 +520,63 @@ def test_stale_ledger_object_cannot_overwrite(tmp_path: Path) -> None:
     with pytest.raises(ProtocolAbort, match="reopen it"):
         second.guard(event(2), study_id=STUDY)
     assert open_ledger(path).events == (event(1),)
+
+
+# --------------------------------------------------------------------------- record fields
+
+RECORD = {
+    "mechanism": "subsampled_gaussian",
+    "sampling": "poisson",
+    "neighbouring_relation": "add_or_remove_one",
+    "accountant": "prv",
+    "accountant_eps_error": 0.01,
+    "noise_generator": "chacha20-libsodium",
+}
+
+
+def test_entries_record_what_an_independent_accountant_needs(filled: Path) -> None:
+    entry = json.loads(filled.read_text())["entries"][1]
+    assert {name: entry[name] for name in RECORD} == RECORD
+    assert (entry["noise_multiplier"], entry["sample_rate"], entry["steps"]) == (1.1, 0.1, 10)
+    assert (entry["max_grad_norm"], entry["delta"], entry["seeded"]) == (1.0, DELTA, False)
+    assert entry["epsilon_after"] == pytest.approx(PINNED[1], abs=1e-3)
+    loaded = PrivacyLedger.load(filled)
+    assert all(e.record == AccountingRecord() for e in loaded.entries)
+    assert PrivacyLedger.verify(filled).ok
+
+
+def test_entries_written_before_the_record_fields_still_verify(filled: Path) -> None:
+    # A ledger of the same format written before entries carried their record.
+    _rehash(filled, lambda entry: [entry.pop(name) for name in RECORD])
+    loaded = PrivacyLedger.load(filled)
+    assert [e.record for e in loaded.entries] == [None, None]
+    assert loaded.entries[0].accounting == LEGACY_RECORD == AccountingRecord()
+    assert PrivacyLedger.verify(filled).ok
+    # New entries on such a ledger carry the record; the chain stays one chain.
+    ledger = open_ledger(filled)
+    record(ledger, event(3))
+    assert [e.record is None for e in PrivacyLedger.load(filled).entries] == [True, True, False]
+    assert PrivacyLedger.verify(filled).ok
+
+
+def test_partial_or_unsupported_record_is_malformed(filled: Path) -> None:
+    _rehash(filled, lambda entry: entry.pop("noise_generator"))
+    with pytest.raises(BadInputError, match="entry 1: missing field 'noise_generator'"):
+        PrivacyLedger.load(filled)
+    _rehash(filled, lambda entry: entry.update(noise_generator="mt19937", accountant="rdp"))
+    with pytest.raises(BadInputError, match="field 'accountant' must be 'prv'"):
+        PrivacyLedger.verify(filled)
+
+
+def test_record_refuses_an_unimplemented_noise_generator(tmp_path: Path) -> None:
+    ledger = open_ledger(tmp_path / "ledger.json")
+    e = event(1)
+    with pytest.raises(BadInputError, match="'noise_generator' must be 'chacha20-libsodium'"):
+        ledger.record(
+            e,
+            study_id=STUDY,
+            epsilon=ledger.projected_epsilon(e),
+            seeded=False,
+            noise_generator="mt19937",
+        )
+    assert ledger.entries == ()
