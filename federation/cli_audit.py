@@ -12,27 +12,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from cohort.errors import CohortError
+from cohort.federation.cli_common import console, err_console
+from cohort.federation.cli_common import fail as _fail
 
 if TYPE_CHECKING:
     from cohort.federation.audit import AuditReport
-
-console = Console(highlight=False)
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
-
-
-def _fail(message: str, *, code: int = 1) -> NoReturn:
-    err_console.print(Text.assemble(("error: ", "bold red"), message))
-    raise typer.Exit(code)
 
 
 def _run(run_dir: Path, *, show_progress: bool) -> AuditReport:
