@@ -59,6 +59,7 @@ LEDGER_FORMAT = "cohort-privacy-ledger/v2"
 __all__ = [
     "ACCOUNTANT",
     "LEDGER_FORMAT",
+    "LEGACY_RECORD",
     "MECHANISM",
     "NEIGHBOURING_RELATION",
     "NOISE_GENERATOR",
