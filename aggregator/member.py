@@ -714,7 +714,8 @@ class CommitteeMember:
 
     def _sign(self, study: _Study, number: int, ids: tuple[str, ...]) -> AggregateResult:
         manifest = study.manifest
-        aggregate = study.mode.combine(self._store.payloads(study.study_id, number, ids))
+        # One upload at a time from disk into a running sum: memory flat in len(ids).
+        aggregate = study.mode.combine(self._store.iter_payloads(study.study_id, number, ids))
         aggregate_hash = tagged_hash(Tag.AGGREGATE, aggregate)
         digest = aggregate_result_digest(
             study_id=study.study_id, round=number, client_ids=ids, aggregate_hash=aggregate_hash

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -72,8 +72,12 @@ class AggregationMode(ABC):
         ``length`` values for this study. Run by a committee member on every upload."""
 
     @abstractmethod
-    def combine(self, payloads: Sequence[bytes]) -> bytes:
+    def combine(self, payloads: Iterable[bytes]) -> bytes:
         """Combine checked payloads, given in canonical (sorted sender) order.
+
+        ``payloads`` may be a stream (the member reads them from its store one at a time):
+        a mode consumes it once and should hold no more than one payload at a time, so a
+        member's memory does not grow with the number of data owners.
 
         Deterministic: the same payloads in the same order give the same bytes, so honest
         members agree on one aggregate hash. Run by a committee member at aggregation.
@@ -143,10 +147,14 @@ class CkksMode(AggregationMode):
     def check(self, payload: bytes, *, length: int) -> None:
         self._context.check(payload, length=length)
 
-    def combine(self, payloads: Sequence[bytes]) -> bytes:
-        if not payloads:
+    def combine(self, payloads: Iterable[bytes]) -> bytes:
+        """Stream ``payloads`` into one running sum (the size of one ciphertext)."""
+        acc = self._context.accumulator()
+        for payload in payloads:
+            acc.add(payload)
+        if acc.count == 0:
             raise BadInputError("ckks: nothing to combine (empty client set)")
-        return self._context.add(list(payloads))
+        return acc.finish()
 
 
 SUPPORTED_MODES: tuple[str, ...] = (CkksMode.name,)

@@ -13,7 +13,8 @@ table           rows
 ``nonces``      every burned envelope nonce per study
 ``rounds``      every opened round: open / abandoned / aggregated, its deadline,
                 and for an aggregated round the client set hash and signed result
-``uploads``     the accepted payloads of open rounds (deleted once aggregated)
+``uploads``     the accepted payloads of open rounds (deleted once aggregated;
+                aggregation streams them, :meth:`MemberStore.iter_payloads`)
 ``rejections``  rejection counts of open rounds, by sender and reason
 ==============  =================================================================
 
@@ -323,17 +324,31 @@ class MemberStore:
         return tuple(str(r[0]) for r in rows)
 
     def payloads(self, study_id: str, round: int, senders: Sequence[str]) -> list[bytes]:
-        """The payloads of ``senders`` in that order; KeyError names a missing one."""
-        out = []
+        """The payloads of ``senders`` in that order, all in memory at once; KeyError names
+        a missing one. Aggregation uses :meth:`iter_payloads` instead."""
+        return list(self.iter_payloads(study_id, round, senders))
+
+    def iter_payloads(self, study_id: str, round: int, senders: Sequence[str]) -> Iterator[bytes]:
+        """The payloads of ``senders`` in that order, read from disk one row at a time (a
+        generator: one payload in memory at once, whatever the number of senders); KeyError
+        names a missing one when the stream reaches it.
+
+        Each row is its own point query under the store lock, so no cursor stays open while
+        the caller works on a payload and other threads may use the store in between; the
+        member holds its own lock over the round while it aggregates.
+        """
         for sender in senders:
-            rows = self._read(
-                "SELECT payload FROM uploads WHERE study_id = ? AND round = ? AND sender = ?",
-                (study_id, round, sender),
-            )
-            if not rows:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT payload FROM uploads WHERE study_id = ? AND round = ? AND sender = ?",
+                    (study_id, round, sender),
+                ).fetchone()
+            if row is None:
                 raise KeyError(sender)
-            out.append(bytes(rows[0][0]))
-        return out
+            payload = bytes(row[0])
+            del row
+            yield payload
+            del payload
 
     def count_rejection(self, study_id: str, round: int, sender: str, reason: str) -> None:
         with self._tx() as db:

@@ -50,6 +50,7 @@ __all__ = [
     "CkksParams",
     "CkksPublicContext",
     "CkksSecretContext",
+    "CkksSum",
 ]
 
 
@@ -115,6 +116,7 @@ class CkksPublicContext:
         coefficient arrays (:mod:`cohort.crypto.ckks_fastsum`); every chunk is checked as in
         :meth:`check`. Deterministic and independent of the order of ``blobs``. At most
         :data:`MAX_SUMMANDS` blobs, all with the same value count under this context.
+        Equivalent to feeding ``blobs`` to :meth:`accumulator` one by one.
         """
         if len(blobs) == 0:
             raise BadInputError("add: expected a non-empty sequence of encrypted vectors")
@@ -123,33 +125,84 @@ class CkksPublicContext:
                 f"add: {len(blobs)} encrypted vectors, more than the {MAX_SUMMANDS} the "
                 "parameters leave headroom for"
             )
-        first = wire.parse_vector(
-            blobs[0], self.params, what="encrypted vector 0", fingerprint=self._fingerprint
+        acc = self.accumulator()
+        for blob in blobs:
+            acc.add(blob)
+        return acc.finish()
+
+    def accumulator(self) -> CkksSum:
+        """A streaming :meth:`add`: feed encrypted vectors one at a time, then finish once.
+
+        Run by a committee member at aggregation, over uploads read one by one from its
+        store: it holds one running sum per chunk and prime (the size of one ciphertext),
+        whatever the number of uploads. The result is byte-identical to :meth:`add`.
+        """
+        return CkksSum(self)
+
+
+class CkksSum:
+    """The running homomorphic sum of :meth:`CkksPublicContext.accumulator` (not thread-safe).
+
+    :meth:`add` checks each encrypted vector as :meth:`CkksPublicContext.check` does (all
+    with the first one's value count) and adds its coefficients modulo each prime;
+    :meth:`finish` serializes the sum. At most :data:`MAX_SUMMANDS` vectors.
+    """
+
+    __slots__ = ("_chunks", "_context", "_count", "_length", "_sizes")
+
+    def __init__(self, context: CkksPublicContext) -> None:
+        self._context = context
+        self._count = 0
+        self._length: int | None = None
+        self._sizes: list[int] = []
+        self._chunks: list[fastsum.ChunkAccumulator] = []
+
+    @property
+    def count(self) -> int:
+        """How many encrypted vectors were added."""
+        return self._count
+
+    def add(self, blob: bytes) -> None:
+        """Check and add one encrypted vector; BadInputError names it by its position."""
+        ctx, i = self._context, self._count
+        if i >= MAX_SUMMANDS:
+            raise BadInputError(
+                f"add: more than the {MAX_SUMMANDS} encrypted vectors the parameters leave "
+                "headroom for"
+            )
+        frame = wire.parse_vector(
+            blob,
+            ctx.params,
+            what=f"encrypted vector {i}",
+            length=self._length,
+            fingerprint=ctx.fingerprint(),
         )
-        frames = [first] + [
-            wire.parse_vector(
-                blob,
-                self.params,
-                what=f"encrypted vector {i}",
-                length=first.length,
-                fingerprint=self._fingerprint,
-            )
-            for i, blob in enumerate(blobs[1:], start=1)
+        sizes = wire.chunk_sizes(frame.length, ctx.params.slots)
+        # Decode (and so check) every chunk before adding any: a bad vector changes nothing.
+        decoded = [
+            ctx._decode(chunk, f"encrypted vector {i}: chunk {j}", size)
+            for j, (chunk, size) in enumerate(zip(frame.chunks, sizes, strict=True))
         ]
-        sizes = wire.chunk_sizes(first.length, self.params.slots)
-        out: list[bytes] = []
-        for j, size in enumerate(sizes):
-            total = fastsum.add_chunks(
-                (
-                    self._decode(frame.chunks[j], f"encrypted vector {i}: chunk {j}", size)
-                    for i, frame in enumerate(frames)
-                ),
-                self._layout,
-            )
-            out.append(fastsum.encode_chunk(total, self._layout, self._codec, size=size))
-        return wire.VectorFrame(
-            length=first.length, fingerprint=self._fingerprint, chunks=tuple(out)
-        ).to_bytes()
+        if self._length is None:
+            self._length, self._sizes = frame.length, sizes
+            self._chunks = [fastsum.ChunkAccumulator(ctx._layout) for _ in sizes]
+        del frame  # the chunk bytes: only the decoded arrays are needed now
+        for acc, coeffs in zip(self._chunks, decoded, strict=True):
+            acc.add(coeffs)
+        self._count += 1
+
+    def finish(self) -> bytes:
+        """The sum as EncryptedVector bytes; the accumulator is spent afterwards."""
+        if self._length is None:
+            raise BadInputError("add: no encrypted vectors to sum")
+        ctx = self._context
+        out = tuple(
+            fastsum.encode_chunk(acc.finish(), ctx._layout, ctx._codec, size=size)
+            for acc, size in zip(self._chunks, self._sizes, strict=True)
+        )
+        self._chunks = []
+        length, self._length = self._length, None
+        return wire.VectorFrame(length=length, fingerprint=ctx.fingerprint(), chunks=out).to_bytes()
 
 
 class CkksSecretContext:

@@ -217,6 +217,50 @@ def add_chunks(chunks: Iterable[np.ndarray], layout: Layout) -> np.ndarray:
     return acc
 
 
+class ChunkAccumulator:
+    """A running sum modulo each prime of decoded chunks of one shape, fed one at a time.
+
+    Holds one ``(2, primes, N)`` uint64 array, whatever the number of chunks added: the
+    member's memory for a sum does not grow with the number of hospitals. Same schedule as
+    :func:`add_chunks` (lazy uint64 adds, a remainder every :func:`lazy_adds` terms and one
+    at :meth:`finish`), hence the same exact result. ``add`` may reuse nothing it is given.
+    """
+
+    __slots__ = ("_acc", "_count", "_every", "_pending", "_q")
+
+    def __init__(self, layout: Layout) -> None:
+        self._q = np.array(layout.primes, dtype=np.uint64)[None, :, None]
+        self._every = min(lazy_adds(prime) for prime in layout.primes)
+        self._acc: np.ndarray | None = None
+        self._pending = 0
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """How many chunks were added."""
+        return self._count
+
+    def add(self, chunk: np.ndarray) -> None:
+        """Add one decoded (reduced) chunk, as returned by :func:`decode_chunk`."""
+        if self._acc is None:
+            self._acc = chunk.copy()
+        else:
+            if self._pending == self._every:
+                np.remainder(self._acc, self._q, out=self._acc)
+                self._pending = 0
+            np.add(self._acc, chunk, out=self._acc)
+            self._pending += 1
+        self._count += 1
+
+    def finish(self) -> np.ndarray:
+        """The reduced sum; the accumulator is spent afterwards."""
+        acc, self._acc = self._acc, None
+        if acc is None:
+            raise BadInputError("add: no chunks to sum")
+        np.remainder(acc, self._q, out=acc)
+        return acc
+
+
 def encode_chunk(coeffs: np.ndarray, layout: Layout, codec: Codec, *, size: int) -> bytes:
     """Serialize reduced coefficients as TenSEAL serializes a CKKSVector of ``size`` values."""
     major, minor = layout.version
