@@ -5,7 +5,9 @@ Registered on the ``cohort`` app by :func:`register`. Prints one table row per h
 cap, seeded entries, verdict), says plainly when the study was seeded, then every violation
 on its own line. Exit 0 when every check passed, 1 on any violation or when the run cannot
 be read (one line: no manifest, a manifest that does not verify, an unreadable ledger), 2
-for a bad command line.
+for a bad command line. ``--report FILE.html`` also writes the audit as one self-contained
+HTML page (:mod:`cohort.federation.audit_report`) and prints its path; the exit code stays
+the audit's verdict.
 """
 
 from __future__ import annotations
@@ -82,6 +84,18 @@ def _table(report: AuditReport) -> Table:
     return table
 
 
+def _write_report(report: AuditReport, *, run_dir: Path, path: Path, quiet: bool) -> None:
+    """Write the HTML report atomically; say where (on stderr when stdout carries JSON)."""
+    from cohort.federation.audit_report import render_report
+    from cohort.files import write_atomic
+
+    try:
+        write_atomic(path, render_report(report, run_dir=run_dir).encode("utf-8"))
+    except OSError as exc:
+        _fail(f"audit report not written: {path}: {exc.strerror or exc}")
+    (err_console if quiet else console).print(f"report: {path}", soft_wrap=True)
+
+
 def audit(
     run_dir: Annotated[
         Path,
@@ -93,6 +107,16 @@ def audit(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the audit report as JSON.")
     ] = False,
+    report_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            metavar="FILE.html",
+            help="Also write the audit as one self-contained HTML page (verdict, epsilon "
+            "charts per hospital, DP parameters, accuracy, attestations, failed checks).",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Audit a study's privacy claims from its published files: every ledger's hash chain,
     every epsilon recomputed with Opacus's PRV and dp-accounting's PLD and RDP, caps, the
@@ -104,6 +128,8 @@ def audit(
         report = _run(run_dir, show_progress=not as_json)
     except CohortError as exc:
         _fail(f"audit refused: {exc}")
+    if report_file is not None:
+        _write_report(report, run_dir=run_dir, path=report_file, quiet=as_json)
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
     else:
