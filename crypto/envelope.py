@@ -176,10 +176,14 @@ def build_envelope(
     round: int,
     payload: bytes,
     nonce: bytes | None = None,
+    payload_hash: bytes | None = None,
 ) -> Envelope:
     """Run by a data owner: hash, seal and sign ``payload`` for one committee member.
 
     ``nonce`` (16 bytes) is drawn at random unless given; fixed nonces are for test vectors.
+    ``payload_hash`` is ``tagged_hash(Tag.PAYLOAD, payload)`` when the caller already has it
+    (one payload, one envelope per member: hashed once); a wrong one only makes the member
+    reject the envelope (``payload_hash_mismatch``).
     """
     if not isinstance(payload, bytes):
         raise BadInputError("envelope: payload must be bytes")
@@ -188,7 +192,9 @@ def build_envelope(
     _check_bytes(nonce, "nonce", exact=NONCE_SIZE)
     _check_text(study_id, "study_id", MAX_STUDY_ID_BYTES)
     _check_round(round)
-    payload_hash = tagged_hash(Tag.PAYLOAD, payload)
+    if payload_hash is None:
+        payload_hash = tagged_hash(Tag.PAYLOAD, payload)
+    _check_bytes(payload_hash, "payload_hash", exact=DIGEST_SIZE)
     digest = _digest(study_id, round, sender.party_id, recipient.party_id, payload_hash, nonce)
     return Envelope(
         study_id=study_id,

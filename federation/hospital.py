@@ -389,7 +389,9 @@ def train(
         return TrainOutcome(_receipt(identity.party_id, "ok", "", **done), weighted)
     payload = context.encrypt(quantize(update, grid=context.params.release_grid))
     payload_hash = tagged_hash(Tag.PAYLOAD, payload)
-    delivered = upload(identity, manifest, round=instruction.round, payload=payload)
+    delivered = upload(
+        identity, manifest, round=instruction.round, payload=payload, payload_hash=payload_hash
+    )
     status, reason = "ok", ""
     if len(delivered) < manifest.quorum:
         status = "failed"
@@ -407,12 +409,28 @@ def train(
     )
 
 
-def upload(identity: Identity, manifest: Manifest, *, round: int, payload: bytes) -> list[str]:
-    """Send one signed, sealed envelope to each manifest member in parallel; return who accepted."""
+def upload(
+    identity: Identity,
+    manifest: Manifest,
+    *,
+    round: int,
+    payload: bytes,
+    payload_hash: bytes | None = None,
+) -> list[str]:
+    """Send one signed, sealed envelope to each manifest member in parallel; return who accepted.
+
+    The payload is hashed once (``payload_hash``), not once per member.
+    """
+    digest = payload_hash if payload_hash is not None else tagged_hash(Tag.PAYLOAD, payload)
 
     def one(entry: CommitteeEntry) -> str | None:
         envelope = build_envelope(
-            identity, entry.identity, study_id=manifest.study_id, round=round, payload=payload
+            identity,
+            entry.identity,
+            study_id=manifest.study_id,
+            round=round,
+            payload=payload,
+            payload_hash=digest,
         )
         try:
             with MemberClient(entry.endpoint, tls=member_tls(manifest, entry)) as client:

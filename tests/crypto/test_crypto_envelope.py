@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cohort.crypto.envelope import Envelope, build_envelope, open_envelope
+from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import Identity, seal_to
 from cohort.errors import BadInputError, VerificationError
 
@@ -41,6 +42,33 @@ def test_round_trip() -> None:
     assert parsed.to_bytes() == WIRE
     assert WIRE[:5] == b"CHEV\x01"
     assert _open(parsed) == PAYLOAD
+
+
+def test_a_precomputed_payload_hash_gives_the_same_envelope() -> None:
+    nonce = b"\x07" * 16
+    own = build_envelope(
+        OWNER, MEMBER.public, study_id=STUDY, round=4, payload=PAYLOAD, nonce=nonce
+    )
+    given = build_envelope(
+        OWNER,
+        MEMBER.public,
+        study_id=STUDY,
+        round=4,
+        payload=PAYLOAD,
+        nonce=nonce,
+        payload_hash=tagged_hash(Tag.PAYLOAD, PAYLOAD),
+    )
+    assert (given.payload_hash, given.signature) == (own.payload_hash, own.signature)
+    assert _open(given) == PAYLOAD
+    wrong = build_envelope(
+        OWNER, MEMBER.public, study_id=STUDY, round=4, payload=PAYLOAD, payload_hash=b"\x00" * 32
+    )
+    with pytest.raises(VerificationError, match="payload hash mismatch"):
+        _open(wrong)
+    with pytest.raises(BadInputError, match="payload_hash has 3 bytes"):
+        build_envelope(
+            OWNER, MEMBER.public, study_id=STUDY, round=4, payload=PAYLOAD, payload_hash=b"abc"
+        )
 
 
 def test_empty_payload_round_trip() -> None:
