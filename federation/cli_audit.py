@@ -7,7 +7,10 @@ on its own line. Exit 0 when every check passed, 1 on any violation or when the 
 be read (one line: no manifest, a manifest that does not verify, an unreadable ledger), 2
 for a bad command line. ``--report FILE.html`` also writes the audit as one self-contained
 HTML page (:mod:`cohort.federation.audit_report`) and prints its path; the exit code stays
-the audit's verdict.
+the audit's verdict. ``--empirical`` also runs the one-run membership-inference audit
+(:mod:`cohort.clients.empirical`) for the study's first hospital on the demo split of a
+``cohort simulate`` run and prints its empirical epsilon lower bound next to the
+theoretical epsilon; exit 1 if the lower bound exceeds it (a DP bug).
 """
 
 from __future__ import annotations
@@ -96,6 +99,65 @@ def _write_report(report: AuditReport, *, run_dir: Path, path: Path, quiet: bool
     (err_console if quiet else console).print(f"report: {path}", soft_wrap=True)
 
 
+EMPIRICAL_CANARIES = 64
+EMPIRICAL_GUESSES = 16
+
+
+def _empirical(run_dir: Path, *, quiet: bool) -> None:
+    """Run the one-run audit for the first hospital of a ``cohort simulate`` study."""
+    from cohort.clients.data import demo_split
+    from cohort.clients.empirical import EmpiricalAuditFailed, one_run_audit
+    from cohort.clients.training import DpConfig
+    from cohort.federation.audit import load_manifest
+
+    summary_path = run_dir / "summary.json"
+    try:
+        study = json.loads(summary_path.read_text(encoding="utf-8"))["config"]
+        clients, seed = int(study["clients"]), int(study.get("seed") or 0)
+        alpha = float(study.get("dirichlet_alpha", 1.0))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _fail(
+            f"empirical audit refused: {summary_path}: not a cohort simulate study "
+            f"({type(exc).__name__}: {exc})"
+        )
+    try:
+        manifest = load_manifest(run_dir)
+        dp = manifest.dp
+        config = DpConfig(
+            target_epsilon=dp.epsilon,
+            total_rounds=manifest.rounds,
+            local_epochs=dp.local_epochs,
+            batch_size=dp.batch_size,
+            max_grad_norm=dp.max_grad_norm,
+            delta=dp.delta,
+            lr=dp.lr,
+        )
+        hospitals, _ = demo_split(num_hospitals=clients, seed=seed, alpha=alpha)
+        result = one_run_audit(
+            hospitals[0],
+            config=config,
+            canaries=EMPIRICAL_CANARIES,
+            guesses=EMPIRICAL_GUESSES,
+            seed_key=None,
+            rounds=manifest.rounds,
+            model=manifest.model,
+        )
+    except CohortError as exc:
+        _fail(f"empirical audit refused: {exc}")
+    (err_console if quiet else console).print(
+        f"empirical audit (hospital-1, demo split): {result.correct}/{result.guesses} correct "
+        f"guesses over {result.canaries} canaries ({result.included} included); empirical "
+        f"epsilon lower bound {result.epsilon_lower:.4f} at {100 * (1 - result.beta):g}% "
+        f"confidence vs theoretical epsilon {result.epsilon_theoretical:.4f} "
+        f"(delta {result.delta:g})",
+        soft_wrap=True,
+    )
+    try:
+        result.check()
+    except EmpiricalAuditFailed as exc:
+        _fail(str(exc))
+
+
 def audit(
     run_dir: Annotated[
         Path,
@@ -117,6 +179,15 @@ def audit(
             dir_okay=False,
         ),
     ] = None,
+    empirical: Annotated[
+        bool,
+        typer.Option(
+            "--empirical",
+            help="Also train the first hospital's model (cohort simulate demo split) with "
+            "inserted canaries and print the one-run audit's empirical epsilon lower bound "
+            "next to the theoretical one; exit 1 if it is higher.",
+        ),
+    ] = False,
 ) -> None:
     """Audit a study's privacy claims from its published files: every ledger's hash chain,
     every epsilon recomputed with Opacus's PRV and dp-accounting's PLD and RDP, caps, the
@@ -155,6 +226,8 @@ def audit(
         for violation in report.violations:
             err_console.print(Text.assemble(("violation: ", "bold red"), violation))
         _fail(f"audit failed: {len(report.violations)} violation(s)")
+    if empirical:
+        _empirical(run_dir, quiet=as_json)
     if not as_json:
         console.print(
             f"audit passed: {len(report.hospitals)} ledger(s), hash chains intact, every "

@@ -349,3 +349,12 @@ def test_cli_refuses_an_unreadable_run_in_one_line(run: Path, tmp_path: Path) ->
 def test_cli_bad_command_line_exits_2(honest_run: Path) -> None:
     assert runner.invoke(app, ["audit"]).exit_code == 2
     assert runner.invoke(app, ["audit", str(honest_run), "--chain"]).exit_code == 2
+
+
+def test_cli_empirical_audit_needs_a_simulated_study(honest_run: Path) -> None:
+    """--empirical retrains on the demo split, so it needs summary.json's study config."""
+    result = runner.invoke(app, ["audit", str(honest_run), "--empirical"])
+    assert result.exit_code == 1, result.output
+    line = result.output.strip().splitlines()[-1]  # after the (passing) audit table
+    assert "empirical audit refused" in line
+    assert "not a cohort simulate study" in line
