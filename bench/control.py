@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from eth_account import Account
 from machine import describe as describe_machine
+from studies import bench_manifest
 
 from cohort.aggregator.client import MemberClient
 from cohort.aggregator.committee import Committee, LocalCommittee, MemberRef
@@ -68,16 +69,11 @@ from cohort.crypto.tls import ChannelTls
 from cohort.errors import ProtocolAbort
 from cohort.federation.manifest import (
     CommitteeEntry,
-    DpTerms,
     Manifest,
-    OwnerEntry,
-    SecureMode,
     SignedManifest,
-    new_nonce,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CHAIN_ID = 1337
 UPDATE_STD = 0.01
 EXAMPLES_RANGE = (30, 120)
 VARIANTS = ("tls", "plaintext")
@@ -138,39 +134,18 @@ def study_manifest(
     rounds: int,
 ) -> SignedManifest:
     """A CKKS study over real identities and the local committee's endpoints and pins."""
-    manifest = Manifest(
+    return bench_manifest(
         name="bench-control",
-        nonce=new_nonce(),
-        secure=SecureMode.CKKS,
-        committee=tuple(committee),
-        quorum=len(committee) // 2 + 1,
-        min_clients=len(hospitals.identities),
-        owners=tuple(
-            OwnerEntry(o.party_id, o.public.sign_key, o.public.box_key, payout)
-            for o, payout in zip(hospitals.identities, hospitals.payouts, strict=True)
-        ),
-        key_dealer=hospitals.identities[0].party_id,
-        coordinator_key=coordinator.public.sign_key,
-        sponsor_key=sponsor.public.sign_key,
+        committee=committee,
+        owners=list(zip(hospitals.identities, hospitals.payouts, strict=True)),
+        coordinator=coordinator,
+        sponsor=sponsor,
         sponsor_address=str(Account.create().address),
-        rounds=rounds,
-        dp=DpTerms(
-            epsilon=3.0, delta=1e-5, local_epochs=1, batch_size=32, max_grad_norm=1.0, lr=0.1
-        ),
-        model="mlp",
-        features=30,
-        num_classes=2,
-        update_length=update_length,
-        init_seed=0,
-        server_lr=1.0,
-        payout_rule="proportional-to-included-rounds",
-        bounty_wei=0,
-        chain_id=CHAIN_ID,
         contract=str(Account.create().address),
-        deadline=int(time.time()) + 86_400,
+        update_length=update_length,
+        rounds=rounds,
         tls_ca=tls_ca,
     )
-    return SignedManifest.sign(manifest, sponsor)
 
 
 # --------------------------------------------------------------------------- one variant

@@ -46,6 +46,7 @@ from eth_account import Account
 from machine import describe as describe_machine
 from rich.console import Console
 from rich.table import Table
+from studies import bench_manifest
 
 from cohort.aggregator.control import (
     AggregateBody,
@@ -64,16 +65,11 @@ from cohort.crypto.identity import Identity
 from cohort.federation.approval import Role, approve
 from cohort.federation.manifest import (
     CommitteeEntry,
-    DpTerms,
     Manifest,
-    OwnerEntry,
-    SecureMode,
     SignedManifest,
-    new_nonce,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CHAIN_ID = 1337
 UPDATE_STD = 0.01
 EXAMPLES_RANGE = (30, 120)
 ISSUE_RATIO_LIMIT = 8.0  # CKKS upload per client at most 8x the plaintext float32 bytes
@@ -226,40 +222,17 @@ def study_manifest(
         )
         for j, key in enumerate(keys)
     )
-    manifest = Manifest(
+    return bench_manifest(
         name="bench-round",
-        nonce=new_nonce(),
-        secure=SecureMode.CKKS,
         committee=committee,
-        quorum=len(keys) // 2 + 1,
-        min_clients=len(owners),
-        owners=tuple(
-            OwnerEntry(
-                o.party_id, o.public.sign_key, o.public.box_key, str(Account.create().address)
-            )
-            for o in owners
-        ),
-        key_dealer=owners[0].party_id,
-        coordinator_key=coordinator.public.sign_key,
-        sponsor_key=sponsor.public.sign_key,
+        owners=[(o, str(Account.create().address)) for o in owners],
+        coordinator=coordinator,
+        sponsor=sponsor,
         sponsor_address=str(Account.create().address),
-        rounds=rounds,
-        dp=DpTerms(
-            epsilon=3.0, delta=1e-5, local_epochs=1, batch_size=32, max_grad_norm=1.0, lr=0.1
-        ),
-        model="mlp",
-        features=30,
-        num_classes=2,
-        update_length=update_length,
-        init_seed=0,
-        server_lr=1.0,
-        payout_rule="proportional-to-included-rounds",
-        bounty_wei=0,
-        chain_id=CHAIN_ID,
         contract=str(Account.create().address),
-        deadline=int(time.time()) + 86_400,
+        update_length=update_length,
+        rounds=rounds,
     )
-    return SignedManifest.sign(manifest, sponsor)
 
 
 def setup_study(params: int, clients: int, k: int, seed: int, rounds: int) -> Study:
