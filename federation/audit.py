@@ -271,7 +271,7 @@ def _accountant_problems(
 
 def _terms_problems(where: str, entry: LedgerEntry, manifest: Manifest) -> list[str]:
     """The study's DP terms against what the entry records (run for this study's entries)."""
-    from cohort.clients.training import DpConfig
+    from cohort.federation.dp_terms import dp_config
 
     event = entry.event
     dp = manifest.dp
@@ -296,15 +296,7 @@ def _terms_problems(where: str, entry: LedgerEntry, manifest: Manifest) -> list[
             f"{where}: steps: recorded {event.steps}, the manifest's {dp.local_epochs} local "
             f"epoch(s) of {per_epoch} steps give {dp.local_epochs * per_epoch}"
         )
-    config = DpConfig(
-        target_epsilon=dp.epsilon,
-        total_rounds=manifest.rounds,
-        local_epochs=dp.local_epochs,
-        batch_size=dp.batch_size,
-        max_grad_norm=dp.max_grad_norm,
-        delta=dp.delta,
-        lr=dp.lr,
-    )
+    config = dp_config(manifest)
     # Any dataset of per_epoch * batch_size examples has exactly per_epoch steps per epoch.
     calibrated = config.noise_multiplier(per_epoch * dp.batch_size)
     if not math.isclose(event.noise_multiplier, calibrated, rel_tol=SIGMA_RTOL):

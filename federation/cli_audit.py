@@ -107,8 +107,8 @@ def _empirical(run_dir: Path, *, quiet: bool) -> None:
     """Run the one-run audit for the first hospital of a ``cohort simulate`` study."""
     from cohort.clients.data import demo_split
     from cohort.clients.empirical import EmpiricalAuditFailed, one_run_audit
-    from cohort.clients.training import DpConfig
     from cohort.federation.audit import load_manifest
+    from cohort.federation.dp_terms import dp_config
 
     summary_path = run_dir / "summary.json"
     try:
@@ -122,16 +122,7 @@ def _empirical(run_dir: Path, *, quiet: bool) -> None:
         )
     try:
         manifest = load_manifest(run_dir)
-        dp = manifest.dp
-        config = DpConfig(
-            target_epsilon=dp.epsilon,
-            total_rounds=manifest.rounds,
-            local_epochs=dp.local_epochs,
-            batch_size=dp.batch_size,
-            max_grad_norm=dp.max_grad_norm,
-            delta=dp.delta,
-            lr=dp.lr,
-        )
+        config = dp_config(manifest)
         hospitals, _ = demo_split(num_hospitals=clients, seed=seed, alpha=alpha)
         result = one_run_audit(
             hospitals[0],

@@ -34,7 +34,7 @@ from cohort.bounties.study import StudyContract
 from cohort.clients.data import Dataset, Normalizer, demo_split, load_csv
 from cohort.clients.model import build_model, get_flat, set_flat
 from cohort.clients.privacy import PrivacyLedger
-from cohort.clients.training import DpConfig, train_dp
+from cohort.clients.training import train_dp
 from cohort.crypto.ckks import DEFAULT_PARAMS, CkksSecretContext, dealt_context_digest
 from cohort.crypto.encoding import quantize
 from cohort.crypto.envelope import build_envelope
@@ -44,6 +44,7 @@ from cohort.crypto.tls import ChannelTls
 from cohort.errors import BadInputError, BudgetExhausted, CohortError, VerificationError
 from cohort.federation import wire
 from cohort.federation.approval import Role, approved_manifest, check_finalized
+from cohort.federation.dp_terms import dp_config
 from cohort.federation.keystore import KeyStore
 from cohort.federation.manifest import CommitteeEntry, Manifest, SecureMode
 from cohort.federation.policy import HospitalPolicy
@@ -340,15 +341,7 @@ def train(
                 _receipt(identity.party_id, "declined", reason, epsilon=ledger.epsilon()), None
             )
 
-    dp = DpConfig(
-        target_epsilon=manifest.dp.epsilon,
-        total_rounds=manifest.rounds,
-        local_epochs=manifest.dp.local_epochs,
-        batch_size=manifest.dp.batch_size,
-        max_grad_norm=manifest.dp.max_grad_norm,
-        delta=manifest.dp.delta,
-        lr=manifest.dp.lr,
-    )
+    dp = dp_config(manifest)
     seed = policy.noise_seed
     if seed is not None:
         torch.manual_seed(_derived_seed(seed, identity.party_id, instruction.round))

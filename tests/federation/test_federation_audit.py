@@ -38,25 +38,12 @@ from cohort.federation.audit import (
     rdp_epsilon,
 )
 from cohort.federation.cli import app
+from cohort.federation.dp_terms import dp_config
 from cohort.federation.manifest import Manifest, SignedManifest
 
 runner = CliRunner()
 ROUNDS = 3
 EXAMPLES = 64  # hospitals 2 and 3: 2 Poisson steps per epoch at sample rate 1/2
-
-
-def dp_config(manifest: Manifest) -> DpConfig:
-    """What every hospital builds from the manifest (cohort.federation.hospital)."""
-    dp = manifest.dp
-    return DpConfig(
-        target_epsilon=dp.epsilon,
-        total_rounds=manifest.rounds,
-        local_epochs=dp.local_epochs,
-        batch_size=dp.batch_size,
-        max_grad_norm=dp.max_grad_norm,
-        delta=dp.delta,
-        lr=dp.lr,
-    )
 
 
 def manifest_of(run: Path) -> Manifest:

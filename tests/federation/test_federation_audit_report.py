@@ -25,30 +25,17 @@ from studykit import hospitals, make_study
 from typer.testing import CliRunner
 
 from cohort.clients.privacy import PrivacyLedger
-from cohort.clients.training import DpConfig
 from cohort.federation import audit_report
 from cohort.federation.audit import audit_run
 from cohort.federation.audit_report import render_report
 from cohort.federation.cli import app
+from cohort.federation.dp_terms import dp_config
 from cohort.federation.manifest import Manifest
 
 runner = CliRunner()
 ROUNDS = 3
 EXAMPLES = 64
 EVIL = "<img src=x onerror=alert(1)>"
-
-
-def dp_config(manifest: Manifest) -> DpConfig:
-    dp = manifest.dp
-    return DpConfig(
-        target_epsilon=dp.epsilon,
-        total_rounds=manifest.rounds,
-        local_epochs=dp.local_epochs,
-        batch_size=dp.batch_size,
-        max_grad_norm=dp.max_grad_norm,
-        delta=dp.delta,
-        lr=dp.lr,
-    )
 
 
 def write_ledger(
