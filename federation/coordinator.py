@@ -550,6 +550,20 @@ class Coordinator:
             return None
         return answer.plain_hash, vector.astype(np.float64)
 
+    def decrypt_request(
+        self, rnd: int, client_set: Sequence[str], decision: QuorumDecision
+    ) -> wire.DecryptRequest:
+        """What an owner of S gets asked to decrypt: the aggregate and the quorum's signatures."""
+        return wire.DecryptRequest(
+            study_id=self.manifest.study_id,
+            round=rnd,
+            client_ids=tuple(client_set),
+            aggregate=decision.aggregate,
+            aggregate_hash=decision.aggregate_hash,
+            member_ids=tuple(decision.signatures),
+            member_signatures=tuple(decision.signatures.values()),
+        )
+
     def _decrypt(
         self, rnd: int, client_set: list[str], decision: QuorumDecision, party_of: dict[int, str]
     ) -> tuple[np.ndarray, list[str], list[str]]:
@@ -560,15 +574,7 @@ class Coordinator:
         faulty decryptors. Returns (sum, owners who agree, faulty decryptors).
         """
         node_of = {p: n for n, p in party_of.items()}
-        request = wire.DecryptRequest(
-            study_id=self.manifest.study_id,
-            round=rnd,
-            client_ids=tuple(client_set),
-            aggregate=decision.aggregate,
-            aggregate_hash=decision.aggregate_hash,
-            member_ids=tuple(decision.signatures),
-            member_signatures=tuple(decision.signatures.values()),
-        )
+        request = self.decrypt_request(rnd, client_set, decision)
         start = rnd % len(client_set)
         order = client_set[start:] + client_set[:start]
         answers: dict[bytes, list[str]] = {}

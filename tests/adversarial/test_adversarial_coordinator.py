@@ -215,15 +215,8 @@ class Attacker(Coordinator):
         smaller = client_set[:-1]
         member_errors = _errors(members, rnd, smaller, list(members.member_ids))
         node_of = {p: n for n, p in self._party_of().items()}
-        request = wire.DecryptRequest(
-            study_id=self.manifest.study_id,
-            round=rnd,
-            client_ids=tuple(smaller),
-            aggregate=decision.aggregate,
-            aggregate_hash=decision.aggregate_hash,
-            member_ids=tuple(decision.signatures),
-            member_signatures=tuple(decision.signatures.values()),
-        )
+        # S's quorum-signed aggregate presented as an aggregate of S minus one owner.
+        request = self.decrypt_request(rnd, smaller, decision)
         owner = smaller[0]
         return {
             "members": member_errors,
