@@ -21,7 +21,6 @@ type says whether it was bad input, tampering or a protocol state problem.
 from __future__ import annotations
 
 import enum
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,12 +31,11 @@ from google.protobuf.message import DecodeError, Message
 
 from cohort.aggregator.modes import CkksSpec, ModeSpec
 from cohort.aggregator.proto import committee_pb2 as pb
-from cohort.crypto.hashing import Tag, tagged_hash
+from cohort.crypto.hashing import Tag, is_digest_hex, tagged_hash
 from cohort.crypto.identity import SIGNATURE_SIZE, Identity, PublicIdentity, verify_signature
 from cohort.errors import BadInputError, CohortError, ProtocolAbort, VerificationError
 
 U64_MAX = 2**64 - 1
-_STUDY_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ControlKind(enum.StrEnum):
@@ -104,7 +102,7 @@ _REFUSAL_ERRORS: dict[Refusal, type[CohortError]] = {
 
 def check_study_hex(study_id: object) -> bytes:
     """The 32 bytes of a study id given as 64 lower-case hex digits; BadInputError otherwise."""
-    if not isinstance(study_id, str) or not _STUDY_ID.match(study_id):
+    if not is_digest_hex(study_id):
         raise Refusal.MALFORMED_CONTROL.error("study id must be a manifest hash (64 hex digits)")
     return bytes.fromhex(study_id)
 

@@ -15,7 +15,6 @@ against the manifest's dealer before it accepts the set-up.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,15 +22,13 @@ from typing import ClassVar
 
 from cohort.crypto.ckks import CkksPublicContext
 from cohort.crypto.ckks import dealt_context_digest as ckks_dealt_digest
-from cohort.crypto.hashing import Tag, tagged_hash
+from cohort.crypto.hashing import Tag, is_digest_hex, tagged_hash
 from cohort.crypto.identity import Identity, PublicIdentity, verify_signature
 from cohort.errors import BadInputError, ConfigError, VerificationError
 
-_STUDY_ID = re.compile(r"^[0-9a-f]{64}$")
-
 
 def _study_bytes(study_id: str) -> bytes:
-    if not isinstance(study_id, str) or not _STUDY_ID.match(study_id):
+    if not is_digest_hex(study_id):
         raise BadInputError("study id must be a manifest hash (64 lower-case hex digits)")
     return bytes.fromhex(study_id)
 

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 import struct
 
+from typing_extensions import TypeIs
+
 DIGEST_SIZE = 32
+_DIGEST_HEX = re.compile(f"[0-9a-f]{{{2 * DIGEST_SIZE}}}")
 
 
 class Tag(bytes, enum.Enum):
@@ -63,3 +67,10 @@ def client_set_hash(client_ids: list[str] | tuple[str, ...]) -> bytes:
     if len(ordered) != len(client_ids):
         raise ValueError("client set has duplicate ids")
     return tagged_hash(Tag.CLIENT_SET, *(cid.encode("utf-8") for cid in ordered))
+
+
+def is_digest_hex(value: object) -> TypeIs[str]:
+    """Whether ``value`` is a digest in hex: exactly 64 lower-case hex digits, nothing else
+    (no trailing newline). A study id is one (its manifest's hash); ids from the wire are
+    checked with this before they are used, for example in a path."""
+    return isinstance(value, str) and _DIGEST_HEX.fullmatch(value) is not None

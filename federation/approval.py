@@ -18,14 +18,13 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cohort.bounties.attestation import contributors_hash
 from cohort.bounties.study import StudyContract
-from cohort.crypto.hashing import Tag, tagged_hash
+from cohort.crypto.hashing import Tag, is_digest_hex, tagged_hash
 from cohort.crypto.identity import Identity, verify_signature
 from cohort.errors import BadInputError, VerificationError
 from cohort.federation.manifest import Manifest, SignedManifest
@@ -35,7 +34,6 @@ STUDIES_DIR = "studies"
 MANIFEST_FILE = "manifest.json"
 APPROVAL_FILE = "approval.json"
 APPROVAL_FORMAT = "cohort-approval/v1"
-_STUDY_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Role(enum.StrEnum):
@@ -45,7 +43,7 @@ class Role(enum.StrEnum):
 
 def check_study_id(study_id: object) -> str:
     """A study id as sent on the wire: 64 lower-case hex digits (a manifest hash)."""
-    if not isinstance(study_id, str) or not _STUDY_ID.match(study_id):
+    if not is_digest_hex(study_id):
         raise VerificationError("study id must be a manifest hash (64 hex digits)")
     return study_id
 

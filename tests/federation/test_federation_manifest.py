@@ -98,7 +98,7 @@ def test_the_sponsor_signature_binds_every_byte() -> None:
 
 def test_study_ids_from_the_wire_are_checked_before_use_in_paths() -> None:
     assert check_study_id(BASE.study_id) == BASE.study_id
-    for bad in ("", "../x", "g" * 64, BASE.study_id + "0", 5):
+    for bad in ("", "../x", "g" * 64, BASE.study_id + "0", BASE.study_id + "\n", 5):
         with pytest.raises(VerificationError, match="manifest hash"):
             check_study_id(bad)
 
