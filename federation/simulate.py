@@ -165,11 +165,12 @@ def create_manifest(
     sponsor_address: str,
     sponsor: Identity,
     coordinator: Identity,
+    features: int,
 ) -> SignedManifest:
-    """The sponsor's manifest for a simulated study, signed (contract address predicted)."""
+    """The sponsor's manifest for a simulated study, signed (contract address predicted).
+
+    ``features`` is the column count of the sponsor's published data (its test split)."""
     seed = config.seed if config.seed is not None else 0
-    _, test_set = demo_split(num_hospitals=config.clients, seed=seed, alpha=config.dirichlet_alpha)
-    features = int(test_set.features.shape[1])
     owners = []
     for h in hospitals:
         identity = h.keystore.identity()
@@ -297,6 +298,7 @@ def run_study(
             sponsor_address=sponsor_address,
             sponsor=sponsor,
             coordinator=coordinator,
+            features=int(test_set.features.shape[1]),
         )
         signed.save(out / MANIFEST)
         contract = deploy(provider, signed)
