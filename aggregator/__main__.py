@@ -2,7 +2,9 @@
 
 The work directory holds everything the member keeps::
 
-    DIR/keys/          key store: identity.json + eth_key.json (mode 0600), made on first start
+    DIR/keys/          key store: identity.json + eth-keystore.json (encrypted, from
+                       cohort keys new --role member), or eth_key.json (plain, made on first
+                       start when there is no key store); mode 0600
     DIR/studies/<id>/  the operator's approvals (``cohort study approve MANIFEST --workdir DIR``)
     DIR/state.sqlite   configured studies, control counters, nonces, rounds, results, uploads
 
@@ -11,7 +13,9 @@ address, TLS fingerprint). ``--export-identity FILE`` writes the committee entry
 puts into a manifest and exits. Without ``--tls-cert/--tls-key`` the member refuses to start
 unless ``--insecure`` is given (plaintext gRPC, logged as a warning). A port already in use
 is refused with one line. Writes the bound port to ``--port-file`` once serving and stops
-cleanly on SIGTERM or SIGINT.
+cleanly on SIGTERM or SIGINT. An encrypted attestation key is unlocked at start with the
+password from ``--password-file`` or ``COHORT_KEYSTORE_PASSWORD``; ``--export-identity`` needs
+no password.
 """
 
 from __future__ import annotations
@@ -26,9 +30,17 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from cohort.aggregator.keys import IDENTITY_FILE, MemberKeys, public_identity_record
+from cohort.aggregator.keys import (
+    IDENTITY_FILE,
+    MemberIdentity,
+    MemberKeys,
+    eth_key_encrypted,
+    load_member_identity,
+    public_identity_record,
+)
 from cohort.aggregator.member import KEYS_DIR, CommitteeMember
 from cohort.aggregator.service import serve
+from cohort.crypto.eth_keystore import PASSWORD_ENV, read_password
 from cohort.crypto.tls import CertKey, cert_fingerprint
 from cohort.errors import BadInputError, CohortError
 from cohort.federation.certs import load_cert_key
@@ -56,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure",
         action="store_true",
         help="serve plaintext gRPC without --tls-cert/--tls-key (tests, trusted loopback only)",
+    )
+    parser.add_argument(
+        "--password-file",
+        type=Path,
+        metavar="FILE",
+        help=f"file holding the password of an encrypted Ethereum key (default: ${PASSWORD_ENV})",
     )
     parser.add_argument(
         "--export-identity",
@@ -90,10 +108,17 @@ def _watch_parent(stop: threading.Event) -> None:
             stop.set()
 
 
-def _keys(args: argparse.Namespace, workdir: Path) -> MemberKeys:
+def _keys(args: argparse.Namespace, workdir: Path) -> MemberKeys | MemberIdentity:
+    """The member's keys; only its identity and address for ``--export-identity``."""
     keystore: Path = args.keystore or workdir / KEYS_DIR
     if (keystore / IDENTITY_FILE).exists():
-        keys = MemberKeys.load(keystore)
+        keys: MemberKeys | MemberIdentity
+        if args.export_identity is not None:
+            keys = load_member_identity(keystore)
+        elif eth_key_encrypted(keystore):
+            keys = MemberKeys.load(keystore, password=read_password(args.password_file))
+        else:
+            keys = MemberKeys.load(keystore)
         if args.member_id and keys.identity.party_id != args.member_id:
             raise BadInputError(
                 f"member key store {keystore}: holds member {keys.identity.party_id!r}, "
@@ -111,7 +136,7 @@ def _tls(args: argparse.Namespace) -> CertKey | None:
     return load_cert_key(args.tls_cert, args.tls_key)
 
 
-def _print_identity(keys: MemberKeys, fingerprint: bytes, address: str) -> None:
+def _print_identity(keys: MemberKeys | MemberIdentity, fingerprint: bytes, address: str) -> None:
     public = keys.identity.public
     lines = [
         f"cohort committee member {public.party_id}",
@@ -147,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 "no TLS certificate: pass --tls-cert and --tls-key (from the study CA), or "
                 "--insecure to serve plaintext gRPC on a trusted network"
             )
+        if not isinstance(keys, MemberKeys):  # only --export-identity loads less
+            raise BadInputError("member key store: the attestation key was not unlocked")
         member = CommitteeMember(keys, workdir=workdir, tls_fingerprint=fingerprint)
         try:
             server, port = serve(member, host=args.host, port=args.port, tls=cert)

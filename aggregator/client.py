@@ -2,8 +2,9 @@
 
 Data owners call :meth:`MemberClient.upload` and :meth:`MemberClient.info` (a liveness ping
 that shows only the member's public identity); the coordinator sends
-:class:`~cohort.aggregator.control.SignedControl` calls (configure, open_round, aggregate,
-status), usually through :class:`cohort.aggregator.committee.Committee`.
+:class:`~cohort.aggregator.control.SignedControl` calls (configure, open_round, replicate,
+aggregate, status), usually through :class:`cohort.aggregator.committee.Committee`; members
+call :meth:`MemberClient.fetch` on each other (:class:`cohort.aggregator.peers.PeerFetcher`).
 
 With ``tls`` the channel trusts only the study CA, checks the member id in the certificate
 and pins the manifest's fingerprint (:func:`cohort.crypto.tls.open_channel`). The channel is
@@ -28,14 +29,22 @@ from typing import Any
 import grpc
 
 from cohort.aggregator.control import SignedControl
-from cohort.aggregator.member import AggregateResult, PublicStatus, StudyStatus, Verdict
+from cohort.aggregator.member import (
+    AggregateResult,
+    PublicStatus,
+    Replication,
+    StudyStatus,
+    Verdict,
+)
 from cohort.aggregator.proto import committee_pb2 as pb
 from cohort.aggregator.proto import committee_pb2_grpc as pb_grpc
+from cohort.aggregator.replication import FetchRequest
 from cohort.aggregator.service import (
     ERROR_METADATA_KEY,
     ERROR_TYPES,
     GRPC_OPTIONS,
     public_status_from_proto,
+    replication_from_proto,
     result_from_proto,
     study_status_from_proto,
     verdict_from_proto,
@@ -178,10 +187,12 @@ class MemberClient:
     # -- data owners ---------------------------------------------------------------------
 
     def upload(self, envelope: bytes) -> Verdict:
-        """Send one envelope (``Envelope.to_bytes()``). Called by a data owner.
+        """Send one upload (``CommitteeUpload.to_bytes()``, or ``Envelope.to_bytes()``).
+        Called by a data owner.
 
-        Returns the accepted verdict (with the payload hash as receipt); a rejection raises
-        the matching Cohort error whose message contains the reason code.
+        Returns the accepted verdict (with the payload hash and, for a committee upload, the
+        member's signed receipt); a rejection raises the matching Cohort error whose message
+        contains the reason code.
         """
         reply = self._call("Upload", pb.UploadRequest(envelope=envelope), self._upload_timeout)
         return verdict_from_proto(reply)
@@ -197,6 +208,20 @@ class MemberClient:
         """Send a signed OpenRound; returns the round now open."""
         reply = self._call("OpenRound", control.to_proto(), self._timeout)
         return int(reply.round)
+
+    def replicate(self, control: SignedControl) -> Replication:
+        """Send a signed Replicate; returns what the member holds after fetching, and the
+        copies it could not take. Fetching can take long: the aggregate timeout applies."""
+        reply = self._call("Replicate", control.to_proto(), self._aggregate_timeout)
+        return replication_from_proto(reply)
+
+    # -- members -------------------------------------------------------------------------
+
+    def fetch(self, request: FetchRequest) -> bytes:
+        """Ask this member for its copy of one upload. Called by another member (signed
+        request); returns ``CommitteeUpload.to_bytes()`` sealed to the requester."""
+        reply = self._call("Fetch", request.to_proto(), self._upload_timeout)
+        return bytes(reply.upload)
 
     def aggregate(self, control: SignedControl) -> AggregateResult:
         """Send a signed Aggregate; returns the member's signed result."""

@@ -33,10 +33,18 @@ from cohort.aggregator.control import (
     ConfigureBody,
     ControlSigner,
     OpenRoundBody,
+    ReplicateBody,
     StatusBody,
+    UploadSource,
 )
 from cohort.aggregator.keys import MemberKeys
-from cohort.aggregator.member import KEYS_DIR, AggregateResult, MemberInfo, StudyStatus
+from cohort.aggregator.member import (
+    KEYS_DIR,
+    AggregateResult,
+    MemberInfo,
+    Replication,
+    StudyStatus,
+)
 from cohort.aggregator.modes import ModeSpec
 from cohort.aggregator.quorum import AttestationCheck, QuorumDecision, decide
 from cohort.crypto.identity import PublicIdentity
@@ -196,6 +204,22 @@ class Committee:
         """Where the study stands at one member, and who uploaded in its open round."""
         control = self._signer.sign(self.study_id, member_id, StatusBody())
         return self.client(member_id).status(control)
+
+    def replicate(self, member_id: str, round: int, sources: Sequence[UploadSource]) -> Replication:
+        """Have one member fetch the uploads of ``round`` it lacks from ``sources`` (the
+        members whose receipts the data owners forwarded)."""
+        control = self._signer.sign(self.study_id, member_id, ReplicateBody(round, tuple(sources)))
+        return self.client(member_id).replicate(control)
+
+    def replicate_all(
+        self,
+        round: int,
+        sources: Sequence[UploadSource],
+        *,
+        members: Sequence[str] | None = None,
+    ) -> tuple[dict[str, Replication], dict[str, CohortError]]:
+        """:meth:`replicate` on ``members`` (default: all) in parallel; (replies, errors)."""
+        return self._fan_out(lambda m: self.replicate(m, round, sources), members)
 
     def aggregate(self, member_id: str, round: int, client_ids: Sequence[str]) -> AggregateResult:
         """One member's signed aggregate of ``round`` over ``client_ids``."""

@@ -1,6 +1,6 @@
 """Signed control calls: how the coordinator tells a committee member what to do.
 
-Every coordinator call (Configure, OpenRound, Aggregate, Status) travels as one
+Every coordinator call (Configure, OpenRound, Replicate, Aggregate, Status) travels as one
 :class:`SignedControl`: the study id, the call's kind, a counter and the serialized inner
 request (the *body*), signed with Ed25519 by the manifest's coordinator key over::
 
@@ -45,6 +45,7 @@ class ControlKind(enum.StrEnum):
     OPEN_ROUND = "open_round"
     AGGREGATE = "aggregate"
     STATUS = "status"
+    REPLICATE = "replicate"
 
 
 class Refusal(enum.StrEnum):
@@ -70,6 +71,12 @@ class Refusal(enum.StrEnum):
     CLIENT_SET_TOO_SMALL = "client_set_too_small"
     CLIENT_SET_CHANGED = "client_set_changed"
     MISSING_UPLOADS = "missing_uploads"
+    # Fetch (member to member): why a member refused to hand over a copy.
+    MALFORMED_FETCH = "malformed_fetch"
+    UNKNOWN_REQUESTER = "unknown_requester"
+    WRONG_RESPONDER = "wrong_responder"
+    BAD_FETCH_SIGNATURE = "bad_fetch_signature"
+    NOT_HELD = "not_held"
 
     def error(self, detail: str) -> CohortError:
         """The Cohort error for this refusal, its message ``"<code>: <detail>"``."""
@@ -97,6 +104,11 @@ _REFUSAL_ERRORS: dict[Refusal, type[CohortError]] = {
     Refusal.ROUND_NOT_OPEN: ProtocolAbort,
     Refusal.CLIENT_SET_CHANGED: ProtocolAbort,
     Refusal.MISSING_UPLOADS: ProtocolAbort,
+    Refusal.MALFORMED_FETCH: BadInputError,
+    Refusal.UNKNOWN_REQUESTER: VerificationError,
+    Refusal.WRONG_RESPONDER: VerificationError,
+    Refusal.BAD_FETCH_SIGNATURE: VerificationError,
+    Refusal.NOT_HELD: ProtocolAbort,
 }
 
 
@@ -277,7 +289,51 @@ class StatusBody:
         return cls()
 
 
-ControlBody = ConfigureBody | OpenRoundBody | AggregateBody | StatusBody
+@dataclass(frozen=True, repr=False)
+class UploadSource:
+    """Where one data owner's upload is: the member that accepted it and the receipt it
+    signed (:func:`cohort.aggregator.replication.receipt_digest`), as the owner forwarded it."""
+
+    sender: str
+    holder: str
+    payload_hash: bytes
+    receipt: bytes
+
+    def __repr__(self) -> str:
+        return f"UploadSource(sender={self.sender!r}, holder={self.holder!r})"
+
+
+@dataclass(frozen=True)
+class ReplicateBody:
+    """Replicate: the round and where each upload is; each member fetches what it lacks."""
+
+    round: int
+    sources: tuple[UploadSource, ...]
+
+    KIND: ClassVar[ControlKind] = ControlKind.REPLICATE
+
+    def to_bytes(self) -> bytes:
+        msg = pb.ReplicateBody(round=self.round)
+        for source in self.sources:
+            msg.sources.add(
+                sender=source.sender,
+                holder=source.holder,
+                payload_hash=source.payload_hash,
+                receipt=source.receipt,
+            )
+        return msg.SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReplicateBody:
+        msg = pb.ReplicateBody()
+        _parse(msg, data, "replicate")
+        sources = tuple(
+            UploadSource(s.sender, s.holder, s.payload_hash, s.receipt) for s in msg.sources
+        )
+        return cls(msg.round, sources)
+
+
+ControlBody = ConfigureBody | OpenRoundBody | AggregateBody | StatusBody | ReplicateBody
 
 
 # --------------------------------------------------------------------------- signer

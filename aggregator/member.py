@@ -9,9 +9,15 @@ directory with its operator's approvals (``studies/<id>/``, written by
 1. the coordinator sends a signed Configure (:meth:`CommitteeMember.configure`) naming a
    manifest the operator approved, with the key dealer's signed mode set-up;
 2. per round the coordinator sends a signed OpenRound (:meth:`CommitteeMember.open_round`);
-   data owners upload one envelope each (:meth:`CommitteeMember.accept`); every rejection is
-   logged and counted with a :class:`Reason`;
-3. the coordinator sends a signed Aggregate over the client set S
+   each data owner uploads once, to one member (:meth:`CommitteeMember.accept`), which
+   answers with a signed receipt; every rejection is logged and counted with a
+   :class:`Reason`;
+3. the coordinator sends a signed Replicate with the owners' receipts
+   (:meth:`CommitteeMember.replicate`); the member fetches each upload it lacks from the
+   member that signed its receipt (:meth:`CommitteeMember.fetch` runs there,
+   :mod:`cohort.aggregator.replication`), checks each copy like an upload and records every
+   copy it could not take;
+4. the coordinator sends a signed Aggregate over the client set S
    (:meth:`CommitteeMember.aggregate`); the member checks S against the manifest, combines
    the uploads in canonical order, signs the result, attests it for the chain and drops the
    round's uploads.
@@ -24,12 +30,11 @@ it stopped and refuses everything it refused or consumed before. Thread-safe.
 
 from __future__ import annotations
 
-import enum
-import json
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,226 +44,72 @@ from cohort.aggregator.control import (
     ControlKind,
     OpenRoundBody,
     Refusal,
+    ReplicateBody,
     SignedControl,
     StatusBody,
+    UploadSource,
     canonical_client_ids,
 )
+from cohort.aggregator.intake import Rejected, Upload, authenticate, parse_upload
 from cohort.aggregator.keys import MemberKeys
 from cohort.aggregator.modes import SUPPORTED_MODES, AggregationMode, build_mode
-from cohort.aggregator.store import STATE_FILE, MemberStore
+from cohort.aggregator.records import (
+    AggregateResult,
+    CopyFailure,
+    Holding,
+    MemberInfo,
+    PublicStatus,
+    Reason,
+    Rejection,
+    Replication,
+    StudyStatus,
+    Verdict,
+    aggregate_result_digest,
+    study_id_bytes,
+)
+from cohort.aggregator.replication import Fetcher, FetchRequest, UploadReceipt
+from cohort.aggregator.store import STATE_FILE, MemberStore, RelayFields
 from cohort.bounties.attestation import attestation_digest, sign_attestation
-from cohort.crypto.envelope import Envelope, open_envelope
+from cohort.crypto import upload as committee_upload
+from cohort.crypto.envelope import Envelope
 from cohort.crypto.hashing import Tag, client_set_hash, tagged_hash
-from cohort.crypto.identity import Identity, PublicIdentity, verify_signature
-from cohort.errors import BadInputError, ConfigError, ProtocolAbort, VerificationError
+from cohort.crypto.identity import PublicIdentity, seal_to
+from cohort.crypto.upload import CommitteeUpload
+from cohort.errors import BadInputError, CohortError, ConfigError, VerificationError
 from cohort.federation.approval import Role, approved_manifest
-from cohort.federation.manifest import Manifest, OwnerEntry, SecureMode, SignedManifest
+from cohort.federation.manifest import (
+    CommitteeEntry,
+    Manifest,
+    OwnerEntry,
+    SecureMode,
+    SignedManifest,
+)
 from cohort.logs import fields, get_logger
 
 log = get_logger(__name__)
 
 KEYS_DIR = "keys"
-_MAX_ROUND = 2**64 - 1
+FETCH_WORKERS = 4
+"""Copies a member fetches at once during Replicate (memory: a few payloads, whatever the
+number of data owners)."""
 
 __all__ = [
     "KEYS_DIR",
     "AggregateResult",
     "CommitteeMember",
+    "CopyFailure",
     "MemberInfo",
     "MemberKeys",
     "PublicStatus",
     "Reason",
     "Rejection",
+    "Replication",
     "StudyStatus",
     "Verdict",
     "aggregate_result_digest",
     "canonical_client_ids",
     "study_id_bytes",
 ]
-
-
-def study_id_bytes(study_id: str) -> bytes:
-    """32-byte study id used on chain: ``tagged_hash(Tag.STUDY_ID, study_id)``."""
-    return tagged_hash(Tag.STUDY_ID, study_id.encode("utf-8"))
-
-
-def aggregate_result_digest(
-    *, study_id: str, round: int, client_ids: Sequence[str], aggregate_hash: bytes
-) -> bytes:
-    """What a member's Ed25519 signature covers:
-    ``tagged_hash(AGGREGATE_RESULT, study_id, u64 round, client_set_hash(S), aggregate_hash)``.
-    """
-    if not 0 <= round <= _MAX_ROUND:
-        raise BadInputError(f"round must be in 0..2^64-1, got {round}")
-    return tagged_hash(
-        Tag.AGGREGATE_RESULT,
-        study_id.encode("utf-8"),
-        round.to_bytes(8, "big"),
-        client_set_hash(tuple(client_ids)),
-        aggregate_hash,
-    )
-
-
-# --------------------------------------------------------------------------- verdicts
-
-
-class Reason(enum.StrEnum):
-    """Why an upload was rejected. The wire carries the value."""
-
-    MALFORMED = "malformed"
-    NOT_CONFIGURED = "not_configured"
-    WRONG_STUDY = "wrong_study"
-    ROUND_NOT_OPEN = "round_not_open"
-    WRONG_ROUND = "wrong_round"
-    DEADLINE_PASSED = "deadline_passed"
-    WRONG_RECIPIENT = "wrong_recipient"
-    UNKNOWN_SENDER = "unknown_sender"
-    REPLAYED_NONCE = "replayed_nonce"
-    BAD_SIGNATURE = "bad_signature"
-    UNSEAL_FAILED = "unseal_failed"
-    PAYLOAD_HASH_MISMATCH = "payload_hash_mismatch"
-    DUPLICATE_SENDER = "duplicate_sender"
-    MODE_CHECK_FAILED = "mode_check_failed"
-
-    @property
-    def error(self) -> type[BadInputError | VerificationError | ProtocolAbort]:
-        """The Cohort error type a rejection with this reason is reported as."""
-        return _REASON_ERRORS[self]
-
-
-_REASON_ERRORS: dict[Reason, type[BadInputError | VerificationError | ProtocolAbort]] = {
-    Reason.MALFORMED: BadInputError,
-    Reason.MODE_CHECK_FAILED: BadInputError,
-    Reason.NOT_CONFIGURED: ProtocolAbort,
-    Reason.ROUND_NOT_OPEN: ProtocolAbort,
-    Reason.WRONG_ROUND: ProtocolAbort,
-    Reason.DEADLINE_PASSED: ProtocolAbort,
-    Reason.DUPLICATE_SENDER: ProtocolAbort,
-    Reason.WRONG_STUDY: VerificationError,
-    Reason.WRONG_RECIPIENT: VerificationError,
-    Reason.UNKNOWN_SENDER: VerificationError,
-    Reason.REPLAYED_NONCE: VerificationError,
-    Reason.BAD_SIGNATURE: VerificationError,
-    Reason.UNSEAL_FAILED: VerificationError,
-    Reason.PAYLOAD_HASH_MISMATCH: VerificationError,
-}
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A member's answer to one upload. ``reason`` is None exactly when accepted."""
-
-    member_id: str
-    accepted: bool
-    sender: str
-    round: int | None
-    reason: Reason | None = None
-    detail: str = ""
-    payload_hash: bytes = b""
-
-    def raise_if_rejected(self) -> None:
-        """Raise the Cohort error matching ``reason`` (message starts with the reason code)."""
-        if self.reason is not None:
-            raise self.reason.error(f"{self.reason.value}: {self.detail}")
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """How many uploads from ``sender`` ("" = unknown/unreadable) were rejected, and why."""
-
-    sender: str
-    reason: Reason
-    count: int
-
-
-@dataclass(frozen=True, repr=False)
-class AggregateResult:
-    """A member's signed aggregate of one round over client set ``client_ids``."""
-
-    member_id: str
-    study_id: str
-    round: int
-    client_ids: tuple[str, ...]
-    aggregate: bytes
-    aggregate_hash: bytes
-    signature: bytes
-    eth_address: str
-    eth_signature: bytes
-    rejections: tuple[Rejection, ...] = ()
-
-    def __repr__(self) -> str:
-        return (
-            f"AggregateResult(member_id={self.member_id!r}, study_id={self.study_id[:16]!r}, "
-            f"round={self.round}, clients={len(self.client_ids)}, "
-            f"aggregate=<{len(self.aggregate)} bytes>, hash={self.aggregate_hash.hex()[:16]})"
-        )
-
-    def to_record(self) -> str:
-        """Everything but the aggregate bytes, as JSON (how the store keeps it)."""
-        return json.dumps(
-            {
-                "member_id": self.member_id,
-                "study_id": self.study_id,
-                "round": self.round,
-                "client_ids": list(self.client_ids),
-                "aggregate_hash": self.aggregate_hash.hex(),
-                "signature": self.signature.hex(),
-                "eth_address": self.eth_address,
-                "eth_signature": self.eth_signature.hex(),
-                "rejections": [[r.sender, r.reason.value, r.count] for r in self.rejections],
-            },
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_record(cls, record: str, aggregate: bytes) -> AggregateResult:
-        doc = json.loads(record)
-        return cls(
-            member_id=doc["member_id"],
-            study_id=doc["study_id"],
-            round=doc["round"],
-            client_ids=tuple(doc["client_ids"]),
-            aggregate=aggregate,
-            aggregate_hash=bytes.fromhex(doc["aggregate_hash"]),
-            signature=bytes.fromhex(doc["signature"]),
-            eth_address=doc["eth_address"],
-            eth_signature=bytes.fromhex(doc["eth_signature"]),
-            rejections=tuple(Rejection(s, Reason(r), c) for s, r, c in doc["rejections"]),
-        )
-
-
-@dataclass(frozen=True)
-class MemberInfo:
-    """The public face of a member, as listed in the committee roster."""
-
-    member_id: str
-    identity: PublicIdentity
-    eth_address: str
-
-
-@dataclass(frozen=True)
-class PublicStatus:
-    """Answer to Info (anyone may ask): who the member is and what it can run. Nothing
-    about studies, rounds or senders."""
-
-    info: MemberInfo
-    modes: tuple[str, ...]
-    tls_fingerprint: bytes = b""
-
-
-@dataclass(frozen=True)
-class StudyStatus:
-    """Answer to a signed Status call (the coordinator only): where one study stands.
-
-    ``received`` lists the senders with an accepted upload in the open round, so the
-    coordinator can pick a client set S every member holds (a member signs one S a round).
-    """
-
-    study_id: str
-    open_round: int | None
-    highest_round: int
-    received: tuple[str, ...]
-    aggregated: tuple[int, ...]
 
 
 # --------------------------------------------------------------------------- member
@@ -271,13 +122,14 @@ class _Study:
     mode: AggregationMode
     setup_digest: bytes
     owners: dict[str, OwnerEntry]
+    address: bytes  # committee_address of the manifest's committee: what uploads name
 
-
-class _Rejected(Exception):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+    @classmethod
+    def of(cls, manifest: Manifest, mode: AggregationMode, setup_digest: bytes) -> _Study:
+        committee = [m.identity for m in manifest.committee]
+        owners = {o.party_id: o for o in manifest.owners}
+        address = committee_upload.committee_address(committee)
+        return cls(manifest.study_id, manifest, mode, setup_digest, owners, address)
 
 
 class CommitteeMember:
@@ -285,7 +137,9 @@ class CommitteeMember:
 
     ``workdir`` holds the approvals (``studies/``) and the state (``state.sqlite``); the
     member resumes every study found there. ``tls_fingerprint`` is the SHA-256 of the
-    certificate it serves (shown by Info; b"": plaintext). Close it when done.
+    certificate it serves (shown by Info; b"": plaintext). ``fetcher`` reaches the other
+    members for copies (default: :class:`~cohort.aggregator.peers.PeerFetcher`, gRPC over
+    the manifest's pinned TLS). Close it when done.
     """
 
     def __init__(
@@ -295,7 +149,10 @@ class CommitteeMember:
         workdir: Path,
         clock: Callable[[], float] = time.time,
         tls_fingerprint: bytes = b"",
+        fetcher: Fetcher | None = None,
     ) -> None:
+        self._fetcher = fetcher
+        self._own_fetcher: Callable[[], None] | None = None
         self._keys = keys
         self._workdir = Path(workdir)
         self._clock = clock
@@ -327,9 +184,11 @@ class CommitteeMember:
             ) from None
         if manifest.study_id != study_id:
             raise ConfigError(f"member state: stored study {study_id[:16]} has another hash")
-        return _Study(study_id, manifest, mode, digest, {o.party_id: o for o in manifest.owners})
+        return _Study.of(manifest, mode, digest)
 
     def close(self) -> None:
+        if self._own_fetcher is not None:
+            self._own_fetcher()
         self._store.close()
 
     def __enter__(self) -> CommitteeMember:
@@ -417,21 +276,18 @@ class CommitteeMember:
             mode = build_mode(setup)
         except BadInputError as exc:
             raise Refusal.BAD_SETUP.error(str(exc)) from None
-        owners = {o.party_id: o for o in manifest.owners}
         with self._lock:
             if self._same_setup(manifest.study_id, digest):
                 return manifest.study_id
             self._store.add_study(manifest.study_id, control.body, digest)
-            self._studies[manifest.study_id] = _Study(
-                manifest.study_id, manifest, mode, digest, owners
-            )
+            self._studies[manifest.study_id] = _Study.of(manifest, mode, digest)
         log.info(
             "study configured",
             extra=fields(
                 member=self.member_id,
                 study=manifest.study_id,
                 mode=mode.name,
-                owners=len(owners),
+                owners=len(manifest.owners),
                 update_length=manifest.update_length,
                 rounds=manifest.rounds,
             ),
@@ -510,47 +366,43 @@ class CommitteeMember:
     # -- coordinator: status -------------------------------------------------------------
 
     def status(self, control: SignedControl) -> StudyStatus:
-        """Where a study stands and who uploaded in the open round. Coordinator only."""
+        """Where a study stands, who uploaded in the open round and which copies of it this
+        member could not take. Coordinator only."""
         study = self._verified(control, ControlKind.STATUS)
         StatusBody.from_bytes(control.body)
         with self._lock:
             state = self._store.round_state(study.study_id)
-            received = (
-                self._store.senders(study.study_id, state.open_round)
-                if state.open_round is not None
-                else ()
-            )
+            number = state.open_round
+            received = self._store.senders(study.study_id, number) if number is not None else ()
+            failures = self._failures(study, number) if number is not None else ()
             aggregated = self._store.aggregated(study.study_id)
-        return StudyStatus(study.study_id, state.open_round, state.highest, received, aggregated)
+        return StudyStatus(
+            study.study_id, state.open_round, state.highest, received, aggregated, failures
+        )
 
     # -- data owners: upload -------------------------------------------------------------
 
     def accept(self, data: bytes) -> Verdict:
-        """Verify and store one envelope. Called by a data owner (Upload RPC).
+        """Verify and store one upload. Called by a data owner (Upload RPC).
 
-        Never raises for a bad upload: returns a rejected :class:`Verdict` whose reason says
-        why (see :class:`Reason`); :meth:`Verdict.raise_if_rejected` turns it into an error.
+        Takes a committee upload (:mod:`cohort.crypto.upload`, answered with a signed
+        receipt: this member will hand copies to the other members) or the first version's
+        per-member envelope (:mod:`cohort.crypto.envelope`: kept, never relayed). Never
+        raises for a bad upload: returns a rejected :class:`Verdict` whose reason says why
+        (see :class:`Reason`); :meth:`Verdict.raise_if_rejected` turns it into an error.
         The first accepted upload of a sender in a round is kept; nothing accepted is lost.
         """
         try:
-            envelope = Envelope.from_bytes(data)
+            upload = parse_upload(data)
         except (BadInputError, ValueError) as exc:
             return self._reject(None, "", None, Reason.MALFORMED, str(exc), size=len(data))
-        sender, number = envelope.sender, envelope.round
-        study = self._studies.get(envelope.study_id)
+        sender, number = upload.sender, upload.round
+        study = self._studies.get(upload.study_id)
         try:
-            study, owner = self._precheck(envelope, study)
-            payload = self._authenticate(envelope, owner.identity, study)
-            # Authentic: burn the nonce whatever happens next.
-            if not self._store.burn_nonce(study.study_id, envelope.nonce):
-                raise _Rejected(Reason.REPLAYED_NONCE, "envelope nonce was seen before")
-            try:
-                study.mode.check(payload, length=study.manifest.update_length)
-            except BadInputError as exc:
-                raise _Rejected(Reason.MODE_CHECK_FAILED, str(exc)) from exc
-            with self._lock:
-                self._commit(envelope, study, payload)
-        except _Rejected as rejected:
+            study, owner = self._precheck(upload, study, deadline=True)
+            payload = self._authenticate(upload, owner.identity, study)
+            self._store_upload(upload, study, payload)
+        except Rejected as rejected:
             known = sender if study is not None and sender in study.owners else ""
             return self._reject(
                 study, known, number, rejected.reason, rejected.detail, size=len(data)
@@ -559,63 +411,269 @@ class CommitteeMember:
             "upload accepted",
             extra=fields(member=self.member_id, sender=sender, round=number, size=len(data)),
         )
-        return Verdict(self.member_id, True, sender, number, payload_hash=envelope.payload_hash)
+        receipt = b""
+        if isinstance(upload, CommitteeUpload):
+            receipt = UploadReceipt.sign(
+                self._keys.identity,
+                study_id=study.study_id,
+                round=number,
+                sender=sender,
+                payload_hash=upload.payload_hash,
+            ).signature
+        return Verdict(
+            self.member_id, True, sender, number, payload_hash=upload.payload_hash, receipt=receipt
+        )
 
-    def _precheck(self, envelope: Envelope, study: _Study | None) -> tuple[_Study, OwnerEntry]:
-        """Cheap checks in order: study, round, deadline, recipient, sender, nonce."""
+    def _precheck(
+        self, upload: Upload, study: _Study | None, *, deadline: bool
+    ) -> tuple[_Study, OwnerEntry]:
+        """Cheap checks in order: study, round, deadline, addressee, sender, nonce."""
         if study is None:
             if not self._studies:
-                raise _Rejected(Reason.NOT_CONFIGURED, f"member {self.member_id} has no study")
-            raise _Rejected(Reason.WRONG_STUDY, f"envelope is for study {envelope.study_id[:64]!r}")
+                raise Rejected(Reason.NOT_CONFIGURED, f"member {self.member_id} has no study")
+            raise Rejected(Reason.WRONG_STUDY, f"upload is for study {upload.study_id[:64]!r}")
+        if upload.study_id != study.study_id:  # a copy fetched for another study
+            raise Rejected(Reason.WRONG_STUDY, f"upload is for study {upload.study_id[:64]!r}")
         state = self._store.round_state(study.study_id)
         if state.open_round is None:
-            raise _Rejected(
-                Reason.ROUND_NOT_OPEN, f"no round is open (envelope round {envelope.round})"
+            raise Rejected(Reason.ROUND_NOT_OPEN, f"no round is open (upload round {upload.round})")
+        if upload.round != state.open_round:
+            raise Rejected(
+                Reason.WRONG_ROUND, f"upload round {upload.round}, open round {state.open_round}"
             )
-        if envelope.round != state.open_round:
-            raise _Rejected(
-                Reason.WRONG_ROUND,
-                f"envelope round {envelope.round}, open round {state.open_round}",
-            )
-        if state.deadline is not None and self._clock() > state.deadline:
-            raise _Rejected(Reason.DEADLINE_PASSED, f"round {state.open_round} deadline passed")
-        if envelope.recipient != self.member_id:
-            raise _Rejected(
-                Reason.WRONG_RECIPIENT, f"envelope is addressed to {envelope.recipient!r}"
-            )
-        owner = study.owners.get(envelope.sender)
+        if deadline and state.deadline is not None and self._clock() > state.deadline:
+            raise Rejected(Reason.DEADLINE_PASSED, f"round {state.open_round} deadline passed")
+        if isinstance(upload, Envelope) and upload.recipient != self.member_id:
+            raise Rejected(Reason.WRONG_RECIPIENT, f"envelope is addressed to {upload.recipient!r}")
+        if isinstance(upload, CommitteeUpload) and upload.committee != study.address:
+            raise Rejected(Reason.WRONG_ADDRESSEE, "upload is addressed to another committee")
+        owner = study.owners.get(upload.sender)
         if owner is None:
-            raise _Rejected(Reason.UNKNOWN_SENDER, "sender is not in the study roster")
-        if self._store.nonce_seen(study.study_id, envelope.nonce):
-            raise _Rejected(Reason.REPLAYED_NONCE, "envelope nonce was seen before")
+            raise Rejected(Reason.UNKNOWN_SENDER, "sender is not in the study roster")
+        if self._store.nonce_seen(study.study_id, upload.nonce):
+            raise Rejected(Reason.REPLAYED_NONCE, "upload nonce was seen before")
         return study, owner
 
-    def _authenticate(self, envelope: Envelope, sender: PublicIdentity, study: _Study) -> bytes:
+    def _authenticate(self, upload: Upload, sender: PublicIdentity, study: _Study) -> bytes:
         """Signature, unseal and payload hash (outside the lock: unsealing is the slow part)."""
-        try:
-            return open_envelope(
-                envelope,
-                recipient=self._keys.identity,
-                sender=sender,
-                study_id=study.study_id,
-                round=envelope.round,
-            )
-        except VerificationError as exc:
-            reason = _classify(envelope, sender, self._keys.identity)
-            raise _Rejected(reason, str(exc)) from exc
+        return authenticate(
+            upload,
+            holder=self._keys.identity,
+            sender=sender,
+            study_id=study.study_id,
+            committee=study.address,
+        )
 
-    def _commit(self, envelope: Envelope, study: _Study, payload: bytes) -> None:
-        """Store under the lock, re-checking the round (it may have moved since the precheck)."""
-        state = self._store.round_state(study.study_id)
-        if state.open_round != envelope.round:
-            raise _Rejected(Reason.ROUND_NOT_OPEN, f"round {envelope.round} closed during upload")
-        if not self._store.add_upload(
-            study.study_id, envelope.round, envelope.sender, payload, envelope.payload_hash
-        ):
-            raise _Rejected(
-                Reason.DUPLICATE_SENDER,
-                f"{envelope.sender!r} already uploaded for round {envelope.round}; first kept",
+    def _store_upload(self, upload: Upload, study: _Study, payload: bytes) -> None:
+        """Burn the nonce (the upload is authentic), check the payload for the mode, and
+        store it under the lock, re-checking the round (it may have moved meanwhile)."""
+        if not self._store.burn_nonce(study.study_id, upload.nonce):
+            raise Rejected(Reason.REPLAYED_NONCE, "upload nonce was seen before")
+        try:
+            study.mode.check(payload, length=study.manifest.update_length)
+        except BadInputError as exc:
+            raise Rejected(Reason.MODE_CHECK_FAILED, str(exc)) from exc
+        relay = None
+        if isinstance(upload, CommitteeUpload):
+            relay = RelayFields(upload.nonce, upload.signature)
+        with self._lock:
+            state = self._store.round_state(study.study_id)
+            if state.open_round != upload.round:
+                raise Rejected(Reason.ROUND_NOT_OPEN, f"round {upload.round} closed meanwhile")
+            if not self._store.add_upload(
+                study.study_id,
+                upload.round,
+                upload.sender,
+                payload,
+                upload.payload_hash,
+                relay=relay,
+            ):
+                raise Rejected(
+                    Reason.DUPLICATE_SENDER,
+                    f"{upload.sender!r} already uploaded for round {upload.round}; first kept",
+                )
+
+    # -- members: copies of uploads ------------------------------------------------------
+
+    def fetch(self, request: FetchRequest) -> bytes:
+        """Hand another member this member's copy of one upload. Called by that member
+        (Fetch RPC) while it runs :meth:`replicate`.
+
+        Refused unless the study is configured here (``not_configured``), the requester is
+        in the manifest's committee (``unknown_requester``), the request names this member
+        (``wrong_responder``) and is signed by the requester's manifest key
+        (``bad_fetch_signature``), the round is the open one (``round_not_open``) and this
+        member holds a relayable upload of that sender (``not_held``). The copy carries the
+        owner's signed fields and signature, its payload sealed to the requester.
+        """
+        study = self._studies.get(request.study_id)
+        if study is None:
+            raise Refusal.NOT_CONFIGURED.error(
+                f"member {self.member_id} is not configured for study {request.study_id[:16]}"
             )
+        requester = study.manifest.member(request.requester)
+        if requester is None:
+            raise Refusal.UNKNOWN_REQUESTER.error(
+                f"{request.requester[:64]!r} is not in the study's committee"
+            )
+        if request.responder != self.member_id:
+            raise Refusal.WRONG_RESPONDER.error(
+                f"the request is for {request.responder[:64]!r}, not {self.member_id!r}"
+            )
+        request.verify(requester.identity)
+        if self._store.round_state(study.study_id).open_round != request.round:
+            raise Refusal.ROUND_NOT_OPEN.error(f"round {request.round} is not open")
+        held = self._store.relayable(study.study_id, request.round, request.sender)
+        if held is None:
+            raise Refusal.NOT_HELD.error(
+                f"no relayable upload of {request.sender[:64]!r} for round {request.round}"
+            )
+        copy = CommitteeUpload(
+            study_id=study.study_id,
+            round=request.round,
+            sender=request.sender,
+            committee=study.address,
+            payload_hash=held.payload_hash,
+            nonce=held.fields.nonce,
+            sealed_payload=seal_to(requester.identity, held.payload),
+            signature=held.fields.signature,
+        )
+        log.info(
+            "copy handed over",
+            extra=fields(
+                member=self.member_id,
+                to=request.requester,
+                sender=request.sender,
+                round=request.round,
+            ),
+        )
+        return copy.to_bytes()
+
+    def replicate(self, control: SignedControl) -> Replication:
+        """Fetch the open round's uploads this member lacks. Called by the coordinator once
+        the data owners' receipts are in (signed Replicate, body: one source per upload).
+
+        For each source (owner, member, payload hash, receipt) whose upload this member does
+        not hold, it checks the receipt against that member's manifest key (``bad_receipt``:
+        nothing is fetched), asks that member for its copy (a :class:`FetchRequest` signed
+        with this member's key) and keeps the copy only if it passes every check an upload
+        passes - the owner's signature and payload hash, study, open round, committee, fresh
+        nonce, CKKS framing - and carries the hash of the receipt. A copy not handed over is
+        ``withheld``; a copy that fails a check is recorded with that check's reason. Every
+        such :class:`CopyFailure` (sender, relayer, reason) is kept until the round ends and
+        reported here and in Status. ``round_not_open`` unless the call is for the open round.
+        """
+        study = self._verified(control, ControlKind.REPLICATE)
+        body = ReplicateBody.from_bytes(control.body)
+        number = body.round
+        if self._store.round_state(study.study_id).open_round != number:
+            raise Refusal.ROUND_NOT_OPEN.error(f"round {number} is not open")
+        have = set(self._store.senders(study.study_id, number))
+        wanted: dict[str, list[UploadSource]] = {}
+        for source in body.sources:
+            if source.sender in have or source.holder == self.member_id:
+                continue
+            group = wanted.setdefault(source.sender, [])
+            if source not in group:
+                group.append(source)
+        if wanted:
+            workers = min(FETCH_WORKERS, len(wanted))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(lambda group: self._copy(study, number, group), wanted.values()))
+        held = tuple(Holding(s, h) for s, h in self._store.holdings(study.study_id, number))
+        return Replication(number, held, self._failures(study, number))
+
+    def _copy(self, study: _Study, number: int, sources: Sequence[UploadSource]) -> None:
+        """Take one owner's upload from the first of ``sources`` that hands a good copy."""
+        for source in sources:
+            failure = self._copy_from(study, number, source)
+            if failure is None:
+                return
+            self._store.record_copy_failure(
+                study.study_id,
+                number,
+                failure.sender,
+                failure.relayer,
+                failure.reason.value,
+                failure.detail,
+            )
+            log.warning(
+                "copy refused",
+                extra=fields(
+                    member=self.member_id,
+                    sender=failure.sender,
+                    relayer=failure.relayer,
+                    round=number,
+                    reason=failure.reason.value,
+                    detail=failure.detail,
+                ),
+            )
+
+    def _copy_from(self, study: _Study, number: int, source: UploadSource) -> CopyFailure | None:
+        def failed(reason: Reason, detail: str) -> CopyFailure:
+            return CopyFailure(source.sender, source.holder, reason, detail[:500])
+
+        holder = study.manifest.member(source.holder)
+        owner = study.owners.get(source.sender)
+        if holder is None or owner is None:
+            return failed(Reason.BAD_RECEIPT, "sender or holder is not in the manifest")
+        receipt = UploadReceipt(
+            source.holder, study.study_id, number, source.sender, source.payload_hash,
+            source.receipt,
+        )  # fmt: skip
+        try:
+            receipt.verify(holder.identity)
+        except VerificationError as exc:
+            return failed(Reason.BAD_RECEIPT, str(exc))
+        request = FetchRequest.sign(
+            self._keys.identity,
+            study_id=study.study_id,
+            round=number,
+            sender=source.sender,
+            responder=holder.member_id,
+        )
+        try:
+            data = self._fetch(study.manifest, holder, request)
+        except CohortError as exc:
+            return failed(Reason.WITHHELD, str(exc))
+        try:
+            copy = CommitteeUpload.from_bytes(data)
+        except BadInputError as exc:
+            return failed(Reason.MALFORMED, str(exc))
+        try:
+            self._precheck(copy, study, deadline=False)
+            payload = self._authenticate(copy, owner.identity, study)
+            if copy.payload_hash != source.payload_hash:
+                raise Rejected(Reason.RECEIPT_MISMATCH, "the copy is not the upload receipted")
+            self._store_upload(copy, study, payload)
+        except Rejected as rejected:
+            return failed(rejected.reason, rejected.detail)
+        log.info(
+            "copy taken",
+            extra=fields(
+                member=self.member_id, sender=source.sender, relayer=source.holder, round=number
+            ),
+        )
+        return None
+
+    def _fetch(self, manifest: Manifest, holder: CommitteeEntry, request: FetchRequest) -> bytes:
+        fetcher = self._fetcher
+        if fetcher is None:
+            # gRPC client of the other members; imported here because it imports this module
+            from cohort.aggregator.peers import PeerFetcher
+
+            with self._lock:
+                if self._fetcher is None:
+                    peers = PeerFetcher()
+                    self._fetcher, self._own_fetcher = peers, peers.close
+                fetcher = self._fetcher
+        return fetcher(manifest, holder, request)
+
+    def _failures(self, study: _Study, number: int) -> tuple[CopyFailure, ...]:
+        return tuple(
+            CopyFailure(sender, relayer, Reason(reason), detail)
+            for sender, relayer, reason, detail in self._store.copy_failures(study.study_id, number)
+        )
 
     def _reject(
         self,
@@ -744,20 +802,3 @@ class CommitteeMember:
             eth_signature=sign_attestation(self._keys.eth_private_key, attestation),
             rejections=rejections,
         )
-
-
-def _classify(envelope: Envelope, sender: PublicIdentity, identity: Identity) -> Reason:
-    """Which of signature / unseal / payload hash made open_envelope fail (its order).
-
-    Only called after open_envelope raised, so the slow unseal is repeated only for
-    envelopes that are rejected anyway.
-    """
-    try:
-        verify_signature(sender, envelope.signed_digest(), envelope.signature)
-    except VerificationError:
-        return Reason.BAD_SIGNATURE
-    try:
-        identity.unseal(envelope.sealed_payload)
-    except VerificationError:
-        return Reason.UNSEAL_FAILED
-    return Reason.PAYLOAD_HASH_MISMATCH

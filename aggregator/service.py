@@ -33,15 +33,19 @@ from cohort.aggregator.control import SignedControl
 from cohort.aggregator.member import (
     AggregateResult,
     CommitteeMember,
+    CopyFailure,
     MemberInfo,
     PublicStatus,
     Reason,
     Rejection,
+    Replication,
     StudyStatus,
     Verdict,
 )
 from cohort.aggregator.proto import committee_pb2 as pb
 from cohort.aggregator.proto import committee_pb2_grpc as pb_grpc
+from cohort.aggregator.records import Holding
+from cohort.aggregator.replication import FetchRequest
 from cohort.crypto.identity import PublicIdentity
 from cohort.crypto.tls import CertKey, server_credentials
 from cohort.errors import (
@@ -139,12 +143,27 @@ def public_status_from_proto(msg: pb.InfoReply) -> PublicStatus:
     )
 
 
+def _failures_to_proto(failures: tuple[CopyFailure, ...]) -> list[pb.CopyFailure]:
+    return [
+        pb.CopyFailure(sender=f.sender, relayer=f.relayer, reason=f.reason.value, detail=f.detail)
+        for f in failures
+    ]
+
+
+def _failures_from_proto(msgs: Any) -> tuple[CopyFailure, ...]:
+    try:
+        return tuple(CopyFailure(f.sender, f.relayer, Reason(f.reason), f.detail) for f in msgs)
+    except ValueError as exc:
+        raise BadInputError("copy failure: unknown reason") from exc
+
+
 def study_status_to_proto(status: StudyStatus) -> pb.StatusReply:
     reply = pb.StatusReply(
         study_id=status.study_id,
         highest_round=status.highest_round,
         received=list(status.received),
         aggregated=list(status.aggregated),
+        copy_failures=_failures_to_proto(status.copy_failures),
     )
     if status.open_round is not None:
         reply.open_round = status.open_round
@@ -158,6 +177,23 @@ def study_status_from_proto(msg: pb.StatusReply) -> StudyStatus:
         highest_round=msg.highest_round,
         received=tuple(msg.received),
         aggregated=tuple(msg.aggregated),
+        copy_failures=_failures_from_proto(msg.copy_failures),
+    )
+
+
+def replication_to_proto(replication: Replication) -> pb.ReplicateReply:
+    return pb.ReplicateReply(
+        round=replication.round,
+        held=[pb.Holding(sender=h.sender, payload_hash=h.payload_hash) for h in replication.held],
+        failures=_failures_to_proto(replication.failures),
+    )
+
+
+def replication_from_proto(msg: pb.ReplicateReply) -> Replication:
+    return Replication(
+        round=msg.round,
+        held=tuple(Holding(h.sender, h.payload_hash) for h in msg.held),
+        failures=_failures_from_proto(msg.failures),
     )
 
 
@@ -204,11 +240,19 @@ def verdict_to_proto(verdict: Verdict) -> pb.UploadReply:
         sender=verdict.sender,
         round=verdict.round or 0,
         payload_hash=verdict.payload_hash,
+        receipt=verdict.receipt,
     )
 
 
 def verdict_from_proto(msg: pb.UploadReply) -> Verdict:
-    return Verdict(msg.member_id, True, msg.sender, msg.round, payload_hash=msg.payload_hash)
+    return Verdict(
+        msg.member_id,
+        True,
+        msg.sender,
+        msg.round,
+        payload_hash=msg.payload_hash,
+        receipt=msg.receipt,
+    )
 
 
 # --------------------------------------------------------------------------- servicer
@@ -275,6 +319,23 @@ class CommitteeServicer(pb_grpc.CommitteeServicer):
             return verdict_to_proto(verdict)
 
         return self._run(context, "Upload", body)
+
+    def Replicate(self, request: pb.SignedControl, context: Any) -> pb.ReplicateReply:  # noqa: N802
+        """Coordinator (signed): fetch the open round's uploads this member lacks."""
+
+        def body() -> pb.ReplicateReply:
+            replication = self._member.replicate(SignedControl.from_proto(request))
+            return replication_to_proto(replication)
+
+        return self._run(context, "Replicate", body)
+
+    def Fetch(self, request: pb.FetchRequest, context: Any) -> pb.FetchReply:  # noqa: N802
+        """Another member (signed request): this member's copy of one upload."""
+
+        def body() -> pb.FetchReply:
+            return pb.FetchReply(upload=self._member.fetch(FetchRequest.from_proto(request)))
+
+        return self._run(context, "Fetch", body)
 
     def Aggregate(self, request: pb.SignedControl, context: Any) -> pb.AggregateReply:  # noqa: N802
         """Coordinator (signed): aggregate the agreed client set and sign."""

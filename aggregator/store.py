@@ -10,12 +10,15 @@ table           rows
 ``studies``     each configured study: the Configure body as signed (manifest and
                 mode set-up) and the set-up digest
 ``counters``    the last accepted control counter per study (u64, big-endian)
-``nonces``      every burned envelope nonce per study
+``nonces``      every burned upload nonce per study
 ``rounds``      every opened round: open / abandoned / aggregated, its deadline,
                 and for an aggregated round the client set hash and signed result
-``uploads``     the accepted payloads of open rounds (deleted once aggregated;
+``uploads``     the accepted payloads of open rounds, with the data owner's nonce and
+                signature when the upload can be relayed (deleted once aggregated;
                 aggregation streams them, :meth:`MemberStore.iter_payloads`)
 ``rejections``  rejection counts of open rounds, by sender and reason
+``copy_failures`` copies of open rounds' uploads this member could not take from
+                another member: by sender and relayer, the reason and its detail
 ==============  =================================================================
 
 Write-ahead log, ``synchronous=FULL``: a transaction the member acted on is on disk before
@@ -40,7 +43,7 @@ from typing import Any
 from cohort.errors import BadInputError, ConfigError
 
 STATE_FILE = "state.sqlite"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 _U64 = 8
 
 _SCHEMA = """
@@ -72,6 +75,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     sender TEXT NOT NULL,
     payload BLOB NOT NULL,
     payload_hash BLOB NOT NULL,
+    nonce BLOB,
+    signature BLOB,
     PRIMARY KEY (study_id, round, sender)
 );
 CREATE TABLE IF NOT EXISTS rejections (
@@ -81,6 +86,15 @@ CREATE TABLE IF NOT EXISTS rejections (
     reason TEXT NOT NULL,
     count INTEGER NOT NULL,
     PRIMARY KEY (study_id, round, sender, reason)
+);
+CREATE TABLE IF NOT EXISTS copy_failures (
+    study_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    relayer TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (study_id, round, sender, relayer)
 );
 """
 
@@ -104,6 +118,27 @@ class StoredResult:
 
     def __repr__(self) -> str:
         return f"StoredResult(aggregate=<{len(self.aggregate)} bytes>)"
+
+
+@dataclass(frozen=True, repr=False)
+class RelayFields:
+    """What a stored upload needs, beside its payload, to be relayed: the data owner's
+    nonce and signature (the other signed fields are the row's and the study's)."""
+
+    nonce: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, repr=False)
+class Relayable:
+    """A stored upload that can be relayed: payload, its hash and the owner's fields."""
+
+    payload: bytes
+    payload_hash: bytes
+    fields: RelayFields
+
+    def __repr__(self) -> str:
+        return f"Relayable(payload=<{len(self.payload)} bytes>)"
 
 
 class MemberStore:
@@ -258,6 +293,7 @@ class MemberStore:
     def _drop_round_data(db: sqlite3.Connection, study_id: str, round: int) -> None:
         db.execute("DELETE FROM uploads WHERE study_id = ? AND round = ?", (study_id, round))
         db.execute("DELETE FROM rejections WHERE study_id = ? AND round = ?", (study_id, round))
+        db.execute("DELETE FROM copy_failures WHERE study_id = ? AND round = ?", (study_id, round))
 
     def aggregated(self, study_id: str) -> tuple[int, ...]:
         rows = self._read(
@@ -306,15 +342,47 @@ class MemberStore:
             return cursor.rowcount == 1
 
     def add_upload(
-        self, study_id: str, round: int, sender: str, payload: bytes, payload_hash: bytes
+        self,
+        study_id: str,
+        round: int,
+        sender: str,
+        payload: bytes,
+        payload_hash: bytes,
+        *,
+        relay: RelayFields | None = None,
     ) -> bool:
-        """Keep ``sender``'s payload for ``round``; False if it already has one."""
+        """Keep ``sender``'s payload for ``round``; False if it already has one. ``relay``
+        (the owner's nonce and signature) makes it relayable to other members."""
+        nonce, signature = (None, None) if relay is None else (relay.nonce, relay.signature)
         with self._tx() as db:
             cursor = db.execute(
-                "INSERT OR IGNORE INTO uploads VALUES (?, ?, ?, ?, ?)",
-                (study_id, round, sender, payload, payload_hash),
+                "INSERT OR IGNORE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (study_id, round, sender, payload, payload_hash, nonce, signature),
             )
             return cursor.rowcount == 1
+
+    def relayable(self, study_id: str, round: int, sender: str) -> Relayable | None:
+        """``sender``'s upload of ``round`` with what a copy needs, if it can be relayed."""
+        rows = self._read(
+            "SELECT payload, payload_hash, nonce, signature FROM uploads "
+            "WHERE study_id = ? AND round = ? AND sender = ? AND signature IS NOT NULL",
+            (study_id, round, sender),
+        )
+        if not rows:
+            return None
+        payload, payload_hash, nonce, signature = rows[0]
+        return Relayable(
+            bytes(payload), bytes(payload_hash), RelayFields(bytes(nonce), bytes(signature))
+        )
+
+    def holdings(self, study_id: str, round: int) -> list[tuple[str, bytes]]:
+        """(sender, payload hash) of every upload held for ``round``, by sender."""
+        rows = self._read(
+            "SELECT sender, payload_hash FROM uploads WHERE study_id = ? AND round = ? "
+            "ORDER BY sender",
+            (study_id, round),
+        )
+        return [(str(s), bytes(h)) for s, h in rows]
 
     def senders(self, study_id: str, round: int) -> tuple[str, ...]:
         rows = self._read(
@@ -357,6 +425,25 @@ class MemberStore:
                 "(study_id, round, sender, reason) DO UPDATE SET count = count + 1",
                 (study_id, round, sender, reason),
             )
+
+    def record_copy_failure(
+        self, study_id: str, round: int, sender: str, relayer: str, reason: str, detail: str
+    ) -> None:
+        """Keep the latest failure to take ``sender``'s upload from ``relayer``."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO copy_failures VALUES (?, ?, ?, ?, ?, ?)",
+                (study_id, round, sender, relayer, reason, detail),
+            )
+
+    def copy_failures(self, study_id: str, round: int) -> list[tuple[str, str, str, str]]:
+        """(sender, relayer, reason, detail) of every copy of ``round`` not taken."""
+        rows = self._read(
+            "SELECT sender, relayer, reason, detail FROM copy_failures "
+            "WHERE study_id = ? AND round = ? ORDER BY sender, relayer",
+            (study_id, round),
+        )
+        return [(str(s), str(r), str(c), str(d)) for s, r, c, d in rows]
 
     def rejections(self, study_id: str, round: int) -> list[tuple[str, str, int]]:
         rows = self._read(

@@ -171,19 +171,40 @@ def load_csv(
         raise BadInputError(f"{path}: file not found")
     if not path.is_file():
         raise BadInputError(f"{path}: not a regular file")
+    line = 0
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as handle:
-            return _read_rows(
-                path,
-                csv.reader(handle, strict=True),
-                label_column=label_column,
-                feature_columns=feature_columns,
-                num_classes=num_classes,
-            )
+            reader = csv.reader(handle, strict=True)
+            try:
+                return _read_rows(
+                    path,
+                    reader,
+                    label_column=label_column,
+                    feature_columns=feature_columns,
+                    num_classes=num_classes,
+                )
+            finally:
+                line = reader.line_num
     except UnicodeDecodeError:
         raise BadInputError(f"{path}: not UTF-8 text") from None
     except csv.Error as exc:
-        raise BadInputError(f"{path}: malformed CSV ({exc})") from None
+        raise BadInputError(f"{path}: line {max(line, 1)}: malformed CSV ({exc})") from None
+
+
+def write_csv(dataset: Dataset, path: Path, *, label_column: str = "label") -> None:
+    """Write ``dataset`` as a CSV :func:`load_csv` reads back exactly (features as float32).
+
+    Used to hand each process of ``cohort deploy local`` its own file from the demo split;
+    a hospital's real records never pass through here.
+    """
+    if label_column in dataset.feature_names:
+        raise BadInputError(f"{path}: label column {label_column!r} is also a feature name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*dataset.feature_names, label_column])
+        for row, label in zip(dataset.features, dataset.labels, strict=True):
+            writer.writerow([*(repr(float(v)) for v in row), int(label)])
 
 
 def _read_rows(
@@ -483,4 +504,55 @@ def demo_split(
         normalizer = Normalizer.fit(test)
         hospitals = [normalizer.apply(ds) for ds in hospitals]
         test = normalizer.apply(test)
+    return hospitals, test
+
+
+SYNTHETIC_SOURCE = "synthetic"
+SYNTHETIC_FEATURES = 30
+SYNTHETIC_EXAMPLES = (30, 90)
+SYNTHETIC_TEST = 500
+
+
+def synthetic_split(
+    *,
+    num_hospitals: int,
+    seed: int,
+    features: int = SYNTHETIC_FEATURES,
+    examples: tuple[int, int] = SYNTHETIC_EXAMPLES,
+    test_examples: int = SYNTHETIC_TEST,
+) -> tuple[list[Dataset], Dataset]:
+    """Any number of hospitals of seeded synthetic records, for scale runs (no real data).
+
+    Two classes, each a Gaussian around its own mean in ``features`` dimensions (unit
+    variance, class means 3 apart along a random direction), so a linear model reaches
+    about 0.93 accuracy and an MLP learns it in a few rounds. Hospital h draws its size from
+    ``examples`` and its class balance from Beta(2, 2): mild label skew. Already standardised
+    (the features are N(0, 1)-scaled); fully determined by ``seed`` and identical on every
+    party that asks, so a simulated hospital can rebuild its own part alone.
+    """
+    if isinstance(num_hospitals, bool) or not isinstance(num_hospitals, int) or num_hospitals < 1:
+        raise BadInputError(f"num_hospitals must be an integer >= 1, got {num_hospitals!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise BadInputError(f"seed must be an integer >= 0, got {seed!r}")
+    low, high = examples
+    if not 2 <= low <= high:
+        raise BadInputError(f"examples must be a range 2 <= low <= high, got {examples!r}")
+    rng = np.random.default_rng([seed, 0x5E17])
+    direction = rng.normal(size=features)
+    direction *= 1.5 / np.linalg.norm(direction)
+    names = tuple(f"x{i}" for i in range(features))
+
+    def draw(n: int, p_positive: float, source: str) -> Dataset:
+        labels = (rng.random(n) < p_positive).astype(np.int64)
+        labels[: min(2, n)] = (0, 1)[: min(2, n)]  # both classes present
+        x = rng.normal(size=(n, features)) + np.where(labels[:, None] == 1, 1.0, -1.0) * direction
+        return Dataset(x.astype(np.float32), labels, names, source)
+
+    sizes = rng.integers(low, high + 1, size=num_hospitals)
+    balance = rng.beta(2.0, 2.0, size=num_hospitals)
+    hospitals = [
+        draw(int(n), float(b), f"{SYNTHETIC_SOURCE}/seed{seed}/hospital-{h}")
+        for h, (n, b) in enumerate(zip(sizes, balance, strict=True))
+    ]
+    test = draw(test_examples, 0.5, f"{SYNTHETIC_SOURCE}/seed{seed}/test")
     return hospitals, test

@@ -48,6 +48,11 @@ class Tag(bytes, enum.Enum):
     DEALT_CONTEXT = b"cohort/v1/dealt-context"
     DECRYPTION = b"cohort/v1/decryption"
     PLAINTEXT = b"cohort/v1/plaintext"
+    COMMITTEE_UPLOAD = b"cohort/v1/committee-upload"
+    COMMITTEE_ADDRESS = b"cohort/v1/committee-address"
+    UPLOAD_RECEIPT = b"cohort/v1/upload-receipt"
+    UPLOAD_ORDER = b"cohort/v1/upload-order"
+    FETCH = b"cohort/v1/fetch"
 
 
 def tagged_hash(tag: Tag, *parts: bytes) -> bytes:

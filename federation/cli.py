@@ -1,6 +1,7 @@
 """The ``cohort`` command line, one command per role.
 
-* ``cohort keys new``      - data owner: create the party's identity and payout account.
+* ``cohort keys new``      - every party: identity and encrypted Ethereum keystore, once.
+* ``cohort data normalizer`` - sponsor: the feature scaling published in the manifest.
 * ``cohort study show``    - every operator: read a signed study manifest before approving it.
 * ``cohort study approve`` - data owner or committee member: approve a manifest, once.
 * ``cohort certs``         - study set-up: a TLS CA and one certificate per committee member.
@@ -9,8 +10,9 @@
 * ``cohort ledger``        - data owner or auditor: verify a privacy ledger, recompute epsilon.
 * ``cohort audit``         - auditor: re-derive every epsilon of a study with dp-accounting.
 
-``keys`` and ``study`` live in :mod:`cohort.federation.cli_study`, ``audit`` in
-:mod:`cohort.federation.cli_audit`. Every refusal is one line on stderr naming what is
+``keys`` lives in :mod:`cohort.federation.cli_keys`, ``data`` in
+:mod:`cohort.federation.cli_data`, ``study`` in :mod:`cohort.federation.cli_study`, ``audit``
+in :mod:`cohort.federation.cli_audit`. Every refusal is one line on stderr naming what is
 wrong, never a traceback: exit 2 for a bad command line (checked before anything starts),
 exit 1 for a failed check or run.
 """
@@ -32,13 +34,15 @@ from rich.text import Text
 
 from cohort import __version__
 from cohort.errors import CohortError
-from cohort.federation import cli_audit
+from cohort.federation import cli_audit, cli_deploy
 from cohort.federation.cli_common import console, err_console
 from cohort.federation.cli_common import fail as _fail
 from cohort.federation.cli_common import heading as _heading
 from cohort.federation.cli_common import line as _line
 from cohort.federation.cli_common import warn as _warn
-from cohort.federation.cli_study import keys_app, study_app
+from cohort.federation.cli_data import data_app
+from cohort.federation.cli_keys import keys_app
+from cohort.federation.cli_study import study_app
 
 if TYPE_CHECKING:
     pass
@@ -61,7 +65,12 @@ app = typer.Typer(
 )
 app.add_typer(study_app, name="study", rich_help_panel=_OWNERS)
 app.add_typer(keys_app, name="keys", rich_help_panel=_OWNERS)
+app.add_typer(data_app, name="data", rich_help_panel=_SPONSOR)
 cli_audit.register(app, panel=_OWNERS)  # cohort audit (federation/cli_audit.py)
+# cohort node | committee | deploy, and cohort study create|launch|status (cli_deploy.py)
+app.add_typer(cli_deploy.node_app, name="node", rich_help_panel=_OWNERS)
+app.add_typer(cli_deploy.committee_app, name="committee", rich_help_panel=_MEMBERS)
+app.add_typer(cli_deploy.deploy_app, name="deploy", rich_help_panel=_SPONSOR)
 
 
 def _version(value: bool) -> None:
@@ -243,10 +252,20 @@ def member(
         str, typer.Option(help="host:port callers use (recorded by --export-identity).")
     ] = "",
     grace: Annotated[float, typer.Option(help="Seconds to finish calls on stop.")] = 2.0,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="File holding the password of the encrypted attestation key (cohort keys new "
+            "--role member; default: $COHORT_KEYSTORE_PASSWORD).",
+        ),
+    ] = None,
 ) -> None:
     """Serve one committee member (aggregator) over gRPC until interrupted.
 
-    First: `cohort member --workdir DIR --export-identity FILE`, and send FILE to the sponsor.
+    First: `cohort keys new --role member --dir DIR`, then `cohort member --workdir DIR
+    --export-identity FILE --endpoint HOST:PORT --tls-cert C --tls-key K`; send FILE to the
+    sponsor.
 
     Then, per study: `cohort study approve MANIFEST --workdir DIR --role member`.
     """
@@ -260,6 +279,7 @@ def member(
         ("--tls-cert", tls_cert),
         ("--tls-key", tls_key),
         ("--export-identity", export_identity),
+        ("--password-file", password_file),
     ):
         if value is not None:
             args += [flag, str(value)]
@@ -306,6 +326,13 @@ def simulate(
     model: Annotated[
         str, typer.Option(help="Built-in architecture: mlp, mlp:64,32 (hidden widths) or logreg.")
     ] = "mlp",
+    data: Annotated[
+        str,
+        typer.Option(
+            help="The hospitals' records: demo (the breast-cancer split, up to ~20 hospitals) "
+            "or synthetic (seeded synthetic records, any number of hospitals: scale runs)."
+        ),
+    ] = "demo",
 ) -> None:
     """Run a private federated study on one machine (embedded chain, local committee)."""
     from cohort.federation.config import DpSettings, SecureMode, StudyConfig
@@ -335,6 +362,7 @@ def simulate(
             dp=DpSettings(epsilon=epsilon),
             seed=seed,
             model=model,
+            data=data,
         )
     except CohortError as exc:
         _fail(str(exc), code=2)

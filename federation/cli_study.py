@@ -1,7 +1,6 @@
-"""``cohort keys`` and ``cohort study``: a party's identity, and reading and approving a
-signed study manifest (data owners and committee members).
+"""``cohort study``: reading and approving a signed study manifest (data owners and committee
+members). Their keys come from ``cohort keys`` (:mod:`cohort.federation.cli_keys`).
 
-* ``cohort keys new`` / ``cohort keys show`` - a data owner's identity and payout account;
 * ``cohort study show MANIFEST`` - every operator: read a manifest before approving it;
 * ``cohort study approve MANIFEST`` - a data owner or committee member approves it, once.
 """
@@ -11,14 +10,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cohort.errors import CohortError
-from cohort.federation.cli_common import console, err_console
+from cohort.federation.cli_common import console
 from cohort.federation.cli_common import fail as _fail
 from cohort.federation.cli_common import heading as _heading
 from cohort.federation.cli_common import line as _line
@@ -35,63 +33,6 @@ study_app = typer.Typer(
     help="Read and approve a signed study manifest (hospitals and committee members).",
     no_args_is_help=True,
 )
-keys_app = typer.Typer(help="A data owner's identity and payout account.", no_args_is_help=True)
-
-
-# --------------------------------------------------------------------------- keys
-
-
-def _public_record(workdir: Path) -> dict[str, str]:
-    """The owner's public identity and payout address, as the sponsor puts them in a roster."""
-    identity = _owner_identity(workdir)
-    from cohort.federation.keystore import KeyStore
-
-    payout = KeyStore(workdir / "keystore", identity.party_id).payout_address()
-    return {**identity.public.to_dict(), "payout_address": payout}
-
-
-def _print_public(record: Mapping[str, str], fingerprint: str) -> None:
-    console.print_json(json.dumps(dict(record)))
-    err_console.print(
-        f"send this to the sponsor for the study's owner roster; key fingerprint {fingerprint} "
-        "(read it out when the sponsor checks it)"
-    )
-
-
-@keys_app.command("new")
-def keys_new(
-    workdir: Annotated[
-        Path, typer.Option(help="Your work directory; keys go to WORKDIR/keystore (mode 0600).")
-    ],
-    party_id: Annotated[str, typer.Option(help="Your id in studies, e.g. hospital-1.")],
-) -> None:
-    """Create your identity (signing and encryption keys) and payout account, once."""
-    from cohort.crypto.identity import check_party_id
-    from cohort.federation.keystore import KeyStore
-
-    path = workdir / "keystore" / "identity.json"
-    if path.exists():
-        _fail(f"{path} already exists: a party keeps one identity (see: cohort keys show)")
-    try:
-        check_party_id(party_id, "--party-id")
-        identity = KeyStore(workdir / "keystore", party_id).identity()
-        record = _public_record(workdir)
-    except CohortError as exc:
-        _fail(str(exc))
-    _print_public(record, identity.public.fingerprint())
-
-
-@keys_app.command("show")
-def keys_show(
-    workdir: Annotated[Path, typer.Option(help="Your work directory (holds keystore/).")],
-) -> None:
-    """Print your public identity and payout address (no secret leaves the key store)."""
-    try:
-        record = _public_record(workdir)
-        fingerprint = _owner_identity(workdir).public.fingerprint()
-    except CohortError as exc:
-        _fail(str(exc))
-    _print_public(record, fingerprint)
 
 
 def _owner_identity(workdir: Path) -> Identity:
@@ -100,7 +41,10 @@ def _owner_identity(workdir: Path) -> Identity:
 
     path = workdir / "keystore" / "identity.json"
     if not path.is_file():
-        _fail(f"no identity in {workdir}: run cohort keys new --workdir {workdir} --party-id ID")
+        _fail(
+            f"no identity in {workdir}: run cohort keys new --role owner --dir {workdir} "
+            "--party-id ID"
+        )
     try:
         party_id = json.loads(path.read_text(encoding="utf-8"))["party_id"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -112,16 +56,13 @@ def _owner_identity(workdir: Path) -> Identity:
 
 def _member_identity(workdir: Path) -> Identity:
     """The committee member's identity from WORKDIR/keys (the layout ``cohort member`` uses)."""
-    from cohort.aggregator.keys import IDENTITY_FILE, MemberKeys
+    from cohort.aggregator.keys import IDENTITY_FILE, load_member_identity
     from cohort.aggregator.member import KEYS_DIR
 
     keys = workdir / KEYS_DIR
     if not (keys / IDENTITY_FILE).is_file():
-        _fail(
-            f"no member keys in {keys}: run cohort member --workdir {workdir} "
-            "--export-identity FILE"
-        )
-    return MemberKeys.load(keys).identity
+        _fail(f"no member keys in {keys}: run cohort keys new --role member --dir {workdir}")
+    return load_member_identity(keys).identity
 
 
 # --------------------------------------------------------------------------- study

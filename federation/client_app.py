@@ -4,9 +4,11 @@ Each handler decodes one message with :mod:`cohort.federation.wire`, runs the ma
 of :mod:`cohort.federation.hospital` and encodes the reply. The owner's local settings (data,
 key store, own epsilon cap) come from the SuperNode, never from the coordinator:
 
-* deployment: ``flower-supernode --node-config 'party-id="h1" workdir="/srv/cohort"
-  data="/data/h1.csv" epsilon-cap=3.0'`` (the workdir holds the key store, the operator's
-  approved manifests and the privacy ledger);
+* deployment: ``cohort node start --config hospital.toml`` starts a SuperNode whose
+  node-config names that file (``config-file="/etc/cohort/hospital.toml"``); the ClientApp
+  reads the hospital's data path, policy and work directory from it, on the node (see
+  :mod:`cohort.federation.deploy_config`). A bare ``flower-supernode --node-config
+  'party-id="h1" workdir="/srv/cohort" data="/data/h1.csv" epsilon-cap=3.0'`` works too;
 * ``cohort simulate``: :func:`make_client_app` with a resolver from Flower's partition id
   to :class:`~cohort.federation.hospital.HospitalSettings`.
 """
@@ -14,6 +16,7 @@ key store, own epsilon cap) come from the SuperNode, never from the coordinator:
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -38,6 +41,8 @@ def settings_from_node_config(context: Context) -> hospital.HospitalSettings:
     value the coordinator can influence.
     """
     cfg = context.node_config
+    if "config-file" in cfg:
+        return _hospital_file(str(cfg["config-file"]))
     missing = [k for k in ("party-id", "workdir", "data", "epsilon-cap") if k not in cfg]
     if missing:
         raise BadInputError(f"SuperNode node-config is missing {', '.join(missing)}")
@@ -50,6 +55,12 @@ def settings_from_node_config(context: Context) -> hospital.HospitalSettings:
         label_column=str(cfg.get("label-column", "label")),
         dataset_id=str(cfg.get("dataset-id", "default")),
     )
+
+
+def _hospital_file(path: str) -> hospital.HospitalSettings:
+    from cohort.federation.deploy_config import HospitalConfig
+
+    return HospitalConfig.load(Path(path)).settings()
 
 
 def make_client_app(resolve: SettingsResolver) -> ClientApp:

@@ -20,7 +20,11 @@ from cohort.errors import ConfigError
 from cohort.federation.manifest import SecureMode
 from cohort.files import write_atomic
 
-__all__ = ["DpSettings", "SecureMode", "StudyConfig", "write_json"]
+__all__ = ["DATA_SOURCES", "DpSettings", "SecureMode", "StudyConfig", "write_json"]
+
+#: Where simulated hospitals' records come from: the breast-cancer demo split, or seeded
+#: synthetic records (any number of hospitals; scale runs).
+DATA_SOURCES = ("demo", "synthetic")
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class StudyConfig:
     server_lr: float = 1.0
     bounty_wei: int = 10**18
     dirichlet_alpha: float = 1.0
+    data: str = "demo"
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 64:
@@ -114,6 +119,11 @@ class StudyConfig:
             raise ConfigError(
                 "dirichlet_alpha must be > 0 (label-skew concentration), "
                 f"got {self.dirichlet_alpha}"
+            )
+        if self.data not in DATA_SOURCES:
+            raise ConfigError(
+                f"data must be one of {', '.join(DATA_SOURCES)} (the simulated hospitals' "
+                f"records), got {self.data!r}"
             )
         if self.seed is not None and self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")

@@ -12,7 +12,8 @@ model, client sets), never terms. One study, step by step (see docs/architecture
    quorum remains);
 3. each round: open the round at the members (stop the study with a reason, before any
    hospital trains, if fewer than a quorum opened it), send the global model, collect
-   receipts (never updates), pick the client set S the committee can aggregate, collect the
+   receipts (never updates), have the members copy each upload from the member that took
+   it, pick the client set S the committee can aggregate, collect the
    members' signed aggregates, accept on quorum, relay the attestations on-chain, have one
    owner of S decrypt and a second one check the decryption, apply the mean update,
    evaluate;
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,6 +44,7 @@ from cohort.aggregator.control import ControlSigner
 from cohort.aggregator.member import AggregateResult
 from cohort.aggregator.modes import CkksSpec
 from cohort.aggregator.quorum import QuorumDecision, QuorumNotReached
+from cohort.aggregator.replication import UploadReceipt, copy_faults, holders
 from cohort.bounties.study import StudyContract
 from cohort.clients.data import Dataset
 from cohort.clients.model import build_model, evaluate, get_flat, set_flat
@@ -52,6 +55,9 @@ from cohort.errors import BadInputError, CohortError, ProtocolAbort, Verificatio
 from cohort.federation import wire
 from cohort.federation.manifest import Manifest, SecureMode, SignedManifest
 from cohort.logs import fields, get_logger
+
+if TYPE_CHECKING:
+    from cohort.federation.coordinator_state import CoordinatorState, StateStore
 
 log = get_logger(__name__)
 
@@ -132,6 +138,7 @@ class Coordinator:
     sponsor: str
     registry: Mapping[str, str] = field(default_factory=dict)
     on_round: Callable[[RoundRecord], None] | None = None
+    state: StateStore | None = None
     outcome: StudyOutcome = field(default_factory=StudyOutcome)
     _weight_unit: int = field(default=1, repr=False)
 
@@ -187,17 +194,55 @@ class Coordinator:
     # ------------------------------------------------------------------ the study
 
     def run(self) -> StudyOutcome:
-        """The whole study: :meth:`open_session`, every round, settlement."""
+        """The whole study: :meth:`open_session`, every round, settlement.
+
+        With a ``state`` store the coordinator resumes after the last round it finished
+        (see :mod:`cohort.federation.coordinator_state`) and records each round as it goes.
+        """
         session = self.open_session()
+        state = self._resume(session)
         try:
-            for rnd in range(1, self.manifest.rounds + 1):
+            for rnd in range(state.next_round if state else 1, self.manifest.rounds + 1):
+                if state is not None and self.state is not None:
+                    state.opened_round = rnd
+                    self.state.save(state)
                 if not self.play_round(session, rnd):
                     break
+                if state is not None:
+                    self._record(state, session, rnd)
         finally:
             session.members.close()
         self._settle()
         self.outcome.final_model = session.global_vec
         return self.outcome
+
+    def _resume(self, session: Session) -> CoordinatorState | None:
+        from cohort.federation.coordinator_state import CoordinatorState
+
+        if self.state is None:
+            return None
+        study_id = self.manifest.study_id
+        state = self.state.load(study_id) or CoordinatorState(study_id)
+        if state.model is not None:
+            session.global_vec = state.model.astype(np.float32)
+            set_flat(session.model, session.global_vec)
+        state.restore(self.outcome)
+        if state.opened_round > state.finished_round:
+            # Played again from the same global model: owners that trained it answer with
+            # their stored receipt and spend nothing, members return what they signed.
+            log.warning("resuming an interrupted round", extra=fields(round=state.opened_round))
+        if state.finished_round:
+            log.info("study resumed", extra=fields(after_round=state.finished_round))
+        return state
+
+    def _record(self, state: CoordinatorState, session: Session, rnd: int) -> None:
+        state.finished_round = rnd
+        state.rounds = list(self.outcome.rounds)
+        state.clients = dict(self.outcome.clients)
+        state.node_errors = list(self.outcome.node_errors)
+        state.model = session.global_vec
+        assert self.state is not None
+        self.state.save(state)
 
     def open_session(self) -> Session:
         """Enrol the owners, build the initial model, deal keys and configure the committee."""
@@ -422,11 +467,8 @@ class Coordinator:
         decryptors: list[str] = []
         wrong: list[str] = []
         if secure:
-            client_set, chosen = choose_client_set(
-                {p: set(r.delivered) & set(opened) for p, r in ok.items()},
-                list(opened),
-                manifest.quorum,
-            )
+            held = self._replicate(rnd, ok, opened, members, faulty)
+            client_set, chosen = choose_client_set(held, list(opened), manifest.quorum)
             if len(client_set) < manifest.min_clients:
                 return skipped("no client set of the minimum size reached a quorum of members")
             decision = self._aggregate(rnd, client_set, chosen, members, faulty)
@@ -468,6 +510,45 @@ class Coordinator:
         )
         log.info("round done", extra=fields(round=rnd, accuracy=acc, clients=len(client_set)))
         return global_vec, record
+
+    def _replicate(
+        self,
+        rnd: int,
+        receipts: Mapping[str, wire.TrainReceipt],
+        opened: Sequence[str],
+        members: Committee,
+        faulty: dict[str, str],
+    ) -> dict[str, set[str]]:
+        """Upload once: every opened member fetches the uploads it lacks from the member
+        that signed each owner's receipt. Returns which members hold each owner's upload
+        (with the payload hash the owner reported) and names, in ``faulty``, the members
+        reported to have withheld or altered a copy they signed a receipt for."""
+        manifest = self.manifest
+        sources = []
+        for party, receipt in sorted(receipts.items()):
+            for member_id, signature in zip(receipt.delivered, receipt.receipts, strict=False):
+                signed = UploadReceipt(
+                    member_id, manifest.study_id, rnd, party, receipt.payload_hash, signature
+                )
+                entry = manifest.member(member_id)
+                try:
+                    if entry is None:
+                        raise VerificationError(f"{member_id!r} is not a committee member")
+                    signed.verify(entry.identity)
+                except VerificationError as exc:
+                    log.warning(
+                        "upload receipt rejected",
+                        extra=fields(party=party, round=rnd, reason=str(exc)),
+                    )
+                    continue
+                sources.append(signed.source())
+        replications, _ = members.replicate_all(rnd, sources, members=opened)
+        for member_id, reason in copy_faults(replications, sources).items():
+            log.warning(
+                "committee member faulty", extra=fields(round=rnd, member=member_id, reason=reason)
+            )
+            faulty.setdefault(member_id, reason)
+        return holders(replications, sources)
 
     def _aggregate(
         self,
@@ -523,31 +604,44 @@ class Coordinator:
                 )
         return self.contract.finalized_hash(rnd) == decision.aggregate_hash
 
-    def _decrypt_one(
-        self, party: str, node: int, rnd: int, request: wire.DecryptRequest
-    ) -> tuple[bytes, np.ndarray] | None:
-        """One owner's decryption, with its signature and plaintext hash checked."""
-        replies = self._send([node], wire.DECRYPT, [request.to_record()], group=f"decrypt-{rnd}")
-        reply = replies.get(node)
-        if reply is None:
-            return None
-        try:
-            answer = wire.DecryptReply.from_record(reply.content)
-            vector = wire.get_vector(reply.content, message=wire.DECRYPT, length=None)
-            entry = self.manifest.owner(party)
-            assert entry is not None
-            digest = wire.decryption_digest(
-                study_id=request.study_id,
-                round=rnd,
-                aggregate_hash=request.aggregate_hash,
-                plain_hash=answer.plain_hash,
-            )
-            verify_signature(entry.identity, digest, answer.signature)
-            if wire.plaintext_hash(vector) != answer.plain_hash or answer.party_id != party:
-                raise VerificationError(f"decryption by {party} does not match its signed hash")
-        except (BadInputError, VerificationError) as exc:
-            log.warning("decryption rejected", extra=fields(party=party, reason=str(exc)))
-            return None
+    def _decrypt_some(
+        self,
+        parties: Sequence[str],
+        node_of: Mapping[str, int],
+        rnd: int,
+        request: wire.DecryptRequest,
+    ) -> dict[str, tuple[bytes, np.ndarray]]:
+        """Ask ``parties`` to decrypt at once; each answer with its signature and hash checked."""
+        nodes = [node_of[p] for p in parties]
+        record = request.to_record()
+        replies = self._send(nodes, wire.DECRYPT, [record] * len(nodes), group=f"decrypt-{rnd}")
+        answers = {}
+        for party in parties:
+            reply = replies.get(node_of[party])
+            if reply is None:
+                continue
+            try:
+                answers[party] = self._check_decryption(party, rnd, request, reply.content)
+            except (BadInputError, VerificationError) as exc:
+                log.warning("decryption rejected", extra=fields(party=party, reason=str(exc)))
+        return answers
+
+    def _check_decryption(
+        self, party: str, rnd: int, request: wire.DecryptRequest, content: RecordDict
+    ) -> tuple[bytes, np.ndarray]:
+        answer = wire.DecryptReply.from_record(content)
+        vector = wire.get_vector(content, message=wire.DECRYPT, length=None)
+        entry = self.manifest.owner(party)
+        assert entry is not None
+        digest = wire.decryption_digest(
+            study_id=request.study_id,
+            round=rnd,
+            aggregate_hash=request.aggregate_hash,
+            plain_hash=answer.plain_hash,
+        )
+        verify_signature(entry.identity, digest, answer.signature)
+        if wire.plaintext_hash(vector) != answer.plain_hash or answer.party_id != party:
+            raise VerificationError(f"decryption by {party} does not match its signed hash")
         return answer.plain_hash, vector.astype(np.float64)
 
     def decrypt_request(
@@ -579,19 +673,24 @@ class Coordinator:
         order = client_set[start:] + client_set[:start]
         answers: dict[bytes, list[str]] = {}
         vectors: dict[bytes, np.ndarray] = {}
-        for party in order:
-            got = self._decrypt_one(party, node_of[party], rnd, request)
-            if got is None:
-                continue
-            plain_hash, vector = got
-            answers.setdefault(plain_hash, []).append(party)
-            vectors.setdefault(plain_hash, vector)
-            agreed = answers[plain_hash]
-            if len(agreed) >= 2:
-                wrong = sorted(p for h, ps in answers.items() if h != plain_hash for p in ps)
+        # The first two owners decrypt in parallel (one message round trip); further owners,
+        # one at a time, only when those two disagree or one of them fails.
+        batches = [order[:2], *([p] for p in order[2:])]
+        for batch in batches:
+            got = self._decrypt_some(batch, node_of, rnd, request)
+            for party in batch:
+                if party not in got:
+                    continue
+                plain_hash, vector = got[party]
+                answers.setdefault(plain_hash, []).append(party)
+                vectors.setdefault(plain_hash, vector)
+            agreed_hash = next((h for h, ps in answers.items() if len(ps) >= 2), None)
+            if agreed_hash is not None:
+                agreed = answers[agreed_hash]
+                wrong = sorted(p for h, ps in answers.items() if h != agreed_hash for p in ps)
                 for p in wrong:
                     log.warning("wrong decryption", extra=fields(round=rnd, party=p))
-                return vectors[plain_hash], agreed, wrong
+                return vectors[agreed_hash], agreed, wrong
         if len(answers) == 1:
             ((plain_hash, agreed),) = answers.items()
             log.warning("decryption unchecked: one owner answered", extra=fields(round=rnd))
@@ -633,7 +732,7 @@ def choose_client_set(
 ) -> tuple[list[str], list[str]]:
     """The largest client set that some ``quorum`` members all hold uploads for.
 
-    ``delivered`` maps each data owner to the members that accepted its upload. Returns the
+    ``delivered`` maps each data owner to the members that hold its upload. Returns the
     sorted client set and the members that can aggregate it. Ties break on member ids so
     every honest coordinator picks the same set.
     """

@@ -3,9 +3,9 @@
 These functions are run by the data owner (inside Cohort's ClientApp) and know nothing about
 Flower: the ClientApp decodes a message with :mod:`cohort.federation.wire`, calls one of them
 and encodes the reply. What leaves this module towards the coordinator is a receipt (ids,
-counts, epsilon, hashes); the model update leaves only as CKKS ciphertexts sealed to each
-committee member (or, in the comparison mode ``none`` where local policy allows it, in
-plaintext).
+counts, epsilon, hashes, the committee's signed upload receipt); the model update leaves
+only as one CKKS ciphertext per round, signed for the whole committee and sent to one member
+(or, in the comparison mode ``none`` where local policy allows it, in plaintext).
 
 Every handler starts from :func:`_study`: the message names a study by its manifest hash, and
 the owner acts only if its operator approved that manifest and the manifest fits the owner's
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,20 +29,21 @@ import torch
 from cohort.aggregator.client import MemberClient
 from cohort.aggregator.committee import MemberRef
 from cohort.aggregator.member import aggregate_result_digest
+from cohort.aggregator.replication import UploadReceipt, upload_order
 from cohort.bounties.chain import RpcChain
 from cohort.bounties.study import StudyContract
-from cohort.clients.data import Dataset, Normalizer, demo_split, load_csv
+from cohort.clients.data import Dataset, Normalizer, demo_split, load_csv, synthetic_split
 from cohort.clients.model import build_model, get_flat, set_flat
 from cohort.clients.privacy import PrivacyLedger
 from cohort.clients.training import train_dp
 from cohort.crypto.ckks import DEFAULT_PARAMS, CkksSecretContext, dealt_context_digest
 from cohort.crypto.encoding import quantize
-from cohort.crypto.envelope import build_envelope
 from cohort.crypto.hashing import Tag, client_set_hash, tagged_hash
 from cohort.crypto.identity import Identity, verify_signature
 from cohort.crypto.tls import ChannelTls
+from cohort.crypto.upload import build_upload
 from cohort.errors import BadInputError, BudgetExhausted, CohortError, VerificationError
-from cohort.federation import wire
+from cohort.federation import train_receipts, wire
 from cohort.federation.approval import Role, approved_manifest, check_finalized
 from cohort.federation.dp_terms import dp_config
 from cohort.federation.keystore import KeyStore
@@ -59,8 +60,10 @@ LIVENESS_TIMEOUT_S = 10.0
 class HospitalSettings:
     """A data owner's local settings: never sent by the coordinator.
 
-    ``data`` is a CSV path, or ``demo:<index>`` for the built-in breast-cancer split (then
-    ``demo_hospitals``, ``demo_seed`` and ``demo_alpha`` fix the split). ``policy`` is the
+    ``data`` is a CSV path, ``demo:<index>`` for the built-in breast-cancer split (then
+    ``demo_hospitals``, ``demo_seed`` and ``demo_alpha`` fix the split) or
+    ``synthetic:<index>`` for seeded synthetic records (scale runs; ``demo_hospitals`` and
+    ``demo_seed`` fix them). ``policy`` is the
     operator's own :class:`HospitalPolicy` (budget cap, accepted modes and models, minimum
     client set, seeding). ``dataset_id`` names the dataset's privacy ledger, which spans every
     study this dataset joins. CSV data is standardised with the normaliser of the approved
@@ -111,12 +114,16 @@ def _load_dataset(
     num_classes: int,
     normalizer: str | None,
 ) -> Dataset:
-    if data.startswith("demo:"):
+    kind, sep, rest = data.partition(":")
+    if sep and kind in ("demo", "synthetic"):
         try:
-            index = int(data.removeprefix("demo:"))
+            index = int(rest)
         except ValueError:
-            raise BadInputError(f"data {data!r}: expected demo:<index>") from None
-        hospitals, _ = demo_split(num_hospitals=demo[0], seed=demo[1], alpha=demo[2])
+            raise BadInputError(f"data {data!r}: expected {kind}:<index>") from None
+        if kind == "demo":
+            hospitals, _ = demo_split(num_hospitals=demo[0], seed=demo[1], alpha=demo[2])
+        else:
+            hospitals, _ = synthetic_split(num_hospitals=demo[0], seed=demo[1])
         if not 0 <= index < len(hospitals):
             raise BadInputError(f"data {data!r}: index out of range 0..{len(hospitals) - 1}")
         return hospitals[index]
@@ -275,6 +282,7 @@ def _receipt(
         "epsilon": epsilon,
         "payload_hash": b"",
         "delivered": (),
+        "receipts": (),
     }
     base.update(kw)
     return wire.TrainReceipt(**base)
@@ -321,6 +329,9 @@ def train(
             f"train round {instruction.round}: global model has {global_model.shape[0]} values, "
             f"the manifest says {manifest.update_length}"
         )
+    replayed = _replayed(settings, identity, manifest, instruction.round, global_model)
+    if replayed is not None:
+        return replayed
     ledger = PrivacyLedger.open(
         settings.ledger_path,
         owner=identity.party_id,
@@ -328,6 +339,7 @@ def train(
         delta=policy.delta,
     )
     context: CkksSecretContext | None = None
+    alive: list[str] = []
     if manifest.secure is SecureMode.CKKS:
         context = settings.keystore.load_ckks(manifest.study_id)
         alive = reachable_members(manifest)
@@ -383,23 +395,74 @@ def train(
     payload = context.encrypt(quantize(update, grid=context.params.release_grid))
     payload_hash = tagged_hash(Tag.PAYLOAD, payload)
     delivered = upload(
-        identity, manifest, round=instruction.round, payload=payload, payload_hash=payload_hash
+        identity,
+        manifest,
+        round=instruction.round,
+        payload=payload,
+        payload_hash=payload_hash,
+        prefer=alive,
     )
     status, reason = "ok", ""
-    if len(delivered) < manifest.quorum:
-        status = "failed"
-        reason = f"upload accepted by {len(delivered)} members, quorum is {manifest.quorum}"
-    return TrainOutcome(
-        _receipt(
-            identity.party_id,
-            status,
-            reason,
-            payload_hash=payload_hash,
-            delivered=tuple(delivered),
-            **done,
-        ),
-        None,
+    if delivered is None:
+        status, reason = "failed", "no committee member accepted the upload"
+    receipt = _receipt(
+        identity.party_id,
+        status,
+        reason,
+        payload_hash=payload_hash,
+        delivered=() if delivered is None else (delivered.member_id,),
+        receipts=() if delivered is None else (delivered.receipt,),
+        **done,
     )
+    if status == "ok":
+        train_receipts.save(
+            Path(settings.workdir),
+            manifest.study_id,
+            train_receipts.StoredReceipt(
+                instruction.round, wire.plaintext_hash(global_model), receipt
+            ),
+        )
+    return TrainOutcome(receipt, None)
+
+
+def _replayed(
+    settings: HospitalSettings,
+    identity: Identity,
+    manifest: Manifest,
+    round: int,
+    global_model: np.ndarray,
+) -> TrainOutcome | None:
+    """The stored outcome of a round this owner already trained (see train_receipts).
+
+    The same global model gets the same receipt and costs no budget; another model is
+    declined, since the ledger holds the round already. None: the round is new.
+    """
+    stored = train_receipts.load(Path(settings.workdir), manifest.study_id, round)
+    if stored is None:
+        return None
+    if stored.global_hash != wire.plaintext_hash(global_model):
+        reason = (
+            f"round {round} was already trained on another global model: not training it "
+            "again (no budget spent)"
+        )
+        log.warning("round declined", extra=fields(party=identity.party_id, reason=reason))
+        return TrainOutcome(
+            _receipt(identity.party_id, "declined", reason, epsilon=stored.receipt.epsilon), None
+        )
+    log.info(
+        "round already trained: stored receipt sent again, no budget spent",
+        extra=fields(party=identity.party_id, round=round),
+    )
+    return TrainOutcome(stored.receipt, None)
+
+
+@dataclass(frozen=True, repr=False)
+class Delivered:
+    """Which member accepted a round's upload, and its signed receipt (forwarded to the
+    coordinator, which hands it to the other members to fetch their copies)."""
+
+    member_id: str
+    receipt: bytes
 
 
 def upload(
@@ -409,36 +472,49 @@ def upload(
     round: int,
     payload: bytes,
     payload_hash: bytes | None = None,
-) -> list[str]:
-    """Send one signed, sealed envelope to each manifest member in parallel; return who accepted.
+    prefer: Sequence[str] = (),
+) -> Delivered | None:
+    """Send the round's payload ONCE: one committee upload, to the first member that takes it.
 
-    The payload is hashed once (``payload_hash``), not once per member.
+    The upload is signed for the whole committee (:func:`cohort.crypto.upload.build_upload`)
+    and sealed to the member it goes to. Members are tried in
+    :func:`~cohort.aggregator.replication.upload_order` for (study, round, owner), those in
+    ``prefer`` (the ones that answered the liveness ping) first; a member that refuses, is
+    down, or answers without a valid signed receipt is skipped for the next. Returns the
+    member and its receipt, or None when none took it.
     """
     digest = payload_hash if payload_hash is not None else tagged_hash(Tag.PAYLOAD, payload)
-
-    def one(entry: CommitteeEntry) -> str | None:
-        envelope = build_envelope(
+    committee = [entry.identity for entry in manifest.committee]
+    order = upload_order(
+        manifest.member_ids, study_id=manifest.study_id, round=round, sender=identity.party_id
+    )
+    order = tuple(m for m in order if m in prefer) + tuple(m for m in order if m not in prefer)
+    for member_id in order:
+        entry = manifest.member(member_id)
+        assert entry is not None
+        data = build_upload(
             identity,
+            committee,
             entry.identity,
             study_id=manifest.study_id,
             round=round,
             payload=payload,
             payload_hash=digest,
-        )
+        ).to_bytes()
         try:
             with MemberClient(entry.endpoint, tls=member_tls(manifest, entry)) as client:
-                client.upload(envelope.to_bytes())
+                verdict = client.upload(data)
+            UploadReceipt(
+                member_id, manifest.study_id, round, identity.party_id, digest, verdict.receipt
+            ).verify(entry.identity)
         except CohortError as exc:
             log.warning(
-                "upload rejected",
-                extra=fields(member=entry.member_id, round=round, reason=str(exc)),
+                "upload not taken", extra=fields(member=member_id, round=round, reason=str(exc))
             )
-            return None
-        return entry.member_id
-
-    with ThreadPoolExecutor(max_workers=max(1, len(manifest.committee))) as pool:
-        results = list(pool.map(one, manifest.committee))
-    return [m for m in results if m is not None]
+            continue
+        log.info("upload taken", extra=fields(member=member_id, round=round, size=len(data)))
+        return Delivered(member_id, verdict.receipt)
+    return None
 
 
 def decrypt(
@@ -544,6 +620,7 @@ def _derived_seed(seed: int, party_id: str, round: int) -> int:
 
 
 __all__ = [
+    "Delivered",
     "HospitalSettings",
     "TrainOutcome",
     "decrypt",

@@ -3,7 +3,9 @@
 Layout under ``<workdir>/keystore/``::
 
     identity.json            Ed25519 + X25519 keys (cohort.crypto.identity)
-    eth.json                 the payout account's secp256k1 key
+    eth-keystore.json        the payout account's key, encrypted (scrypt; cohort keys new)
+    eth.json                 or that key in the clear (synthetic owners of cohort simulate)
+    supernode-auth[.pub]     the Flower SuperNode authentication key pair (cohort keys new)
     ckks-<study>.bin         the study's CKKS secret context (shared among data owners only)
     dealt-<study>.json       the dealer's own record of what it dealt (the key dealer only)
     decryptions-<study>.json which aggregate this owner decrypted in each round
@@ -24,6 +26,7 @@ from typing import Any
 from eth_account import Account
 
 from cohort.crypto.ckks import CkksSecretContext
+from cohort.crypto.eth_keystore import PASSWORD_ENV, eth_keystore_address, unlock_eth_keystore
 from cohort.crypto.identity import Identity
 from cohort.errors import BadInputError, VerificationError
 from cohort.files import PRIVATE, write_atomic
@@ -31,6 +34,12 @@ from cohort.files import PRIVATE, write_atomic
 
 def _write_private(path: Path, data: bytes) -> None:
     write_atomic(path, data, mode=PRIVATE)
+
+
+#: The payout account's encrypted key (written by ``cohort keys new --role owner``).
+ETH_KEYSTORE_FILE = "eth-keystore.json"
+#: The payout account's raw key (synthetic owners made in-process).
+ETH_RAW_FILE = "eth.json"
 
 
 def _safe(study_id: str) -> str:
@@ -61,17 +70,42 @@ class KeyStore:
         return identity
 
     def payout_address(self) -> str:
-        """The party's payout account (created on first use; its key never leaves here)."""
-        path = self.root / "eth.json"
+        """The party's payout account; its key never leaves here.
+
+        Read from the encrypted keystore without its password when there is one (a real
+        hospital: ``cohort keys new``); otherwise from, or created on first use in, the
+        plain ``eth.json`` (the synthetic owners of ``cohort simulate``).
+        """
+        encrypted = self.root / ETH_KEYSTORE_FILE
+        if encrypted.exists():
+            return eth_keystore_address(encrypted)
+        return str(Account.from_key(self._raw_payout_key(create=True)).address)
+
+    def unlock_payout_key(self, password: str | None) -> bytes:
+        """The payout account's private key, to withdraw: the encrypted keystore needs
+        ``password`` (a wrong one is refused); a plain ``eth.json`` does not."""
+        encrypted = self.root / ETH_KEYSTORE_FILE
+        if encrypted.exists():
+            if password is None:
+                raise BadInputError(
+                    f"key store {self.root}: the payout key is encrypted; pass "
+                    f"--password-file FILE or set {PASSWORD_ENV}"
+                )
+            return unlock_eth_keystore(encrypted, password)
+        return self._raw_payout_key(create=False)
+
+    def _raw_payout_key(self, *, create: bool) -> bytes:
+        path = self.root / ETH_RAW_FILE
         if path.exists():
             try:
-                key = bytes.fromhex(json.loads(path.read_text())["private_key"])
+                return bytes.fromhex(json.loads(path.read_text())["private_key"])
             except (KeyError, ValueError, json.JSONDecodeError):
                 raise BadInputError(f"key store {path}: malformed payout key file") from None
-        else:
-            key = os.urandom(32)
-            _write_private(path, json.dumps({"private_key": key.hex()}).encode())
-        return str(Account.from_key(key).address)
+        if not create:
+            raise BadInputError(f"key store {self.root}: no payout key (run cohort keys new)")
+        key = os.urandom(32)
+        _write_private(path, json.dumps({"private_key": key.hex()}).encode())
+        return key
 
     # ----------------------------------------------------------- CKKS secret context
 

@@ -128,6 +128,11 @@ class CommitteeEntry:
     def identity(self) -> PublicIdentity:
         return PublicIdentity(self.member_id, self.sign_key, self.box_key)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CommitteeEntry:
+        """From the JSON a member exports (``cohort member --export-identity``)."""
+        return _committee_entry(data)
+
 
 @dataclass(frozen=True)
 class OwnerEntry:
@@ -146,6 +151,11 @@ class OwnerEntry:
             "payout_address",
             _address(self.payout_address, f"{self.party_id} payout_address"),
         )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OwnerEntry:
+        """From the JSON a data owner exports (``cohort keys show --json``)."""
+        return _owner_entry(data)
 
     @property
     def identity(self) -> PublicIdentity:

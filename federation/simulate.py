@@ -42,14 +42,14 @@ from cohort.aggregator.committee import LocalCommittee
 from cohort.aggregator.member import study_id_bytes
 from cohort.bounties.chain import ChainProvider, EmbeddedChain
 from cohort.bounties.study import StudyContract, predict_address
-from cohort.clients.data import demo_normalizer, demo_split
+from cohort.clients.data import Dataset, demo_normalizer, demo_split, synthetic_split
 from cohort.clients.model import build_model, num_parameters
 from cohort.crypto.identity import Identity
 from cohort.errors import ConfigError, ProtocolAbort
 from cohort.federation.approval import Role, approve, check_contract
 from cohort.federation.client_app import make_client_app
 from cohort.federation.config import StudyConfig, write_json
-from cohort.federation.coordinator import Coordinator, RoundRecord, StudyOutcome
+from cohort.federation.coordinator import Coordinator
 from cohort.federation.hospital import HospitalSettings
 from cohort.federation.manifest import (
     CommitteeEntry,
@@ -61,6 +61,7 @@ from cohort.federation.manifest import (
 )
 from cohort.federation.policy import HospitalPolicy
 from cohort.federation.server_app import ServerRun, make_server_app
+from cohort.federation.summary import build_summary
 from cohort.logs import fields, get_logger
 
 log = get_logger(__name__)
@@ -110,7 +111,7 @@ def hospital_settings(config: StudyConfig, out: Path) -> list[HospitalSettings]:
         HospitalSettings(
             party_id=f"hospital-{i + 1}",
             workdir=str((out / "hospitals" / f"hospital-{i + 1}").resolve()),
-            data=f"demo:{i}",
+            data=f"{config.data}:{i}",
             policy=policy,
             demo_hospitals=config.clients,
             demo_seed=seed,
@@ -118,6 +119,14 @@ def hospital_settings(config: StudyConfig, out: Path) -> list[HospitalSettings]:
         )
         for i in range(config.clients)
     ]
+
+
+def simulated_split(config: StudyConfig) -> tuple[list[Dataset], Dataset]:
+    """The simulated hospitals' records and the sponsor's test split, for ``config.data``."""
+    seed = config.seed if config.seed is not None else 0
+    if config.data == "synthetic":
+        return synthetic_split(num_hospitals=config.clients, seed=seed)
+    return demo_split(num_hospitals=config.clients, seed=seed, alpha=config.dirichlet_alpha)
 
 
 def prepare_out(out: Path) -> None:
@@ -211,7 +220,8 @@ def create_manifest(
         contract=predict_address(provider, sponsor_address),
         deadline=int(time.time()) + DEADLINE_S,
         tls_ca=ca,
-        normalizer=demo_normalizer(seed=seed).to_dict(),
+        # synthetic records come standardised: no published scaling to apply
+        normalizer=demo_normalizer(seed=seed).to_dict() if config.data == "demo" else None,
     )
     return SignedManifest.sign(manifest, sponsor)
 
@@ -278,11 +288,7 @@ def run_study(
     hospitals = list(settings) if settings is not None else hospital_settings(config, out)
     if len(hospitals) != config.clients:
         raise ProtocolAbort(f"{len(hospitals)} hospital settings for {config.clients} clients")
-    _, test_set = demo_split(
-        num_hospitals=config.clients,
-        seed=config.seed if config.seed is not None else 0,
-        alpha=config.dirichlet_alpha,
-    )
+    _, test_set = simulated_split(config)
     provider = chain if chain is not None else EmbeddedChain()
     sponsor_address = provider.accounts()[0]
     sponsor = _sponsor_identity(out, "sponsor")
@@ -337,7 +343,8 @@ def run_study(
         raise run.error
     if run.outcome is None:
         raise ProtocolAbort("the coordinator finished without an outcome (see Flower's log)")
-    summary = build_summary(config, run.outcome)
+    summary = build_summary(config.to_dict(), run.outcome)
+    summary["runtime"] = "simulation"
     summary["manifest"] = str(out / MANIFEST)
     summary["approvals"] = ON_BEHALF
     if run.outcome.final_model is not None:
@@ -381,44 +388,6 @@ def start_ray(init_args: dict[str, Any], *, attempts: int = RAY_START_ATTEMPTS) 
             log.warning(
                 "Ray start-up failed; retrying", extra=fields(attempt=attempt, error=str(exc))
             )
-
-
-def build_summary(config: StudyConfig, outcome: StudyOutcome) -> dict[str, Any]:
-    return {
-        "study_id": outcome.study_id,
-        "config": config.to_dict(),
-        "rounds": [_round_dict(r) for r in outcome.rounds],
-        "clients": [
-            {
-                "id": c.id,
-                "epsilon_spent": round(c.epsilon_spent, 6),
-                "examples": c.examples,
-                "rounds_included": c.rounds_included,
-                "payout_address": c.payout_address,
-                "paid_wei": c.paid_wei,
-            }
-            for c in sorted(outcome.clients.values(), key=lambda c: c.id)
-        ],
-        "stopped": outcome.stopped,
-        "chain": {
-            "settled": outcome.settled,
-            "provider": outcome.chain,
-            "contract": outcome.contract,
-            "finalized_rounds": outcome.finalized_rounds,
-            "bounty_wei": outcome.bounty_wei,
-            "total_paid_wei": outcome.total_paid_wei,
-        },
-        "final_accuracy": outcome.rounds[-1].accuracy if outcome.rounds else None,
-        "node_errors": outcome.node_errors,
-    }
-
-
-def _round_dict(record: RoundRecord) -> dict[str, Any]:
-    data = asdict(record)
-    data["accuracy"] = round(record.accuracy, 6)
-    data["loss"] = round(record.loss, 6)
-    data["max_epsilon"] = round(record.max_epsilon, 6)
-    return data
 
 
 @contextlib.contextmanager

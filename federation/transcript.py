@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -48,15 +49,25 @@ def _size(value: Any) -> int:
     return 8
 
 
+POLL_FIRST_S = 0.05
+POLL_MAX_S = 0.5
+
+
 class RecordingGrid:
-    """A Grid proxy that appends a description of every received message to ``path``."""
+    """A Grid proxy that appends a description of every received message to ``path``.
+
+    It also collects replies promptly: Flower's deployed Grid sleeps 3 s between pulls, so
+    a reply that arrives just after a pull waits up to 3 s; here the pulls back off from
+    50 ms to 0.5 s. The transcript is appended to, so a resumed coordinator keeps the
+    earlier rounds' entries.
+    """
 
     def __init__(self, grid: Grid, path: Path) -> None:
         self._grid = grid
         self._path = path
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
+        path.touch()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -64,10 +75,25 @@ class RecordingGrid:
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        replies = self._exchange(list(messages), timeout)
         with self._lock, self._path.open("a") as fh:
             for reply in replies:
                 fh.write(json.dumps(describe(reply)) + "\n")
+        return replies
+
+    def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        pending = set(self._grid.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        delay = POLL_FIRST_S
+        while pending:
+            got = list(self._grid.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, POLL_MAX_S)
         return replies
 
 

@@ -199,7 +199,8 @@ class TrainReceipt(_Schema):
     examples: int
     epsilon: float
     payload_hash: bytes
-    delivered: tuple[str, ...]  # committee members that accepted the upload
+    delivered: tuple[str, ...]  # committee members that accepted the upload (one, in ckks)
+    receipts: tuple[bytes, ...]  # each one's signed upload receipt, in the same order
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x63ommittee.proto\x12\x13\x63ohort.committee.v1\"a\n\rSignedControl\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x03 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"=\n\tCkksSetup\x12\x16\n\x0epublic_context\x18\x01 \x01(\x0c\x12\x18\n\x10\x64\x65\x61ler_signature\x18\x02 \x01(\x0c\"a\n\rConfigureBody\x12\x17\n\x0fsigned_manifest\x18\x01 \x01(\x0c\x12.\n\x04\x63kks\x18\x02 \x01(\x0b\x32\x1e.cohort.committee.v1.CkksSetupH\x00\x42\x07\n\x05setup\"B\n\rOpenRoundBody\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x15\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_deadline\"2\n\rAggregateBody\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\nclient_ids\x18\x02 \x03(\t\"\x0c\n\nStatusBody\"E\n\x0ePublicIdentity\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\x10\n\x08sign_key\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62ox_key\x18\x03 \x01(\x0c\"k\n\nMemberInfo\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x35\n\x08identity\x18\x02 \x01(\x0b\x32#.cohort.committee.v1.PublicIdentity\x12\x13\n\x0b\x65th_address\x18\x03 \x01(\t\"\r\n\x0bInfoRequest\"d\n\tInfoReply\x12/\n\x06member\x18\x01 \x01(\x0b\x32\x1f.cohort.committee.v1.MemberInfo\x12\r\n\x05modes\x18\x02 \x03(\t\x12\x17\n\x0ftls_fingerprint\x18\x03 \x01(\x0c\"\"\n\x0e\x43onfigureReply\x12\x10\n\x08study_id\x18\x01 \x01(\t\"\x1f\n\x0eOpenRoundReply\x12\r\n\x05round\x18\x01 \x01(\x04\"!\n\rUploadRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"U\n\x0bUploadReply\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x14\n\x0cpayload_hash\x18\x04 \x01(\x0c\":\n\tRejection\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"\xf7\x01\n\x0f\x41ggregateResult\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x12\n\nclient_ids\x18\x04 \x03(\t\x12\x11\n\taggregate\x18\x05 \x01(\x0c\x12\x16\n\x0e\x61ggregate_hash\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x13\n\x0b\x65th_address\x18\x08 \x01(\t\x12\x15\n\reth_signature\x18\t \x01(\x0c\x12\x32\n\nrejections\x18\n \x03(\x0b\x32\x1e.cohort.committee.v1.Rejection\"F\n\x0e\x41ggregateReply\x12\x34\n\x06result\x18\x01 \x01(\x0b\x32$.cohort.committee.v1.AggregateResult\"\x84\x01\n\x0bStatusReply\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x17\n\nopen_round\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rhighest_round\x18\x03 \x01(\x04\x12\x10\n\x08received\x18\x04 \x03(\t\x12\x12\n\naggregated\x18\x05 \x03(\x04\x42\r\n\x0b_open_round2\xf7\x03\n\tCommittee\x12H\n\x04Info\x12 .cohort.committee.v1.InfoRequest\x1a\x1e.cohort.committee.v1.InfoReply\x12T\n\tConfigure\x12\".cohort.committee.v1.SignedControl\x1a#.cohort.committee.v1.ConfigureReply\x12T\n\tOpenRound\x12\".cohort.committee.v1.SignedControl\x1a#.cohort.committee.v1.OpenRoundReply\x12N\n\x06Upload\x12\".cohort.committee.v1.UploadRequest\x1a .cohort.committee.v1.UploadReply\x12T\n\tAggregate\x12\".cohort.committee.v1.SignedControl\x1a#.cohort.committee.v1.AggregateReply\x12N\n\x06Status\x12\".cohort.committee.v1.SignedControl\x1a .cohort.committee.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x63ommittee.proto\x12\x13\x63ohort.committee.v1\"a\n\rSignedControl\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x03 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"=\n\tCkksSetup\x12\x16\n\x0epublic_context\x18\x01 \x01(\x0c\x12\x18\n\x10\x64\x65\x61ler_signature\x18\x02 \x01(\x0c\"a\n\rConfigureBody\x12\x17\n\x0fsigned_manifest\x18\x01 \x01(\x0c\x12.\n\x04\x63kks\x18\x02 \x01(\x0b\x32\x1e.cohort.committee.v1.CkksSetupH\x00\x42\x07\n\x05setup\"B\n\rOpenRoundBody\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x15\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_deadline\"2\n\rAggregateBody\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\nclient_ids\x18\x02 \x03(\t\"\x0c\n\nStatusBody\"U\n\x0cUploadSource\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0e\n\x06holder\x18\x02 \x01(\t\x12\x14\n\x0cpayload_hash\x18\x03 \x01(\x0c\x12\x0f\n\x07receipt\x18\x04 \x01(\x0c\"R\n\rReplicateBody\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x32\n\x07sources\x18\x02 \x03(\x0b\x32!.cohort.committee.v1.UploadSource\"E\n\x0ePublicIdentity\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\x10\n\x08sign_key\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62ox_key\x18\x03 \x01(\x0c\"k\n\nMemberInfo\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x35\n\x08identity\x18\x02 \x01(\x0b\x32#.cohort.committee.v1.PublicIdentity\x12\x13\n\x0b\x65th_address\x18\x03 \x01(\t\"\r\n\x0bInfoRequest\"d\n\tInfoReply\x12/\n\x06member\x18\x01 \x01(\x0b\x32\x1f.cohort.committee.v1.MemberInfo\x12\r\n\x05modes\x18\x02 \x03(\t\x12\x17\n\x0ftls_fingerprint\x18\x03 \x01(\x0c\"\"\n\x0e\x43onfigureReply\x12\x10\n\x08study_id\x18\x01 \x01(\t\"\x1f\n\x0eOpenRoundReply\x12\r\n\x05round\x18\x01 \x01(\x04\"!\n\rUploadRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"f\n\x0bUploadReply\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x14\n\x0cpayload_hash\x18\x04 \x01(\x0c\x12\x0f\n\x07receipt\x18\x05 \x01(\x0c\":\n\tRejection\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"\xf7\x01\n\x0f\x41ggregateResult\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x12\n\nclient_ids\x18\x04 \x03(\t\x12\x11\n\taggregate\x18\x05 \x01(\x0c\x12\x16\n\x0e\x61ggregate_hash\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x13\n\x0b\x65th_address\x18\x08 \x01(\t\x12\x15\n\reth_signature\x18\t \x01(\x0c\x12\x32\n\nrejections\x18\n \x03(\x0b\x32\x1e.cohort.committee.v1.Rejection\"F\n\x0e\x41ggregateReply\x12\x34\n\x06result\x18\x01 \x01(\x0b\x32$.cohort.committee.v1.AggregateResult\"\xbd\x01\n\x0bStatusReply\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x17\n\nopen_round\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rhighest_round\x18\x03 \x01(\x04\x12\x10\n\x08received\x18\x04 \x03(\t\x12\x12\n\naggregated\x18\x05 \x03(\x04\x12\x37\n\rcopy_failures\x18\x06 \x03(\x0b\x32 .cohort.committee.v1.CopyFailureB\r\n\x0b_open_round\"N\n\x0b\x43opyFailure\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0f\n\x07relayer\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"/\n\x07Holding\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x14\n\x0cpayload_hash\x18\x02 \x01(\x0c\"\x7f\n\x0eReplicateReply\x12\r\n\x05round\x18\x01 \x01(\x04\x12*\n\x04held\x18\x02 \x03(\x0b\x32\x1c.cohort.committee.v1.Holding\x12\x32\n\x08\x66\x61ilures\x18\x03 \x03(\x0b\x32 .cohort.committee.v1.CopyFailure\"x\n\x0c\x46\x65tchRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x11\n\trequester\x18\x04 \x01(\t\x12\x11\n\tresponder\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"\x1c\n\nFetchReply\x12\x0e\n\x06upload\x18\x01 \x01(\x0c\x32\x9a\x05\n\tCommittee\x12H\n\x04Info\x12 .cohort.committee.v1.InfoRequest\x1a\x1e.cohort.committee.v1.InfoReply\x12T\n\tConfigure\x12\".cohort.committee.v1.SignedControl\x1a#.cohort.committee.v1.ConfigureReply\x12T\n\tOpenRound\x12\".cohort.committee.v1.SignedControl\x1a#.cohort.committee.v1.OpenRoundReply\x12N\n\x06Upload\x12\".cohort.committee.v1.UploadRequest\x1a .cohort.committee.v1.UploadReply\x12T\n\tReplicate\x12\".cohort.committee.v1.SignedControl\x1a#.cohort.committee.v1.ReplicateReply\x12K\n\x05\x46\x65tch\x12!.cohort.committee.v1.FetchRequest\x1a\x1f.cohort.committee.v1.FetchReply\x12T\n\tAggregate\x12\".cohort.committee.v1.SignedControl\x1a#.cohort.committee.v1.AggregateReply\x12N\n\x06Status\x12\".cohort.committee.v1.SignedControl\x1a .cohort.committee.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,30 +43,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGGREGATEBODY']._serialized_end=419
   _globals['_STATUSBODY']._serialized_start=421
   _globals['_STATUSBODY']._serialized_end=433
-  _globals['_PUBLICIDENTITY']._serialized_start=435
-  _globals['_PUBLICIDENTITY']._serialized_end=504
-  _globals['_MEMBERINFO']._serialized_start=506
-  _globals['_MEMBERINFO']._serialized_end=613
-  _globals['_INFOREQUEST']._serialized_start=615
-  _globals['_INFOREQUEST']._serialized_end=628
-  _globals['_INFOREPLY']._serialized_start=630
-  _globals['_INFOREPLY']._serialized_end=730
-  _globals['_CONFIGUREREPLY']._serialized_start=732
-  _globals['_CONFIGUREREPLY']._serialized_end=766
-  _globals['_OPENROUNDREPLY']._serialized_start=768
-  _globals['_OPENROUNDREPLY']._serialized_end=799
-  _globals['_UPLOADREQUEST']._serialized_start=801
-  _globals['_UPLOADREQUEST']._serialized_end=834
-  _globals['_UPLOADREPLY']._serialized_start=836
-  _globals['_UPLOADREPLY']._serialized_end=921
-  _globals['_REJECTION']._serialized_start=923
-  _globals['_REJECTION']._serialized_end=981
-  _globals['_AGGREGATERESULT']._serialized_start=984
-  _globals['_AGGREGATERESULT']._serialized_end=1231
-  _globals['_AGGREGATEREPLY']._serialized_start=1233
-  _globals['_AGGREGATEREPLY']._serialized_end=1303
-  _globals['_STATUSREPLY']._serialized_start=1306
-  _globals['_STATUSREPLY']._serialized_end=1438
-  _globals['_COMMITTEE']._serialized_start=1441
-  _globals['_COMMITTEE']._serialized_end=1944
+  _globals['_UPLOADSOURCE']._serialized_start=435
+  _globals['_UPLOADSOURCE']._serialized_end=520
+  _globals['_REPLICATEBODY']._serialized_start=522
+  _globals['_REPLICATEBODY']._serialized_end=604
+  _globals['_PUBLICIDENTITY']._serialized_start=606
+  _globals['_PUBLICIDENTITY']._serialized_end=675
+  _globals['_MEMBERINFO']._serialized_start=677
+  _globals['_MEMBERINFO']._serialized_end=784
+  _globals['_INFOREQUEST']._serialized_start=786
+  _globals['_INFOREQUEST']._serialized_end=799
+  _globals['_INFOREPLY']._serialized_start=801
+  _globals['_INFOREPLY']._serialized_end=901
+  _globals['_CONFIGUREREPLY']._serialized_start=903
+  _globals['_CONFIGUREREPLY']._serialized_end=937
+  _globals['_OPENROUNDREPLY']._serialized_start=939
+  _globals['_OPENROUNDREPLY']._serialized_end=970
+  _globals['_UPLOADREQUEST']._serialized_start=972
+  _globals['_UPLOADREQUEST']._serialized_end=1005
+  _globals['_UPLOADREPLY']._serialized_start=1007
+  _globals['_UPLOADREPLY']._serialized_end=1109
+  _globals['_REJECTION']._serialized_start=1111
+  _globals['_REJECTION']._serialized_end=1169
+  _globals['_AGGREGATERESULT']._serialized_start=1172
+  _globals['_AGGREGATERESULT']._serialized_end=1419
+  _globals['_AGGREGATEREPLY']._serialized_start=1421
+  _globals['_AGGREGATEREPLY']._serialized_end=1491
+  _globals['_STATUSREPLY']._serialized_start=1494
+  _globals['_STATUSREPLY']._serialized_end=1683
+  _globals['_COPYFAILURE']._serialized_start=1685
+  _globals['_COPYFAILURE']._serialized_end=1763
+  _globals['_HOLDING']._serialized_start=1765
+  _globals['_HOLDING']._serialized_end=1812
+  _globals['_REPLICATEREPLY']._serialized_start=1814
+  _globals['_REPLICATEREPLY']._serialized_end=1941
+  _globals['_FETCHREQUEST']._serialized_start=1943
+  _globals['_FETCHREQUEST']._serialized_end=2063
+  _globals['_FETCHREPLY']._serialized_start=2065
+  _globals['_FETCHREPLY']._serialized_end=2093
+  _globals['_COMMITTEE']._serialized_start=2096
+  _globals['_COMMITTEE']._serialized_end=2762
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,9 @@
 isort:skip_file
 Wire schema between a committee member (one aggregator service) and its callers.
 
-Callers: the coordinator (Info, Configure, OpenRound, Aggregate, Status) and data owners
-(Info, Upload). Every message is typed; the only opaque bytes are cryptographic
-objects (keys, contexts, sealed envelopes, ciphertexts, hashes, signatures) and the body
+Callers: the coordinator (Info, Configure, OpenRound, Replicate, Aggregate, Status), data
+owners (Info, Upload) and the other members of the committee (Fetch). Every message is typed; the only opaque bytes are cryptographic
+objects (keys, contexts, sealed uploads, ciphertexts, hashes, signatures) and the body
 of a SignedControl, which is the serialized inner request the coordinator signed.
 Decoded once at the boundary (cohort.aggregator.control / service / client) into
 dataclasses; a control body is parsed only after its signature and counter checked out.
@@ -50,13 +50,15 @@ class SignedControl(_message.Message):
     study_id: _builtins.str
     """manifest hash, 64 hex digits"""
     kind: _builtins.str
-    """"configure" | "open_round" | "aggregate" | "status" """
+    """"configure" | "open_round" | "replicate" | "aggregate" | "status" """
     counter: _builtins.int
     """strictly increasing per (study, member)"""
     body: _builtins.bytes
-    """serialized ConfigureBody / OpenRoundBody / AggregateBody / StatusBody"""
+    """serialized ConfigureBody / OpenRoundBody / ReplicateBody /"""
     signature: _builtins.bytes
-    """64 bytes"""
+    """AggregateBody / StatusBody
+    64 bytes
+    """
     def __init__(
         self,
         *,
@@ -186,6 +188,63 @@ class StatusBody(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusBody: _TypeAlias = StatusBody  # noqa: Y015
+
+@_typing.final
+class UploadSource(_message.Message):
+    """Where one data owner's upload is: the member that accepted it and the receipt it signed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    PAYLOAD_HASH_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    sender: _builtins.str
+    """data owner"""
+    holder: _builtins.str
+    """member id that signed the receipt"""
+    payload_hash: _builtins.bytes
+    """32 bytes"""
+    receipt: _builtins.bytes
+    """holder's Ed25519 over the upload-receipt digest, 64 bytes"""
+    def __init__(
+        self,
+        *,
+        sender: _builtins.str = ...,
+        holder: _builtins.str = ...,
+        payload_hash: _builtins.bytes = ...,
+        receipt: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "payload_hash", b"payload_hash", "receipt", b"receipt", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadSource: _TypeAlias = UploadSource  # noqa: Y015
+
+@_typing.final
+class ReplicateBody(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___UploadSource]: ...
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        sources: _abc.Iterable[Global___UploadSource] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["round", b"round", "sources", b"sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicateBody: _TypeAlias = ReplicateBody  # noqa: Y015
 
 @_typing.final
 class PublicIdentity(_message.Message):
@@ -330,7 +389,9 @@ class UploadRequest(_message.Message):
 
     ENVELOPE_FIELD_NUMBER: _builtins.int
     envelope: _builtins.bytes
-    """cohort.crypto.envelope.Envelope.to_bytes()"""
+    """cohort.crypto.upload.CommitteeUpload.to_bytes() ("CHCU"), or the first version,
+    cohort.crypto.envelope.Envelope.to_bytes() ("CHEV")
+    """
     def __init__(
         self,
         *,
@@ -352,11 +413,14 @@ class UploadReply(_message.Message):
     SENDER_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
     PAYLOAD_HASH_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     sender: _builtins.str
     round: _builtins.int
     payload_hash: _builtins.bytes
     """receipt: tagged hash of the accepted plain payload"""
+    receipt: _builtins.bytes
+    """member's Ed25519 over the upload-receipt digest (committee uploads)"""
     def __init__(
         self,
         *,
@@ -364,10 +428,11 @@ class UploadReply(_message.Message):
         sender: _builtins.str = ...,
         round: _builtins.int = ...,
         payload_hash: _builtins.bytes = ...,
+        receipt: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "payload_hash", b"payload_hash", "round", b"round", "sender", b"sender"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "payload_hash", b"payload_hash", "receipt", b"receipt", "round", b"round", "sender", b"sender"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -481,6 +546,7 @@ class StatusReply(_message.Message):
     HIGHEST_ROUND_FIELD_NUMBER: _builtins.int
     RECEIVED_FIELD_NUMBER: _builtins.int
     AGGREGATED_FIELD_NUMBER: _builtins.int
+    COPY_FAILURES_FIELD_NUMBER: _builtins.int
     study_id: _builtins.str
     open_round: _builtins.int
     """absent when no round is open"""
@@ -494,6 +560,10 @@ class StatusReply(_message.Message):
     def aggregated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """rounds this member signed a result for"""
 
+    @_builtins.property
+    def copy_failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___CopyFailure]:
+        """copies of the open round it could not take"""
+
     def __init__(
         self,
         *,
@@ -502,13 +572,160 @@ class StatusReply(_message.Message):
         highest_round: _builtins.int = ...,
         received: _abc.Iterable[_builtins.str] | None = ...,
         aggregated: _abc.Iterable[_builtins.int] | None = ...,
+        copy_failures: _abc.Iterable[Global___CopyFailure] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_open_round", b"_open_round", "open_round", b"open_round"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_open_round", b"_open_round", "aggregated", b"aggregated", "highest_round", b"highest_round", "open_round", b"open_round", "received", b"received", "study_id", b"study_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_open_round", b"_open_round", "aggregated", b"aggregated", "copy_failures", b"copy_failures", "highest_round", b"highest_round", "open_round", b"open_round", "received", b"received", "study_id", b"study_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__open_round: _TypeAlias = _typing.Literal["open_round"]  # noqa: Y015
     _WhichOneofArgType__open_round: _TypeAlias = _typing.Literal["_open_round", b"_open_round"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__open_round) -> _WhichOneofReturnType__open_round | None: ...
 
 Global___StatusReply: _TypeAlias = StatusReply  # noqa: Y015
+
+@_typing.final
+class CopyFailure(_message.Message):
+    """A copy of sender's upload that this member could not take from relayer, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_FIELD_NUMBER: _builtins.int
+    RELAYER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    sender: _builtins.str
+    relayer: _builtins.str
+    reason: _builtins.str
+    """reason code, see docs/committee.md"""
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        sender: _builtins.str = ...,
+        relayer: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "reason", b"reason", "relayer", b"relayer", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CopyFailure: _TypeAlias = CopyFailure  # noqa: Y015
+
+@_typing.final
+class Holding(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_FIELD_NUMBER: _builtins.int
+    PAYLOAD_HASH_FIELD_NUMBER: _builtins.int
+    sender: _builtins.str
+    payload_hash: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        sender: _builtins.str = ...,
+        payload_hash: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload_hash", b"payload_hash", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Holding: _TypeAlias = Holding  # noqa: Y015
+
+@_typing.final
+class ReplicateReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    @_builtins.property
+    def held(self) -> _containers.RepeatedCompositeFieldContainer[Global___Holding]:
+        """uploads this member holds in the round, after fetching"""
+
+    @_builtins.property
+    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___CopyFailure]:
+        """copies it could not take (this call and earlier ones)"""
+
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        held: _abc.Iterable[Global___Holding] | None = ...,
+        failures: _abc.Iterable[Global___CopyFailure] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failures", b"failures", "held", b"held", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicateReply: _TypeAlias = ReplicateReply  # noqa: Y015
+
+@_typing.final
+class FetchRequest(_message.Message):
+    """Signed by the requesting member's Ed25519 key from the manifest over
+    tagged_hash(FETCH, study id bytes, u64 round, sender, requester, responder).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STUDY_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    RESPONDER_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    study_id: _builtins.str
+    round: _builtins.int
+    sender: _builtins.str
+    """data owner whose upload is asked for"""
+    requester: _builtins.str
+    """member id of the asking member"""
+    responder: _builtins.str
+    """member id of the member asked"""
+    signature: _builtins.bytes
+    """64 bytes"""
+    def __init__(
+        self,
+        *,
+        study_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        sender: _builtins.str = ...,
+        requester: _builtins.str = ...,
+        responder: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requester", b"requester", "responder", b"responder", "round", b"round", "sender", b"sender", "signature", b"signature", "study_id", b"study_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchRequest: _TypeAlias = FetchRequest  # noqa: Y015
+
+@_typing.final
+class FetchReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_FIELD_NUMBER: _builtins.int
+    upload: _builtins.bytes
+    """CommitteeUpload.to_bytes(), the payload sealed to the requester"""
+    def __init__(
+        self,
+        *,
+        upload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["upload", b"upload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchReply: _TypeAlias = FetchReply  # noqa: Y015

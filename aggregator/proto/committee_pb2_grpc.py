@@ -55,6 +55,16 @@ class CommitteeStub:
                 request_serializer=committee__pb2.UploadRequest.SerializeToString,
                 response_deserializer=committee__pb2.UploadReply.FromString,
                 _registered_method=True)
+        self.Replicate = channel.unary_unary(
+                '/cohort.committee.v1.Committee/Replicate',
+                request_serializer=committee__pb2.SignedControl.SerializeToString,
+                response_deserializer=committee__pb2.ReplicateReply.FromString,
+                _registered_method=True)
+        self.Fetch = channel.unary_unary(
+                '/cohort.committee.v1.Committee/Fetch',
+                request_serializer=committee__pb2.FetchRequest.SerializeToString,
+                response_deserializer=committee__pb2.FetchReply.FromString,
+                _registered_method=True)
         self.Aggregate = channel.unary_unary(
                 '/cohort.committee.v1.Committee/Aggregate',
                 request_serializer=committee__pb2.SignedControl.SerializeToString,
@@ -94,7 +104,24 @@ class CommitteeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Upload(self, request, context):
-        """Data owner: one signed, sealed envelope addressed to this member.
+        """Data owner: one signed upload, addressed to the committee (or, first version, to this
+        member alone) and sealed to this member. The reply is a receipt signed by the member.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Replicate(self, request, context):
+        """Coordinator (signed, body ReplicateBody): fetch, from the members that signed receipts,
+        the uploads of the open round this member lacks; report what it holds and what failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fetch(self, request, context):
+        """Another member (FetchRequest signed by that member's manifest key): this member's copy
+        of one upload of the open round, sealed to the requester.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +163,16 @@ def add_CommitteeServicer_to_server(servicer, server):
                     servicer.Upload,
                     request_deserializer=committee__pb2.UploadRequest.FromString,
                     response_serializer=committee__pb2.UploadReply.SerializeToString,
+            ),
+            'Replicate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Replicate,
+                    request_deserializer=committee__pb2.SignedControl.FromString,
+                    response_serializer=committee__pb2.ReplicateReply.SerializeToString,
+            ),
+            'Fetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=committee__pb2.FetchRequest.FromString,
+                    response_serializer=committee__pb2.FetchReply.SerializeToString,
             ),
             'Aggregate': grpc.unary_unary_rpc_method_handler(
                     servicer.Aggregate,
@@ -257,6 +294,60 @@ class Committee:
             '/cohort.committee.v1.Committee/Upload',
             committee__pb2.UploadRequest.SerializeToString,
             committee__pb2.UploadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Replicate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.committee.v1.Committee/Replicate',
+            committee__pb2.SignedControl.SerializeToString,
+            committee__pb2.ReplicateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.committee.v1.Committee/Fetch',
+            committee__pb2.FetchRequest.SerializeToString,
+            committee__pb2.FetchReply.FromString,
             options,
             channel_credentials,
             insecure,

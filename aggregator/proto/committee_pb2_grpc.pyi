@@ -3,9 +3,9 @@
 isort:skip_file
 Wire schema between a committee member (one aggregator service) and its callers.
 
-Callers: the coordinator (Info, Configure, OpenRound, Aggregate, Status) and data owners
-(Info, Upload). Every message is typed; the only opaque bytes are cryptographic
-objects (keys, contexts, sealed envelopes, ciphertexts, hashes, signatures) and the body
+Callers: the coordinator (Info, Configure, OpenRound, Replicate, Aggregate, Status), data
+owners (Info, Upload) and the other members of the committee (Fetch). Every message is typed; the only opaque bytes are cryptographic
+objects (keys, contexts, sealed uploads, ciphertexts, hashes, signatures) and the body
 of a SignedControl, which is the serialized inner request the coordinator signed.
 Decoded once at the boundary (cohort.aggregator.control / service / client) into
 dataclasses; a control body is parsed only after its signature and counter checked out.
@@ -56,7 +56,17 @@ class CommitteeStub:
     OpenRound: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.OpenRoundReply]
     """Coordinator (signed, body OpenRoundBody): open round r of a study."""
     Upload: _grpc.UnaryUnaryMultiCallable[_committee_pb2.UploadRequest, _committee_pb2.UploadReply]
-    """Data owner: one signed, sealed envelope addressed to this member."""
+    """Data owner: one signed upload, addressed to the committee (or, first version, to this
+    member alone) and sealed to this member. The reply is a receipt signed by the member.
+    """
+    Replicate: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.ReplicateReply]
+    """Coordinator (signed, body ReplicateBody): fetch, from the members that signed receipts,
+    the uploads of the open round this member lacks; report what it holds and what failed.
+    """
+    Fetch: _grpc.UnaryUnaryMultiCallable[_committee_pb2.FetchRequest, _committee_pb2.FetchReply]
+    """Another member (FetchRequest signed by that member's manifest key): this member's copy
+    of one upload of the open round, sealed to the requester.
+    """
     Aggregate: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.AggregateReply]
     """Coordinator (signed, body AggregateBody): combine the client set's uploads and sign."""
     Status: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.StatusReply]
@@ -76,7 +86,17 @@ class CommitteeAsyncStub(CommitteeStub):
     OpenRound: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.OpenRoundReply]  # type: ignore[assignment]
     """Coordinator (signed, body OpenRoundBody): open round r of a study."""
     Upload: _aio.UnaryUnaryMultiCallable[_committee_pb2.UploadRequest, _committee_pb2.UploadReply]  # type: ignore[assignment]
-    """Data owner: one signed, sealed envelope addressed to this member."""
+    """Data owner: one signed upload, addressed to the committee (or, first version, to this
+    member alone) and sealed to this member. The reply is a receipt signed by the member.
+    """
+    Replicate: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.ReplicateReply]  # type: ignore[assignment]
+    """Coordinator (signed, body ReplicateBody): fetch, from the members that signed receipts,
+    the uploads of the open round this member lacks; report what it holds and what failed.
+    """
+    Fetch: _aio.UnaryUnaryMultiCallable[_committee_pb2.FetchRequest, _committee_pb2.FetchReply]  # type: ignore[assignment]
+    """Another member (FetchRequest signed by that member's manifest key): this member's copy
+    of one upload of the open round, sealed to the requester.
+    """
     Aggregate: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.AggregateReply]  # type: ignore[assignment]
     """Coordinator (signed, body AggregateBody): combine the client set's uploads and sign."""
     Status: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.StatusReply]  # type: ignore[assignment]
@@ -117,7 +137,29 @@ class CommitteeServicer(metaclass=_abc_1.ABCMeta):
         request: _committee_pb2.UploadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_committee_pb2.UploadReply, _abc.Awaitable[_committee_pb2.UploadReply]]:
-        """Data owner: one signed, sealed envelope addressed to this member."""
+        """Data owner: one signed upload, addressed to the committee (or, first version, to this
+        member alone) and sealed to this member. The reply is a receipt signed by the member.
+        """
+
+    @_abc_1.abstractmethod
+    def Replicate(
+        self,
+        request: _committee_pb2.SignedControl,
+        context: _ServicerContext,
+    ) -> _typing.Union[_committee_pb2.ReplicateReply, _abc.Awaitable[_committee_pb2.ReplicateReply]]:
+        """Coordinator (signed, body ReplicateBody): fetch, from the members that signed receipts,
+        the uploads of the open round this member lacks; report what it holds and what failed.
+        """
+
+    @_abc_1.abstractmethod
+    def Fetch(
+        self,
+        request: _committee_pb2.FetchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_committee_pb2.FetchReply, _abc.Awaitable[_committee_pb2.FetchReply]]:
+        """Another member (FetchRequest signed by that member's manifest key): this member's copy
+        of one upload of the open round, sealed to the requester.
+        """
 
     @_abc_1.abstractmethod
     def Aggregate(

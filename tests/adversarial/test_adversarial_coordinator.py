@@ -169,9 +169,15 @@ class Attacker(Coordinator):
         FINDINGS["lone_decrypt"] = _ask(self, node_of[other], wire.DECRYPT, lone.to_record())
 
     def play_round(self, session: Session, rnd: int) -> bool:
+        if rnd == 1:
+            CONTEXT["round1_model"] = session.global_vec.copy()
         if rnd == 2:  # replay round 1's instruction: no hospital trains twice
+            study = self.manifest.study_id
             FINDINGS["replay_round"] = _ask_all(
-                self, session, wire.TRAIN, _train(self.manifest.study_id, 1, session.global_vec)
+                self, session, wire.TRAIN, _train(study, 1, session.global_vec)
+            )
+            FINDINGS["replay_same"] = _ask_all(
+                self, session, wire.TRAIN, _train(study, 1, CONTEXT["round1_model"])
             )
         return super().play_round(session, rnd)
 
@@ -302,9 +308,21 @@ def test_differencing_within_a_round_is_refused(attack: dict[str, Any]) -> None:
     assert "signature does not verify" in found["decrypt"]
 
 
+def _receipts(found: dict[str, Any]) -> dict[str, wire.TrainReceipt]:
+    assert found, "attack not attempted"
+    assert not any(isinstance(v, str) for v in found.values()), found  # receipts, not errors
+    return {p: wire.TrainReceipt.from_record(r.content) for p, r in found.items()}
+
+
 def test_replayed_round_spends_no_budget(attack: dict[str, Any]) -> None:
-    for reason in _reasons(attack["findings"]["replay_round"]):
-        assert "RoundReplayed" in reason
+    """Round 1 asked again: on another global model it is declined; on the very model the
+    owners trained it on they send their stored receipt back. Nobody trains it twice."""
+    for receipt in _receipts(attack["findings"]["replay_round"]).values():
+        assert receipt.status == "declined"
+        assert "already trained on another global model" in receipt.reason
+    for receipt in _receipts(attack["findings"]["replay_same"]).values():
+        assert receipt.status == "ok"
+        assert receipt.delivered  # the member that took the round-1 upload
     for ledger in (attack["out"] / "hospitals").glob("*/ledger-*.json"):
         rounds = [e["round"] for e in json.loads(ledger.read_text())["entries"]]
         assert rounds == list(range(1, ROUNDS + 1)), (ledger, rounds)

@@ -16,11 +16,13 @@ from cohort.aggregator.control import (
     ControlBody,
     ControlSigner,
     OpenRoundBody,
+    ReplicateBody,
     SignedControl,
     StatusBody,
+    UploadSource,
 )
 from cohort.aggregator.keys import MemberKeys
-from cohort.aggregator.member import AggregateResult, CommitteeMember, StudyStatus
+from cohort.aggregator.member import AggregateResult, CommitteeMember, Replication, StudyStatus
 from cohort.aggregator.modes import CkksSpec, ModeSpec, sign_dealt_context
 from cohort.crypto.identity import Identity
 from cohort.federation.manifest import (
@@ -171,3 +173,9 @@ class Coordinator:
 
     def status(self, member: CommitteeMember) -> StudyStatus:
         return member.status(self.control(member.member_id, StatusBody()))
+
+    def replicate(
+        self, member: CommitteeMember, round: int, sources: Sequence[UploadSource]
+    ) -> Replication:
+        body = ReplicateBody(round, tuple(sources))
+        return member.replicate(self.control(member.member_id, body))

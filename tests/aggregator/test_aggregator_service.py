@@ -1,5 +1,6 @@
 """Real gRPC over TLS against in-process members on 127.0.0.1: a committee built from the
-manifest, error types across the wire, TLS pinning, what Info reveals, a tampering member."""
+manifest, error types across the wire, TLS pinning, what Info reveals, a tampering member,
+and upload once: members fetching each other's copies over the same pinned channels."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -33,6 +35,7 @@ from cohort.aggregator.control import (
     Refusal,
     SignedControl,
     StatusBody,
+    UploadSource,
 )
 from cohort.aggregator.keys import MemberKeys
 from cohort.aggregator.member import (
@@ -45,6 +48,13 @@ from cohort.aggregator.modes import CkksSpec
 from cohort.aggregator.proto import committee_pb2 as pb
 from cohort.aggregator.proto import committee_pb2_grpc as pb_grpc
 from cohort.aggregator.quorum import FaultReason
+from cohort.aggregator.replication import (
+    FetchRequest,
+    UploadReceipt,
+    copy_faults,
+    holders,
+    upload_order,
+)
 from cohort.aggregator.service import GRPC_OPTIONS, serve
 from cohort.bounties.attestation import attestation_digest, sign_attestation
 from cohort.crypto.ckks import CkksSecretContext
@@ -52,9 +62,11 @@ from cohort.crypto.envelope import Envelope
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import Identity
 from cohort.crypto.tls import ChannelTls, cert_fingerprint, open_channel
+from cohort.crypto.upload import CommitteeUpload, build_upload
 from cohort.errors import BadInputError, ConfigError, ProtocolAbort, VerificationError
 from cohort.federation.approval import Role, approve
 from cohort.federation.certs import CA_CERT, load_cert_key, member_files, write_study_certs
+from cohort.federation.coordinator import choose_client_set
 from cohort.federation.manifest import SignedManifest
 
 Sum = Callable[[Sequence[str]], np.ndarray]
@@ -415,3 +427,125 @@ def test_unreachable_member(served: Served) -> None:
 def test_an_aggregate_body_names_its_round(served: Served) -> None:
     body = AggregateBody(3, ("a", "b"))
     assert AggregateBody.from_bytes(body.to_bytes()) == body
+
+
+# --------------------------------------------------------------------------- upload once
+
+
+def _upload_once(
+    served: Served,
+    owners: dict[str, Owner],
+    ckks: CkksSecretContext,
+    route: dict[str, str] | None = None,
+) -> list[UploadSource]:
+    """Each owner's one committee upload, to the first member of its upload order (or to
+    ``route[owner]``); returns the receipts as the coordinator forwards them."""
+    manifest = served.signed.manifest
+    committee = [entry.identity for entry in manifest.committee]
+    sources = []
+    for pid in IDS:
+        order = upload_order(manifest.member_ids, study_id=served.study_id, round=1, sender=pid)
+        member_id = (route or {}).get(pid, order[0])
+        entry = manifest.member(member_id)
+        assert entry is not None
+        data = build_upload(
+            owners[pid].identity,
+            committee,
+            entry.identity,
+            study_id=served.study_id,
+            round=1,
+            payload=ckks.encrypt(owners[pid].vector),
+        ).to_bytes()
+        verdict = served.client(member_id).upload(data)
+        receipt = UploadReceipt(
+            member_id, served.study_id, 1, pid, verdict.payload_hash, verdict.receipt
+        )
+        receipt.verify(entry.identity)
+        sources.append(receipt.source())
+    return sources
+
+
+def test_upload_once_over_tls_the_members_fetch_their_copies(
+    served: Served, owners: dict[str, Owner], ckks: CkksSecretContext, plain_sum: Sum
+) -> None:
+    committee = served.committee
+    assert committee.configure(served.signed, served.setup) == {}
+    assert committee.open_round(1) == {}
+    sources = _upload_once(served, owners, ckks)
+    held = sum(len(committee.status(m).received) for m in MEMBER_IDS)
+    assert held == len(IDS)  # one copy in the committee per owner, before replication
+    replications, errors = committee.replicate_all(1, sources)
+    assert errors == {}
+    assert holders(replications, sources) == {pid: set(MEMBER_IDS) for pid in IDS}
+    assert copy_faults(replications, sources) == {}
+    results, errors = committee.aggregate_all(1, IDS)
+    assert errors == {}
+    decision = committee.decide(results, round=1, client_ids=IDS)
+    assert decision.agreeing == MEMBER_IDS
+    np.testing.assert_allclose(ckks.decrypt(decision.aggregate)[:LENGTH], plain_sum(IDS), atol=1e-3)
+
+
+def test_a_member_killed_after_taking_uploads_is_named_and_the_round_completes(
+    served: Served, owners: dict[str, Owner], ckks: CkksSecretContext, plain_sum: Sum
+) -> None:
+    committee = served.committee
+    committee.configure(served.signed, served.setup)
+    committee.open_round(1)
+    route = {"hospital-a": "member-1", "hospital-b": "member-2", "hospital-c": "member-3"}
+    sources = _upload_once(served, owners, ckks, route)
+    served.servers["member-3"].stop(grace=None)
+    replications, errors = committee.replicate_all(1, sources)
+    assert set(errors) == {"member-3"}
+    for mid in ("member-1", "member-2"):
+        (failure,) = replications[mid].failures
+        assert (failure.sender, failure.relayer, failure.reason.value) == (
+            "hospital-c",
+            "member-3",
+            "withheld",
+        )
+    assert list(copy_faults(replications, sources)) == ["member-3"]
+    held = holders(replications, sources)
+    client_set, chosen = choose_client_set(held, list(MEMBER_IDS), served.signed.manifest.quorum)
+    assert (client_set, chosen) == (["hospital-a", "hospital-b"], ["member-1", "member-2"])
+    results, errors = committee.aggregate_all(1, client_set, members=chosen)
+    decision = committee.decide(results, round=1, client_ids=client_set)
+    assert decision.agreeing == ("member-1", "member-2")
+    np.testing.assert_allclose(
+        ckks.decrypt(decision.aggregate)[:LENGTH], plain_sum(client_set), atol=1e-3
+    )
+
+
+def test_a_fetch_over_the_wire_needs_a_committee_member_s_signature(
+    served: Served,
+    owners: dict[str, Owner],
+    ckks: CkksSecretContext,
+    member_keys: dict[str, MemberKeys],
+) -> None:
+    committee = served.committee
+    committee.configure(served.signed, served.setup)
+    committee.open_round(1)
+    _upload_once(served, owners, ckks, dict.fromkeys(IDS, "member-1"))
+    client = served.client("member-1")
+    member_2 = member_keys["member-2"].identity
+
+    def request(signer: Identity, **changes: Any) -> FetchRequest:
+        terms: dict[str, Any] = {"round": 1, "sender": "hospital-a", "responder": "member-1"}
+        terms.update(changes)
+        return FetchRequest.sign(signer, study_id=served.study_id, **terms)
+
+    copy = CommitteeUpload.from_bytes(client.fetch(request(member_2)))
+    assert (copy.sender, copy.round, copy.study_id) == ("hospital-a", 1, served.study_id)
+    mallory = Identity.generate("mallory", seed=b"\x66" * 32)
+    with pytest.raises(VerificationError, match=Refusal.UNKNOWN_REQUESTER.value):
+        client.fetch(request(mallory))
+    impostor = dataclasses.replace(request(mallory), requester="member-2")
+    with pytest.raises(VerificationError, match=Refusal.BAD_FETCH_SIGNATURE.value):
+        client.fetch(impostor)
+    with pytest.raises(VerificationError, match=Refusal.WRONG_RESPONDER.value):
+        client.fetch(request(member_2, responder="member-3"))
+    with pytest.raises(ProtocolAbort, match=Refusal.ROUND_NOT_OPEN.value):
+        client.fetch(request(member_2, round=2))
+    with pytest.raises(ProtocolAbort, match=Refusal.NOT_HELD.value):
+        client.fetch(request(member_2, sender="hospital-d"))
+    with pytest.raises(BadInputError, match=Refusal.MALFORMED_FETCH.value):
+        client.fetch(dataclasses.replace(request(member_2), study_id="not a study"))

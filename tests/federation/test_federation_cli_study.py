@@ -86,6 +86,11 @@ class World:
         return path
 
 
+def new_owner(workdir: Path, party_id: str) -> Result:
+    """``cohort keys new --role owner`` (the password comes from the environment)."""
+    return cohort("keys", "new", "--role", "owner", "--dir", str(workdir), "--party-id", party_id)
+
+
 def roster_entry(record: dict[str, str]) -> OwnerEntry:
     return OwnerEntry(
         party_id=record["party_id"],
@@ -152,9 +157,10 @@ def build_manifest(
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    monkeypatch.setenv("COHORT_KEYSTORE_PASSWORD", "correct horse battery staple")
     hospital = tmp_path / "hospital-1"
-    result = cohort("keys", "new", "--workdir", str(hospital), "--party-id", "hospital-1")
+    result = new_owner(hospital, "hospital-1")
     assert result.exit_code == 0, result.output
     first = roster_entry(json.loads(result.stdout))
     others = []
@@ -184,19 +190,19 @@ def world(tmp_path: Path) -> World:
 
 
 def test_keys_new_prints_a_roster_entry_and_keeps_one_identity(world: World) -> None:
-    result = cohort("keys", "show", "--workdir", str(world.hospital))
+    result = cohort("keys", "show", "--dir", str(world.hospital), "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert roster_entry(record) == world.manifest.owner("hospital-1")
-    again = cohort("keys", "new", "--workdir", str(world.hospital), "--party-id", "other")
+    again = new_owner(world.hospital, "other")
     assert again.exit_code == 1
     assert "already exists" in one_line_error(again)
 
 
 def test_keys_show_without_an_identity_creates_none(tmp_path: Path) -> None:
-    result = cohort("keys", "show", "--workdir", str(tmp_path / "empty"))
+    result = cohort("keys", "show", "--dir", str(tmp_path / "empty"))
     assert result.exit_code == 1
-    assert "no identity in" in one_line_error(result)
+    assert "no keys in" in one_line_error(result)
     assert not (tmp_path / "empty").exists()
 
 
@@ -364,9 +370,7 @@ def test_owner_needs_a_readable_policy(world: World) -> None:
 
 def test_a_party_outside_the_roster_cannot_approve(world: World, tmp_path: Path) -> None:
     outsider = tmp_path / "hospital-9"
-    assert (
-        cohort("keys", "new", "--workdir", str(outsider), "--party-id", "hospital-9").exit_code == 0
-    )
+    assert new_owner(outsider, "hospital-9").exit_code == 0
     result = cohort(
         "study",
         "approve",
@@ -382,9 +386,7 @@ def test_a_party_outside_the_roster_cannot_approve(world: World, tmp_path: Path)
     assert "'hospital-9' is not listed as owner" in one_line_error(result)
     # Same id, other keys: refused too.
     impostor = tmp_path / "impostor"
-    assert (
-        cohort("keys", "new", "--workdir", str(impostor), "--party-id", "hospital-2").exit_code == 0
-    )
+    assert new_owner(impostor, "hospital-2").exit_code == 0
     result = cohort(
         "study",
         "approve",
@@ -610,4 +612,4 @@ def test_the_hospital_guide_policy_and_refusals_are_the_real_ones(world: World) 
     )
     assert accepted.exit_code == 0, accepted.output
     assert "cohort study approve manifest.json --workdir /srv/cohort --role owner" in guide
-    assert "cohort keys new --workdir /srv/cohort --party-id hospital-1" in guide
+    assert "cohort keys new --role owner --dir /srv/cohort --party-id hospital-1" in guide

@@ -6,6 +6,7 @@ agreement rule; the end-to-end and adversarial suites run the real runtime).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -26,13 +27,20 @@ class Table(Coordinator):
 
     answers: dict[str, np.ndarray | None]
     asked: list[str]
+    batches: list[list[str]]
 
-    def _decrypt_one(
-        self, party: str, node: int, rnd: int, request: wire.DecryptRequest
-    ) -> tuple[bytes, np.ndarray] | None:
-        self.asked.append(party)
-        vector = self.answers[party]
-        return None if vector is None else (wire.plaintext_hash(vector), vector)
+    def _decrypt_some(
+        self,
+        parties: Sequence[str],
+        node_of: Mapping[str, int],
+        rnd: int,
+        request: wire.DecryptRequest,
+    ) -> dict[str, tuple[bytes, np.ndarray]]:
+        self.asked.extend(parties)
+        self.batches.append(list(parties))
+        return {
+            p: (wire.plaintext_hash(v), v) for p in parties if (v := self.answers[p]) is not None
+        }
 
 
 def _coordinator(answers: dict[str, np.ndarray | None]) -> Table:
@@ -47,6 +55,7 @@ def _coordinator(answers: dict[str, np.ndarray | None]) -> Table:
     )
     table.answers = answers
     table.asked = []
+    table.batches = []
     return table
 
 
@@ -77,6 +86,7 @@ def test_two_agreeing_decryptions_are_enough() -> None:
     assert agreed == ["h2", "h3"]  # round 1 starts the rotation at the second owner
     assert wrong == []
     assert table.asked == ["h2", "h3"]
+    assert table.batches == [["h2", "h3"]]  # one message round trip, not two
 
 
 def test_a_lying_decryptor_is_outvoted_and_named() -> None:

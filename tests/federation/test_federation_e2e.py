@@ -2,8 +2,9 @@
 
 One study runs in CKKS mode against a committee of three in-process gRPC members, where
 
-* ``member-1`` is honest, but an attacker on the wire replays each upload it receives and
-  also delivers a forged and an unsigned copy of it;
+* ``member-1`` is honest, but an attacker on the wire replays each upload it receives (from
+  a hospital, or as a copy from another member) and also delivers a forged and an unsigned
+  copy of it;
 * ``member-3`` returns a tampered (validly signed) aggregate.
 
 The other runs the same study (same seed, same hospitals) in plaintext mode. Hospital 3 sets
@@ -30,12 +31,15 @@ from cohort.aggregator.keys import MemberKeys
 from cohort.aggregator.member import (
     AggregateResult,
     CommitteeMember,
+    Replication,
     Verdict,
     aggregate_result_digest,
 )
+from cohort.aggregator.peers import PeerFetcher
+from cohort.aggregator.replication import FetchRequest
 from cohort.aggregator.service import serve
-from cohort.crypto.envelope import Envelope
 from cohort.crypto.hashing import Tag, tagged_hash
+from cohort.crypto.upload import CommitteeUpload
 from cohort.federation import transcript
 from cohort.federation.approval import Role, approve
 from cohort.federation.certs import load_cert_key, write_study_certs
@@ -50,22 +54,49 @@ CAP = 2.6  # below the 3.0 study budget: enough for round 1, not for round 2
 
 
 class WireAttacker(CommitteeMember):
-    """An honest member, plus an attacker who replays and forges what it sees."""
+    """An honest member, plus an attacker who replays and forges every upload it sees: the
+    ones hospitals send it and the copies it fetches from the other members (each sealed to
+    this member, so each one a valid upload for it)."""
 
     attacks: list[tuple[str, Verdict]]
+
+    def __init__(self, keys: MemberKeys, **kwargs: Any) -> None:
+        self._peers = PeerFetcher()
+        self._copies: list[bytes] = []
+
+        def fetch(manifest: Any, entry: Any, request: FetchRequest) -> bytes:
+            copy = self._peers(manifest, entry, request)
+            self._copies.append(copy)
+            return copy
+
+        super().__init__(keys, fetcher=fetch, **kwargs)
+
+    def close(self) -> None:
+        self._peers.close()
+        super().close()
 
     def accept(self, data: bytes) -> Verdict:
         verdict = super().accept(data)
         if verdict.accepted:
-            envelope = Envelope.from_bytes(data)
-            # A fresh nonce each, so they get past the replay check to the signature check.
-            forged_sig = bytes([envelope.signature[0] ^ 1]) + envelope.signature[1:]
-            forged = dataclasses.replace(envelope, signature=forged_sig, nonce=os.urandom(16))
-            unsigned = dataclasses.replace(envelope, signature=bytes(64), nonce=os.urandom(16))
-            self.attacks.append(("replayed", super().accept(data)))
-            self.attacks.append(("forged", super().accept(forged.to_bytes())))
-            self.attacks.append(("unsigned", super().accept(unsigned.to_bytes())))
+            self._attack(data)
         return verdict
+
+    def replicate(self, control: SignedControl) -> Replication:
+        replication = super().replicate(control)
+        copies, self._copies = self._copies, []
+        for copy in copies:
+            self._attack(copy)
+        return replication
+
+    def _attack(self, data: bytes) -> None:
+        upload = CommitteeUpload.from_bytes(data)
+        # A fresh nonce each, so they get past the replay check to the signature check.
+        forged_sig = bytes([upload.signature[0] ^ 1]) + upload.signature[1:]
+        forged = dataclasses.replace(upload, signature=forged_sig, nonce=os.urandom(16))
+        unsigned = dataclasses.replace(upload, signature=bytes(64), nonce=os.urandom(16))
+        self.attacks.append(("replayed", CommitteeMember.accept(self, data)))
+        self.attacks.append(("forged", CommitteeMember.accept(self, forged.to_bytes())))
+        self.attacks.append(("unsigned", CommitteeMember.accept(self, unsigned.to_bytes())))
 
 
 class Tamperer(CommitteeMember):
@@ -207,7 +238,7 @@ def test_replayed_forged_and_unsigned_envelopes_are_rejected(studies: dict[str, 
         else:
             assert verdict.reason.value == "bad_signature", (kind, verdict)
         assert verdict.detail
-    # Every honest upload of both rounds still made it in (3 + 2 owners).
+    # Every honest upload of both rounds reached member-1, straight or as a copy (3 + 2).
     assert len(attacks) == 3 * 5
 
 

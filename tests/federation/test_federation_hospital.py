@@ -375,3 +375,37 @@ def test_an_owner_with_a_chain_checks_the_contract_before_decrypting(
         hospital.decrypt(owner, request)
     assert asked == ["http://127.0.0.1:8545"]
     assert owner.keystore.load_record("decryptions", study.study_id) == {}
+
+
+def test_a_round_asked_again_gets_the_stored_receipt_and_costs_nothing(
+    study: Study, ready: dict[str, np.ndarray]
+) -> None:
+    """A resumed coordinator asks for round 1 again: the owner that trained it answers with
+    its stored receipt (same global model) or declines (another model); neither trains."""
+    from cohort.federation import train_receipts
+
+    owner = study.owners[0]
+    model = _global(study)
+    receipt = wire.TrainReceipt(
+        party_id=owner.party_id,
+        status="ok",
+        reason="",
+        examples=40,
+        epsilon=1.25,
+        payload_hash=b"p" * 32,
+        delivered=("m1",),
+        receipts=(b"r" * 80,),
+    )
+    train_receipts.save(
+        Path(owner.workdir),
+        study.study_id,
+        train_receipts.StoredReceipt(1, wire.plaintext_hash(model), receipt),
+    )
+    instruction = wire.TrainInstruction(study_id=study.study_id, round=1, weight_unit=10_000)
+    again = hospital.train(owner, instruction, model)
+    assert again.receipt == receipt
+    assert again.update is None
+    other = hospital.train(owner, instruction, model + 0.5)
+    assert other.receipt.status == "declined"
+    assert "already trained on another global model" in other.receipt.reason
+    assert _entries(owner) == []  # the committee is dead: only the stored receipt answered

@@ -1,0 +1,160 @@
+"""A deployed study end to end: every role its own OS process, Flower's Deployment Engine.
+
+One deployment (``cohort deploy local``'s :class:`LocalDeployment`: anvil, three committee
+members, a SuperLink with TLS and SuperNode authentication, three SuperNodes on their own
+CSVs, the ServerApp launched by ``flwr run``) is put through what a real one meets:
+
+* a SuperNode whose key the sponsor never registered tries to join and is refused;
+* a committee member is killed after round 1: the study goes on with the other two;
+* the coordinator (the ServerApp process) is SIGKILLed after round 2, the member is
+  restarted and the sponsor launches again: the study resumes from its saved state, the
+  member rejoins, and the study finishes; no round is counted twice and no hospital is
+  charged twice (each ledger holds each round once); ``cohort study status`` reads it all
+  back from the chain and the coordinator's state;
+* every command the deployment ran is shown in a role guide;
+* the result matches ``cohort simulate`` with the same seed within 0.01.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+
+import pytest
+from guidekit import CHECKED, guide_shapes, shown_in_guides
+from typer.testing import CliRunner
+
+from cohort.errors import ConfigError, ProtocolAbort
+from cohort.federation.cli import app
+from cohort.federation.config import DpSettings, StudyConfig
+from cohort.federation.deploy_local import (
+    LocalDeployment,
+    LocalPlan,
+    anvil_binary,
+    port_open,
+    wait_for,
+)
+from cohort.federation.keyfiles import create_owner_keys
+from cohort.federation.manifest import SecureMode
+from cohort.federation.simulate import run_study
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 3
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def anvil() -> Path:
+    try:
+        return anvil_binary()
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+
+
+def _ledger_rounds(path: Path) -> list[int]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return [int(e["round"]) for e in data["entries"] if "round" in e]
+
+
+def _intruder_refused(d: LocalDeployment, tmp_path: Path) -> None:
+    """A SuperNode with a key nobody registered is refused by the SuperLink."""
+    workdir = tmp_path / "intruder"
+    create_owner_keys(workdir, party_id="intruder", password="intruder-password")
+    data = d.out / "hospital-1" / "data.csv"
+    config = workdir / "hospital.toml"
+    config.write_text(
+        "[hospital]\n"
+        f'party-id = "intruder"\nworkdir = "{workdir}"\ndata = "{data}"\n'
+        "[policy]\nepsilon-cap = 3.0\n"
+        f'[superlink]\naddress = "127.0.0.1:{d.link_port}"\n'
+        f'root-certificates = "{d.out / "certs" / "ca.pem"}"\n',
+        encoding="utf-8",
+    )
+    d.procs.start("intruder", [*d.cohort, "node", "start", "--config", str(config)])
+    log = d.logs / "superlink.log"
+
+    def refused() -> bool:
+        text = log.read_text(encoding="utf-8", errors="replace")
+        return "No SuperNode found with the given public key" in text
+
+    wait_for("the SuperLink's refusal of the unregistered SuperNode", refused, timeout_s=120)
+    d.stop("intruder")
+
+
+def test_deployed_study_survives_a_dead_member_and_a_coordinator_crash(
+    anvil: Path, tmp_path: Path
+) -> None:
+    plan = LocalPlan(hospitals=3, members=3, rounds=ROUNDS, seed=SEED, secure=SecureMode.CKKS)
+    with LocalDeployment(plan, tmp_path / "deploy") as d:
+        d.start()
+        _intruder_refused(d, tmp_path)
+
+        events: list[str] = []
+
+        def chaos() -> None:
+            wait_for("round 1", lambda: d.finished_round() >= 1, timeout_s=900)
+            d.stop("member-3")
+            events.append("member-3 stopped")
+            wait_for("round 2", lambda: d.finished_round() >= 2, timeout_s=900)
+            events.append(f"coordinator killed ({d.kill_coordinator()} processes)")
+
+        thread = threading.Thread(target=chaos, daemon=True)
+        thread.start()
+        with pytest.raises(ProtocolAbort, match=r"without writing .*summary\.json"):
+            d.launch()
+        thread.join(timeout=60)
+        assert events == ["member-3 stopped", "coordinator killed (1 processes)"]
+        assert 2 <= d.finished_round() < ROUNDS
+
+        d.restart("member-3")  # the member's operator brings it back: it rejoins
+        port = d.member_ports["member-3"]
+        wait_for("member-3 again", lambda: port_open(port), timeout_s=120)
+        summary = d.launch()  # the sponsor launches again: the study resumes
+
+        status = CliRunner().invoke(
+            app, ["study", "status", "--config", str(d.study_config), "--json"]
+        )
+        assert status.exit_code == 0, status.output
+        report = json.loads(status.output)
+        assert report["finalized"] == list(range(1, ROUNDS + 1))
+        assert report["settled"]
+        assert report["coordinator"]["finished_round"] == ROUNDS
+
+    assert summary["runtime"] == "deployment"
+    rounds = [r["round"] for r in summary["rounds"]]
+    assert rounds == list(range(1, ROUNDS + 1)), rounds  # each round once
+    assert all(r["aggregate_hash"] for r in summary["rounds"])
+    assert summary["rounds"][-1]["faulty_members"] == {}
+    log = (d.logs / "member-3.log").read_text(encoding="utf-8", errors="replace")
+    assert re.search(rf'"msg": "round opened".*"round": {ROUNDS}}}', log), (
+        "the restarted member did not open the last round"
+    )
+    assert summary["chain"]["finalized_rounds"] == ROUNDS
+    assert summary["chain"]["settled"]
+    for h in ("hospital-1", "hospital-2", "hospital-3"):
+        ledgers = list((d.out / h).glob("ledger-*.json"))
+        assert len(ledgers) == 1
+        assert sorted(_ledger_rounds(ledgers[0])) == list(range(1, ROUNDS + 1))  # charged once
+
+    # the guides show every command the deployment ran (and test_deploy_guides that each
+    # guide command parses)
+    shapes = guide_shapes()
+    ran = json.loads((d.out / "commands.json").read_text(encoding="utf-8"))
+    checked = {n: a for n, a in ran.items() if Path(a[0]).name in CHECKED}
+    assert {Path(a[0]).name for a in checked.values()} >= {"cohort", "flower-superlink", "flwr"}
+    missing = {n: a for n, a in checked.items() if not shown_in_guides(a, shapes)}
+    assert not missing, f"commands deploy local ran that no guide shows: {missing}"
+
+    simulated = run_study(
+        StudyConfig(
+            clients=3, rounds=ROUNDS, committee=3, quorum=2, seed=SEED, dp=DpSettings(epsilon=3.0)
+        ),
+        tmp_path / "simulate",
+    )
+    assert abs(summary["final_accuracy"] - simulated["final_accuracy"]) <= 0.01
+    deployed_eps = {c["id"]: c["epsilon_spent"] for c in summary["clients"]}
+    simulated_eps = {c["id"]: c["epsilon_spent"] for c in simulated["clients"]}
+    assert deployed_eps == pytest.approx(simulated_eps, abs=1e-6)
