@@ -59,6 +59,7 @@ bench: setup
 	$(BIN)/python bench/noise.py
 	$(BIN)/python bench/study.py
 	$(BIN)/python bench/dp_accuracy.py
+	$(BIN)/python bench/empirical.py
 
 proto: setup
 	$(BIN)/python aggregator/proto/generate.py

@@ -221,21 +221,42 @@ class Committee:
         """:meth:`replicate` on ``members`` (default: all) in parallel; (replies, errors)."""
         return self._fan_out(lambda m: self.replicate(m, round, sources), members)
 
-    def aggregate(self, member_id: str, round: int, client_ids: Sequence[str]) -> AggregateResult:
-        """One member's signed aggregate of ``round`` over ``client_ids``."""
-        body = AggregateBody(round, tuple(client_ids))
+    def aggregate(
+        self,
+        member_id: str,
+        round: int,
+        client_ids: Sequence[str],
+        *,
+        ledger_commitments: Sequence[bytes] = (),
+    ) -> AggregateResult:
+        """One member's signed aggregate of ``round`` over ``client_ids``, with the owners'
+        signed ledger commitments for it to attest."""
+        body = AggregateBody(round, tuple(client_ids), tuple(ledger_commitments))
         control = self._signer.sign(self.study_id, member_id, body)
         return self.client(member_id).aggregate(control)
 
     def aggregate_all(
-        self, round: int, client_ids: Sequence[str], *, members: Sequence[str] | None = None
+        self,
+        round: int,
+        client_ids: Sequence[str],
+        *,
+        members: Sequence[str] | None = None,
+        ledger_commitments: Sequence[bytes] = (),
     ) -> tuple[list[AggregateResult], dict[str, CohortError]]:
         """Ask ``members`` (default: all) in parallel; returns (results, errors by member)."""
-        done, errors = self._fan_out(lambda m: self.aggregate(m, round, client_ids), members)
+        done, errors = self._fan_out(
+            lambda m: self.aggregate(m, round, client_ids, ledger_commitments=ledger_commitments),
+            members,
+        )
         return list(done.values()), errors
 
     def decide(
-        self, results: Sequence[AggregateResult], *, round: int, client_ids: Sequence[str]
+        self,
+        results: Sequence[AggregateResult],
+        *,
+        round: int,
+        client_ids: Sequence[str],
+        ledger_commitments: Sequence[bytes] = (),
     ) -> QuorumDecision:
         """The quorum decision over ``results`` with the manifest's quorum, roster and chain
         (attestation signatures checked too)."""
@@ -246,7 +267,9 @@ class Committee:
             study_id=self.study_id,
             round=round,
             client_ids=client_ids,
-            attestation=AttestationCheck.for_manifest(self._manifest, client_ids),
+            attestation=AttestationCheck.for_manifest(
+                self._manifest, client_ids, round=round, ledger_commitments=ledger_commitments
+            ),
         )
 
     def close(self) -> None:

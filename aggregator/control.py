@@ -257,21 +257,28 @@ class OpenRoundBody:
 
 @dataclass(frozen=True)
 class AggregateBody:
-    """Aggregate: the round and the client set S."""
+    """Aggregate: the round, the client set S and the owners' signed ledger commitments
+    (:class:`cohort.clients.ledger_commitment.LedgerCommitment` wire forms, as relayed; the
+    member verifies each against the owner's key, the coordinator cannot forge one)."""
 
     round: int
     client_ids: tuple[str, ...]
+    ledger_commitments: tuple[bytes, ...] = ()
 
     KIND: ClassVar[ControlKind] = ControlKind.AGGREGATE
 
     def to_bytes(self) -> bytes:
-        return pb.AggregateBody(round=self.round, client_ids=self.client_ids).SerializeToString()
+        return pb.AggregateBody(
+            round=self.round,
+            client_ids=self.client_ids,
+            ledger_commitments=self.ledger_commitments,
+        ).SerializeToString()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AggregateBody:
         msg = pb.AggregateBody()
         _parse(msg, data, "aggregate")
-        return cls(msg.round, tuple(msg.client_ids))
+        return cls(msg.round, tuple(msg.client_ids), tuple(msg.ledger_commitments))
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ from cohort.aggregator.records import (
 from cohort.aggregator.replication import Fetcher, FetchRequest, UploadReceipt
 from cohort.aggregator.store import STATE_FILE, MemberStore, RelayFields
 from cohort.bounties.attestation import attestation_digest, sign_attestation
+from cohort.clients.ledger_commitment import attested_heads, select_commitments
 from cohort.crypto import upload as committee_upload
 from cohort.crypto.envelope import Envelope
 from cohort.crypto.hashing import Tag, client_set_hash, tagged_hash
@@ -173,11 +174,15 @@ class CommitteeMember:
                 extra=fields(member=self.member_id, studies=sorted(self._studies)),
             )
 
+    def _kept_dir(self, study_id: str) -> Path:
+        """Where the study's mode keeps parsed uploads between acceptance and aggregation."""
+        return self._workdir / "kept" / study_id
+
     def _load(self, study_id: str, body: bytes, digest: bytes) -> _Study:
         try:
             configure = ConfigureBody.from_bytes(body)
             manifest = SignedManifest.from_bytes(configure.signed_manifest).verify()
-            mode = build_mode(configure.setup)
+            mode = build_mode(configure.setup, kept=self._kept_dir(study_id))
         except (BadInputError, VerificationError) as exc:
             raise ConfigError(
                 f"member state: stored study {study_id[:16]} is unusable: {exc}"
@@ -273,7 +278,7 @@ class CommitteeMember:
         if self._same_setup(manifest.study_id, digest):
             return manifest.study_id
         try:
-            mode = build_mode(setup)
+            mode = build_mode(setup, kept=self._kept_dir(manifest.study_id))
         except BadInputError as exc:
             raise Refusal.BAD_SETUP.error(str(exc)) from None
         with self._lock:
@@ -470,7 +475,12 @@ class CommitteeMember:
         if not self._store.burn_nonce(study.study_id, upload.nonce):
             raise Rejected(Reason.REPLAYED_NONCE, "upload nonce was seen before")
         try:
-            study.mode.check(payload, length=study.manifest.update_length)
+            study.mode.accept(
+                payload,
+                length=study.manifest.update_length,
+                round=upload.round,
+                key=upload.payload_hash,
+            )
         except BadInputError as exc:
             raise Rejected(Reason.MODE_CHECK_FAILED, str(exc)) from exc
         relay = None
@@ -749,7 +759,7 @@ class CommitteeMember:
                 raise Refusal.MISSING_UPLOADS.error(
                     f"no accepted upload for round {number} from: " + ", ".join(missing)
                 )
-            result = self._sign(study, number, ids)
+            result = self._sign(study, number, ids, body.ledger_commitments)
             self._store.finish_round(
                 study.study_id,
                 number,
@@ -770,13 +780,31 @@ class CommitteeMember:
         )
         return result
 
-    def _sign(self, study: _Study, number: int, ids: tuple[str, ...]) -> AggregateResult:
+    def _sign(
+        self, study: _Study, number: int, ids: tuple[str, ...], ledger: Sequence[bytes]
+    ) -> AggregateResult:
         manifest = study.manifest
-        # One upload at a time from disk into a running sum: memory flat in len(ids).
-        aggregate = study.mode.combine(self._store.iter_payloads(study.study_id, number, ids))
+        # What each upload's acceptance kept (or, failing that, the upload from disk), one
+        # at a time into a running sum: memory flat in len(ids).
+        hashes = dict(self._store.holdings(study.study_id, number))
+        aggregate = study.mode.combine_kept(
+            number,
+            [hashes[cid] for cid in ids],
+            lambda i: self._store.payloads(study.study_id, number, [ids[i]])[0],
+        )
         aggregate_hash = tagged_hash(Tag.AGGREGATE, aggregate)
         digest = aggregate_result_digest(
             study_id=study.study_id, round=number, client_ids=ids, aggregate_hash=aggregate_hash
+        )
+        payouts = {cid: study.owners[cid].payout_address for cid in ids}
+        # Each owner's signed (ledger head, epsilon) after this round: only what verifies
+        # against its manifest key counts, so the coordinator cannot choose a head.
+        commitments = select_commitments(
+            ledger,
+            owners={cid: study.owners[cid].identity for cid in ids},
+            study_id=study.study_id,
+            round=number,
+            client_ids=ids,
         )
         attestation = attestation_digest(
             chain_id=manifest.chain_id,
@@ -784,7 +812,8 @@ class CommitteeMember:
             study_id=study_id_bytes(study.study_id),
             round=number,
             aggregate_hash=aggregate_hash,
-            contributors=[study.owners[cid].payout_address for cid in ids],
+            contributors=list(payouts.values()),
+            ledger_heads=attested_heads(payouts, commitments),
         )
         rejections = tuple(
             Rejection(sender, Reason(reason), count)

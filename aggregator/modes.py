@@ -15,10 +15,15 @@ against the manifest's dealer before it accepts the set-up.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
+
+import numpy as np
 
 from cohort.crypto.ckks import CkksPublicContext
 from cohort.crypto.ckks import dealt_context_digest as ckks_dealt_digest
@@ -67,6 +72,21 @@ class AggregationMode(ABC):
     def check(self, payload: bytes, *, length: int) -> None:
         """Raise :class:`BadInputError` unless ``payload`` is a well-formed update of
         ``length`` values for this study. Run by a committee member on every upload."""
+
+    def accept(self, payload: bytes, *, length: int, round: int, key: bytes) -> None:
+        """:meth:`check` ``payload`` and keep what :meth:`combine_kept` needs under ``key``
+        (the upload's verified payload hash) for ``round``. Run by a committee member on
+        every upload it accepts. The default keeps nothing."""
+        self.check(payload, length=length)
+
+    def combine_kept(
+        self, round: int, keys: Sequence[bytes], load: Callable[[int], bytes]
+    ) -> bytes:
+        """:meth:`combine` of the payloads accepted under ``keys`` (canonical order) in
+        ``round``; ``load(i)`` returns payload ``i`` for whatever is not kept (after a
+        restart, say). Afterwards nothing kept for rounds up to ``round`` remains. Run by a
+        committee member at aggregation. The default loads every payload."""
+        return self.combine(load(i) for i in range(len(keys)))
 
     @abstractmethod
     def combine(self, payloads: Iterable[bytes]) -> bytes:
@@ -129,13 +149,25 @@ class CkksSpec(ModeSpec):
             ) from None
 
 
+KEPT_MAGIC = b"CHKD"  # a kept upload: magic | u64 value count | u32 chunks | 4 zero bytes
+
+
 class CkksMode(AggregationMode):
-    """Homomorphic sum of CKKS ciphertexts under one public context (no secret key)."""
+    """Homomorphic sum of CKKS ciphertexts under one public context (no secret key).
+
+    With a ``kept`` folder, :meth:`accept` parses each upload once and writes its
+    coefficients (seeds expanded) to ``kept/<round>-<key hex>.coef``; :meth:`combine_kept`
+    sums those files with numpy instead of parsing the uploads again, and removes the
+    files of rounds up to the one it combined. The files are the member's own (written
+    atomically, size-checked on reading); one that is missing or of the wrong size is
+    replaced by parsing the stored upload, so a restart loses nothing.
+    """
 
     name: ClassVar[str] = "ckks"
 
-    def __init__(self, context: CkksPublicContext) -> None:
+    def __init__(self, context: CkksPublicContext, kept: Path | None = None) -> None:
         self._context = context
+        self._kept = kept
 
     @property
     def context(self) -> CkksPublicContext:
@@ -143,6 +175,77 @@ class CkksMode(AggregationMode):
 
     def check(self, payload: bytes, *, length: int) -> None:
         self._context.check(payload, length=length)
+
+    def accept(self, payload: bytes, *, length: int, round: int, key: bytes) -> None:
+        decoded = self._context.decode(payload, length=length)
+        if self._kept is None:
+            return
+        self._kept.mkdir(parents=True, exist_ok=True)
+        coeffs = decoded.coeffs
+        header = KEPT_MAGIC + decoded.length.to_bytes(8, "big") + coeffs.shape[0].to_bytes(4, "big")
+        fd, tmp = tempfile.mkstemp(dir=self._kept, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(header + bytes(4))
+                coeffs.astype("<u8", copy=False).tofile(f)
+            os.replace(tmp, self._path(round, key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _path(self, round: int, key: bytes) -> Path:
+        assert self._kept is not None
+        return self._kept / f"{round:010d}-{key.hex()}.coef"
+
+    def _read(self, round: int, key: bytes) -> tuple[int, np.ndarray] | None:
+        if self._kept is None:
+            return None
+        path = self._path(round, key)
+        try:
+            with path.open("rb") as f:
+                header = f.read(20)
+                if len(header) != 20 or header[:4] != KEPT_MAGIC:
+                    return None
+                length = int.from_bytes(header[4:12], "big")
+                layout = self._context._layout
+                shape = (
+                    int.from_bytes(header[12:16], "big"),
+                    2,
+                    len(layout.primes),
+                    layout.poly_modulus_degree,
+                )
+                coeffs = np.fromfile(f, dtype="<u8")
+        except OSError:
+            return None
+        if coeffs.size != int(np.prod(shape)):
+            return None
+        return length, coeffs.reshape(shape)
+
+    def combine_kept(
+        self, round: int, keys: Sequence[bytes], load: Callable[[int], bytes]
+    ) -> bytes:
+        acc = self._context.accumulator()
+        for i, key in enumerate(keys):
+            kept = self._read(round, key)
+            if kept is None:
+                acc.add(load(i))
+            else:
+                acc.add_decoded(kept[1], kept[0])
+            del kept
+        if acc.count == 0:
+            raise BadInputError("ckks: nothing to combine (empty client set)")
+        result = acc.finish()
+        self.release(round)
+        return result
+
+    def release(self, round: int) -> None:
+        """Remove the kept files of rounds up to ``round``. Run by a committee member."""
+        if self._kept is None or not self._kept.is_dir():
+            return
+        for path in self._kept.iterdir():
+            stem = path.name.split("-", 1)[0]
+            if path.suffix in (".coef", ".tmp") and (not stem.isdigit() or int(stem) <= round):
+                path.unlink(missing_ok=True)
 
     def combine(self, payloads: Iterable[bytes]) -> bytes:
         """Stream ``payloads`` into one running sum (the size of one ciphertext)."""
@@ -157,8 +260,10 @@ class CkksMode(AggregationMode):
 SUPPORTED_MODES: tuple[str, ...] = (CkksMode.name,)
 
 
-def build_mode(spec: ModeSpec) -> AggregationMode:
-    """Build the mode a study asks for. Run by a committee member at configuration.
+def build_mode(spec: ModeSpec, *, kept: Path | None = None) -> AggregationMode:
+    """Build the mode a study asks for. Run by a committee member at configuration;
+    ``kept`` is a folder of the member's own for what the mode keeps between acceptance and
+    aggregation (see :class:`CkksMode`).
 
     Raises :class:`BadInputError` for a CKKS context that is malformed or holds a secret
     key, :class:`ConfigError` for an unknown spec.
@@ -167,5 +272,5 @@ def build_mode(spec: ModeSpec) -> AggregationMode:
         context = CkksPublicContext.from_bytes(spec.public_context)
         if context.to_bytes() != spec.public_context:
             raise BadInputError("ckks: public context is not in canonical form")
-        return CkksMode(context)
+        return CkksMode(context, kept)
     raise ConfigError(f"secure mode: unsupported spec {type(spec).__name__}")

@@ -26,7 +26,8 @@ from typing import Protocol
 
 from cohort.aggregator.control import canonical_client_ids
 from cohort.aggregator.member import AggregateResult, aggregate_result_digest, study_id_bytes
-from cohort.bounties.attestation import attestation_digest, recover_signer
+from cohort.bounties.attestation import LedgerHeads, attestation_digest, recover_signer
+from cohort.clients.ledger_commitment import attested_heads, select_commitments
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import PublicIdentity, verify_signature
 from cohort.errors import BadInputError, ConfigError, ProtocolAbort, VerificationError
@@ -84,18 +85,39 @@ class AttestationCheck:
     chain_id: int
     contract: str
     contributors: tuple[str, ...]
+    ledger_heads: LedgerHeads
 
     @classmethod
-    def for_manifest(cls, manifest: Manifest, client_ids: Sequence[str]) -> AttestationCheck:
+    def for_manifest(
+        cls,
+        manifest: Manifest,
+        client_ids: Sequence[str],
+        *,
+        round: int = 0,
+        ledger_commitments: Sequence[bytes] = (),
+    ) -> AttestationCheck:
         """Chain, contract and payout addresses of ``client_ids`` (in canonical order, as the
-        members attest them) from the study manifest."""
-        payouts = []
-        for cid in canonical_client_ids(client_ids):
+        members attest them) from the study manifest, and the (ledger head, epsilon) each
+        member attests from ``ledger_commitments`` for ``round`` (the same selection the
+        members make; without them every client is "none reported")."""
+        ids = canonical_client_ids(client_ids)
+        payouts: dict[str, str] = {}
+        owners = {}
+        for cid in ids:
             owner = manifest.owner(cid)
             if owner is None:
                 raise BadInputError(f"client set: {cid!r} is not in the study roster")
-            payouts.append(owner.payout_address)
-        return cls(manifest.chain_id, manifest.contract, tuple(payouts))
+            payouts[cid] = owner.payout_address
+            owners[cid] = owner.identity
+        commitments = select_commitments(
+            ledger_commitments,
+            owners=owners,
+            study_id=manifest.study_id,
+            round=round,
+            client_ids=ids,
+        )
+        heads = attested_heads(payouts, commitments)
+        return cls(manifest.chain_id, manifest.contract, tuple(payouts.values()), heads)
 
 
 @dataclass(frozen=True, repr=False)
@@ -260,6 +282,7 @@ def _check(
             round=round,
             aggregate_hash=result.aggregate_hash,
             contributors=attestation.contributors,
+            ledger_heads=attestation.ledger_heads,
         )
         try:
             signer = recover_signer(eth_digest, result.eth_signature)

@@ -43,9 +43,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from cohort.clients.data import Dataset, demo_split
+from cohort.clients.dp_sgd import prepare_private, run_epochs
 from cohort.clients.model import build_model
 from cohort.clients.noise import NOISE, ChaChaStream, random_key
-from cohort.clients.training import DpConfig, prepare_private, run_epochs
+from cohort.clients.training import DpConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 1.1

@@ -64,7 +64,7 @@ class PeakSampler(threading.Thread):
         self.interval_s = interval_s
         self.peaks: dict[str, int] = {}
         self.processes: dict[int, tuple[str, int]] = {}
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def sample(self) -> None:
         for entry in Path("/proc").iterdir():
@@ -84,12 +84,12 @@ class PeakSampler(threading.Thread):
             self.processes[pid] = (role, max(old, peak))
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._halt.wait(self.interval_s):
             self.sample()
 
     def stop(self) -> None:
         self.sample()
-        self._stop.set()
+        self._halt.set()
 
 
 def one(clients: int, *, rounds: int, seed: int) -> dict[str, Any]:

@@ -4,19 +4,23 @@ This module is run by committee members (to sign) and by auditors (to re-derive 
 it never talks to a chain. It mirrors ``CohortStudy._digest`` exactly::
 
     contributorsHash = keccak256(abi.encodePacked(contributors))   # 32-byte padded words
+    ledgerHash = keccak256(abi.encode(bytes32[] heads, uint256[] epsilonsMicro))
     structHash = keccak256(abi.encode(ATTESTATION_TYPEHASH, chainId, study, studyId,
-                                      round, aggregateHash, contributorsHash))
+                                      round, aggregateHash, contributorsHash, ledgerHash))
     digest = keccak256("\\x19Ethereum Signed Message:\\n32" || structHash)       # EIP-191
 
 ``ATTESTATION_TYPEHASH`` doubles as the domain-separation tag; the chain id, the contract
 address and the study id bind a signature to one deployment, the round and the contributor
-set to one result.
+set to one result. ``heads`` and ``epsilonsMicro`` hold each contributor's privacy-ledger
+head after the round and its cumulative epsilon (:func:`epsilon_micro`), in canonical
+contributor order, as each contributor signed them to the committee.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 
 from eth_abi.abi import encode as abi_encode
 from eth_keys.datatypes import PrivateKey, Signature
@@ -29,7 +33,7 @@ from cohort.errors import BadInputError, VerificationError
 
 ATTESTATION_TYPE = (
     "cohort/v1/attestation(uint256 chainId,address study,bytes32 studyId,uint256 round,"
-    "bytes32 aggregateHash,bytes32 contributorsHash)"
+    "bytes32 aggregateHash,bytes32 contributorsHash,bytes32 ledgerHash)"
 )
 ATTESTATION_TYPEHASH: bytes = keccak(text=ATTESTATION_TYPE)
 EIP191_PREFIX = b"\x19Ethereum Signed Message:\n32"
@@ -38,15 +42,23 @@ HASH_SIZE = 32
 UINT256_MAX = 2**256 - 1
 # secp256k1 group order; a signature with s > n/2 is the malleable twin of one with n - s.
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+MICRO = 1_000_000
+LedgerHeads = Mapping[str, tuple[bytes, int]]
+"""Contributor address -> (ledger head after the round, cumulative micro-epsilon)."""
 
 __all__ = [
     "ATTESTATION_TYPEHASH",
+    "LedgerHeads",
     "attestation_digest",
     "canonical_contributors",
     "checksum_address",
     "contributors_hash",
+    "epsilon_micro",
+    "ledger_hash",
+    "ledger_lists",
     "recover_signer",
     "sign_attestation",
+    "unreported_ledger_heads",
 ]
 
 
@@ -79,6 +91,54 @@ def contributors_hash(contributors: Sequence[str]) -> bytes:
     return keccak(b"".join(bytes.fromhex(a[2:]).rjust(32, b"\x00") for a in ordered))
 
 
+def epsilon_micro(epsilon: float) -> int:
+    """Cumulative epsilon as the chain records it: ``floor(epsilon * 1e6)``, an integer.
+
+    Run by data owners (to commit) and auditors (to compare): the same float always gives
+    the same integer. Raises BadInputError for a negative or non-finite epsilon.
+    """
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+        raise BadInputError(f"epsilon: expected a number, got {type(epsilon).__name__}")
+    if not math.isfinite(epsilon) or epsilon < 0:
+        raise BadInputError(f"epsilon: {epsilon} is not a finite non-negative number")
+    return math.floor(epsilon * MICRO)
+
+
+def ledger_lists(
+    contributors: Sequence[str], ledger_heads: LedgerHeads
+) -> tuple[list[bytes], list[int]]:
+    """``(heads, epsilonsMicro)`` in canonical contributor order, as ``attest`` takes them.
+
+    ``ledger_heads`` must name exactly the contributors (any hex case); BadInputError
+    otherwise, or for a head that is not 32 bytes.
+    """
+    ordered = canonical_contributors(contributors)
+    by_address: dict[str, tuple[bytes, int]] = {
+        checksum_address(a, field="ledger_heads"): v for a, v in ledger_heads.items()
+    }
+    if set(by_address) != set(ordered) or len(by_address) != len(ledger_heads):
+        raise BadInputError("ledger_heads: must name exactly the contributors, once each")
+    heads = [_hash32(by_address[a][0], field="ledger_heads") for a in ordered]
+    epsilons = [_uint(by_address[a][1], field="ledger_heads epsilon") for a in ordered]
+    return heads, epsilons
+
+
+def unreported_ledger_heads(contributors: Sequence[str]) -> dict[str, tuple[bytes, int]]:
+    """Zero head and zero epsilon for each contributor: "no ledger head reported".
+
+    What members attest until data owners sign their heads to the committee; an auditor
+    comparing a published ledger with the chain sees every such round as a mismatch, never
+    as a match.
+    """
+    return {a: (bytes(HASH_SIZE), 0) for a in canonical_contributors(contributors)}
+
+
+def ledger_hash(contributors: Sequence[str], ledger_heads: LedgerHeads) -> bytes:
+    """keccak256(abi.encode(bytes32[] heads, uint256[] epsilonsMicro)), canonical order."""
+    heads, epsilons = ledger_lists(contributors, ledger_heads)
+    return bytes(keccak(abi_encode(["bytes32[]", "uint256[]"], [heads, epsilons])))
+
+
 def _hash32(value: bytes, *, field: str) -> bytes:
     if not isinstance(value, bytes | bytearray) or len(value) != HASH_SIZE:
         raise BadInputError(f"{field}: expected {HASH_SIZE} bytes")
@@ -101,15 +161,26 @@ def attestation_digest(
     round: int,
     aggregate_hash: bytes,
     contributors: Sequence[str],
+    ledger_heads: LedgerHeads,
 ) -> bytes:
     """The 32-byte EIP-191 digest that ``CohortStudy.attest`` recovers the signer from.
 
     ``contributors`` may come in any order; they are put in canonical order first, so every
-    member that agrees on the *set* signs the same digest.
+    member that agrees on the *set* signs the same digest. ``ledger_heads`` maps each
+    contributor to its (ledger head, micro-epsilon) for the round.
     """
     struct_hash = keccak(
         abi_encode(
-            ["bytes32", "uint256", "address", "bytes32", "uint256", "bytes32", "bytes32"],
+            [
+                "bytes32",
+                "uint256",
+                "address",
+                "bytes32",
+                "uint256",
+                "bytes32",
+                "bytes32",
+                "bytes32",
+            ],
             [
                 ATTESTATION_TYPEHASH,
                 _uint(chain_id, field="chain_id", minimum=1),
@@ -118,6 +189,7 @@ def attestation_digest(
                 _uint(round, field="round"),
                 _hash32(aggregate_hash, field="aggregate_hash"),
                 contributors_hash(contributors),
+                ledger_hash(contributors, ledger_heads),
             ],
         )
     )

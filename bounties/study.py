@@ -31,10 +31,13 @@ from web3.utils.address import get_create_address
 
 from cohort.bounties.attestation import (
     ATTESTATION_TYPEHASH,
+    LedgerHeads,
     attestation_digest,
     canonical_contributors,
     checksum_address,
     contributors_hash,
+    ledger_hash,
+    ledger_lists,
     recover_signer,
     sign_attestation,
 )
@@ -48,6 +51,7 @@ __all__ = [
     "ERROR_KINDS",
     "AttestationEvent",
     "FinalizedRound",
+    "LedgerHeadEvent",
     "StudyContract",
     "attestation_digest",
     "canonical_contributors",
@@ -89,6 +93,7 @@ ERROR_KINDS: ErrorKinds = MappingProxyType(
         "EmptyContributors": BadInputError,
         "ContributorsNotCanonical": BadInputError,
         "NotDataOwner": BadInputError,
+        "LedgerLengthMismatch": BadInputError,
         "StudyAlreadySettled": ProtocolAbort,
         "NothingToWithdraw": ProtocolAbort,
         "TransferFailed": ProtocolAbort,
@@ -140,6 +145,19 @@ class FinalizedRound:
     aggregate_hash: bytes
     contributors_hash: bytes
     contributors: tuple[str, ...]
+    block_number: int
+    tx_hash: str
+
+
+@dataclass(frozen=True)
+class LedgerHeadEvent:
+    """A ``LedgerHead`` event: a contributor's ledger head and micro-epsilon after a
+    finalized round, as the quorum attested them."""
+
+    round: int
+    contributor: str
+    head: bytes
+    epsilon_micro: int
     block_number: int
     tx_hash: str
 
@@ -408,7 +426,12 @@ class StudyContract:
     # ------------------------------------------------------------------ committee
 
     def attestation_digest(
-        self, *, round: int, aggregate_hash: bytes, contributors: Sequence[str]
+        self,
+        *,
+        round: int,
+        aggregate_hash: bytes,
+        contributors: Sequence[str],
+        ledger_heads: LedgerHeads,
     ) -> bytes:
         """The digest a committee member signs for this deployment (computed locally)."""
         return attestation_digest(
@@ -418,6 +441,7 @@ class StudyContract:
             round=round,
             aggregate_hash=aggregate_hash,
             contributors=contributors,
+            ledger_heads=ledger_heads,
         )
 
     def submit_attestation(
@@ -427,16 +451,19 @@ class StudyContract:
         round: int,
         aggregate_hash: bytes,
         contributors: Sequence[str],
+        ledger_heads: LedgerHeads,
         signature: bytes,
     ) -> bool:
         """Relay a member's signed attestation; True if it finalized ``round``.
 
         Run by the coordinator (``relayer`` pays gas). ``contributors`` may come in any order;
-        they are sent in canonical order, the order the signature covers. Raises
+        they are sent in canonical order, the order the signature covers, with each one's
+        (ledger head, micro-epsilon) from ``ledger_heads`` in the same order. Raises
         VerificationError for a bad signature, a non-member or a repeated attestation,
         BadInputError for a round outside 1..rounds() (``RoundOutOfRange``).
         """
         ordered = canonical_contributors(contributors)
+        heads, epsilons = ledger_lists(ordered, ledger_heads)
         if not isinstance(aggregate_hash, bytes | bytearray) or len(aggregate_hash) != 32:
             raise BadInputError("aggregate_hash: expected 32 bytes")
         if not isinstance(signature, bytes | bytearray):
@@ -446,6 +473,8 @@ class StudyContract:
             round,
             bytes(aggregate_hash),
             ordered,
+            heads,
+            epsilons,
             bytes(signature),
             sender=relayer,
             action="attestation",
@@ -526,10 +555,18 @@ class StudyContract:
         member = checksum_address(member, field="member")
         return bool(self._contract.functions.hasAttested(round, member).call())
 
-    def votes(self, *, round: int, aggregate_hash: bytes, contributors: Sequence[str]) -> int:
+    def votes(
+        self,
+        *,
+        round: int,
+        aggregate_hash: bytes,
+        contributors: Sequence[str],
+        ledger_heads: LedgerHeads,
+    ) -> int:
         """Members that attested exactly this result for ``round``."""
         digest = contributors_hash(contributors)
-        fn = self._contract.functions.votes(round, bytes(aggregate_hash), digest)
+        ledger = ledger_hash(contributors, ledger_heads)
+        fn = self._contract.functions.votes(round, bytes(aggregate_hash), digest, ledger)
         return int(fn.call())
 
     def contributions(self, owner: str) -> int:
@@ -563,6 +600,20 @@ class StudyContract:
                 tx_hash=e["transactionHash"].to_0x_hex(),
             )
             for e in self._logs("RoundFinalized")
+        ]
+
+    def ledger_head_events(self) -> list[LedgerHeadEvent]:
+        """Every ``LedgerHead`` event since deployment, in chain order (auditors)."""
+        return [
+            LedgerHeadEvent(
+                round=int(e["args"]["round"]),
+                contributor=str(e["args"]["contributor"]),
+                head=bytes(e["args"]["head"]),
+                epsilon_micro=int(e["args"]["epsilonMicro"]),
+                block_number=int(e["blockNumber"]),
+                tx_hash=e["transactionHash"].to_0x_hex(),
+            )
+            for e in self._logs("LedgerHead")
         ]
 
     def attestation_events(self) -> list[AttestationEvent]:

@@ -17,17 +17,19 @@ What happened is kept apart from how it is counted (as in Google's dp_accounting
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from opacus.accountants import PRVAccountant
-from opacus.accountants.utils import get_noise_multiplier
 from typing_extensions import TypeIs
 
 from cohort.errors import BadInputError, ConfigError
+from cohort.files import write_atomic
 
 ACCOUNTANT = "prv"
 #: The one mechanism a :class:`DpEvent` describes: a Gaussian on a Poisson subsample.
@@ -220,10 +222,76 @@ def accountant_history(events: Iterable[DpEvent]) -> tuple[tuple[float, float, i
     return _canonical_history(events)
 
 
+# --------------------------------------------------------------------------- disk memo
+
+_DISK_MEMO: Path | None = None
+
+
+def use_disk_memo(directory: Path | None) -> None:
+    """Also keep calibrations and PRV epsilons as files in ``directory`` (None: memory only).
+
+    Set by a data owner's ClientApp to a folder of its own work directory. On Flower's
+    Deployment Engine every message runs in a fresh ClientApp process, which would otherwise
+    re-run the PRV calibration (seconds) every round. The values are pure functions of their
+    arguments, each file records the arguments it answers, and whatever the files say, the
+    ledger records the DP events themselves: ``cohort ledger`` and ``cohort audit`` recompute
+    every epsilon from those, without this memo.
+    """
+    global _DISK_MEMO
+    _DISK_MEMO = directory
+
+
+def _memo_path(key: str) -> Path | None:
+    if _DISK_MEMO is None:
+        return None
+    return _DISK_MEMO / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+
+def _memo_get(key: str) -> float | None:
+    path = _memo_path(key)
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = data.get("value") if isinstance(data, dict) and data.get("key") == key else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _memo_put(key: str, value: float) -> None:
+    path = _memo_path(key)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({"key": key, "value": value}).encode("utf-8"))
+    except OSError:
+        pass  # a memo, not a record: recomputed next time
+
+
+def _memoised(name: str, compute: Callable[[], float], *args: object) -> float:
+    key = json.dumps([name, *args])
+    cached = _memo_get(key)
+    if cached is not None:
+        return cached
+    value = compute()
+    _memo_put(key, value)
+    return value
+
+
 @functools.lru_cache(maxsize=512)
 def _prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
     if not history:
         return 0.0
+    return _memoised("prv-epsilon", lambda: _prv_epsilon_uncached(history, delta), history, delta)
+
+
+def _prv_epsilon_uncached(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    # Opacus is imported where it is used: it costs ~2 s, and a deployed ClientApp is a
+    # fresh process per message (most of which never account).
+    from opacus.accountants import PRVAccountant
+
     accountant = PRVAccountant()
     accountant.history = list(history)  # the state, restored from the recorded events
     with warnings.catch_warnings():
@@ -261,6 +329,19 @@ def calibrate_noise_multiplier(
         raise ConfigError(
             f"target_epsilon must be > 0 (per-owner study budget), got {target_epsilon}"
         )
+    return _memoised(
+        "calibrate",
+        lambda: _calibrate(target_epsilon, delta, sample_rate, steps),
+        target_epsilon,
+        delta,
+        sample_rate,
+        steps,
+    )
+
+
+def _calibrate(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    from opacus.accountants.utils import get_noise_multiplier
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)

@@ -260,6 +260,27 @@ def count_correct(losses: np.ndarray, included: np.ndarray, guesses: int) -> int
     return int(included[guessed_in].sum()) + int((~included[guessed_out]).sum())
 
 
+def _train_non_private(
+    net: nn.Module, train_set: Dataset, *, config: DpConfig, key: bytes, round: int
+) -> None:
+    """Plain minibatch SGD with ``config``'s epochs, batch size and learning rate: no
+    clipping, no noise (the leak control of :func:`one_run_audit`)."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
+    features = torch.from_numpy(train_set.features)
+    labels = torch.from_numpy(train_set.labels)
+    order = np.random.default_rng(_seed_int(key, _INIT_SEED, 63) + round)
+    criterion = nn.CrossEntropyLoss()
+    net.train()
+    for _ in range(config.local_epochs):
+        perm = torch.from_numpy(order.permutation(len(train_set)))
+        for start in range(0, len(train_set), config.batch_size):
+            batch = perm[start : start + config.batch_size]
+            optimizer.zero_grad()
+            loss = criterion(net(features[batch]), labels[batch])
+            loss.backward()
+            optimizer.step()
+
+
 def one_run_audit(
     dataset: Dataset,
     *,
@@ -270,6 +291,7 @@ def one_run_audit(
     rounds: int,
     model: str = "mlp",
     beta: float = DEFAULT_BETA,
+    private: bool = True,
 ) -> EmpiricalAudit:
     """Audit DP-SGD on ``dataset`` with ``canaries`` inserted canaries in one run.
 
@@ -280,6 +302,10 @@ def one_run_audit(
     the lower bound at confidence 1 - ``beta`` and ``config.delta``, and the theoretical
     epsilon of the recorded events. Does not raise on a failed verdict: see
     :meth:`EmpiricalAudit.check`.
+
+    ``private=False`` is the control experiment: the same epochs, batches and learning rate
+    with plain SGD (no clipping, no noise; the theoretical epsilon is infinite). Its bound
+    shows what the audit detects when a model does leak its training records.
     """
     if not isinstance(dataset, Dataset) or len(dataset) == 0:
         raise BadInputError("dataset must be a non-empty Dataset")
@@ -321,6 +347,9 @@ def one_run_audit(
             delta=float(config.delta),
         )
         for r in range(rounds):
+            if not private:
+                _train_non_private(net, train_set, config=config, key=key, round=r)
+                continue
             train_dp(
                 net,
                 train_set,
@@ -331,7 +360,7 @@ def one_run_audit(
                 study_id=AUDIT_STUDY,
             )
         events = ledger.events
-    theoretical = compute_epsilon(events, delta=float(config.delta))
+    theoretical = compute_epsilon(events, delta=float(config.delta)) if private else math.inf
     correct = count_correct(canary_losses(net, canary_set), included, guesses)
     lower = epsilon_lower_bound(
         canaries=canaries, guesses=guesses, correct=correct, delta=float(config.delta), beta=beta

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from opacus.validators import ModuleValidator
 from torch import nn
 
 from cohort.clients.data import Dataset
@@ -89,6 +88,10 @@ def _call_factory(
 
 
 def _make_private_compatible(model: nn.Module, spec: str) -> nn.Module:
+    # Imported here: Opacus costs ~2 s to import, and a deployed ClientApp is a fresh process
+    # per message; enrolment, key and decryption messages never build a model.
+    from opacus.validators import ModuleValidator
+
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         fixed = ModuleValidator.fix(model)

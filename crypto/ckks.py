@@ -18,7 +18,9 @@ docs/ckks-parameters.md. Framing: :mod:`cohort.crypto.ckks_wire`.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +34,7 @@ from cohort.crypto.ckks_params import (
     CkksParams,
 )
 from cohort.crypto.ckks_tenseal import (
-    encrypt_chunk,
+    SeededEncryptor,
     load_chunk,
     load_context,
     new_context,
@@ -51,7 +53,18 @@ __all__ = [
     "CkksPublicContext",
     "CkksSecretContext",
     "CkksSum",
+    "DecodedVector",
 ]
+
+
+@dataclass(frozen=True)
+class DecodedVector:
+    """An encrypted vector parsed and checked once: its value count and its coefficients,
+    uint64 ``(chunks, 2, primes, N)`` (``c0``, ``c1`` of each chunk, ``c1`` expanded from
+    its seed), reduced modulo each prime."""
+
+    length: int
+    coeffs: np.ndarray
 
 
 class CkksPublicContext:
@@ -101,10 +114,26 @@ class CkksPublicContext:
         scale (:func:`cohort.crypto.ckks_fastsum.decode_chunk` names the fault). It cannot
         see the plaintext, so it cannot check ``|value| <= max_abs``.
         """
-        frame = wire.parse_vector(blob, self.params, length=length, fingerprint=self._fingerprint)
+        self.decode(blob, length=length)
+
+    def decode(
+        self, blob: bytes, *, length: int | None = None, what: str = "encrypted vector"
+    ) -> DecodedVector:
+        """:meth:`check` ``blob`` and return its coefficients, parsed once (uint64
+        ``(chunks, 2, primes, N)``, reduced, seeds expanded). Run by a committee member at
+        acceptance; :meth:`CkksSum.add_decoded` sums them without parsing again."""
+        frame = wire.parse_vector(
+            blob, self.params, what=what, length=length, fingerprint=self._fingerprint
+        )
         sizes = wire.chunk_sizes(frame.length, self.params.slots)
+        layout = self._layout
+        out = np.empty(
+            (len(sizes), fastsum.POLYS, len(layout.primes), layout.poly_modulus_degree),
+            dtype=np.uint64,
+        )
         for i, (chunk, size) in enumerate(zip(frame.chunks, sizes, strict=True)):
-            self._decode(chunk, f"encrypted vector: chunk {i}", size)
+            out[i] = self._decode(chunk, f"{what}: chunk {i}", size)
+        return DecodedVector(length=frame.length, coeffs=out)
 
     def _decode(self, data: bytes, where: str, size: int) -> np.ndarray:
         return fastsum.decode_chunk(data, self._layout, self._codec, size=size, where=where)
@@ -170,25 +199,36 @@ class CkksSum:
                 f"add: more than the {MAX_SUMMANDS} encrypted vectors the parameters leave "
                 "headroom for"
             )
-        frame = wire.parse_vector(
-            blob,
-            ctx.params,
-            what=f"encrypted vector {i}",
-            length=self._length,
-            fingerprint=ctx.fingerprint(),
-        )
-        sizes = wire.chunk_sizes(frame.length, ctx.params.slots)
         # Decode (and so check) every chunk before adding any: a bad vector changes nothing.
-        decoded = [
-            ctx._decode(chunk, f"encrypted vector {i}: chunk {j}", size)
-            for j, (chunk, size) in enumerate(zip(frame.chunks, sizes, strict=True))
-        ]
+        decoded = ctx.decode(blob, length=self._length, what=f"encrypted vector {i}")
+        self._add(decoded.coeffs, decoded.length)
+
+    def add_decoded(self, coeffs: np.ndarray, length: int) -> None:
+        """Add the coefficients of a ``length``-value vector that
+        :meth:`CkksPublicContext.decode` returned (so already checked; only the shape is
+        checked here). Run by a member at aggregation over the arrays it kept at acceptance."""
+        if self._count >= MAX_SUMMANDS:
+            raise BadInputError(
+                f"add: more than the {MAX_SUMMANDS} encrypted vectors the parameters leave "
+                "headroom for"
+            )
+        self._add(coeffs, length)
+
+    def _add(self, coeffs: np.ndarray, length: int) -> None:
+        ctx = self._context
+        layout = ctx._layout
+        sizes = wire.chunk_sizes(length, ctx.params.slots)
+        shape = (len(sizes), fastsum.POLYS, len(layout.primes), layout.poly_modulus_degree)
+        if coeffs.shape != shape or (self._length is not None and length != self._length):
+            raise BadInputError(
+                f"add: a decoded vector of {length} values and shape {coeffs.shape} does not "
+                f"match the sum's {self._length} values"
+            )
         if self._length is None:
-            self._length, self._sizes = frame.length, sizes
-            self._chunks = [fastsum.ChunkAccumulator(ctx._layout) for _ in sizes]
-        del frame  # the chunk bytes: only the decoded arrays are needed now
-        for acc, coeffs in zip(self._chunks, decoded, strict=True):
-            acc.add(coeffs)
+            self._length, self._sizes = length, sizes
+            self._chunks = [fastsum.ChunkAccumulator(layout) for _ in sizes]
+        for acc, chunk in zip(self._chunks, coeffs, strict=True):
+            acc.add(chunk)
         self._count += 1
 
     def finish(self) -> bytes:
@@ -208,10 +248,11 @@ class CkksSum:
 class CkksSecretContext:
     """The study's CKKS secret key and parameters. Data owners only; never sent in clear."""
 
-    __slots__ = ("_ctx", "_key_id", "_params", "_public")
+    __slots__ = ("_ctx", "_key_id", "_local", "_params", "_public")
 
     def __init__(self, ctx: Any, params: CkksParams, key_id: bytes) -> None:
         self._ctx = ctx
+        self._local = threading.local()  # one SeededEncryptor per thread
         self._params = params
         self._key_id = key_id
         self._public = CkksPublicContext(
@@ -263,6 +304,10 @@ class CkksSecretContext:
     def encrypt(self, vector: np.ndarray) -> bytes:
         """Run by a data owner on its (weighted) update: EncryptedVector bytes.
 
+        Each chunk is a *seeded* symmetric ciphertext: ``c0`` and the 64-byte seed its
+        ``c1`` expands from (fresh from the system CSPRNG per ciphertext, drawn by SEAL),
+        half the size of TenSEAL's own serialization; see docs/ckks-parameters.md.
+
         BadInputError if ``vector`` is not a non-empty 1-D real vector, holds NaN or inf, or
         has a value with ``|value| > params.max_abs`` (the message names the first index).
         """
@@ -286,8 +331,11 @@ class CkksSecretContext:
                 f"encrypt: value at index {i} exceeds max_abs {self._params.max_abs:g} in magnitude"
             )
         slots = self._params.slots
+        encryptor: SeededEncryptor | None = getattr(self._local, "encryptor", None)
+        if encryptor is None:
+            encryptor = self._local.encryptor = SeededEncryptor(self._ctx, self._params)
         chunks = tuple(
-            encrypt_chunk(self._ctx, v[start : start + slots]) for start in range(0, v.size, slots)
+            encryptor.encrypt(v[start : start + slots]) for start in range(0, v.size, slots)
         )
         return wire.VectorFrame(
             length=int(v.size), fingerprint=self._public.fingerprint(), chunks=chunks

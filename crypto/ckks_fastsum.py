@@ -33,6 +33,12 @@ PREFIX = CT_MEMBERS.size + SEAL_HEADER.size + COUNT.size  # 97 bytes before the 
 PAD = -PREFIX % 8  # decompress at this offset so the coefficients land 8-byte aligned
 U64_MAX = (1 << 64) - 1
 POLYS = 2  # a fresh ciphertext: c0, c1
+# A seeded ciphertext (SEAL's Serializable from encrypt_symmetric) stores c0 only, then a
+# UniformRandomGeneratorInfo: SEAL header (16 bytes) | u8 PRNG type | 64-byte seed.
+SEED_BYTES = 64
+SEED_INFO_SIZE = SEAL_HEADER.size + 1 + SEED_BYTES
+PRNG_BLAKE2XB = 1  # SEAL's prng_type::blake2xb, its default factory
+PRNG_BLOCK_BYTES = 4096  # SEAL's UniformRandomGenerator buffer: one blake2xb call each
 
 
 def lazy_adds(prime: int) -> int:
@@ -53,6 +59,10 @@ class Codec(Protocol):
 
     def content_size(self, data: memoryview) -> int:
         """The decompressed size a zstd frame header declares; -1 if absent or invalid."""
+        ...
+
+    def prng_stream(self, seed: bytes, nbytes: int) -> np.ndarray:
+        """The first ``nbytes`` of SEAL's Blake2xb PRNG stream keyed by ``seed`` (uint8)."""
         ...
 
 
@@ -172,27 +182,97 @@ def decode_chunk(data: bytes, layout: Layout, codec: Codec, *, size: int, where:
         raise BadInputError(f"{bad}: scale 2**{shown:g}, expected 2**{math.log2(layout.scale):g}")
     if count != size:
         raise BadInputError(f"{bad}: it holds {count} values")
-    if raw.size != layout.raw_size:
+    if raw.size < PREFIX:
         raise p.error(f"{raw.size} ciphertext bytes, expected {layout.raw_size}")
     magic, hsize, major, minor, compr, reserved, total = SEAL_HEADER.unpack_from(
         head, CT_MEMBERS.size
     )
     (coeffs,) = COUNT.unpack_from(head, CT_MEMBERS.size + SEAL_HEADER.size)
-    if (magic, hsize, (major, minor), compr, reserved, coeffs) != (
+    half = layout.coeff_count // POLYS
+    seeded = coeffs == half
+    if (magic, hsize, (major, minor), compr, reserved) != (
         SEAL_MAGIC,
         SEAL_HEADER.size,
         layout.version,
         COMPR_NONE,
         0,
-        layout.coeff_count,
-    ) or total != SEAL_HEADER.size + COUNT.size + 8 * layout.coeff_count:
+    ) or coeffs not in (half, layout.coeff_count):
         raise p.error("bad coefficient array header")
-    shape = (POLYS, len(layout.primes), layout.poly_modulus_degree)
-    out_coeffs = buf[PAD + PREFIX :].view("<u8").reshape(shape)
+    if total != SEAL_HEADER.size + COUNT.size + 8 * coeffs:
+        raise p.error("bad coefficient array header")
+    primes, n = len(layout.primes), layout.poly_modulus_degree
+    if not seeded:
+        if raw.size != layout.raw_size:
+            raise p.error(f"{raw.size} ciphertext bytes, expected {layout.raw_size}")
+        out_coeffs = buf[PAD + PREFIX :].view("<u8").reshape((POLYS, primes, n))
+        _check_reduced(out_coeffs, layout, bad)
+        return out_coeffs
+    rest = raw.size - PREFIX - 8 * half
+    if rest != SEED_INFO_SIZE:
+        raise p.error(
+            f"seed block holds {rest} bytes, expected {SEED_INFO_SIZE} (SEAL header, PRNG "
+            f"type, {SEED_BYTES}-byte seed)"
+        )
+    at = PREFIX + 8 * half
+    magic, hsize, major, minor, compr, reserved, total = SEAL_HEADER.unpack_from(head, at)
+    if (magic, hsize, (major, minor), compr, reserved, total) != (
+        SEAL_MAGIC,
+        SEAL_HEADER.size,
+        layout.version,
+        COMPR_NONE,
+        0,
+        SEED_INFO_SIZE,
+    ):
+        raise p.error("bad seed block header")
+    prng = head[at + SEAL_HEADER.size]
+    if prng != PRNG_BLAKE2XB:
+        raise p.error(f"seed for PRNG type {prng}, expected {PRNG_BLAKE2XB} (Blake2xb)")
+    seed = bytes(head[at + SEAL_HEADER.size + 1 : at + SEED_INFO_SIZE])
+    c0 = buf[PAD + PREFIX : PAD + at].view("<u8").reshape((1, primes, n))
+    _check_reduced(c0, layout, bad)
+    out = np.empty((POLYS, primes, n), dtype=np.uint64)
+    out[0] = c0[0]
+    out[1] = expand_uniform(seed, layout, codec)
+    return out
+
+
+def _check_reduced(coeffs: np.ndarray, layout: Layout, bad: str) -> None:
     for i, prime in enumerate(layout.primes):
-        if int(out_coeffs[:, i, :].max()) >= prime:
+        if int(coeffs[:, i, :].max()) >= prime:
             raise BadInputError(f"{bad}: a coefficient is not reduced modulo prime {i}")
-    return out_coeffs
+
+
+def expand_uniform(seed: bytes, layout: Layout, codec: Codec) -> np.ndarray:
+    """SEAL's ``sample_poly_uniform`` from a Blake2xb stream keyed by ``seed``: the ``c1``
+    of a seeded ciphertext, ``(primes, N)`` uint64, reduced.
+
+    The stream's first ``8 * primes * N`` bytes are read as little-endian u64 words, row
+    ``j`` for prime ``j``; a word ``w >= 2**64 - 1 - ((2**64 - 1) mod q) - 1`` is rejected
+    and replaced by the next unused stream word (row by row, in index order, rejecting
+    again if need be); every word is then reduced mod ``q``. Rejections happen with
+    probability below ``q / 2**64`` (2**-16 for a 48-bit prime).
+    """
+    primes, n = len(layout.primes), layout.poly_modulus_degree
+    need = 8 * primes * n
+    blocks = -(-need // PRNG_BLOCK_BYTES) + 1  # one spare block for rejections
+    words = codec.prng_stream(seed, blocks * PRNG_BLOCK_BYTES).view("<u8")
+    out = words[: primes * n].reshape(primes, n).copy()
+    pos = primes * n
+    for j, prime in enumerate(layout.primes):
+        row = out[j]
+        limit = U64_MAX - U64_MAX % prime - 1
+        for k in np.flatnonzero(row >= np.uint64(limit)):
+            while True:
+                if pos >= words.size:
+                    blocks *= 2
+                    words = codec.prng_stream(seed, blocks * PRNG_BLOCK_BYTES).view("<u8")
+                word = int(words[pos])
+                pos += 1
+                if word < limit:
+                    break
+            row[k] = word
+        np.remainder(row, np.uint64(prime), out=row)
+    return out
 
 
 def add_chunks(chunks: Iterable[np.ndarray], layout: Layout) -> np.ndarray:

@@ -7,7 +7,11 @@ CKKS backend means replacing this module only.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
+import struct
+import tempfile
 from functools import cache
 from typing import Any
 
@@ -15,7 +19,7 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
-from cohort.crypto.ckks_fastsum import Layout
+from cohort.crypto.ckks_fastsum import PRNG_BLOCK_BYTES, Layout
 from cohort.crypto.ckks_params import CkksParams
 from cohort.errors import BadInputError, ConfigError
 
@@ -36,8 +40,72 @@ def new_context(params: CkksParams) -> Any:
 
 
 def encrypt_chunk(ctx: Any, values: np.ndarray) -> bytes:
-    """Encrypt at most ``slots`` float64 values under the secret key in ``ctx``."""
+    """Encrypt at most ``slots`` float64 values under the secret key in ``ctx``: TenSEAL's
+    own (unseeded, two-polynomial) ciphertext. The reference path; uploads use
+    :class:`SeededEncryptor`."""
     return bytes(ts.ckks_vector(ctx, values).serialize())
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class SeededEncryptor:
+    """SEAL's seeded symmetric encryption (``Encryptor::encrypt_symmetric`` returning a
+    ``Serializable<Ciphertext>``), wrapped as TenSEAL's CKKSVectorProto.
+
+    SEAL samples the ciphertext's second polynomial ``c1 = a`` from a Blake2xb stream keyed
+    by a fresh 512-bit seed it draws from the system CSPRNG for every ciphertext, and its
+    ``save`` writes that seed instead of ``a``: half the bytes. TenSEAL (SEAL's ``load``)
+    and :func:`cohort.crypto.ckks_fastsum.decode_chunk` expand it again. Not thread-safe:
+    one per thread (SEAL's Serializable saves only to a path, so each instance owns a file).
+    """
+
+    def __init__(self, ctx: Any, params: CkksParams) -> None:
+        seal = ctx.seal_context().data
+        self._encoder = sealapi.CKKSEncoder(seal)
+        self._encryptor = sealapi.Encryptor(seal, ctx.secret_key().data)
+        self._scale = 2.0**params.scale_bits
+        self._scale_bytes = struct.pack("<d", self._scale)
+        # A RAM-backed folder where there is one: SEAL's save opens the path per ciphertext.
+        # mkstemp makes the name unpredictable and the file private (0600); what is written
+        # there is a ciphertext, the same bytes that are uploaded.
+        shm = "/dev/shm"  # noqa: S108
+        base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+        fd, self._path = tempfile.mkstemp(prefix="cohort-ckks-", suffix=".ct", dir=base)
+        os.close(fd)
+
+    def __del__(self) -> None:
+        path = getattr(self, "_path", None)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def encrypt(self, values: np.ndarray) -> bytes:
+        """At most ``slots`` float64 values as one seeded chunk (TenSEAL CKKSVectorProto)."""
+        plain = sealapi.Plaintext()
+        self._encoder.encode(values.tolist(), self._scale, plain)
+        self._encryptor.encrypt_symmetric(plain).save(self._path)
+        with open(self._path, "rb") as f:
+            seal = f.read()
+        sizes = _varint(int(values.size))
+        return b"".join(
+            (
+                b"\x0a",
+                _varint(len(sizes)),
+                sizes,
+                b"\x12",
+                _varint(len(seal)),
+                seal,
+                b"\x19",
+                self._scale_bytes,
+            )
+        )
 
 
 def serialize_context(ctx: Any, *, secret: bool) -> bytes:
@@ -122,8 +190,9 @@ def seal_layout(ctx: Any, params: CkksParams, *, what: str) -> Layout:
 
 
 class SealZstd:
-    """The zstd that SEAL inside TenSEAL links (exported by TenSEAL's extension module), so
-    compressed output is byte-identical to SEAL's ``compr_mode_type::zstd``."""
+    """The zstd and Blake2xb that SEAL inside TenSEAL links (exported by TenSEAL's extension
+    module), so compressed output is byte-identical to SEAL's ``compr_mode_type::zstd`` and
+    an expanded seed equals SEAL's ``Blake2xbPRNG`` stream."""
 
     def __init__(self) -> None:
         lib = ctypes.CDLL(ts._ts_cpp.__file__)
@@ -135,10 +204,13 @@ class SealZstd:
             self._new, self._free = lib.ZSTD_createCCtx, lib.ZSTD_freeCCtx
             self._is_error = lib.ZSTD_isError
             self._content_size = lib.ZSTD_getFrameContentSize
+            self._blake2xb = lib.blake2xb
         except AttributeError:
             raise ConfigError(
-                "this TenSEAL build exports no zstd: the fast CKKS sum needs it"
+                "this TenSEAL build exports no zstd or blake2xb: the fast CKKS sum needs them"
             ) from None
+        self._blake2xb.argtypes = [ptr, size_t, ptr, size_t, ptr, size_t]
+        self._blake2xb.restype = ctypes.c_int
         self._compress.argtypes = [ptr, ptr, size_t, ptr, size_t]
         self._decompress.argtypes = [ptr, size_t, ptr, size_t]
         self._compress.restype = self._decompress.restype = self._bound.restype = size_t
@@ -166,6 +238,23 @@ class SealZstd:
         src = np.frombuffer(data, dtype=np.uint8)
         n = self._decompress(out.ctypes.data, out.size, src.ctypes.data, src.size)
         return -1 if self._is_error(n) else int(n)
+
+    def prng_stream(self, seed: bytes, nbytes: int) -> np.ndarray:
+        """The first ``nbytes`` (a multiple of the block size) of SEAL's ``Blake2xbPRNG``
+        keyed by ``seed``: block ``k`` is ``blake2xb(outlen=4096, in=u64le(k), key=seed)``."""
+        block = PRNG_BLOCK_BYTES
+        if nbytes % block:
+            raise ValueError(f"prng_stream: {nbytes} is not a multiple of {block}")
+        out = np.empty(nbytes, dtype=np.uint8)
+        key = ctypes.create_string_buffer(seed, len(seed))
+        counter = ctypes.c_uint64(0)
+        base = out.ctypes.data
+        for k in range(nbytes // block):
+            counter.value = k
+            rc = self._blake2xb(base + k * block, block, ctypes.byref(counter), 8, key, len(seed))
+            if rc != 0:
+                raise RuntimeError("blake2xb failed")
+        return out
 
     def content_size(self, data: memoryview) -> int:
         src = np.frombuffer(data, dtype=np.uint8)

@@ -53,6 +53,7 @@ class Tag(bytes, enum.Enum):
     UPLOAD_RECEIPT = b"cohort/v1/upload-receipt"
     UPLOAD_ORDER = b"cohort/v1/upload-order"
     FETCH = b"cohort/v1/fetch"
+    LEDGER_COMMITMENT = b"cohort/v1/ledger-commitment"
 
 
 def tagged_hash(tag: Tag, *parts: bytes) -> bytes:

@@ -44,7 +44,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cohort.clients.privacy import (
     PRV_EPS_ERROR,
@@ -57,6 +57,9 @@ from cohort.clients.privacy import (
 )
 from cohort.errors import BadInputError
 from cohort.federation.manifest import Manifest, SignedManifest
+
+if TYPE_CHECKING:
+    from cohort.bounties.study import StudyContract
 
 MANIFEST = "manifest.json"
 HOSPITALS = "hospitals"
@@ -204,6 +207,11 @@ class AuditReport:
     rounds: int
     hospitals: tuple[HospitalAudit, ...]
     violations: tuple[str, ...]
+    #: Address of the study contract whose ledger heads were compared (None: not checked).
+    chain_contract: str | None = None
+    #: The one-run empirical audit (``EmpiricalAudit.to_dict()`` plus ``hospital``) when
+    #: ``cohort audit --empirical`` ran it, else None.
+    empirical: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -230,6 +238,8 @@ class AuditReport:
                 "pld_discretisation": PLD_DISCRETISATION,
             },
             "seeded": self.seeded,
+            "chain_contract": self.chain_contract,
+            "empirical": self.empirical,
             "hospitals": [h.to_dict() for h in self.hospitals],
             "violations": list(self.violations),
             "ok": self.ok,
@@ -391,10 +401,19 @@ def load_manifest(run_dir: Path) -> Manifest:
     return SignedManifest.load(path).manifest
 
 
-def audit_run(run_dir: Path, *, progress: Callable[[str], None] | None = None) -> AuditReport:
+def audit_run(
+    run_dir: Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+    contract: StudyContract | None = None,
+) -> AuditReport:
     """Audit every published ledger of the run at ``run_dir`` against its manifest.
 
-    ``progress`` is called with each hospital's name before its ledger is audited. Raises
+    ``progress`` is called with each hospital's name before its ledger is audited. With
+    ``contract`` (the study's deployment), each ledger's head and epsilon after every
+    finalized round are also compared with the chain's ``LedgerHead`` events
+    (:mod:`cohort.federation.audit_chain`; VerificationError if it is not the manifest's
+    contract). Raises
     :class:`BadInputError` (no manifest, an unreadable ledger) or
     :class:`VerificationError` (a manifest whose sponsor signature does not verify).
     """
@@ -411,6 +430,10 @@ def audit_run(run_dir: Path, *, progress: Callable[[str], None] | None = None) -
         audit = audit_ledger(path, hospital=hospital, manifest=manifest)
         audits.append(audit)
         problems += audit.violations
+    if contract is not None:
+        from cohort.federation.audit_chain import chain_problems  # web3: only when asked
+
+        problems += chain_problems(contract, manifest, ledgers)
     return AuditReport(
         run_dir=str(run_dir),
         study_id=manifest.study_id,
@@ -419,4 +442,5 @@ def audit_run(run_dir: Path, *, progress: Callable[[str], None] | None = None) -
         rounds=manifest.rounds,
         hospitals=tuple(audits),
         violations=tuple(problems),
+        chain_contract=None if contract is None else contract.address,
     )

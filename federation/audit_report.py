@@ -325,6 +325,33 @@ def _verdict(report: AuditReport) -> str:
     return "".join(html)
 
 
+def _empirical(report: AuditReport) -> str:
+    """The one-run empirical audit, next to the theoretical epsilon (when it ran)."""
+    found = report.empirical
+    if found is None:
+        return ""
+    lower, theory = float(found["epsilon_lower"]), float(found["epsilon_theoretical"])
+    confidence = _num(100 * (1 - float(found["beta"])), "g")
+    delta = _e(f"{float(found['delta']):g}")
+    verdict = (
+        '<span class="ok">not above the theoretical epsilon</span>'
+        if found["ok"]
+        else '<span class="bad">ABOVE the theoretical epsilon: a DP bug</span>'
+    )
+    return (
+        "<h2>Empirical audit</h2>"
+        f"<p>one-run membership inference (Steinke, Nasr and Jagielski 2023) on "
+        f"{_e(found.get('hospital', ''))}: {int(found['correct'])}/{int(found['guesses'])} "
+        f"correct guesses over {int(found['canaries'])} canaries.</p>"
+        '<table class="hospitals"><tr><th class="l">bound</th><th>epsilon</th></tr>'
+        f'<tr><td class="l">empirical lower bound ({confidence}% confidence)</td>'
+        f"<td>{_num(lower)}</td></tr>"
+        f'<tr><td class="l">theoretical (PRV, delta {delta})</td>'
+        f"<td>{_num(theory)}</td></tr></table><p>{verdict}; a bound near 0 means no leak "
+        "was found with this many canaries, not that there is none.</p>"
+    )
+
+
 def _study(report: AuditReport) -> str:
     rows = []
     for h in report.hospitals:
@@ -345,7 +372,13 @@ def _study(report: AuditReport) -> str:
         "study on each dataset composed (what the hospital's cap bounds). PRV (Opacus, the "
         f"declared accountant) and dp-accounting's PLD must agree within {TOLERANCE_ABS:g} + "
         f"{TOLERANCE_REL:.1%} of epsilon; RDP is a looser upper bound.</p>"
-        '<table class="hospitals"><tr><th class="l">hospital</th><th>rounds</th>'
+        + (
+            ""
+            if report.chain_contract is None
+            else f"<p>ledger heads compared with study contract <code>"
+            f"{_e(report.chain_contract)}</code>.</p>"
+        )
+        + '<table class="hospitals"><tr><th class="l">hospital</th><th>rounds</th>'
         "<th>recorded</th><th>PRV</th><th>PLD</th><th>RDP</th><th>cap</th><th>seeded</th>"
         f'<th>violations</th><th class="l">verdict</th></tr>{"".join(rows)}</table>'
     )
@@ -467,7 +500,7 @@ def render_report(report: AuditReport, *, run_dir: Path) -> str:
         "style-src 'unsafe-inline'; img-src data:\">"
         f"<title>cohort audit: {'PASS' if report.ok else 'FAIL'} - study "
         f"{_e(report.study_id[:16])}</title><style>{CSS}</style></head><body>"
-        f"{_verdict(report)}<main>{_study(report)}{other_html}"
+        f"{_verdict(report)}<main>{_study(report)}{_empirical(report)}{other_html}"
         f"{_rounds(load_summary(Path(run_dir)))}"
         f"<h2>Hospitals</h2>{hospitals}"
         '<p class="note">written by <code>cohort audit --report</code>; every number above '

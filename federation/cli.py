@@ -333,6 +333,18 @@ def simulate(
             "or synthetic (seeded synthetic records, any number of hospitals: scale runs)."
         ),
     ] = "demo",
+    csv: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A hospital's own CSV (repeat, one per hospital; sets --data csv and "
+            "--clients): header row, numeric features, integer label column 'label'."
+        ),
+    ] = None,
+    test_csv: Annotated[
+        Path | None,
+        typer.Option(help="With --csv: the sponsor's held-out CSV (evaluation and scaling)."),
+    ] = None,
+    classes: Annotated[int, typer.Option(help="Label classes K (labels 0..K-1).")] = 2,
 ) -> None:
     """Run a private federated study on one machine (embedded chain, local committee)."""
     from cohort.federation.config import DpSettings, SecureMode, StudyConfig
@@ -354,7 +366,7 @@ def simulate(
         )
     try:
         config = StudyConfig(
-            clients=clients,
+            clients=len(csv) if csv else clients,
             rounds=rounds,
             committee=committee,
             quorum=quorum,
@@ -362,7 +374,10 @@ def simulate(
             dp=DpSettings(epsilon=epsilon),
             seed=seed,
             model=model,
-            data=data,
+            data="csv" if csv else data,
+            csv=tuple(str(p) for p in csv or ()),
+            test_csv=str(test_csv) if test_csv is not None else "",
+            classes=classes,
         )
     except CohortError as exc:
         _fail(str(exc), code=2)

@@ -15,6 +15,7 @@ theoretical epsilon; exit 1 if the lower bound exceeds it (a DP bug).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -30,10 +31,26 @@ from cohort.federation.cli_common import console, err_console
 from cohort.federation.cli_common import fail as _fail
 
 if TYPE_CHECKING:
+    from cohort.bounties.study import StudyContract
+    from cohort.clients.empirical import EmpiricalAudit
     from cohort.federation.audit import AuditReport
 
 
-def _run(run_dir: Path, *, show_progress: bool) -> AuditReport:
+def _contract(chain_url: str | None, address: str | None) -> StudyContract | None:
+    """The study contract at ``address`` over ``chain_url`` (read-only), or None."""
+    if chain_url is None and address is None:
+        return None
+    if chain_url is None or address is None:
+        raise typer.BadParameter("--chain-url and --contract go together")
+    from cohort.bounties.chain import RpcChain
+    from cohort.bounties.study import StudyContract
+
+    return StudyContract.at(RpcChain(chain_url), address)
+
+
+def _run(
+    run_dir: Path, *, show_progress: bool, contract: StudyContract | None = None
+) -> AuditReport:
     from cohort.federation.audit import audit_run, find_ledgers
 
     progress = Progress(
@@ -55,7 +72,7 @@ def _run(run_dir: Path, *, show_progress: bool) -> AuditReport:
             started.append(hospital)
             progress.update(task, description=hospital)
 
-        report = audit_run(run_dir, progress=step)
+        report = audit_run(run_dir, progress=step, contract=contract)
         progress.advance(task)
     return report
 
@@ -99,14 +116,15 @@ def _write_report(report: AuditReport, *, run_dir: Path, path: Path, quiet: bool
     (err_console if quiet else console).print(f"report: {path}", soft_wrap=True)
 
 
+EMPIRICAL_HOSPITAL = "hospital-1"
 EMPIRICAL_CANARIES = 64
 EMPIRICAL_GUESSES = 16
 
 
-def _empirical(run_dir: Path, *, quiet: bool) -> None:
+def _empirical(run_dir: Path) -> EmpiricalAudit:
     """Run the one-run audit for the first hospital of a ``cohort simulate`` study."""
     from cohort.clients.data import demo_split
-    from cohort.clients.empirical import EmpiricalAuditFailed, one_run_audit
+    from cohort.clients.empirical import one_run_audit
     from cohort.federation.audit import load_manifest
     from cohort.federation.dp_terms import dp_config
 
@@ -135,6 +153,13 @@ def _empirical(run_dir: Path, *, quiet: bool) -> None:
         )
     except CohortError as exc:
         _fail(f"empirical audit refused: {exc}")
+    return result
+
+
+def _print_empirical(result: EmpiricalAudit, *, quiet: bool) -> None:
+    """The empirical line; exit 1 if the lower bound passes the theoretical epsilon."""
+    from cohort.clients.empirical import EmpiricalAuditFailed
+
     (err_console if quiet else console).print(
         f"empirical audit (hospital-1, demo split): {result.correct}/{result.guesses} correct "
         f"guesses over {result.canaries} canaries ({result.included} included); empirical "
@@ -170,6 +195,25 @@ def audit(
             dir_okay=False,
         ),
     ] = None,
+    chain_url: Annotated[
+        str | None,
+        typer.Option(
+            "--chain-url",
+            metavar="URL",
+            help="JSON-RPC URL of the study's chain (with --contract): also check every "
+            "ledger's head and epsilon after each finalized round against the contract's "
+            "LedgerHead events.",
+        ),
+    ] = None,
+    contract_address: Annotated[
+        str | None,
+        typer.Option(
+            "--contract",
+            metavar="ADDR",
+            help="The study contract's address (with --chain-url); it must be the committed "
+            "build bound to the run's manifest.",
+        ),
+    ] = None,
     empirical: Annotated[
         bool,
         typer.Option(
@@ -182,14 +226,22 @@ def audit(
 ) -> None:
     """Audit a study's privacy claims from its published files: every ledger's hash chain,
     every epsilon recomputed with Opacus's PRV and dp-accounting's PLD and RDP, caps, the
-    manifest's DP terms, seeded noise.
+    manifest's DP terms, seeded noise; with --chain-url/--contract, each ledger's heads
+    against the study contract.
 
     Exits 1 with one line per violation naming hospital, round and check.
     """
     try:
-        report = _run(run_dir, show_progress=not as_json)
+        contract = _contract(chain_url, contract_address)
+        report = _run(run_dir, show_progress=not as_json, contract=contract)
     except CohortError as exc:
         _fail(f"audit refused: {exc}")
+    found = None
+    if empirical and report.ok:
+        found = _empirical(run_dir)
+        report = dataclasses.replace(
+            report, empirical={**found.to_dict(), "hospital": EMPIRICAL_HOSPITAL}
+        )
     if report_file is not None:
         _write_report(report, run_dir=run_dir, path=report_file, quiet=as_json)
     if as_json:
@@ -217,12 +269,17 @@ def audit(
         for violation in report.violations:
             err_console.print(Text.assemble(("violation: ", "bold red"), violation))
         _fail(f"audit failed: {len(report.violations)} violation(s)")
-    if empirical:
-        _empirical(run_dir, quiet=as_json)
+    if found is not None:
+        _print_empirical(found, quiet=as_json)
     if not as_json:
+        chain = (
+            ""
+            if report.chain_contract is None
+            else f"; ledger heads and epsilons match contract {report.chain_contract}"
+        )
         console.print(
             f"audit passed: {len(report.hospitals)} ledger(s), hash chains intact, every "
-            "epsilon recomputed by PRV, PLD and RDP, within caps and the manifest's terms",
+            f"epsilon recomputed by PRV, PLD and RDP, within caps and the manifest's terms{chain}",
             soft_wrap=True,
         )
 

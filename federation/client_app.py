@@ -63,9 +63,23 @@ def _hospital_file(path: str) -> hospital.HospitalSettings:
     return HospitalConfig.load(Path(path)).settings()
 
 
+def _with_memo(resolve: SettingsResolver) -> SettingsResolver:
+    """Resolve the owner's settings and point the accounting memo at its work directory."""
+
+    def settings(context: Context) -> hospital.HospitalSettings:
+        from cohort.clients.accounting import use_disk_memo
+
+        resolved = resolve(context)
+        use_disk_memo(Path(resolved.workdir) / "cache" / "accounting")
+        return resolved
+
+    return settings
+
+
 def make_client_app(resolve: SettingsResolver) -> ClientApp:
     """Build the ClientApp; ``resolve`` gives the owner's local settings for a node."""
     app = ClientApp()
+    resolve = _with_memo(resolve)
 
     @app.query("enroll")
     def _enroll(msg: Message, context: Context) -> Message:

@@ -22,9 +22,10 @@ from cohort.files import write_atomic
 
 __all__ = ["DATA_SOURCES", "DpSettings", "SecureMode", "StudyConfig", "write_json"]
 
-#: Where simulated hospitals' records come from: the breast-cancer demo split, or seeded
-#: synthetic records (any number of hospitals; scale runs).
-DATA_SOURCES = ("demo", "synthetic")
+#: Where simulated hospitals' records come from: the breast-cancer demo split, seeded
+#: synthetic records (any number of hospitals; scale runs), or one CSV file per hospital
+#: (a hospital trying its own data) with the sponsor's held-out CSV.
+DATA_SOURCES = ("demo", "synthetic", "csv")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class StudyConfig:
     bounty_wei: int = 10**18
     dirichlet_alpha: float = 1.0
     data: str = "demo"
+    csv: tuple[str, ...] = ()  # data == "csv": one file per hospital
+    test_csv: str = ""  # data == "csv": the sponsor's held-out split
+    classes: int = 2
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 64:
@@ -125,6 +129,18 @@ class StudyConfig:
                 f"data must be one of {', '.join(DATA_SOURCES)} (the simulated hospitals' "
                 f"records), got {self.data!r}"
             )
+        if self.classes < 2:
+            raise ConfigError(f"classes must be >= 2 (labels 0..classes-1), got {self.classes}")
+        if self.data == "csv":
+            if len(self.csv) != self.clients:
+                raise ConfigError(
+                    f"csv: one file per hospital, got {len(self.csv)} files for "
+                    f"{self.clients} clients"
+                )
+            if not self.test_csv:
+                raise ConfigError("test_csv: the sponsor's held-out CSV is required with csv data")
+        elif self.csv or self.test_csv:
+            raise ConfigError("csv and test_csv go with data = 'csv'")
         if self.seed is not None and self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
@@ -145,6 +161,7 @@ class StudyConfig:
             dp = DpSettings(**data.get("dp", {}))
             rest = {k: v for k, v in data.items() if k != "dp"}
             rest["secure"] = SecureMode.parse(str(rest.get("secure", "ckks")))
+            rest["csv"] = tuple(rest.get("csv", ()))
             return cls(dp=dp, **rest)
         except TypeError as exc:
             raise ConfigError(f"study config: {exc}") from None

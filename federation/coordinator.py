@@ -43,7 +43,7 @@ from cohort.aggregator.committee import Committee
 from cohort.aggregator.control import ControlSigner
 from cohort.aggregator.member import AggregateResult
 from cohort.aggregator.modes import CkksSpec
-from cohort.aggregator.quorum import QuorumDecision, QuorumNotReached
+from cohort.aggregator.quorum import AttestationCheck, QuorumDecision, QuorumNotReached
 from cohort.aggregator.replication import UploadReceipt, copy_faults, holders
 from cohort.bounties.study import StudyContract
 from cohort.clients.data import Dataset
@@ -471,11 +471,14 @@ class Coordinator:
             client_set, chosen = choose_client_set(held, list(opened), manifest.quorum)
             if len(client_set) < manifest.min_clients:
                 return skipped("no client set of the minimum size reached a quorum of members")
-            decision = self._aggregate(rnd, client_set, chosen, members, faulty)
+            # Each owner's signed (ledger head, epsilon), relayed as received: members attest
+            # only what verifies against the owner's key.
+            ledger = [ok[p].ledger_commitment for p in client_set if ok[p].ledger_commitment]
+            decision = self._aggregate(rnd, client_set, chosen, members, faulty, ledger)
             if decision is None:
                 return skipped("the committee reached no quorum on the aggregate")
             agg_hash = decision.aggregate_hash
-            finalized = self._attest(rnd, decision, client_set)
+            finalized = self._attest(rnd, decision, client_set, ledger)
             try:
                 total, decryptors, wrong = self._decrypt(rnd, client_set, decision, party_of)
             except ProtocolAbort as exc:
@@ -557,12 +560,13 @@ class Coordinator:
         chosen: list[str],
         members: Committee,
         faulty: dict[str, str],
+        ledger: Sequence[bytes] = (),
     ) -> QuorumDecision | None:
         """Ask the members that hold every upload of S; accept what a quorum agrees on."""
 
         def ask(member_id: str) -> AggregateResult | None:
             try:
-                return members.aggregate(member_id, rnd, client_set)
+                return members.aggregate(member_id, rnd, client_set, ledger_commitments=ledger)
             except CohortError as exc:
                 faulty[member_id] = f"aggregate failed: {exc}"
                 return None
@@ -570,7 +574,9 @@ class Coordinator:
         with ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
             results = [r for r in pool.map(ask, chosen) if r is not None]
         try:
-            decision = members.decide(results, round=rnd, client_ids=client_set)
+            decision = members.decide(
+                results, round=rnd, client_ids=client_set, ledger_commitments=ledger
+            )
         except QuorumNotReached as exc:
             faulty.update({f.member_id: f"{f.reason}: {f.detail}" for f in exc.faults})
             log.warning("no quorum", extra=fields(round=rnd, reason=str(exc)))
@@ -582,13 +588,23 @@ class Coordinator:
             )
         return decision
 
-    def _attest(self, rnd: int, decision: QuorumDecision, client_set: list[str]) -> bool:
+    def _attest(
+        self,
+        rnd: int,
+        decision: QuorumDecision,
+        client_set: list[str],
+        ledger: Sequence[bytes] = (),
+    ) -> bool:
         """Relay every agreeing member's attestation; True once the chain finalized this hash.
 
         All of them are relayed, not just a quorum: late attestations are recorded on-chain
         too, so an auditor sees which members vouched for the round.
         """
         contributors = [self.outcome.clients[p].payout_address for p in client_set]
+        # the (head, epsilon) per contributor the members attested (aggregator.member._sign)
+        heads = AttestationCheck.for_manifest(
+            self.manifest, client_set, round=rnd, ledger_commitments=ledger
+        ).ledger_heads
         for attestation in decision.attestations:
             try:
                 self.contract.submit_attestation(
@@ -596,6 +612,7 @@ class Coordinator:
                     round=rnd,
                     aggregate_hash=decision.aggregate_hash,
                     contributors=contributors,
+                    ledger_heads=heads,
                     signature=attestation.signature,
                 )
             except CohortError as exc:

@@ -30,9 +30,11 @@ from cohort.aggregator.client import MemberClient
 from cohort.aggregator.committee import MemberRef
 from cohort.aggregator.member import aggregate_result_digest
 from cohort.aggregator.replication import UploadReceipt, upload_order
+from cohort.bounties.attestation import epsilon_micro
 from cohort.bounties.chain import RpcChain
 from cohort.bounties.study import StudyContract
 from cohort.clients.data import Dataset, Normalizer, demo_split, load_csv, synthetic_split
+from cohort.clients.ledger_commitment import LedgerCommitment
 from cohort.clients.model import build_model, get_flat, set_flat
 from cohort.clients.privacy import PrivacyLedger
 from cohort.clients.training import train_dp
@@ -42,7 +44,13 @@ from cohort.crypto.hashing import Tag, client_set_hash, tagged_hash
 from cohort.crypto.identity import Identity, verify_signature
 from cohort.crypto.tls import ChannelTls
 from cohort.crypto.upload import build_upload
-from cohort.errors import BadInputError, BudgetExhausted, CohortError, VerificationError
+from cohort.errors import (
+    BadInputError,
+    BudgetExhausted,
+    CohortError,
+    ProtocolAbort,
+    VerificationError,
+)
 from cohort.federation import train_receipts, wire
 from cohort.federation.approval import Role, approved_manifest, check_finalized
 from cohort.federation.dp_terms import dp_config
@@ -288,6 +296,23 @@ def _receipt(
     return wire.TrainReceipt(**base)
 
 
+def _ledger_commitment(
+    identity: Identity, ledger: PrivacyLedger, study_id: str, round: int
+) -> bytes:
+    """The owner's signed (ledger head, micro-epsilon) right after this round's entry, for
+    the committee to attest on-chain (:mod:`cohort.clients.ledger_commitment`)."""
+    last = ledger.entries[-1]
+    if last.study_id != study_id or last.event.round != round:
+        raise ProtocolAbort(f"ledger: last entry is not round {round} of this study")
+    return LedgerCommitment.sign(
+        identity,
+        study_id=study_id,
+        round=round,
+        head=ledger.head,
+        epsilon_micro=epsilon_micro(last.epsilon_after),
+    ).to_bytes()
+
+
 def reachable_members(manifest: Manifest) -> list[str]:
     """Members answering Info within :data:`LIVENESS_TIMEOUT_S` (over the manifest's TLS pin)."""
 
@@ -412,6 +437,9 @@ def train(
         payload_hash=payload_hash,
         delivered=() if delivered is None else (delivered.member_id,),
         receipts=() if delivered is None else (delivered.receipt,),
+        ledger_commitment=_ledger_commitment(
+            identity, ledger, manifest.study_id, instruction.round
+        ),
         **done,
     )
     if status == "ok":

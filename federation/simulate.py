@@ -42,7 +42,14 @@ from cohort.aggregator.committee import LocalCommittee
 from cohort.aggregator.member import study_id_bytes
 from cohort.bounties.chain import ChainProvider, EmbeddedChain
 from cohort.bounties.study import StudyContract, predict_address
-from cohort.clients.data import Dataset, demo_normalizer, demo_split, synthetic_split
+from cohort.clients.data import (
+    Dataset,
+    Normalizer,
+    demo_normalizer,
+    demo_split,
+    load_csv,
+    synthetic_split,
+)
 from cohort.clients.model import build_model, num_parameters
 from cohort.crypto.identity import Identity
 from cohort.errors import ConfigError, ProtocolAbort
@@ -71,7 +78,6 @@ TRANSCRIPT = "coordinator-inbound.jsonl"
 MODEL = "model.npy"
 MANIFEST = "manifest.json"
 MARKER = ".cohort-simulation"
-NUM_CLASSES = 2
 DEADLINE_S = 7 * 24 * 3600
 ON_BEHALF = "approved by cohort simulate on behalf of a synthetic party"
 
@@ -111,7 +117,7 @@ def hospital_settings(config: StudyConfig, out: Path) -> list[HospitalSettings]:
         HospitalSettings(
             party_id=f"hospital-{i + 1}",
             workdir=str((out / "hospitals" / f"hospital-{i + 1}").resolve()),
-            data=f"{config.data}:{i}",
+            data=config.csv[i] if config.data == "csv" else f"{config.data}:{i}",
             policy=policy,
             demo_hospitals=config.clients,
             demo_seed=seed,
@@ -121,12 +127,29 @@ def hospital_settings(config: StudyConfig, out: Path) -> list[HospitalSettings]:
     ]
 
 
-def simulated_split(config: StudyConfig) -> tuple[list[Dataset], Dataset]:
-    """The simulated hospitals' records and the sponsor's test split, for ``config.data``."""
+def _raw_test_csv(config: StudyConfig) -> Dataset:
+    return load_csv(Path(config.test_csv), num_classes=config.classes)
+
+
+def published_normalizer(config: StudyConfig) -> dict[str, Any] | None:
+    """The scaling the sponsor publishes: fitted on its own held-out split (demo or CSV);
+    synthetic records come standardised, so none."""
+    if config.data == "demo":
+        return demo_normalizer(seed=config.seed if config.seed is not None else 0).to_dict()
+    if config.data == "csv":
+        return Normalizer.fit(_raw_test_csv(config)).to_dict()
+    return None
+
+
+def held_out_split(config: StudyConfig) -> Dataset:
+    """The sponsor's held-out split for ``config.data``, scaled as the hospitals' data is."""
     seed = config.seed if config.seed is not None else 0
     if config.data == "synthetic":
-        return synthetic_split(num_hospitals=config.clients, seed=seed)
-    return demo_split(num_hospitals=config.clients, seed=seed, alpha=config.dirichlet_alpha)
+        return synthetic_split(num_hospitals=config.clients, seed=seed)[1]
+    if config.data == "csv":
+        raw = _raw_test_csv(config)
+        return Normalizer.fit(raw).apply(raw)
+    return demo_split(num_hospitals=config.clients, seed=seed, alpha=config.dirichlet_alpha)[1]
 
 
 def prepare_out(out: Path) -> None:
@@ -179,7 +202,6 @@ def create_manifest(
     """The sponsor's manifest for a simulated study, signed (contract address predicted).
 
     ``features`` is the column count of the sponsor's published data (its test split)."""
-    seed = config.seed if config.seed is not None else 0
     owners = []
     for h in hospitals:
         identity = h.keystore.identity()
@@ -192,7 +214,9 @@ def create_manifest(
             )
         )
     init_seed = config.seed if config.seed is not None else secrets.randbits(63)
-    length = num_parameters(build_model(config.model, in_features=features, num_classes=2))
+    length = num_parameters(
+        build_model(config.model, in_features=features, num_classes=config.classes)
+    )
     ca = committee.ca_pem
     manifest = Manifest(
         name=config.name,
@@ -210,7 +234,7 @@ def create_manifest(
         dp=DpTerms(**asdict(config.dp)),
         model=config.model,
         features=features,
-        num_classes=NUM_CLASSES,
+        num_classes=config.classes,
         update_length=length,
         init_seed=init_seed,
         server_lr=config.server_lr,
@@ -220,8 +244,7 @@ def create_manifest(
         contract=predict_address(provider, sponsor_address),
         deadline=int(time.time()) + DEADLINE_S,
         tls_ca=ca,
-        # synthetic records come standardised: no published scaling to apply
-        normalizer=demo_normalizer(seed=seed).to_dict() if config.data == "demo" else None,
+        normalizer=published_normalizer(config),
     )
     return SignedManifest.sign(manifest, sponsor)
 
@@ -288,7 +311,7 @@ def run_study(
     hospitals = list(settings) if settings is not None else hospital_settings(config, out)
     if len(hospitals) != config.clients:
         raise ProtocolAbort(f"{len(hospitals)} hospital settings for {config.clients} clients")
-    _, test_set = simulated_split(config)
+    test_set = held_out_split(config)
     provider = chain if chain is not None else EmbeddedChain()
     sponsor_address = provider.accounts()[0]
     sponsor = _sponsor_identity(out, "sponsor")

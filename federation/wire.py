@@ -201,6 +201,9 @@ class TrainReceipt(_Schema):
     payload_hash: bytes
     delivered: tuple[str, ...]  # committee members that accepted the upload (one, in ckks)
     receipts: tuple[bytes, ...]  # each one's signed upload receipt, in the same order
+    # the owner's signed LedgerCommitment (cohort.clients.ledger_commitment) for the round,
+    # forwarded to the committee to attest on-chain; empty when the round was not trained
+    ledger_commitment: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -157,18 +157,26 @@ class AggregateBody(_message.Message):
 
     ROUND_FIELD_NUMBER: _builtins.int
     CLIENT_IDS_FIELD_NUMBER: _builtins.int
+    LEDGER_COMMITMENTS_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     @_builtins.property
     def client_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def ledger_commitments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Data owners' signed LedgerCommitment wire forms (cohort.clients.ledger_commitment),
+        as the coordinator received them in the train receipts.
+        """
+
     def __init__(
         self,
         *,
         round: _builtins.int = ...,
         client_ids: _abc.Iterable[_builtins.str] | None = ...,
+        ledger_commitments: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ids", b"client_ids", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ids", b"client_ids", "ledger_commitments", b"ledger_commitments", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

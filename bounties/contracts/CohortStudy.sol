@@ -21,7 +21,7 @@ contract CohortStudy {
     /// @notice Domain-separation tag of an attestation, the first word of the signed struct.
     bytes32 public constant ATTESTATION_TYPEHASH = keccak256(
         "cohort/v1/attestation(uint256 chainId,address study,bytes32 studyId,uint256 round,"
-        "bytes32 aggregateHash,bytes32 contributorsHash)"
+        "bytes32 aggregateHash,bytes32 contributorsHash,bytes32 ledgerHash)"
     );
 
     /// @notice Largest committee the contract accepts (bounds per-attestation work).
@@ -80,6 +80,8 @@ contract CohortStudy {
     error ContributorsNotCanonical(uint256 index);
     /// @notice A contributor is not a registered data owner.
     error NotDataOwner(address account);
+    /// @notice One ledger head and one epsilon are needed per contributor, in its order.
+    error LedgerLengthMismatch(uint256 contributors, uint256 heads, uint256 epsilons);
     /// @notice The caller has no credit to withdraw.
     error NothingToWithdraw(address account);
     /// @notice The ether transfer to `account` failed.
@@ -120,6 +122,15 @@ contract CohortStudy {
         bytes32 indexed aggregateHash,
         bytes32 contributorsHash,
         address[] contributors
+    );
+    /// @notice On finalization of `round`: `contributor`'s privacy-ledger head after that
+    /// round and its cumulative epsilon in micro-epsilon (floor(epsilon * 1e6)), as the
+    /// contributor signed them to the committee and the quorum attested them.
+    event LedgerHead(
+        uint256 indexed round,
+        address indexed contributor,
+        bytes32 head,
+        uint256 epsilonMicro
     );
     /// @notice `account` was credited `amount` wei at settlement.
     event Credited(address indexed account, uint256 amount);
@@ -311,42 +322,76 @@ contract CohortStudy {
     /// @param round Training round number, 1..rounds.
     /// @param aggregateHash 32-byte hash of the round's aggregate, never zero.
     /// @param contributors Data owners whose updates are in the aggregate, strictly increasing.
+    /// @param heads Each contributor's ledger head after `round`, in `contributors` order.
+    /// @param epsilonsMicro Each contributor's cumulative epsilon * 1e6, in the same order.
     /// @param signature 65 bytes r || s || v with v in {27, 28} and low s.
     /// @return finalizedNow True if this attestation brought the round to quorum.
     function attest(
         uint256 round,
         bytes32 aggregateHash,
         address[] calldata contributors,
+        bytes32[] calldata heads,
+        uint256[] calldata epsilonsMicro,
         bytes calldata signature
     ) external notSettled returns (bool finalizedNow) {
         if (round == 0 || round > rounds) revert RoundOutOfRange(round, rounds);
         if (aggregateHash == bytes32(0)) revert ZeroAggregateHash();
         bytes32 contributorsHash = _checkContributors(contributors);
-        bytes32 digest = _digest(round, aggregateHash, contributorsHash);
-        address member = _recover(digest, signature);
-        if (!isCommitteeMember[member]) revert NotCommitteeMember(member);
-        if (_attested[round][member]) revert AlreadyAttested(round, member);
-        _attested[round][member] = true;
-
-        bytes32 key = keccak256(abi.encode(round, aggregateHash, contributorsHash));
-        uint256 count = _votes[key] + 1;
-        _votes[key] = count;
-        emit Attested(round, member, aggregateHash, contributorsHash, count, msg.sender);
+        uint256 count = _vote(
+            round,
+            aggregateHash,
+            contributorsHash,
+            _ledgerHash(contributors.length, heads, epsilonsMicro),
+            signature
+        );
 
         RoundState storage state = _rounds[round];
         if (count >= quorum && state.aggregateHash == bytes32(0)) {
             state.aggregateHash = aggregateHash;
             state.contributorsHash = contributorsHash;
             finalizedRounds += 1;
-            uint256 n = contributors.length;
-            for (uint256 i = 0; i < n; ++i) {
-                contributions[contributors[i]] += 1;
-            }
-            totalContributions += n;
+            _credit(round, contributors, heads, epsilonsMicro);
             emit RoundFinalized(round, aggregateHash, contributorsHash, contributors);
             return true;
         }
         return false;
+    }
+
+    /// @dev Count one contribution per contributor of the finalized `round` and publish the
+    /// ledger heads and epsilons the quorum attested.
+    function _credit(
+        uint256 round,
+        address[] calldata contributors,
+        bytes32[] calldata heads,
+        uint256[] calldata epsilonsMicro
+    ) private {
+        uint256 n = contributors.length;
+        for (uint256 i = 0; i < n; ++i) {
+            contributions[contributors[i]] += 1;
+            emit LedgerHead(round, contributors[i], heads[i], epsilonsMicro[i]);
+        }
+        totalContributions += n;
+    }
+
+    /// @dev Recover the signer, check it may vote on `round`, count its vote; returns how
+    /// many members now agree on exactly this result.
+    function _vote(
+        uint256 round,
+        bytes32 aggregateHash,
+        bytes32 contributorsHash,
+        bytes32 ledgerHash,
+        bytes calldata signature
+    ) private returns (uint256 count) {
+        bytes32 digest = _digest(round, aggregateHash, contributorsHash, ledgerHash);
+        address member = _recover(digest, signature);
+        if (!isCommitteeMember[member]) revert NotCommitteeMember(member);
+        if (_attested[round][member]) revert AlreadyAttested(round, member);
+        _attested[round][member] = true;
+
+        bytes32 key = keccak256(abi.encode(round, aggregateHash, contributorsHash, ledgerHash));
+        count = _votes[key] + 1;
+        _votes[key] = count;
+        emit Attested(round, member, aggregateHash, contributorsHash, count, msg.sender);
     }
 
     // ------------------------------------------------------------------ data owners
@@ -381,9 +426,13 @@ contract CohortStudy {
     function attestationDigest(
         uint256 round,
         bytes32 aggregateHash,
-        address[] calldata contributors
+        address[] calldata contributors,
+        bytes32[] calldata heads,
+        uint256[] calldata epsilonsMicro
     ) external view returns (bytes32) {
-        return _digest(round, aggregateHash, _checkContributors(contributors));
+        bytes32 contributorsHash = _checkContributors(contributors);
+        bytes32 ledgerHash = _ledgerHash(contributors.length, heads, epsilonsMicro);
+        return _digest(round, aggregateHash, contributorsHash, ledgerHash);
     }
 
     /// @notice The finalized aggregate hash of `round`, or zero if it is not finalized.
@@ -406,13 +455,15 @@ contract CohortStudy {
         return _attested[round][member];
     }
 
-    /// @notice Members that attested exactly this (round, aggregateHash, contributorsHash).
+    /// @notice Members that attested exactly this
+    /// (round, aggregateHash, contributorsHash, ledgerHash).
     function votes(
         uint256 round,
         bytes32 aggregateHash,
-        bytes32 contributorsHash
+        bytes32 contributorsHash,
+        bytes32 ledgerHash
     ) external view returns (uint256) {
-        return _votes[keccak256(abi.encode(round, aggregateHash, contributorsHash))];
+        return _votes[keccak256(abi.encode(round, aggregateHash, contributorsHash, ledgerHash))];
     }
 
     /// @notice The committee roster in deployment order.
@@ -440,10 +491,22 @@ contract CohortStudy {
         return keccak256(abi.encodePacked(contributors));
     }
 
+    function _ledgerHash(
+        uint256 n,
+        bytes32[] calldata heads,
+        uint256[] calldata epsilonsMicro
+    ) private pure returns (bytes32) {
+        if (heads.length != n || epsilonsMicro.length != n) {
+            revert LedgerLengthMismatch(n, heads.length, epsilonsMicro.length);
+        }
+        return keccak256(abi.encode(heads, epsilonsMicro));
+    }
+
     function _digest(
         uint256 round,
         bytes32 aggregateHash,
-        bytes32 contributorsHash
+        bytes32 contributorsHash,
+        bytes32 ledgerHash
     ) private view returns (bytes32) {
         bytes32 structHash = keccak256(
             abi.encode(
@@ -453,7 +516,8 @@ contract CohortStudy {
                 studyId,
                 round,
                 aggregateHash,
-                contributorsHash
+                contributorsHash,
+                ledgerHash
             )
         );
         return keccak256(abi.encodePacked("\x19Ethereum Signed Message:\n32", structHash));

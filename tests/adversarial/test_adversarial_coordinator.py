@@ -188,12 +188,13 @@ class Attacker(Coordinator):
         chosen: list[str],
         members: Committee,
         faulty: dict[str, str],
+        ledger: Sequence[bytes] = (),
     ) -> QuorumDecision | None:
         if rnd == 1:
             FINDINGS["lone_aggregate"] = _errors(members, rnd, client_set[:1], chosen)
         if rnd == 2:
             FINDINGS["restart"] = self._restart_member(members, rnd)
-        decision = super()._aggregate(rnd, client_set, chosen, members, faulty)
+        decision = super()._aggregate(rnd, client_set, chosen, members, faulty, ledger)
         if rnd == 1 and decision is not None:
             FINDINGS["differencing"] = self._difference(members, rnd, client_set, decision)
         if rnd == 2 and decision is not None:

@@ -166,9 +166,14 @@ class Coordinator:
         return member.open_round(self.control(member.member_id, OpenRoundBody(round, deadline)))
 
     def aggregate(
-        self, member: CommitteeMember, round: int, client_ids: Sequence[str]
+        self,
+        member: CommitteeMember,
+        round: int,
+        client_ids: Sequence[str],
+        *,
+        ledger_commitments: Sequence[bytes] = (),
     ) -> AggregateResult:
-        body = AggregateBody(round, tuple(client_ids))
+        body = AggregateBody(round, tuple(client_ids), tuple(ledger_commitments))
         return member.aggregate(self.control(member.member_id, body))
 
     def status(self, member: CommitteeMember) -> StudyStatus:

@@ -33,7 +33,12 @@ from cohort.aggregator.member import (
     aggregate_result_digest,
     study_id_bytes,
 )
-from cohort.bounties.attestation import attestation_digest, recover_signer
+from cohort.bounties.attestation import (
+    attestation_digest,
+    recover_signer,
+    unreported_ledger_heads,
+)
+from cohort.clients.ledger_commitment import LedgerCommitment
 from cohort.crypto.ckks import CkksSecretContext
 from cohort.crypto.envelope import Envelope, build_envelope
 from cohort.crypto.hashing import Tag, tagged_hash
@@ -81,11 +86,53 @@ def test_aggregate_equals_plaintext_sum_and_is_signed(
         round=1,
         aggregate_hash=result.aggregate_hash,
         contributors=[owners[i].payout for i in ids],
+        ledger_heads=unreported_ledger_heads([owners[i].payout for i in ids]),
     )
     assert recover_signer(eth_digest, result.eth_signature) == member.info.eth_address
     assert result.eth_address == member.info.eth_address
     assert result.rejections == ()
     assert "bytes>" in repr(result)  # the aggregate is never dumped in a repr
+
+
+def test_member_attests_only_the_owners_signed_ledger_heads(
+    member: CommitteeMember, coord: Coordinator, seal: SealFn, owners: dict[str, Owner]
+) -> None:
+    """The Aggregate call relays each owner's signed (head, epsilon); the member attests
+    those that verify and "none reported" for the rest (here a head the coordinator made
+    up for hospital-b, signed with another owner's key)."""
+    ids = ["hospital-a", "hospital-b", "hospital-c"]
+    for pid in ids:
+        assert member.accept(seal(pid, member.info)).accepted
+    study = coord.study_id
+    honest = LedgerCommitment.sign(
+        owners["hospital-a"].identity, study_id=study, round=1, head=b"\x0a" * 32, epsilon_micro=7
+    )
+    forged = dataclasses.replace(
+        LedgerCommitment.sign(
+            owners["hospital-a"].identity,
+            study_id=study,
+            round=1,
+            head=b"\x0b" * 32,
+            epsilon_micro=1,
+        ),
+        sender="hospital-b",
+    )
+    result = coord.aggregate(
+        member, 1, ids, ledger_commitments=[forged.to_bytes(), honest.to_bytes()]
+    )
+    manifest = coord.signed.manifest
+    payouts = [owners[i].payout for i in ids]
+    expected = {**unreported_ledger_heads(payouts), owners["hospital-a"].payout: (b"\x0a" * 32, 7)}
+    eth_digest = attestation_digest(
+        chain_id=manifest.chain_id,
+        contract=manifest.contract,
+        study_id=study_id_bytes(study),
+        round=1,
+        aggregate_hash=result.aggregate_hash,
+        contributors=payouts,
+        ledger_heads=expected,
+    )
+    assert recover_signer(eth_digest, result.eth_signature) == member.info.eth_address
 
 
 def test_honest_members_agree_bit_for_bit(

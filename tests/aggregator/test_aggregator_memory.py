@@ -47,9 +47,9 @@ from cohort.crypto.identity import Identity
 from cohort.errors import BadInputError
 from cohort.federation.approval import Role, approve
 
-# 3 full chunks of 4096 slots under the default parameters: one ciphertext is ~300 KB, so the
-# payloads of 300 hospitals held at once would be ~90 MB.
-MEMORY_LENGTH = 3 * 4096
+# 6 full chunks of 4096 slots under the default parameters: one (seeded) ciphertext is ~330 KB,
+# so the payloads of 300 hospitals held at once would be ~100 MB.
+MEMORY_LENGTH = 6 * 4096
 SMALL, LARGE = 30, 300
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,6 +68,20 @@ class AggregationModeContract(ABC):
             self.decode(first)[:LENGTH], np.sum(vectors, axis=0), atol=self.tolerance
         )
 
+    def test_combine_kept_equals_combine(self) -> None:
+        rng = np.random.default_rng(4)
+        payloads = [self.encode(rng.normal(size=LENGTH)) for _ in range(3)]
+        mode = self.mode()
+        keys = [bytes([i]) * 32 for i in range(3)]
+        for payload, key in zip(payloads, keys, strict=True):
+            mode.accept(payload, length=LENGTH, round=1, key=key)
+        assert mode.combine_kept(1, keys, payloads.__getitem__) == mode.combine(payloads)
+
+    @pytest.mark.parametrize("bad", [b"", b"garbage" * 100])
+    def test_accept_rejects_what_check_rejects(self, bad: bytes) -> None:
+        with pytest.raises(BadInputError):
+            self.mode().accept(bad, length=LENGTH, round=1, key=bytes(32))
+
     @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
         st.lists(
@@ -110,6 +125,40 @@ class TestCkksMode(AggregationModeContract):
 
     def test_spec_repr_hides_the_context(self) -> None:
         assert "bytes>" in repr(CkksSpec(b"x" * 100))
+
+
+def test_ckks_kept_uploads_are_parsed_once_and_released(tmp_path: Path) -> None:
+    """accept writes each upload's coefficients once; combine_kept sums the files without
+    loading any upload (unless its file is gone or damaged) and removes them afterwards."""
+    spec = CkksSpec(_SECRET.public().to_bytes())
+    mode = build_mode(spec, kept=tmp_path / "kept")
+    rng = np.random.default_rng(5)
+    length = 4096 + 11
+    payloads = [_SECRET.encrypt(rng.normal(0, 1, length)) for _ in range(4)]
+    keys = [tagged_hash(Tag.CKKS_CONTEXT, p) for p in payloads]
+    for rnd in (1, 2):
+        for payload, key in zip(payloads, keys, strict=True):
+            mode.accept(payload, length=length, round=rnd, key=key)
+    assert len(list((tmp_path / "kept").glob("*.coef"))) == 8
+    expected = build_mode(spec).combine(payloads)
+    loaded: list[int] = []
+
+    def load(i: int) -> bytes:
+        loaded.append(i)
+        return payloads[i]
+
+    assert mode.combine_kept(1, keys, load) == expected
+    assert loaded == []
+    assert len(list((tmp_path / "kept").glob("*.coef"))) == 4  # round 1's files are gone
+    # A restarted member (a new mode over the same folder) finds round 2's files; a missing
+    # or truncated one is replaced by parsing the stored upload.
+    again = build_mode(spec, kept=tmp_path / "kept")
+    files = sorted((tmp_path / "kept").glob("*.coef"))
+    files[0].unlink()
+    files[1].write_bytes(files[1].read_bytes()[:-8])
+    assert again.combine_kept(2, keys, load) == expected
+    assert len(loaded) == 2  # only the two uploads whose files were spoilt
+    assert list((tmp_path / "kept").iterdir()) == []
 
 
 def test_unknown_spec_is_a_config_error() -> None:

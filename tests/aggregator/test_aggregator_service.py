@@ -56,7 +56,11 @@ from cohort.aggregator.replication import (
     upload_order,
 )
 from cohort.aggregator.service import GRPC_OPTIONS, serve
-from cohort.bounties.attestation import attestation_digest, sign_attestation
+from cohort.bounties.attestation import (
+    attestation_digest,
+    sign_attestation,
+    unreported_ledger_heads,
+)
 from cohort.crypto.ckks import CkksSecretContext
 from cohort.crypto.envelope import Envelope
 from cohort.crypto.hashing import Tag, tagged_hash
@@ -95,13 +99,15 @@ class _Tamperer(CommitteeMember):
             client_ids=honest.client_ids,
             aggregate_hash=new_hash,
         )
+        payouts = [manifest.owner(c).payout_address for c in honest.client_ids]  # type: ignore[union-attr]
         attestation = attestation_digest(
             chain_id=manifest.chain_id,
             contract=manifest.contract,
             study_id=study_id_bytes(honest.study_id),
             round=honest.round,
             aggregate_hash=new_hash,
-            contributors=[manifest.owner(c).payout_address for c in honest.client_ids],  # type: ignore[union-attr]
+            contributors=payouts,
+            ledger_heads=unreported_ledger_heads(payouts),
         )
         return dataclasses.replace(
             honest,

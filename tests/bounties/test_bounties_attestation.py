@@ -20,6 +20,7 @@ from cohort.bounties.attestation import (
     attestation_digest,
     canonical_contributors,
     contributors_hash,
+    epsilon_micro,
     recover_signer,
     sign_attestation,
 )
@@ -37,13 +38,17 @@ VECTOR: dict[str, Any] = {
         "0x00000000000000000000000000000000000000b2",
         "0x00000000000000000000000000000000000000a1",
     ],
+    "ledger_heads": {
+        "0x00000000000000000000000000000000000000b2": (keccak(text="vector head b2"), 2_999_999),
+        "0x00000000000000000000000000000000000000a1": (keccak(text="vector head a1"), 1_500_000),
+    },
 }
-VECTOR_DIGEST = "1ead17cd3bb487ecd08189b8ffab4f2634a0dcf096480e394f377d6014a35355"
+VECTOR_DIGEST = "b5dbc1408cf2979baf0727612a1c0c1f0e895d5355e14657ab548f3f4b11e03e"
 VECTOR_KEY = keccak(text="vector member key")
 VECTOR_SIGNER = "0x716Dfd32C43Ce3DE2D267B17425F52282c96Af06"
 VECTOR_SIGNATURE = (
-    "a4116444e7c630b10269ccfbb7d3e1db717cd9de37e3beb1819469c96d637795"
-    "4bbc7ae3874a23ed5dfca106b30ae687abf14579193187f37c3843a71c0ec07a1b"
+    "d449a61b1bb4fb866394a3327ff6fa15f8cf0905d3a934ab0666dd87ea015076"
+    "3abfc41ec6495aee3cd5fb1be8841cc172f17c30c7f8dc1eeea13c6d24e910c31b"
 )
 
 addresses = st.binary(min_size=20, max_size=20).map(lambda b: "0x" + b.hex())
@@ -58,6 +63,7 @@ def oracle_digest(
     round: int,
     aggregate_hash: bytes,
     contributors: list[str],
+    ledger_heads: dict[str, tuple[bytes, int]],
 ) -> bytes:
     """Independent construction from eth-abi's encoder and eth-account's EIP-191 message.
 
@@ -67,9 +73,22 @@ def oracle_digest(
     """
     ordered = sorted((c.lower() for c in contributors), key=lambda a: int(a, 16))
     packed = b"".join(encode(["address"], [a]) for a in ordered)
+    by_lower = {a.lower(): v for a, v in ledger_heads.items()}
+    heads = [by_lower[a][0] for a in ordered]
+    epsilons = [by_lower[a][1] for a in ordered]
+    ledger = keccak(encode(["bytes32[]", "uint256[]"], [heads, epsilons]))
     struct_hash = keccak(
         encode(
-            ["bytes32", "uint256", "address", "bytes32", "uint256", "bytes32", "bytes32"],
+            [
+                "bytes32",
+                "uint256",
+                "address",
+                "bytes32",
+                "uint256",
+                "bytes32",
+                "bytes32",
+                "bytes32",
+            ],
             [
                 ATTESTATION_TYPEHASH,
                 chain_id,
@@ -78,6 +97,7 @@ def oracle_digest(
                 round,
                 aggregate_hash,
                 keccak(packed),
+                ledger,
             ],
         )
     )
@@ -95,7 +115,7 @@ def test_typehash_is_the_documented_type_string() -> None:
     assert (
         keccak(
             text="cohort/v1/attestation(uint256 chainId,address study,bytes32 studyId,"
-            "uint256 round,bytes32 aggregateHash,bytes32 contributorsHash)"
+            "uint256 round,bytes32 aggregateHash,bytes32 contributorsHash,bytes32 ledgerHash)"
         )
         == ATTESTATION_TYPEHASH
     )
@@ -127,6 +147,7 @@ def test_eth_account_recovers_the_same_signer() -> None:
     aggregate_hash=st.binary(min_size=32, max_size=32),
     contributors=st.lists(addresses, min_size=1, max_size=6, unique_by=lambda a: a.lower()),
     shuffle=st.randoms(use_true_random=False),
+    epsilon=st.integers(min_value=0, max_value=2**64),
 )
 def test_digest_matches_oracle_in_any_contributor_order(
     chain_id: int,
@@ -136,6 +157,7 @@ def test_digest_matches_oracle_in_any_contributor_order(
     aggregate_hash: bytes,
     contributors: list[str],
     shuffle: Any,
+    epsilon: int,
 ) -> None:
     fields: dict[str, Any] = {
         "chain_id": chain_id,
@@ -143,6 +165,9 @@ def test_digest_matches_oracle_in_any_contributor_order(
         "study_id": study_id,
         "round": round,
         "aggregate_hash": aggregate_hash,
+    }
+    fields["ledger_heads"] = {
+        c: (keccak(text=c.lower()), epsilon + i) for i, c in enumerate(contributors)
     }
     digest = attestation_digest(**fields, contributors=contributors)
     shuffled = list(contributors)
@@ -162,7 +187,7 @@ def test_every_field_changes_the_digest() -> None:
         "study_id": keccak(text="another study"),
         "round": 4,
         "aggregate_hash": keccak(text="another aggregate"),
-        "contributors": VECTOR["contributors"][:1],
+        "ledger_heads": {**VECTOR["ledger_heads"], VECTOR["contributors"][0]: (bytes(32), 0)},
     }
     digests = {attestation_digest(**{**VECTOR, name: value}) for name, value in changes.items()}
     assert base not in digests
@@ -177,6 +202,24 @@ def test_signatures_are_low_s_and_recover(key: bytes, digest: bytes) -> None:
     assert signature[64] in (27, 28)
     assert int.from_bytes(signature[32:64], "big") <= SECP256K1_N // 2
     assert recover_signer(digest, signature) == Account.from_key(key).address
+
+
+def test_ledger_heads_must_name_exactly_the_contributors() -> None:
+    heads = VECTOR["ledger_heads"]
+    first = VECTOR["contributors"][0]
+    for bad in [
+        {first: heads[first]},  # one missing
+        {**heads, "0x00000000000000000000000000000000000000d4": (bytes(32), 0)},  # one extra
+        {**heads, first.upper().replace("0X", "0x"): heads[first]},  # one twice
+    ]:
+        with pytest.raises(BadInputError, match="ledger_heads: must name exactly"):
+            attestation_digest(**{**VECTOR, "ledger_heads": bad})
+    with pytest.raises(BadInputError, match="ledger_heads: expected 32 bytes"):
+        attestation_digest(**{**VECTOR, "ledger_heads": {**heads, first: (b"x", 0)}})
+    assert epsilon_micro(1.5) == 1_500_000
+    assert epsilon_micro(0.0) == 0
+    with pytest.raises(BadInputError, match="epsilon"):
+        epsilon_micro(float("nan"))
 
 
 def test_recover_rejects_what_the_contract_rejects() -> None:

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_abi.abi import encode
 from eth_account import Account
 from eth_utils.crypto import keccak
 from web3 import HTTPProvider, Web3
 from web3.types import RPCEndpoint
 
 from cohort.bounties import study as study_module
-from cohort.bounties.attestation import SECP256K1_N
+from cohort.bounties.attestation import SECP256K1_N, ledger_lists
 from cohort.bounties.chain import ChainProvider, EmbeddedChain, RpcChain
 from cohort.bounties.study import (
     ATTESTATION_TYPEHASH,
@@ -61,7 +62,7 @@ OUTSIDER_KEY = keccak(text="cohort-test/outsider")
 RPC_KEYS = [keccak(text=f"cohort-test/rpc-account/{i}") for i in range(10)]
 
 # Measured on both providers (docs/contract.md); ceilings catch accidental regressions.
-GAS_CEILINGS = {"deploy": 1_900_000, "attest": 260_000, "settle": 200_000, "withdraw": 50_000}
+GAS_CEILINGS = {"deploy": 2_000_000, "attest": 290_000, "settle": 200_000, "withdraw": 50_000}
 
 
 @dataclass
@@ -79,7 +80,10 @@ class World:
 
     def sign(self, key: bytes, *, round: int, agg: bytes, contributors: Sequence[str]) -> bytes:
         digest = self.study.attestation_digest(
-            round=round, aggregate_hash=agg, contributors=contributors
+            round=round,
+            aggregate_hash=agg,
+            contributors=contributors,
+            ledger_heads=heads_for(contributors),
         )
         return sign_attestation(key, digest)
 
@@ -93,8 +97,17 @@ class World:
             round=round,
             aggregate_hash=agg,
             contributors=contributors,
+            ledger_heads=heads_for(contributors),
             signature=signature,
         )
+
+
+def heads_for(contributors: Sequence[str]) -> dict[str, tuple[bytes, int]]:
+    """A distinct ledger head and micro-epsilon per contributor (what owners would sign)."""
+    return {
+        a: (keccak(text=f"ledger head of {a.lower()}"), 1_000_000 + int(a, 16) % 1000)
+        for a in contributors
+    }
 
 
 def deadline_in(provider: ChainProvider, seconds: int = DEADLINE_AFTER_S) -> int:
@@ -540,7 +553,9 @@ class StudyContractSuite:
             (2**256 - 1, b"\x01" * 32, world.owners[1:3]),
         ]:
             ordered = canonical_contributors(contributors)
-            onchain = bytes(functions.attestationDigest(round_, agg, ordered).call())
+            heads, epsilons = ledger_lists(ordered, heads_for(contributors))
+            call = functions.attestationDigest(round_, agg, ordered, heads, epsilons)
+            onchain = bytes(call.call())
             local = attestation_digest(
                 chain_id=world.provider.chain_id,
                 contract=world.study.address,
@@ -548,13 +563,22 @@ class StudyContractSuite:
                 round=round_,
                 aggregate_hash=agg,
                 contributors=contributors,
+                ledger_heads=heads_for(contributors),
             )
             assert onchain == local
 
     def test_two_of_three_finalizes(self, world: World) -> None:
         assert world.attest(0, round=1) is False
         assert world.study.finalized_hash(1) is None
-        assert world.study.votes(round=1, aggregate_hash=AGG_A, contributors=world.owners[:3]) == 1
+        assert (
+            world.study.votes(
+                round=1,
+                aggregate_hash=AGG_A,
+                contributors=world.owners[:3],
+                ledger_heads=heads_for(world.owners[:3]),
+            )
+            == 1
+        )
         assert world.attest(1, round=1) is True
         assert world.study.finalized_hash(1) == AGG_A
         assert world.study.is_finalized(1)
@@ -586,7 +610,13 @@ class StudyContractSuite:
         world2.attest(1, round=1)
         assert world2.attest(2, round=1) is False
         assert (
-            world2.study.votes(round=1, aggregate_hash=AGG_A, contributors=world2.owners[:3]) == 3
+            world2.study.votes(
+                round=1,
+                aggregate_hash=AGG_A,
+                contributors=world2.owners[:3],
+                ledger_heads=heads_for(world2.owners[:3]),
+            )
+            == 3
         )
         assert world2.study.total_contributions() == 3
         events = world2.study.attestation_events()
@@ -612,6 +642,39 @@ class StudyContractSuite:
         assert world.attest(2, round=1, agg=AGG_B) is True
         assert world.study.finalized_hash(1) == AGG_B
 
+    def test_finalization_emits_each_contributors_ledger_head(self, world: World) -> None:
+        contributors = world.owners[:3]
+        world.attest(0, round=1, contributors=contributors)
+        assert world.study.ledger_head_events() == []  # nothing before quorum
+        world.attest(1, round=1, contributors=contributors[::-1])
+        world.attest(2, round=1, contributors=contributors)  # a late vote emits nothing
+        events = world.study.ledger_head_events()
+        expected = heads_for(contributors)
+        assert [(e.round, e.contributor) for e in events] == [
+            (1, a) for a in canonical_contributors(contributors)
+        ]
+        assert {e.contributor: (e.head, e.epsilon_micro) for e in events} == expected
+
+    def test_ledger_lists_must_match_the_contributors(self, world: World) -> None:
+        contributors = world.owners[:3]
+        signature = world.sign(MEMBER_KEYS[0], round=1, agg=AGG_A, contributors=contributors)
+        with pytest.raises(BadInputError, match="ledger_heads: must name exactly"):
+            world.study.submit_attestation(
+                relayer=world.relayer,
+                round=1,
+                aggregate_hash=AGG_A,
+                contributors=contributors,
+                ledger_heads=heads_for(contributors[:2]),
+                signature=signature,
+            )
+        ordered = canonical_contributors(contributors)
+        heads, epsilons = ledger_lists(ordered, heads_for(contributors))
+        fn = world.study.contract.functions.attest(
+            1, AGG_A, ordered, heads[:2], epsilons, signature
+        )
+        with pytest.raises(BadInputError, match=r"LedgerLengthMismatch\(3, 2, 3\)"):
+            world.provider.transact(fn, sender=world.relayer, error_kinds=ERROR_KINDS)
+
     def test_contributor_order_does_not_matter_to_signers(self, world: World) -> None:
         assert world.attest(0, round=1, contributors=world.owners[:3]) is False
         assert world.attest(1, round=1, contributors=world.owners[2::-1]) is True
@@ -627,6 +690,7 @@ class StudyContractSuite:
                 round=1,
                 aggregate_hash=AGG_A,
                 contributors=world.owners[:3],
+                ledger_heads=heads_for(world.owners[:3]),
                 signature=signature,
             )
         assert not world.study.has_attested(1, outsider)
@@ -638,6 +702,7 @@ class StudyContractSuite:
             "round": 1,
             "aggregate_hash": AGG_A,
             "contributors": contributors,
+            "ledger_heads": heads_for(contributors),
             "signature": signature,
         }
         assert world.study.submit_attestation(relayer=world.relayer, **submit) is False
@@ -647,7 +712,15 @@ class StudyContractSuite:
         # A second, different vote by the same member in the same round is refused too.
         with pytest.raises(VerificationError, match=expected):
             world.attest(0, round=1, agg=AGG_B)
-        assert world.study.votes(round=1, aggregate_hash=AGG_A, contributors=contributors) == 1
+        assert (
+            world.study.votes(
+                round=1,
+                aggregate_hash=AGG_A,
+                contributors=contributors,
+                ledger_heads=heads_for(contributors),
+            )
+            == 1
+        )
 
     def test_signature_is_bound_to_round_contract_and_result(self, world: World) -> None:
         contributors = world.owners[:3]
@@ -659,11 +732,21 @@ class StudyContractSuite:
             "round": 1,
             "aggregate_hash": AGG_A,
             "contributors": contributors,
+            "ledger_heads": heads_for(contributors),
         }
         changes: dict[str, dict[str, Any]] = {
             "another round": {"round": 2},
             "another contract": {"contract": other.study.address},
-            "another contributor set": {"contributors": world.owners[:2]},
+            "another contributor set": {
+                "contributors": world.owners[:2],
+                "ledger_heads": heads_for(world.owners[:2]),
+            },
+            "another ledger head": {
+                "ledger_heads": {**heads_for(contributors), contributors[0]: (b"\x07" * 32, 1)}
+            },
+            "another epsilon": {
+                "ledger_heads": {**heads_for(contributors), contributors[0]: (bytes(32), 2)}
+            },
             "another aggregate": {"aggregate_hash": AGG_B},
             "another chain": {"chain_id": world.provider.chain_id + 1},
             "another study": {"study_id": keccak(text="other study")},
@@ -678,6 +761,7 @@ class StudyContractSuite:
                     round=1,
                     aggregate_hash=AGG_A,
                     contributors=contributors,
+                    ledger_heads=heads_for(contributors),
                     signature=sign_attestation(MEMBER_KEYS[0], digest),
                 )
             assert not world.study.has_attested(1, world.members[0]), why
@@ -702,6 +786,7 @@ class StudyContractSuite:
                     round=1,
                     aggregate_hash=AGG_A,
                     contributors=contributors,
+                    ledger_heads=heads_for(contributors),
                     signature=signature,
                 )
         assert world.attest(0, round=1) is False  # the well-formed one still works
@@ -726,6 +811,9 @@ class StudyContractSuite:
         ]
         for contributors, kind, error in raw_cases:
             # A signature over exactly these bytes: the contract must refuse the list itself.
+            heads = [bytes(32)] * len(contributors)
+            epsilons = [0] * len(contributors)
+            ledger = keccak(encode(["bytes32[]", "uint256[]"], [heads, epsilons]))
             digest = keccak(
                 b"\x19Ethereum Signed Message:\n32"
                 + keccak(
@@ -737,10 +825,11 @@ class StudyContractSuite:
                     + (1).to_bytes(32, "big")
                     + AGG_A
                     + keccak(b"".join(bytes(12) + bytes.fromhex(a[2:]) for a in contributors))
+                    + ledger
                 )
             )
             fn = world.study.contract.functions.attest(
-                1, AGG_A, contributors, sign_attestation(MEMBER_KEYS[0], digest)
+                1, AGG_A, contributors, heads, epsilons, sign_attestation(MEMBER_KEYS[0], digest)
             )
             with pytest.raises(kind, match=error):
                 world.provider.transact(
@@ -876,12 +965,15 @@ class StudyContractSuite:
             deadline=deadline_in(provider),
         )
         for member in (0, 1):
-            digest = study.attestation_digest(round=1, aggregate_hash=AGG_A, contributors=owners)
+            digest = study.attestation_digest(
+                round=1, aggregate_hash=AGG_A, contributors=owners, ledger_heads=heads_for(owners)
+            )
             study.submit_attestation(
                 relayer=accounts[1],
                 round=1,
                 aggregate_hash=AGG_A,
                 contributors=owners,
+                ledger_heads=heads_for(owners),
                 signature=sign_attestation(MEMBER_KEYS[member], digest),
             )
         study.settle(sponsor=accounts[0])
@@ -934,9 +1026,9 @@ def gas_profile(world: World) -> dict[str, int]:
     gas: list[int] = []
     for member in (0, 1, 2):
         signature = world.sign(MEMBER_KEYS[member], round=1, agg=AGG_A, contributors=contributors)
-        fn = study.contract.functions.attest(
-            1, AGG_A, canonical_contributors(contributors), signature
-        )
+        ordered = canonical_contributors(contributors)
+        heads, epsilons = ledger_lists(ordered, heads_for(contributors))
+        fn = study.contract.functions.attest(1, AGG_A, ordered, heads, epsilons, signature)
         gas.append(provider.transact(fn, sender=world.relayer)["gasUsed"])
     used["attest"] = max(gas)
     used["attest_first"], used["attest_finalizing"], used["attest_late"] = gas

@@ -119,3 +119,32 @@ def test_dp_run_at_production_defaults_stays_below_theory() -> None:
     assert audit.ok
     audit.check()
     assert audit.to_dict()["ok"] is True
+
+
+def test_non_private_training_leaks_clearly_more_than_dp_runs() -> None:
+    """The control: the same training without clipping or noise must give a bound clearly
+    above what DP runs give, so a bound near 0 on a DP run means "no leak found", not "the
+    audit cannot see one"."""
+    hospitals, _ = demo_split(num_hospitals=5, seed=7)
+    key = bytes(range(32))
+
+    def run(config: DpConfig, *, private: bool) -> EmpiricalAudit:
+        return one_run_audit(
+            hospitals[0],
+            config=config,
+            canaries=256,
+            guesses=64,
+            seed_key=key,
+            rounds=config.total_rounds,
+            private=private,
+        )
+
+    leak = run(DpConfig(), private=False)
+    dp = [run(DpConfig(target_epsilon=eps), private=True) for eps in (1.0, 8.0)]
+    assert leak.epsilon_theoretical == float("inf")
+    assert leak.ok
+    assert leak.epsilon_lower > 0.5
+    for audit in dp:
+        assert audit.ok
+        assert audit.epsilon_lower < 0.3
+        assert leak.epsilon_lower > audit.epsilon_lower + 0.5

@@ -13,16 +13,11 @@ import torch
 from torch import nn
 
 from cohort.clients.data import Dataset, demo_split
+from cohort.clients.dp_sgd import PoissonBatches, prepare_private
 from cohort.clients.model import build_model, evaluate, get_flat, set_flat
 from cohort.clients.noise import NOISE, SAMPLING, ChaChaStream, PoissonSampler
 from cohort.clients.privacy import SEEDED_WARNING, PrivacyLedger, RoundReplayed
-from cohort.clients.training import (
-    DpConfig,
-    PoissonBatches,
-    derive_noise_key,
-    prepare_private,
-    train_dp,
-)
+from cohort.clients.training import DpConfig, derive_noise_key, train_dp
 from cohort.errors import BadInputError, BudgetExhausted, ConfigError, VerificationError
 
 # Study defaults (epsilon 3 over 5 rounds of 1 epoch) with small batches: 7 steps per epoch

@@ -24,7 +24,7 @@ from hypothesis.extra import numpy as hnp
 from cohort.crypto import ckks_fastsum as fastsum
 from cohort.crypto import ckks_wire as wire
 from cohort.crypto.ckks import DEFAULT_PARAMS, CkksParams, CkksPublicContext, CkksSecretContext
-from cohort.crypto.ckks_tenseal import seal_zstd
+from cohort.crypto.ckks_tenseal import encrypt_chunk, seal_zstd
 from cohort.errors import BadInputError
 
 SECRET = CkksSecretContext.generate()
@@ -33,8 +33,12 @@ SLOTS = DEFAULT_PARAMS.slots
 # A 60-bit data prime allows only 15 lazy adds: sums of 20 exercise the intermediate remainder.
 WIDE = CkksSecretContext.generate(CkksParams(4096, (60, 49), 40))
 RNG = np.random.default_rng(7)
-BLOB = SECRET.encrypt(RNG.normal(0, 1, 100))
-CHUNK = wire.parse_vector(BLOB, DEFAULT_PARAMS).chunks[0]
+# The malformed-chunk tests mutate TenSEAL's own (unseeded, two-polynomial) serialization,
+# which members still accept; uploads from encrypt() are seeded (tested below and in
+# tests/vectors/test_ckks_vectors.py).
+CHUNK = encrypt_chunk(SECRET._ctx, RNG.normal(0, 1, 100))
+BLOB = wire.VectorFrame(length=100, fingerprint=PUBLIC.fingerprint(), chunks=(CHUNK,)).to_bytes()
+SEEDED = SECRET.encrypt(RNG.normal(0, 1, 100))
 CODEC = seal_zstd()
 
 
@@ -67,7 +71,38 @@ def test_fast_sum_equals_tenseal_bytes(length: int, count: int, data: st.DataObj
     blobs = [SECRET.encrypt(v) for v in vectors]
     fast = PUBLIC.add(blobs)
     assert fast == _tenseal_sum(PUBLIC, blobs)
+    # Parsed once (as a member does at acceptance), summed later from the arrays.
+    acc = PUBLIC.accumulator()
+    for blob in blobs:
+        decoded = PUBLIC.decode(blob, length=length)
+        acc.add_decoded(decoded.coeffs, decoded.length)
+    assert acc.finish() == fast
     np.testing.assert_allclose(SECRET.decrypt(fast), np.sum(vectors, axis=0), atol=1e-4, rtol=0)
+
+
+def test_seeded_upload_is_half_the_size_and_sums_with_unseeded_ones() -> None:
+    seeded_chunk = wire.parse_vector(SEEDED, DEFAULT_PARAMS).chunks[0]
+    assert len(seeded_chunk) < 0.55 * len(CHUNK)
+    # TenSEAL (SEAL's load) expands the seed itself: the sums agree byte for byte.
+    assert PUBLIC.add([SEEDED, BLOB]) == _tenseal_sum(PUBLIC, [SEEDED, BLOB])
+    assert PUBLIC.add([BLOB, SEEDED]) == PUBLIC.add([SEEDED, BLOB])
+
+
+def test_seeds_are_fresh_per_ciphertext() -> None:
+    frames = [wire.parse_vector(SECRET.encrypt(np.zeros(2 * SLOTS)), DEFAULT_PARAMS)]
+    frames.append(wire.parse_vector(SECRET.encrypt(np.zeros(2 * SLOTS)), DEFAULT_PARAMS))
+    seeds = set()
+    for frame in frames:
+        for chunk in frame.chunks:
+            proto = fastsum._Proto(memoryview(chunk), "chunk")
+            proto.tag(0x0A, "sizes")
+            proto.take(proto.varint("n"), "sizes")
+            proto.tag(0x12, "ciphertext")
+            seal = proto.take(proto.varint("n"), "ciphertext")[16:]  # zstd frame of the body
+            out = np.empty(CODEC.content_size(seal), dtype=np.uint8)
+            assert CODEC.decompress_into(seal, out) == out.size
+            seeds.add(out[-fastsum.SEED_BYTES :].tobytes())
+    assert len(seeds) == 4
 
 
 @pytest.mark.parametrize("count", [1, 2, 15, 16, 17, 33])

@@ -6,11 +6,11 @@ CSVs, the ServerApp launched by ``flwr run``) is put through what a real one mee
 
 * a SuperNode whose key the sponsor never registered tries to join and is refused;
 * a committee member is killed after round 1: the study goes on with the other two;
-* the coordinator (the ServerApp process) is SIGKILLed after round 2, the member is
-  restarted and the sponsor launches again: the study resumes from its saved state, the
-  member rejoins, and the study finishes; no round is counted twice and no hospital is
-  charged twice (each ledger holds each round once); ``cohort study status`` reads it all
-  back from the chain and the coordinator's state;
+* the coordinator (the ServerApp process) is SIGKILLed after round 2; the member is
+  restarted, a hospital's node restarts, and the sponsor launches again: the study resumes
+  from its saved state, the member rejoins, and the study finishes; no round is counted
+  twice and no hospital is charged twice (each ledger holds each round once);
+  ``cohort study status`` reads it all back from the chain and the coordinator's state;
 * every command the deployment ran is shown in a role guide;
 * the result matches ``cohort simulate`` with the same seed within 0.01.
 """
@@ -85,8 +85,9 @@ def _intruder_refused(d: LocalDeployment, tmp_path: Path) -> None:
 
 
 def test_deployed_study_survives_a_dead_member_and_a_coordinator_crash(
-    anvil: Path, tmp_path: Path
+    anvil: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COHORT_LOG_LEVEL", "INFO")  # the parties' logs show what they did
     plan = LocalPlan(hospitals=3, members=3, rounds=ROUNDS, seed=SEED, secure=SecureMode.CKKS)
     with LocalDeployment(plan, tmp_path / "deploy") as d:
         d.start()
@@ -110,6 +111,7 @@ def test_deployed_study_survives_a_dead_member_and_a_coordinator_crash(
         assert 2 <= d.finished_round() < ROUNDS
 
         d.restart("member-3")  # the member's operator brings it back: it rejoins
+        d.restart("hospital-2")  # a hospital's node restarts too: its ledger stays
         port = d.member_ports["member-3"]
         wait_for("member-3 again", lambda: port_open(port), timeout_s=120)
         summary = d.launch()  # the sponsor launches again: the study resumes

@@ -10,6 +10,7 @@ chart lines' colours in the page), decoded here without PIL.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -24,6 +25,7 @@ from numpy.typing import NDArray
 from studykit import hospitals, make_study
 from typer.testing import CliRunner
 
+from cohort.clients.empirical import EmpiricalAudit
 from cohort.clients.privacy import PrivacyLedger
 from cohort.federation import audit_report
 from cohort.federation.audit import audit_run
@@ -359,3 +361,31 @@ def test_chromium_shows_the_verdict_and_the_plots(
         audit_report.ACCURACY_COLOUR,
     ):
         assert count(pixels, colour, tol=6) > 300, colour
+
+
+def test_report_and_json_show_the_empirical_bound_next_to_the_theory(
+    runs: tuple[Path, Path],
+) -> None:
+    honest, _ = runs
+    audit = EmpiricalAudit(
+        canaries=64,
+        included=31,
+        guesses=16,
+        correct=9,
+        rounds=5,
+        beta=0.05,
+        delta=1e-5,
+        epsilon_lower=0.125,
+        epsilon_theoretical=2.9876,
+    )
+    report = dataclasses.replace(
+        audit_run(honest), empirical={**audit.to_dict(), "hospital": "hospital-1"}
+    )
+    page = render_report(report, run_dir=honest)
+    assert_self_contained(page)
+    section = page[page.index("<h2>Empirical audit</h2>") :]
+    assert "empirical lower bound (95% confidence)</td><td>0.1250" in section
+    assert "theoretical (PRV, delta 1e-05)</td><td>2.9876" in section
+    assert "not above the theoretical epsilon" in section
+    assert json.loads(json.dumps(report.to_dict()))["empirical"]["epsilon_lower"] == 0.125
+    assert "<h2>Empirical audit</h2>" not in render_report(audit_run(honest), run_dir=honest)

@@ -38,10 +38,13 @@ from cohort.aggregator.member import (
 from cohort.aggregator.peers import PeerFetcher
 from cohort.aggregator.replication import FetchRequest
 from cohort.aggregator.service import serve
+from cohort.bounties.chain import EmbeddedChain
+from cohort.bounties.study import StudyContract
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.upload import CommitteeUpload
 from cohort.federation import transcript
 from cohort.federation.approval import Role, approve
+from cohort.federation.audit import audit_run
 from cohort.federation.certs import load_cert_key, write_study_certs
 from cohort.federation.config import SecureMode, StudyConfig
 from cohort.federation.manifest import CommitteeEntry, SignedManifest
@@ -195,8 +198,13 @@ def studies(
     ckks_cfg, none_cfg = _config(SecureMode.CKKS), _config(SecureMode.NONE)
     ckks_out = tmp_path_factory.mktemp("ckks")
     none_out = tmp_path_factory.mktemp("none")
+    chain = EmbeddedChain()
     ckks = run_study(
-        ckks_cfg, ckks_out, committee=committee, settings=_settings(ckks_cfg, ckks_out)
+        ckks_cfg,
+        ckks_out,
+        committee=committee,
+        settings=_settings(ckks_cfg, ckks_out),
+        chain=chain,
     )
     none = run_study(none_cfg, none_out, settings=_settings(none_cfg, none_out))
     attacker = committee.members[0]
@@ -207,6 +215,7 @@ def studies(
         "ckks_out": ckks_out,
         "none_out": none_out,
         "attacker": attacker,
+        "chain": chain,
     }
 
 
@@ -219,6 +228,21 @@ def test_ckks_rounds_complete_and_are_finalized_on_chain(studies: dict[str, Any]
     assert summary["rounds"][-1]["accuracy"] > 0.85
     on_disk = json.loads((studies["ckks_out"] / "summary.json").read_text())
     assert on_disk["rounds"] == summary["rounds"]
+
+
+def test_each_finalized_round_puts_the_hospitals_ledger_heads_on_chain(
+    studies: dict[str, Any],
+) -> None:
+    out = studies["ckks_out"]
+    manifest = SignedManifest.load(out / "manifest.json").manifest
+    contract = StudyContract.at(studies["chain"], manifest.contract)
+    events = contract.ledger_head_events()
+    # round 1: all three; round 2: hospital-3 declined at its own cap
+    assert [e.round for e in events] == [1, 1, 1, 2, 2]
+    assert all(e.head != bytes(32) and e.epsilon_micro > 0 for e in events)
+    report = audit_run(out, contract=contract)
+    assert report.ok, report.violations
+    assert report.chain_contract == contract.address
 
 
 def test_tampering_member_is_outvoted_and_named(studies: dict[str, Any]) -> None:

@@ -16,7 +16,11 @@ from studykit import hospitals, make_study
 
 from cohort.aggregator.keys import MemberKeys
 from cohort.aggregator.member import study_id_bytes
-from cohort.bounties.attestation import attestation_digest, sign_attestation
+from cohort.bounties.attestation import (
+    attestation_digest,
+    sign_attestation,
+    unreported_ledger_heads,
+)
 from cohort.bounties.chain import EmbeddedChain
 from cohort.bounties.study import StudyContract, predict_address
 from cohort.errors import ConfigError, VerificationError
@@ -60,6 +64,7 @@ def test_only_the_finalized_aggregate_and_client_set_pass(tmp_path: Path) -> Non
         round=1,
         aggregate_hash=AGGREGATE,
         contributors=payouts,
+        ledger_heads=unreported_ledger_heads(payouts),
     )
     with pytest.raises(VerificationError, match="has not finalized it"):
         check_finalized(contract, manifest, round=1, client_ids=chosen, aggregate_hash=AGGREGATE)
@@ -69,6 +74,7 @@ def test_only_the_finalized_aggregate_and_client_set_pass(tmp_path: Path) -> Non
             round=1,
             aggregate_hash=AGGREGATE,
             contributors=payouts,
+            ledger_heads=unreported_ledger_heads(payouts),
             signature=sign_attestation(member.eth_private_key, digest),
         )
     check_finalized(contract, manifest, round=1, client_ids=chosen, aggregate_hash=AGGREGATE)
