@@ -57,9 +57,12 @@ bench: setup
 	$(BIN)/python bench/round.py
 	$(BIN)/python bench/control.py
 	$(BIN)/python bench/noise.py
+	$(BIN)/python bench/dp_speed.py
 	$(BIN)/python bench/study.py
 	$(BIN)/python bench/dp_accuracy.py
 	$(BIN)/python bench/empirical.py
+	$(BIN)/python bench/deploy.py
+	$(BIN)/python bench/scale.py
 
 proto: setup
 	$(BIN)/python aggregator/proto/generate.py

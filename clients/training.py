@@ -7,9 +7,10 @@ Run by a data owner (hospital) on its own machine, once per round it takes part 
 2. :meth:`PrivacyLedger.guard` - refuse a (study, round) the ledger already holds
    (:class:`RoundReplayed`) and decline with :class:`BudgetExhausted` if the round would
    take the owner past its cap, before touching the model;
-3. train a private copy of the model with Opacus's per-sample gradients and clipping to C,
-   Poisson sampling and Gaussian noise sigma * C per step both drawn from ChaCha20
-   streams (:mod:`cohort.clients.noise`);
+3. train a private copy of the model with per-example clipping to C (MLPs: without
+   per-example gradient tensors, :class:`cohort.clients.dp_sgd.FusedLinearClipping`; other
+   models: Opacus's per-sample gradients), Poisson sampling and Gaussian noise sigma * C
+   per step both drawn from ChaCha20 streams (:mod:`cohort.clients.noise`);
 4. :meth:`PrivacyLedger.record` the event durably;
 5. only then copy the trained parameters into the caller's model (the release).
 

@@ -19,7 +19,9 @@ directory laid out like it, ``manifest.json`` (the signed study manifest) and
    terms calibrate (:class:`cohort.clients.training.DpConfig`, as every hospital does);
    the study's own epsilon within the manifest's per-owner epsilon;
 4. seeded entries counted and said plainly: seeded noise is reproducible, so unfit for
-   real patient data.
+   real patient data;
+5. with client-level DP in the manifest, the summary's client-level epsilon per round
+   re-derived from the released client sets (:mod:`cohort.federation.audit_client_dp`).
 
 Why the tolerance: the PRV accountant reports its estimate plus its error margin
 ``eps_error`` (:data:`PRV_EPS_ERROR`, 0.01), and the estimate is within ``eps_error`` of
@@ -56,6 +58,7 @@ from cohort.clients.privacy import (
     read_entries,
 )
 from cohort.errors import BadInputError
+from cohort.federation.audit_client_dp import audit_client_level
 from cohort.federation.manifest import Manifest, SignedManifest
 
 if TYPE_CHECKING:
@@ -212,6 +215,9 @@ class AuditReport:
     #: The one-run empirical audit (``EmpiricalAudit.to_dict()`` plus ``hospital``) when
     #: ``cohort audit --empirical`` ran it, else None.
     empirical: dict[str, Any] | None = None
+    #: The client-level DP re-derivation (:mod:`cohort.federation.audit_client_dp`) when the
+    #: manifest has ``client_dp``, else None.
+    client_level: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -240,6 +246,7 @@ class AuditReport:
             "seeded": self.seeded,
             "chain_contract": self.chain_contract,
             "empirical": self.empirical,
+            "client_level": self.client_level,
             "hospitals": [h.to_dict() for h in self.hospitals],
             "violations": list(self.violations),
             "ok": self.ok,
@@ -434,6 +441,8 @@ def audit_run(
         from cohort.federation.audit_chain import chain_problems  # web3: only when asked
 
         problems += chain_problems(contract, manifest, ledgers)
+    client_problems, client_level = audit_client_level(run_dir, manifest)
+    problems += client_problems
     return AuditReport(
         run_dir=str(run_dir),
         study_id=manifest.study_id,
@@ -443,4 +452,5 @@ def audit_run(
         hospitals=tuple(audits),
         violations=tuple(problems),
         chain_contract=None if contract is None else contract.address,
+        client_level=client_level,
     )

@@ -330,7 +330,7 @@ def simulate(
         str,
         typer.Option(
             help="The hospitals' records: demo (the breast-cancer split, up to ~20 hospitals) "
-            "or synthetic (seeded synthetic records, any number of hospitals: scale runs)."
+            "or synthetic (seeded synthetic records, up to 256 hospitals: scale runs)."
         ),
     ] = "demo",
     csv: Annotated[
@@ -345,9 +345,21 @@ def simulate(
         typer.Option(help="With --csv: the sponsor's held-out CSV (evaluation and scaling)."),
     ] = None,
     classes: Annotated[int, typer.Option(help="Label classes K (labels 0..K-1).")] = 2,
+    client_dp_noise: Annotated[
+        float | None,
+        typer.Option(
+            help="Client-level DP: noise multiplier sigma of the aggregate (std sigma*C over "
+            "any min-clients owners, each adding its share); off when not given."
+        ),
+    ] = None,
+    client_clip: Annotated[
+        float,
+        typer.Option(help="With --client-dp-noise: L2 bound C on each weighted update."),
+    ] = 1.0,
 ) -> None:
     """Run a private federated study on one machine (embedded chain, local committee)."""
     from cohort.federation.config import DpSettings, SecureMode, StudyConfig
+    from cohort.federation.manifest import ClientDpTerms
 
     if not (math.isfinite(epsilon) and epsilon > 0):
         _fail(
@@ -378,6 +390,9 @@ def simulate(
             csv=tuple(str(p) for p in csv or ()),
             test_csv=str(test_csv) if test_csv is not None else "",
             classes=classes,
+            client_dp=None
+            if client_dp_noise is None
+            else ClientDpTerms(clip_norm=client_clip, noise_multiplier=client_dp_noise),
         )
     except CohortError as exc:
         _fail(str(exc), code=2)

@@ -255,6 +255,16 @@ def audit(
             "upper bound",
             soft_wrap=True,
         )
+        level = report.client_level
+        if level is not None:
+            console.print(
+                f"client-level DP (one whole hospital, apart from the record-level epsilons "
+                f"above): epsilon {level['epsilon_pld']:.4f} at delta {level['delta']:g} "
+                f"(dp-accounting PLD) over {level['rounds_released']} released round(s), "
+                f"clip {level['clip_norm']:g}, sigma {level['noise_multiplier']:g} for at "
+                f"least {level['min_clients']} owners",
+                soft_wrap=True,
+            )
     for h in report.hospitals:
         if h.seeded_entries:
             err_console.print(

@@ -17,10 +17,14 @@ from typing import Any
 from cohort.clients.training import DpConfig
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.errors import ConfigError
-from cohort.federation.manifest import SecureMode
+from cohort.federation.manifest import ClientDpTerms, SecureMode
 from cohort.files import write_atomic
 
 __all__ = ["DATA_SOURCES", "DpSettings", "SecureMode", "StudyConfig", "write_json"]
+
+#: The study contract's data-owner roster limit (``MAX_DATA_OWNERS`` in CohortStudy.sol):
+#: settlement loops over the owners, so their number is bounded to fit a block.
+MAX_DATA_OWNERS = 256
 
 #: Where simulated hospitals' records come from: the breast-cancer demo split, seeded
 #: synthetic records (any number of hospitals; scale runs), or one CSV file per hospital
@@ -93,12 +97,17 @@ class StudyConfig:
     csv: tuple[str, ...] = ()  # data == "csv": one file per hospital
     test_csv: str = ""  # data == "csv": the sponsor's held-out split
     classes: int = 2
+    #: Optional client-level DP (distributed noise; docs/privacy.md); None: record-level only.
+    client_dp: ClientDpTerms | None = None
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 64:
             raise ConfigError("name must be 1..64 characters (the study's label)")
-        if self.clients < 2:
-            raise ConfigError(f"clients must be >= 2 (hospitals in the study), got {self.clients}")
+        if not 2 <= self.clients <= MAX_DATA_OWNERS:
+            raise ConfigError(
+                f"clients must be in 2..{MAX_DATA_OWNERS} (hospitals in the study; the study "
+                f"contract pays at most {MAX_DATA_OWNERS} data owners), got {self.clients}"
+            )
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1 (federated rounds), got {self.rounds}")
         if self.committee < 1:
@@ -153,13 +162,17 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["secure"] = self.secure.value
+        if self.client_dp is None:
+            del data["client_dp"]  # absent by default: configs (and their ids) as before
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
         try:
             dp = DpSettings(**data.get("dp", {}))
-            rest = {k: v for k, v in data.items() if k != "dp"}
+            rest = {k: v for k, v in data.items() if k not in ("dp", "client_dp")}
+            client_dp = data.get("client_dp")
+            rest["client_dp"] = None if client_dp is None else ClientDpTerms(**client_dp)
             rest["secure"] = SecureMode.parse(str(rest.get("secure", "ckks")))
             rest["csv"] = tuple(rest.get("csv", ()))
             return cls(dp=dp, **rest)

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from cohort.aggregator.modes import CkksSpec
 from cohort.aggregator.quorum import AttestationCheck, QuorumDecision, QuorumNotReached
 from cohort.aggregator.replication import UploadReceipt, copy_faults, holders
 from cohort.bounties.study import StudyContract
+from cohort.clients.client_dp import ClientLevelEvent, client_level_epsilon
 from cohort.clients.data import Dataset
 from cohort.clients.model import build_model, evaluate, get_flat, set_flat
 from cohort.crypto.ckks import dealt_context_digest
@@ -81,6 +82,8 @@ class RoundRecord:
     reason: str = ""  # why the round was skipped, "" when it completed
     decryptors: list[str] = field(default_factory=list)
     faulty_decryptors: list[str] = field(default_factory=list)
+    #: Client-level DP after this round (:func:`client_level_record`); None without it.
+    client_level: dict[str, Any] | None = None
 
 
 @dataclass
@@ -141,6 +144,7 @@ class Coordinator:
     state: StateStore | None = None
     outcome: StudyOutcome = field(default_factory=StudyOutcome)
     _weight_unit: int = field(default=1, repr=False)
+    _released: int = field(default=0, repr=False)  # owners in this round's released sum
 
     @property
     def manifest(self) -> Manifest:
@@ -279,6 +283,7 @@ class Coordinator:
     def play_round(self, session: Session, rnd: int) -> bool:
         """Run round ``rnd``; False when the study had to stop (reason in the outcome)."""
         started = time.perf_counter()
+        self._released = 0
         try:
             session.global_vec, record = self._round(
                 rnd,
@@ -293,6 +298,9 @@ class Coordinator:
             log.warning("study stopped", extra=fields(round=rnd, reason=str(exc)))
             return False
         record.seconds = round(time.perf_counter() - started, 3)
+        record.client_level = client_level_record(
+            self.manifest, self.outcome.rounds, rnd, released=self._released
+        )
         self.outcome.rounds.append(record)
         if self.on_round is not None:
             self.on_round(record)
@@ -479,12 +487,16 @@ class Coordinator:
                 return skipped("the committee reached no quorum on the aggregate")
             agg_hash = decision.aggregate_hash
             finalized = self._attest(rnd, decision, client_set, ledger)
+            # From here owners of S may decrypt: the round counts as released to the
+            # coordinator for client-level DP even if the decryptions then disagree.
+            self._released = len(client_set)
             try:
                 total, decryptors, wrong = self._decrypt(rnd, client_set, decision, party_of)
             except ProtocolAbort as exc:
                 return skipped(str(exc))
         else:
             client_set = sorted(ok)
+            self._released = len(client_set)
             total = np.sum([updates[p].astype(np.float64) for p in client_set], axis=0)
             agg_hash = tagged_hash(Tag.AGGREGATE, total.astype(np.float64).tobytes())
         # Owners sent update * examples / weight_unit; divide by the weight of S.
@@ -729,6 +741,43 @@ class Coordinator:
             record.paid_wei = paid
             total += paid
         self.outcome.total_paid_wei = total
+
+
+def client_level_record(
+    manifest: Manifest, earlier: Sequence[RoundRecord], rnd: int, *, released: int
+) -> dict[str, Any] | None:
+    """Client-level DP after round ``rnd`` (None when the manifest has no ``client_dp``).
+
+    Computed from public data only: how many owners' noised updates each released sum held
+    (``released``, 0 when the round released nothing; ``earlier`` rounds' own records), C,
+    sigma and min_clients (:mod:`cohort.clients.client_dp`). ``epsilon`` is every released
+    round so far composed: the bound for an owner included in all of them.
+    """
+    terms = manifest.client_dp
+    if terms is None:
+        return None
+    sizes = [(r.round, int(r.client_level["clients"])) for r in earlier if r.client_level]
+    sizes.append((rnd, released))
+    events = [
+        ClientLevelEvent.of_round(
+            r,
+            clients=n,
+            noise_multiplier=terms.noise_multiplier,
+            min_clients=manifest.min_clients,
+        )
+        for r, n in sizes
+        if n > 0
+    ]
+    current = events[-1] if events and events[-1].round == rnd else None
+    return {
+        "clients": released,
+        "noise_multiplier": None if current is None else current.noise_multiplier,
+        "clip_norm": terms.clip_norm,
+        "epsilon": client_level_epsilon(
+            [e.noise_multiplier for e in events], delta=manifest.dp.delta
+        ),
+        "delta": manifest.dp.delta,
+    }
 
 
 _COHORT_ERROR = re.compile(r"cohort\.(?:[a-z_]+\.)+([A-Z]\w*): (.+)")

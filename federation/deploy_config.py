@@ -319,6 +319,8 @@ class StudyTerms:
     key_dealer: str | None
     seed: int | None
     dp: Mapping[str, float | int]
+    #: ``[study.client-dp]`` (``clip-norm``, ``noise-multiplier``): client-level DP, or None.
+    client_dp: Mapping[str, float] | None = None
 
 
 _DP_KEYS = {
@@ -364,6 +366,14 @@ class StudyFile:
                 else:
                     dp[field_name] = dp_table.number(key)
         dp_table.done()
+        client_dp: dict[str, float] | None = None
+        if "client-dp" in s.data:
+            table = s.table("client-dp")
+            client_dp = {
+                "clip_norm": table.number("clip-norm", 1.0),
+                "noise_multiplier": table.number("noise-multiplier"),
+            }
+            table.done()
         try:
             secure = SecureMode.parse(s.text("secure", "ckks"))
         except (ValueError, ConfigError) as exc:
@@ -382,6 +392,7 @@ class StudyFile:
             key_dealer=s.optional_text("key-dealer"),
             seed=s.optional_integer("seed"),
             dp=dp,
+            client_dp=client_dp,
         )
         s.done()
         sponsor, data, committee = doc["sponsor"], doc["data"], doc["committee"]

@@ -33,6 +33,8 @@ from cohort.aggregator.replication import UploadReceipt, upload_order
 from cohort.bounties.attestation import epsilon_micro
 from cohort.bounties.chain import RpcChain
 from cohort.bounties.study import StudyContract
+from cohort.clients.client_dp import privatize_update
+from cohort.clients.client_dp import round_key as client_dp_key
 from cohort.clients.data import Dataset, Normalizer, demo_split, load_csv, synthetic_split
 from cohort.clients.ledger_commitment import LedgerCommitment
 from cohort.clients.model import build_model, get_flat, set_flat
@@ -337,7 +339,9 @@ def train(
     budget is spent: the approved manifest and local policy, the round number, our size
     against the weight unit, the key, and that a quorum of the committee is reachable.
     Returns a receipt for the coordinator. A declined round (budget, dead committee) or a
-    failed upload is a receipt with that status and reason, never an exception.
+    failed upload is a receipt with that status and reason, never an exception. With the
+    manifest's ``client_dp`` the weighted update is clipped and noised for client-level DP
+    (:mod:`cohort.clients.client_dp`) before it is encoded.
     """
     identity, manifest = _study(settings, instruction.study_id)
     _check_round(manifest, instruction.round, "train")
@@ -412,6 +416,16 @@ def train(
     # own magnitude (CKKS max_abs), and the coordinator divides by the weight of S.
     weight = result.examples / instruction.weight_unit
     update = (get_flat(model).astype(np.float64) - global_model.astype(np.float64)) * weight
+    if manifest.client_dp is not None:
+        # Client-level DP: clip after weighting (sensitivity C), then this owner's share of
+        # the aggregate's noise. C, sigma and min_clients are the approved manifest's.
+        update = privatize_update(
+            update,
+            clip_norm=manifest.client_dp.clip_norm,
+            noise_multiplier=manifest.client_dp.noise_multiplier,
+            min_clients=manifest.min_clients,
+            key=client_dp_key(noise_seed=seed, owner=identity.party_id, round=instruction.round),
+        )
     done = {"examples": result.examples, "epsilon": result.epsilon}
     if context is None:
         # Grid values below max_abs need 22 significant bits: float32 carries them exactly.

@@ -187,6 +187,33 @@ class DpTerms:
 
 
 @dataclass(frozen=True)
+class ClientDpTerms:
+    """Client-level DP by distributed noise (optional; see docs/privacy.md, "Client-level").
+
+    Every data owner clips its weighted update to L2 norm ``clip_norm`` (C) and adds
+    Gaussian noise of standard deviation ``noise_multiplier * clip_norm / sqrt(min_clients)``
+    per value, so any aggregate of at least ``min_clients`` owners carries noise of standard
+    deviation at least ``noise_multiplier * clip_norm`` (the noise multiplier is sigma / C of
+    the summed update, as in DP-SGD).
+    """
+
+    clip_norm: float
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        _float(self.clip_norm, "client_dp.clip_norm (L2 bound C on a weighted update)", low=0.0)
+        _float(
+            self.noise_multiplier,
+            "client_dp.noise_multiplier (noise std of the aggregate / C)",
+            low=0.0,
+        )
+
+    def per_client_std(self, min_clients: int) -> float:
+        """Noise std per value one owner adds: sigma * C / sqrt(min_clients)."""
+        return self.noise_multiplier * self.clip_norm / math.sqrt(min_clients)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """One study's terms. Written and signed by the sponsor; approved by every operator."""
 
@@ -217,6 +244,9 @@ class Manifest:
     tls_ca: str = ""  # PEM of the CA that issued the members' certificates; "": no TLS
     normalizer: Mapping[str, Any] | None = field(default=None, compare=False)
     format: str = MANIFEST_FORMAT
+    #: Optional client-level DP; absent (None) is left out of the encoding entirely, so a
+    #: manifest without it encodes byte for byte as before the term existed.
+    client_dp: ClientDpTerms | None = None
 
     def __post_init__(self) -> None:
         if self.format != MANIFEST_FORMAT:
@@ -249,6 +279,8 @@ class Manifest:
         _int(self.rounds, "rounds", low=1, high=10_000)
         if not isinstance(self.dp, DpTerms):
             raise BadInputError("manifest: dp must be DpTerms")
+        if self.client_dp is not None and not isinstance(self.client_dp, ClientDpTerms):
+            raise BadInputError("manifest: client_dp must be ClientDpTerms or absent")
         if not isinstance(self.model, str) or not _MODEL_NAME.match(self.model):
             raise BadInputError(
                 "manifest: model must be a registered architecture name (letters, digits, "
@@ -313,6 +345,10 @@ class Manifest:
                 value = [_entry_dict(o) for o in self.owners]
             elif f.name == "dp":
                 value = {g.name: getattr(self.dp, g.name) for g in fields(self.dp)}
+            elif f.name == "client_dp":
+                if value is None:
+                    continue  # optional term: absent, not null (see the field)
+                value = {g.name: getattr(value, g.name) for g in fields(value)}
             elif f.name == "normalizer":
                 value = None if value is None else dict(value)
             elif isinstance(value, bytes):
@@ -341,11 +377,19 @@ class Manifest:
         """Parse :meth:`to_dict` output strictly; BadInputError/ConfigError name the field."""
         if not isinstance(data, Mapping):
             raise BadInputError("manifest: expected a JSON object")
-        _exact_keys(data, {f.name for f in fields(cls)}, "manifest")
+        names = {f.name for f in fields(cls)}
+        _exact_keys(data, names if "client_dp" in data else names - {"client_dp"}, "manifest")
         dp = data["dp"]
         if not isinstance(dp, Mapping):
             raise BadInputError("manifest: dp must be an object")
         _exact_keys(dp, {f.name for f in fields(DpTerms)}, "manifest dp")
+        client_dp = data.get("client_dp")
+        if client_dp is not None:
+            if not isinstance(client_dp, Mapping):
+                raise BadInputError("manifest: client_dp must be an object")
+            _exact_keys(client_dp, {f.name for f in fields(ClientDpTerms)}, "manifest client_dp")
+        elif "client_dp" in data:
+            raise BadInputError("manifest: client_dp must be an object or absent, not null")
         committee = _list(data["committee"], "committee")
         owners = _list(data["owners"], "owners")
         normalizer = data["normalizer"]
@@ -379,6 +423,7 @@ class Manifest:
             tls_ca=data["tls_ca"],
             normalizer=normalizer,
             format=data["format"],
+            client_dp=None if client_dp is None else ClientDpTerms(**client_dp),
         )
 
 

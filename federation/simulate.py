@@ -245,6 +245,7 @@ def create_manifest(
         deadline=int(time.time()) + DEADLINE_S,
         tls_ca=ca,
         normalizer=published_normalizer(config),
+        client_dp=config.client_dp,
     )
     return SignedManifest.sign(manifest, sponsor)
 

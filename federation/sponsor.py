@@ -36,6 +36,7 @@ from cohort.errors import BadInputError, ConfigError, ProtocolAbort
 from cohort.federation.config import DpSettings
 from cohort.federation.deploy_config import StudyFile
 from cohort.federation.manifest import (
+    ClientDpTerms,
     CommitteeEntry,
     DpTerms,
     Manifest,
@@ -119,6 +120,7 @@ def create_study(study: StudyFile, *, now: float | None = None) -> tuple[SignedM
         sponsor_address=sponsor_address,
         rounds=terms.rounds,
         dp=DpTerms(**{**asdict(DpSettings()), **terms.dp}),
+        client_dp=None if terms.client_dp is None else ClientDpTerms(**terms.client_dp),
         model=terms.model,
         features=features,
         num_classes=terms.classes,

@@ -21,6 +21,7 @@ def config_of(manifest: Manifest) -> dict[str, Any]:
         "quorum": manifest.quorum,
         "secure": manifest.secure.value,
         "dp": asdict(manifest.dp),
+        **({} if manifest.client_dp is None else {"client_dp": asdict(manifest.client_dp)}),
         "seed": None,
         "model": manifest.model,
         "min_clients": manifest.min_clients,
@@ -59,6 +60,28 @@ def build_summary(config: Mapping[str, Any], outcome: StudyOutcome) -> dict[str,
         },
         "final_accuracy": outcome.rounds[-1].accuracy if outcome.rounds else None,
         "node_errors": outcome.node_errors,
+        **_client_level(outcome.rounds),
+    }
+
+
+def _client_level(rounds: list[RoundRecord]) -> dict[str, Any]:
+    """The study's client-level DP after its last round (absent without ``client_dp``)."""
+    from cohort.clients.client_dp import ACCOUNTANT, NEIGHBOURING_RELATION
+
+    levels = [r.client_level for r in rounds if r.client_level is not None]
+    if not levels:
+        return {}
+    released = [lv["noise_multiplier"] for lv in levels if lv["clients"] > 0]
+    return {
+        "client_level": {
+            "epsilon": levels[-1]["epsilon"],
+            "delta": levels[-1]["delta"],
+            "noise_multiplier": min(released) if released else None,
+            "clip_norm": levels[-1]["clip_norm"],
+            "rounds_released": len(released),
+            "accountant": ACCOUNTANT,
+            "neighbouring_relation": NEIGHBOURING_RELATION,
+        }
     }
 
 
@@ -67,4 +90,6 @@ def _round_dict(record: RoundRecord) -> dict[str, Any]:
     data["accuracy"] = round(record.accuracy, 6)
     data["loss"] = round(record.loss, 6)
     data["max_epsilon"] = round(record.max_epsilon, 6)
+    if record.client_level is None:
+        del data["client_level"]  # a study without client-level DP: schema as before
     return data

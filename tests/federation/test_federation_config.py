@@ -18,7 +18,8 @@ def test_defaults_match_the_issue() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"clients": 1}, "clients must be >= 2"),
+        ({"clients": 1}, "clients must be in 2..256"),
+        ({"clients": 257}, "pays at most 256 data owners"),
         ({"rounds": 0}, "rounds must be >= 1"),
         ({"committee": 3, "quorum": 1}, "quorum must be a strict majority"),
         ({"committee": 3, "quorum": 4}, "quorum must be a strict majority"),
@@ -61,3 +62,16 @@ def test_config_round_trips_and_study_id_is_stable() -> None:
 def test_config_errors_are_bad_input() -> None:
     with pytest.raises(BadInputError, match="study config"):
         StudyConfig.from_dict({"clients": 3, "colour": "blue"})
+
+
+def test_the_client_limit_is_the_contracts() -> None:
+    """StudyConfig refuses what the study contract would refuse at deployment."""
+    import re
+    from pathlib import Path
+
+    from cohort.federation.config import MAX_DATA_OWNERS
+
+    source = Path(__file__).resolve().parents[2] / "bounties/contracts/CohortStudy.sol"
+    found = re.search(r"MAX_DATA_OWNERS = (\d+);", source.read_text(encoding="utf-8"))
+    assert found is not None
+    assert int(found.group(1)) == MAX_DATA_OWNERS

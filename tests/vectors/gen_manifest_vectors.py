@@ -14,6 +14,7 @@ give when it reads the document.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from cohort.crypto.identity import Identity
 from cohort.errors import CohortError
 from cohort.federation.manifest import (
+    ClientDpTerms,
     CommitteeEntry,
     DpTerms,
     Manifest,
@@ -50,6 +52,21 @@ EXPECTED_FAILURES: dict[str, tuple[str, str]] = {
     ),
     "dealer_not_an_owner": ("ConfigError", "manifest: key_dealer 'outsider' is not an owner"),
     "short_nonce": ("BadInputError", "manifest: nonce must be 32 bytes, got 16"),
+    # a manifest with the optional client-level DP term (``valid_client_dp``)
+    "client_dp_removed_after_signing": (
+        "VerificationError",
+        "sponsor signature does not verify",
+    ),
+    "client_dp_zero_noise": (
+        "ConfigError",
+        "manifest: client_dp.noise_multiplier (noise std of the aggregate / C) must be "
+        "> 0.0 and finite, got 0",
+    ),
+    "client_dp_unknown_field": ("BadInputError", "manifest client_dp: unknown field 'epsilon'"),
+    "client_dp_null": (
+        "BadInputError",
+        "manifest: client_dp must be an object or absent, not null",
+    ),
 }
 
 
@@ -110,12 +127,38 @@ def base_manifest() -> tuple[Manifest, Identity]:
     return manifest, sponsor
 
 
+def client_dp_manifest(manifest: Manifest) -> Manifest:
+    """The base manifest with client-level DP (C 0.5, sigma 1.2), the nonce changed."""
+    return dataclasses.replace(
+        manifest,
+        nonce=bytes(range(32, 64)),
+        client_dp=ClientDpTerms(clip_norm=0.5, noise_multiplier=1.2),
+    )
+
+
+def client_dp_failing(valid: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    doc = copy.deepcopy(valid)
+    del doc["manifest"]["client_dp"]
+    out["client_dp_removed_after_signing"] = doc
+    doc = copy.deepcopy(valid)
+    doc["manifest"]["client_dp"]["noise_multiplier"] = 0
+    out["client_dp_zero_noise"] = doc
+    doc = copy.deepcopy(valid)
+    doc["manifest"]["client_dp"]["epsilon"] = 1.0
+    out["client_dp_unknown_field"] = doc
+    doc = copy.deepcopy(valid)
+    doc["manifest"]["client_dp"] = None
+    out["client_dp_null"] = doc
+    return out
+
+
 def _document(signed: SignedManifest) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(signed.to_bytes())
     return doc
 
 
-def failing_documents(valid: dict[str, Any], manifest: Manifest) -> dict[str, dict[str, Any]]:
+def failing_documents(valid: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     doc = copy.deepcopy(valid)
     doc["manifest"]["rounds"] = 50
@@ -145,35 +188,40 @@ def failing_documents(valid: dict[str, Any], manifest: Manifest) -> dict[str, di
     return out
 
 
+def _failing(name: str, doc: dict[str, Any]) -> dict[str, Any]:
+    kind, reason = EXPECTED_FAILURES[name]
+    raw = json.dumps(doc, indent=1, sort_keys=True).encode()
+    try:
+        SignedManifest.from_bytes(raw)
+    except CohortError as exc:
+        got = (type(exc).__name__, str(exc))
+    else:
+        raise SystemExit(f"vector {name}: the implementation accepted it")
+    if got[0] != kind or reason not in got[1]:
+        raise SystemExit(f"vector {name}: implementation says {got}, spec says {kind}: {reason}")
+    return {"name": name, "success": False, "document": doc, "error": kind, "reason": reason}
+
+
+def _valid(name: str, manifest: Manifest, sponsor: Identity) -> dict[str, Any]:
+    return {
+        "name": name,
+        "success": True,
+        "document": _document(SignedManifest.sign(manifest, sponsor)),
+        "canonical": manifest.canonical().decode(),
+        "study_id": manifest.study_id,
+    }
+
+
 def build() -> dict[str, Any]:
     manifest, sponsor = base_manifest()
-    signed = SignedManifest.sign(manifest, sponsor)
-    valid = _document(signed)
-    vectors: list[dict[str, Any]] = [
-        {
-            "name": "valid",
-            "success": True,
-            "document": valid,
-            "canonical": manifest.canonical().decode(),
-            "study_id": manifest.study_id,
-        }
-    ]
-    for name, doc in failing_documents(valid, manifest).items():
-        kind, reason = EXPECTED_FAILURES[name]
-        raw = json.dumps(doc, indent=1, sort_keys=True).encode()
-        try:
-            SignedManifest.from_bytes(raw)
-        except CohortError as exc:
-            got = (type(exc).__name__, str(exc))
-        else:
-            raise SystemExit(f"vector {name}: the implementation accepted it")
-        if got[0] != kind or reason not in got[1]:
-            raise SystemExit(
-                f"vector {name}: implementation says {got}, spec says {kind}: {reason}"
-            )
-        vectors.append(
-            {"name": name, "success": False, "document": doc, "error": kind, "reason": reason}
-        )
+    valid = _valid("valid", manifest, sponsor)
+    vectors = [valid]
+    vectors += [_failing(n, d) for n, d in failing_documents(valid["document"]).items()]
+    # The optional client-level DP term; a manifest without it encodes as before it existed.
+    valid_client_dp = _valid("valid_client_dp", client_dp_manifest(manifest), sponsor)
+    vectors.append(valid_client_dp)
+    failing = client_dp_failing(valid_client_dp["document"])
+    vectors += [_failing(n, d) for n, d in failing.items()]
     return {"format": FORMAT, "vectors": vectors}
 
 
