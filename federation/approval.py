@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cohort.bounties.attestation import contributors_hash
+from cohort.bounties.chain import ChainProvider
 from cohort.bounties.study import StudyContract
 from cohort.crypto.hashing import Tag, is_digest_hex, tagged_hash
 from cohort.crypto.identity import Identity, verify_signature
@@ -96,6 +97,27 @@ class Approval:
             "contract_checked": self.contract_checked,
             "signature": self.signature.hex(),
         }
+
+
+def deploy_bound(provider: ChainProvider, signed: SignedManifest) -> StudyContract:
+    """Deploy the study contract bound to ``signed`` (its hash, committee, quorum, owners,
+    rounds, deadline, bounty) at the address the manifest names. Run by the sponsor."""
+    from cohort.aggregator.member import study_id_bytes
+
+    m = signed.manifest
+    return StudyContract.deploy(
+        provider,
+        sponsor=m.sponsor_address,
+        study_id=study_id_bytes(m.study_id),
+        committee=[e.eth_address for e in m.committee],
+        quorum=m.quorum,
+        data_owners=[o.payout_address for o in m.owners],
+        bounty_wei=m.bounty_wei,
+        manifest_hash=m.digest(),
+        rounds=m.rounds,
+        deadline=m.deadline,
+        expected_address=m.contract,
+    )
 
 
 def check_contract(contract: StudyContract, manifest: Manifest) -> None:

@@ -18,7 +18,9 @@ The same topology as docker-compose.yml, with every party's files in its own fol
   registered with ``flwr supernode register``, one ``cohort node start --config
   hospital.toml`` per hospital;
 * the study: ``cohort study launch --config study.toml`` (``flwr run``), whose ServerApp
-  writes the summary; it is copied to ``DIR/summary.json``.
+  writes the summary; it is copied to ``DIR/summary.json``, and what the study publishes
+  for auditors (manifest, summary, transcript, each hospital's ledger) to
+  ``DIR/published/``, the layout ``cohort audit DIR/published`` reads.
 
 Every process is started in its own session and logged to ``DIR/logs/<name>.log``;
 ``DIR/processes.json`` lists them (name, pid, command). All of them are stopped when the
@@ -696,6 +698,27 @@ class LocalDeployment:
             out / "commands.json", (json.dumps(everything, indent=1) + "\n").encode("utf-8")
         )
 
+    def publish(self) -> Path:
+        """What a study publishes for auditors, in the layout ``cohort audit`` reads:
+        ``published/manifest.json``, ``summary.json``, the coordinator's transcript and each
+        hospital's ledger as ``hospitals/<id>/ledger-*.json`` (each hospital publishes its
+        own; nothing secret is copied)."""
+        from cohort.federation.server_app import SUMMARY, TRANSCRIPT
+        from cohort.federation.sponsor import MANIFEST
+
+        folder = self.out / "published"
+        coordinator = self.sponsor / "out"
+        folder.mkdir(exist_ok=True)
+        for name in (MANIFEST, SUMMARY, TRANSCRIPT):
+            if (coordinator / name).is_file():
+                shutil.copyfile(coordinator / name, folder / name)
+        for h in self.hospital_ids:
+            target = folder / "hospitals" / h
+            target.mkdir(parents=True, exist_ok=True)
+            for ledger in sorted((self.out / h).glob("ledger-*.json")):
+                shutil.copyfile(ledger, target / ledger.name)
+        return folder
+
     def launch(self) -> dict[str, Any]:
         """``cohort study launch``: run (or resume) the study; its summary."""
         from cohort.federation.sponsor import launch_study
@@ -716,4 +739,5 @@ def deploy_local(plan: LocalPlan, out: Path) -> dict[str, Any]:
         "logs": str(deployment.logs),
     }
     write_json(deployment.out / "summary.json", summary)
+    deployment.publish()
     return summary

@@ -39,7 +39,6 @@ from flwr.app import Context
 from flwr.serverapp import Grid
 
 from cohort.aggregator.committee import LocalCommittee
-from cohort.aggregator.member import study_id_bytes
 from cohort.bounties.chain import ChainProvider, EmbeddedChain
 from cohort.bounties.study import StudyContract, predict_address
 from cohort.clients.data import (
@@ -53,7 +52,7 @@ from cohort.clients.data import (
 from cohort.clients.model import build_model, num_parameters
 from cohort.crypto.identity import Identity
 from cohort.errors import ConfigError, ProtocolAbort
-from cohort.federation.approval import Role, approve, check_contract
+from cohort.federation.approval import Role, approve, check_contract, deploy_bound
 from cohort.federation.client_app import make_client_app
 from cohort.federation.config import StudyConfig, write_json
 from cohort.federation.coordinator import Coordinator
@@ -250,24 +249,6 @@ def create_manifest(
     return SignedManifest.sign(manifest, sponsor)
 
 
-def deploy(provider: ChainProvider, signed: SignedManifest) -> StudyContract:
-    """Deploy the study contract bound to the manifest, at the address the manifest names."""
-    m = signed.manifest
-    return StudyContract.deploy(
-        provider,
-        sponsor=m.sponsor_address,
-        study_id=study_id_bytes(m.study_id),
-        committee=[e.eth_address for e in m.committee],
-        quorum=m.quorum,
-        data_owners=[o.payout_address for o in m.owners],
-        bounty_wei=m.bounty_wei,
-        manifest_hash=m.digest(),
-        rounds=m.rounds,
-        deadline=m.deadline,
-        expected_address=m.contract,
-    )
-
-
 def approve_on_behalf(
     signed: SignedManifest,
     contract: StudyContract,
@@ -331,7 +312,7 @@ def run_study(
             features=int(test_set.features.shape[1]),
         )
         signed.save(out / MANIFEST)
-        contract = deploy(provider, signed)
+        contract = deploy_bound(provider, signed)
         approve_on_behalf(signed, contract, hospitals, members)
 
         def factory(grid: Grid, context: Context) -> Coordinator:

@@ -33,6 +33,7 @@ from cohort.bounties.study import StudyContract, predict_address
 from cohort.clients.data import Normalizer, load_csv
 from cohort.clients.model import build_model, num_parameters
 from cohort.errors import BadInputError, ConfigError, ProtocolAbort
+from cohort.federation.approval import deploy_bound
 from cohort.federation.config import DpSettings
 from cohort.federation.deploy_config import StudyFile
 from cohort.federation.manifest import (
@@ -137,29 +138,9 @@ def create_study(study: StudyFile, *, now: float | None = None) -> tuple[SignedM
     )
     signed = SignedManifest.sign(manifest, sponsor)
     out.mkdir(parents=True, exist_ok=True)
-    contract = deploy_contract(chain, signed)
+    contract = deploy_bound(chain, signed)
     signed.save(path)
     return signed, contract.address
-
-
-def deploy_contract(chain: RpcChain, signed: SignedManifest) -> StudyContract:
-    """The study contract bound to the manifest, at the address the manifest names."""
-    from cohort.aggregator.member import study_id_bytes
-
-    m = signed.manifest
-    return StudyContract.deploy(
-        chain,
-        sponsor=m.sponsor_address,
-        study_id=study_id_bytes(m.study_id),
-        committee=[e.eth_address for e in m.committee],
-        quorum=m.quorum,
-        data_owners=[o.payout_address for o in m.owners],
-        bounty_wei=m.bounty_wei,
-        manifest_hash=m.digest(),
-        rounds=m.rounds,
-        deadline=m.deadline,
-        expected_address=m.contract,
-    )
 
 
 def flwr_home(study: StudyFile) -> Path:

@@ -11,6 +11,8 @@ CSVs, the ServerApp launched by ``flwr run``) is put through what a real one mee
   from its saved state, the member rejoins, and the study finishes; no round is counted
   twice and no hospital is charged twice (each ledger holds each round once);
   ``cohort study status`` reads it all back from the chain and the coordinator's state;
+* the auditor's ``cohort audit`` of what the study published passes, ledger heads checked
+  against the chain;
 * every command the deployment ran is shown in a role guide;
 * the result matches ``cohort simulate`` with the same seed within 0.01.
 """
@@ -124,6 +126,15 @@ def test_deployed_study_survives_a_dead_member_and_a_coordinator_crash(
         assert report["finalized"] == list(range(1, ROUNDS + 1))
         assert report["settled"]
         assert report["coordinator"]["finished_round"] == ROUNDS
+
+        # the auditor: the published ledgers against the chain's LedgerHead events
+        published = d.publish()
+        audit = CliRunner().invoke(
+            app,
+            ["audit", str(published), "--chain-url", d.chain_url, "--contract", report["contract"]],
+        )
+        assert audit.exit_code == 0, audit.output
+        assert "ledger heads and epsilons match contract" in audit.output
 
     assert summary["runtime"] == "deployment"
     rounds = [r["round"] for r in summary["rounds"]]

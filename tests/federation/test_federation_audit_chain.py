@@ -37,12 +37,12 @@ from cohort.bounties.study import StudyContract, predict_address
 from cohort.clients.ledger_commitment import LedgerCommitment
 from cohort.clients.privacy import LedgerEntry, PrivacyLedger, read_entries
 from cohort.errors import VerificationError
+from cohort.federation.approval import deploy_bound as deploy
 from cohort.federation.audit import audit_run
 from cohort.federation.audit_chain import HEAD_MISMATCH, ROUND_MISSING
 from cohort.federation.cli import app
 from cohort.federation.dp_terms import dp_config
 from cohort.federation.manifest import CommitteeEntry, Manifest
-from cohort.federation.simulate import deploy
 
 ROUNDS = 2
 EXAMPLES = 64

@@ -25,9 +25,9 @@ from cohort.bounties.chain import EmbeddedChain
 from cohort.bounties.study import StudyContract, predict_address
 from cohort.errors import ConfigError, VerificationError
 from cohort.federation.approval import check_finalized
+from cohort.federation.approval import deploy_bound as deploy
 from cohort.federation.manifest import CommitteeEntry
 from cohort.federation.policy import HospitalPolicy
-from cohort.federation.simulate import deploy
 
 AGGREGATE = b"\x42" * 32
 
