@@ -36,6 +36,7 @@ from cohort.aggregator.member import (
     StudyStatus,
     Verdict,
 )
+from cohort.aggregator.mpc_records import ValidationVerdict
 from cohort.aggregator.proto import committee_pb2 as pb
 from cohort.aggregator.proto import committee_pb2_grpc as pb_grpc
 from cohort.aggregator.replication import FetchRequest
@@ -48,6 +49,7 @@ from cohort.aggregator.service import (
     result_from_proto,
     study_status_from_proto,
     verdict_from_proto,
+    verdict_record_from_proto,
 )
 from cohort.crypto.tls import ChannelTls, TlsUnavailable, open_channel
 from cohort.errors import BadInputError, CohortError, ProtocolAbort, VerificationError
@@ -226,6 +228,25 @@ class MemberClient:
     def aggregate(self, control: SignedControl) -> AggregateResult:
         """Send a signed Aggregate; returns the member's signed result."""
         reply = self._call("Aggregate", control.to_proto(), self._aggregate_timeout)
+        return result_from_proto(reply.result)
+
+    def validate(
+        self,
+        control: SignedControl,
+        *,
+        timeout_s: float,
+        participants: tuple[str, ...],
+    ) -> ValidationVerdict:
+        """Send a signed Validate (MPC) asked of ``participants``; returns the member's
+        signed verdict. Blocks while the participants run the norm check together."""
+        reply = self._call("Validate", control.to_proto(), timeout_s)
+        return verdict_record_from_proto(
+            reply, study_id=control.study_id, participants=participants
+        )
+
+    def confirm(self, control: SignedControl) -> AggregateResult:
+        """Send a signed Confirm (MPC); returns the member's signed, attested aggregate."""
+        reply = self._call("Confirm", control.to_proto(), self._aggregate_timeout)
         return result_from_proto(reply.result)
 
     def status(self, control: SignedControl) -> StudyStatus:

@@ -31,11 +31,13 @@ from cohort.aggregator.client import MemberClient
 from cohort.aggregator.control import (
     AggregateBody,
     ConfigureBody,
+    ConfirmBody,
     ControlSigner,
     OpenRoundBody,
     ReplicateBody,
     StatusBody,
     UploadSource,
+    ValidateBody,
 )
 from cohort.aggregator.keys import MemberKeys
 from cohort.aggregator.member import (
@@ -46,6 +48,7 @@ from cohort.aggregator.member import (
     StudyStatus,
 )
 from cohort.aggregator.modes import ModeSpec
+from cohort.aggregator.mpc_records import ValidationVerdict
 from cohort.aggregator.quorum import AttestationCheck, QuorumDecision, decide
 from cohort.crypto.identity import PublicIdentity
 from cohort.crypto.tls import ChannelTls, cert_fingerprint
@@ -58,6 +61,10 @@ from cohort.logs import fields, get_logger
 log = get_logger(__name__)
 
 _T = TypeVar("_T")
+
+
+#: How long a Validate call may block while the participants run the MPC norm check.
+VALIDATE_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -249,6 +256,30 @@ class Committee:
             members,
         )
         return list(done.values()), errors
+
+    def validate(
+        self, member_id: str, round: int, client_ids: Sequence[str], participants: Sequence[str]
+    ) -> ValidationVerdict:
+        """One participant's signed verdict of the MPC norm check over ``client_ids``, run
+        by ``participants`` together (call them all at once: :meth:`validate_all`)."""
+        body = ValidateBody(round, tuple(client_ids), tuple(participants))
+        control = self._signer.sign(self.study_id, member_id, body)
+        return self.client(member_id).validate(
+            control, timeout_s=VALIDATE_TIMEOUT_S, participants=tuple(participants)
+        )
+
+    def validate_all(
+        self, round: int, client_ids: Sequence[str], participants: Sequence[str]
+    ) -> tuple[dict[str, ValidationVerdict], dict[str, CohortError]]:
+        """:meth:`validate` on every participant in parallel; (verdicts, errors)."""
+        return self._fan_out(
+            lambda m: self.validate(m, round, client_ids, participants), participants
+        )
+
+    def confirm(self, member_id: str, body: ConfirmBody) -> AggregateResult:
+        """One member's attested aggregate, reconstructed from the partials in ``body``."""
+        control = self._signer.sign(self.study_id, member_id, body)
+        return self.client(member_id).confirm(control)
 
     def decide(
         self,

@@ -29,7 +29,7 @@ from typing import ClassVar
 
 from google.protobuf.message import DecodeError, Message
 
-from cohort.aggregator.modes import CkksSpec, ModeSpec
+from cohort.aggregator.modes import CkksSpec, ModeSpec, MpcSpec
 from cohort.aggregator.proto import committee_pb2 as pb
 from cohort.crypto.hashing import Tag, is_digest_hex, tagged_hash
 from cohort.crypto.identity import SIGNATURE_SIZE, Identity, PublicIdentity, verify_signature
@@ -46,6 +46,8 @@ class ControlKind(enum.StrEnum):
     AGGREGATE = "aggregate"
     STATUS = "status"
     REPLICATE = "replicate"
+    VALIDATE = "validate"
+    CONFIRM = "confirm"
 
 
 class Refusal(enum.StrEnum):
@@ -71,6 +73,13 @@ class Refusal(enum.StrEnum):
     CLIENT_SET_TOO_SMALL = "client_set_too_small"
     CLIENT_SET_CHANGED = "client_set_changed"
     MISSING_UPLOADS = "missing_uploads"
+    # MPC: validation and confirmation.
+    BAD_PARTICIPANTS = "bad_participants"
+    NOT_VALIDATED = "not_validated"
+    VALIDATION_FAILED = "validation_failed"
+    BAD_PARTIAL = "bad_partial"
+    NOT_AGGREGATED = "not_aggregated"
+    CONFIRM_CONFLICT = "confirm_conflict"
     # Fetch (member to member): why a member refused to hand over a copy.
     MALFORMED_FETCH = "malformed_fetch"
     UNKNOWN_REQUESTER = "unknown_requester"
@@ -104,6 +113,12 @@ _REFUSAL_ERRORS: dict[Refusal, type[CohortError]] = {
     Refusal.ROUND_NOT_OPEN: ProtocolAbort,
     Refusal.CLIENT_SET_CHANGED: ProtocolAbort,
     Refusal.MISSING_UPLOADS: ProtocolAbort,
+    Refusal.BAD_PARTICIPANTS: BadInputError,
+    Refusal.NOT_VALIDATED: ProtocolAbort,
+    Refusal.VALIDATION_FAILED: ProtocolAbort,
+    Refusal.BAD_PARTIAL: VerificationError,
+    Refusal.NOT_AGGREGATED: ProtocolAbort,
+    Refusal.CONFIRM_CONFLICT: ProtocolAbort,
     Refusal.MALFORMED_FETCH: BadInputError,
     Refusal.UNKNOWN_REQUESTER: VerificationError,
     Refusal.WRONG_RESPONDER: VerificationError,
@@ -219,6 +234,8 @@ class ConfigureBody:
         if isinstance(self.setup, CkksSpec):
             msg.ckks.public_context = self.setup.public_context
             msg.ckks.dealer_signature = self.setup.dealer_signature
+        elif isinstance(self.setup, MpcSpec):
+            msg.mpc.terms_digest = self.setup.terms
         else:
             raise BadInputError(f"configure: mode {self.setup.name!r} has no wire form")
         return msg.SerializeToString()
@@ -227,9 +244,14 @@ class ConfigureBody:
     def from_bytes(cls, data: bytes) -> ConfigureBody:
         msg = pb.ConfigureBody()
         _parse(msg, data, "configure")
-        if msg.WhichOneof("setup") != "ckks":
+        which = msg.WhichOneof("setup")
+        setup: ModeSpec
+        if which == "ckks":
+            setup = CkksSpec(msg.ckks.public_context, msg.ckks.dealer_signature)
+        elif which == "mpc":
+            setup = MpcSpec(msg.mpc.terms_digest)
+        else:
             raise Refusal.UNSUPPORTED_MODE.error("configure: mode set-up missing or unsupported")
-        setup = CkksSpec(msg.ckks.public_context, msg.ckks.dealer_signature)
         return cls(msg.signed_manifest, setup)
 
 
@@ -279,6 +301,73 @@ class AggregateBody:
         msg = pb.AggregateBody()
         _parse(msg, data, "aggregate")
         return cls(msg.round, tuple(msg.client_ids), tuple(msg.ledger_commitments))
+
+
+@dataclass(frozen=True)
+class ValidateBody:
+    """Validate (MPC): check the norms of the candidates' updates inside MPC, run by the
+    ``participants`` (sorted member ids, at least the threshold) together."""
+
+    round: int
+    client_ids: tuple[str, ...]
+    participants: tuple[str, ...]
+
+    KIND: ClassVar[ControlKind] = ControlKind.VALIDATE
+
+    def to_bytes(self) -> bytes:
+        return pb.ValidateBody(
+            round=self.round, client_ids=self.client_ids, participants=self.participants
+        ).SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ValidateBody:
+        msg = pb.ValidateBody()
+        _parse(msg, data, "validate")
+        return cls(msg.round, tuple(msg.client_ids), tuple(msg.participants))
+
+
+@dataclass(frozen=True, repr=False)
+class SignedPartial:
+    """One member's signed partial result (MPC), as relayed inside a Confirm call."""
+
+    member_id: str
+    partial: bytes
+    signature: bytes
+
+    def __repr__(self) -> str:
+        return f"SignedPartial({self.member_id!r}, <{len(self.partial)} bytes>)"
+
+
+@dataclass(frozen=True)
+class ConfirmBody:
+    """Confirm (MPC): the client set as aggregated, the owners' ledger commitments and the
+    members' signed partials the coordinator reconstructed from."""
+
+    round: int
+    client_ids: tuple[str, ...]
+    ledger_commitments: tuple[bytes, ...]
+    partials: tuple[SignedPartial, ...]
+
+    KIND: ClassVar[ControlKind] = ControlKind.CONFIRM
+
+    def to_bytes(self) -> bytes:
+        msg = pb.ConfirmBody(
+            round=self.round,
+            client_ids=self.client_ids,
+            ledger_commitments=self.ledger_commitments,
+        )
+        for part in self.partials:
+            msg.partials.add(
+                member_id=part.member_id, aggregate=part.partial, signature=part.signature
+            )
+        return msg.SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ConfirmBody:
+        msg = pb.ConfirmBody()
+        _parse(msg, data, "confirm")
+        partials = tuple(SignedPartial(p.member_id, p.aggregate, p.signature) for p in msg.partials)
+        return cls(msg.round, tuple(msg.client_ids), tuple(msg.ledger_commitments), partials)
 
 
 @dataclass(frozen=True)
@@ -340,7 +429,15 @@ class ReplicateBody:
         return cls(msg.round, sources)
 
 
-ControlBody = ConfigureBody | OpenRoundBody | AggregateBody | StatusBody | ReplicateBody
+ControlBody = (
+    ConfigureBody
+    | OpenRoundBody
+    | AggregateBody
+    | StatusBody
+    | ReplicateBody
+    | ValidateBody
+    | ConfirmBody
+)
 
 
 # --------------------------------------------------------------------------- signer

@@ -41,6 +41,7 @@ from pathlib import Path
 from cohort.aggregator.control import AggregateBody as _AggregateBody
 from cohort.aggregator.control import (
     ConfigureBody,
+    ConfirmBody,
     ControlKind,
     OpenRoundBody,
     Refusal,
@@ -48,11 +49,19 @@ from cohort.aggregator.control import (
     SignedControl,
     StatusBody,
     UploadSource,
+    ValidateBody,
     canonical_client_ids,
 )
 from cohort.aggregator.intake import Rejected, Upload, authenticate, parse_upload
 from cohort.aggregator.keys import MemberKeys
-from cohort.aggregator.modes import SUPPORTED_MODES, AggregationMode, build_mode
+from cohort.aggregator.modes import (
+    SUPPORTED_MODES,
+    AggregationMode,
+    ModeSpec,
+    MpcSpec,
+    build_mode,
+)
+from cohort.aggregator.mpc_records import ValidationVerdict, mpc_terms_digest, partial_digest
 from cohort.aggregator.records import (
     AggregateResult,
     CopyFailure,
@@ -74,7 +83,7 @@ from cohort.clients.ledger_commitment import attested_heads, select_commitments
 from cohort.crypto import upload as committee_upload
 from cohort.crypto.envelope import Envelope
 from cohort.crypto.hashing import Tag, client_set_hash, tagged_hash
-from cohort.crypto.identity import PublicIdentity, seal_to
+from cohort.crypto.identity import Identity, PublicIdentity, seal_to
 from cohort.crypto.upload import CommitteeUpload
 from cohort.errors import BadInputError, CohortError, ConfigError, VerificationError
 from cohort.federation.approval import Role, approved_manifest
@@ -82,7 +91,6 @@ from cohort.federation.manifest import (
     CommitteeEntry,
     Manifest,
     OwnerEntry,
-    SecureMode,
     SignedManifest,
 )
 from cohort.logs import fields, get_logger
@@ -162,6 +170,8 @@ class CommitteeMember:
         self._public = PublicStatus(self._info, SUPPORTED_MODES, tls_fingerprint)
         self._store = MemberStore(self._workdir / STATE_FILE)
         self._studies: dict[str, _Study] = {}
+        #: (study, round) -> the sum this member confirmed (MPC), so it confirms one only
+        self.confirmed: dict[tuple[str, int], bytes] = {}
         try:
             for study_id, body, digest in self._store.studies():
                 self._studies[study_id] = self._load(study_id, body, digest)
@@ -182,7 +192,7 @@ class CommitteeMember:
         try:
             configure = ConfigureBody.from_bytes(body)
             manifest = SignedManifest.from_bytes(configure.signed_manifest).verify()
-            mode = build_mode(configure.setup, kept=self._kept_dir(study_id))
+            mode = self._build_mode(manifest, configure.setup)
         except (BadInputError, VerificationError) as exc:
             raise ConfigError(
                 f"member state: stored study {study_id[:16]} is unusable: {exc}"
@@ -190,6 +200,19 @@ class CommitteeMember:
         if manifest.study_id != study_id:
             raise ConfigError(f"member state: stored study {study_id[:16]} has another hash")
         return _Study.of(manifest, mode, digest)
+
+    def _build_mode(self, manifest: Manifest, setup: ModeSpec) -> AggregationMode:
+        """The study's mode from its set-up; every MPC term is the manifest's."""
+        mpc = manifest.mpc
+        return build_mode(
+            setup,
+            kept=self._kept_dir(manifest.study_id),
+            study_id=manifest.study_id,
+            members=manifest.member_ids,
+            member_id=self.member_id,
+            threshold=manifest.quorum,
+            prime=0 if mpc is None else mpc.prime,
+        )
 
     def close(self) -> None:
         if self._own_fetcher is not None:
@@ -209,6 +232,14 @@ class CommitteeMember:
     @property
     def info(self) -> MemberInfo:
         return self._info
+
+    @property
+    def store(self) -> MemberStore:
+        return self._store
+
+    @property
+    def identity(self) -> Identity:
+        return self._keys.identity
 
     @property
     def workdir(self) -> Path:
@@ -264,7 +295,7 @@ class CommitteeMember:
         body = ConfigureBody.from_bytes(control.body)
         self._check_manifest(manifest, body.signed_manifest)
         setup = body.setup
-        if manifest.secure is not SecureMode.CKKS or setup.name != manifest.secure.value:
+        if manifest.secure.value not in SUPPORTED_MODES or setup.name != manifest.secure.value:
             raise Refusal.UNSUPPORTED_MODE.error(
                 f"manifest mode {manifest.secure.value!r}, set-up {setup.name!r}; this member "
                 f"runs {', '.join(SUPPORTED_MODES)}"
@@ -274,11 +305,15 @@ class CommitteeMember:
             setup.verify_dealt(manifest.study_id, dealer.identity if dealer else None)
         except VerificationError as exc:
             raise Refusal.BAD_DEALER_SIGNATURE.error(str(exc)) from None
+        if isinstance(setup, MpcSpec) and setup.terms != mpc_terms_digest(manifest):
+            raise Refusal.BAD_SETUP.error(
+                "mpc: the set-up names other terms than the approved manifest's"
+            )
         digest = setup.setup_digest()
         if self._same_setup(manifest.study_id, digest):
             return manifest.study_id
         try:
-            mode = build_mode(setup, kept=self._kept_dir(manifest.study_id))
+            mode = self._build_mode(manifest, setup)
         except BadInputError as exc:
             raise Refusal.BAD_SETUP.error(str(exc)) from None
         with self._lock:
@@ -759,6 +794,10 @@ class CommitteeMember:
                 raise Refusal.MISSING_UPLOADS.error(
                     f"no accepted upload for round {number} from: " + ", ".join(missing)
                 )
+            if study.mode.partial:
+                from cohort.aggregator.mpc_member import require_validated
+
+                require_validated(self, study, number, ids)
             result = self._sign(study, number, ids, body.ledger_commitments)
             self._store.finish_round(
                 study.study_id,
@@ -783,15 +822,61 @@ class CommitteeMember:
     def _sign(
         self, study: _Study, number: int, ids: tuple[str, ...], ledger: Sequence[bytes]
     ) -> AggregateResult:
-        manifest = study.manifest
         # What each upload's acceptance kept (or, failing that, the upload from disk), one
         # at a time into a running sum: memory flat in len(ids).
         hashes = dict(self._store.holdings(study.study_id, number))
-        aggregate = study.mode.combine_kept(
+        combined = study.mode.combine_kept(
             number,
             [hashes[cid] for cid in ids],
             lambda i: self._store.payloads(study.study_id, number, [ids[i]])[0],
+            senders=ids,
         )
+        if study.mode.partial:
+            return self.sign_partial(study, number, ids, combined)
+        return self.attest_result(study, number, ids, ledger, combined)
+
+    def sign_partial(
+        self, study: _Study, number: int, ids: tuple[str, ...], partial: bytes
+    ) -> AggregateResult:
+        """This member's signed partial result (MPC): no on-chain attestation, since a
+        partial is not the aggregate (:mod:`cohort.aggregator.mpc_records`)."""
+        partial_hash = tagged_hash(Tag.AGGREGATE, partial)
+        digest = partial_digest(
+            study_id=study.study_id,
+            round=number,
+            member_id=self.member_id,
+            client_ids=ids,
+            partial_hash=partial_hash,
+        )
+        return AggregateResult(
+            member_id=self.member_id,
+            study_id=study.study_id,
+            round=number,
+            client_ids=ids,
+            aggregate=partial,
+            aggregate_hash=partial_hash,
+            signature=self._keys.identity.sign(digest),
+            eth_address=self._keys.eth_address,
+            eth_signature=b"",
+            rejections=self._rejections(study, number),
+        )
+
+    def _rejections(self, study: _Study, number: int) -> tuple[Rejection, ...]:
+        return tuple(
+            Rejection(sender, Reason(reason), count)
+            for sender, reason, count in self._store.rejections(study.study_id, number)
+        )
+
+    def attest_result(
+        self,
+        study: _Study,
+        number: int,
+        ids: tuple[str, ...],
+        ledger: Sequence[bytes],
+        aggregate: bytes,
+    ) -> AggregateResult:
+        """Sign ``aggregate`` of client set ``ids`` and attest it for the chain."""
+        manifest = study.manifest
         aggregate_hash = tagged_hash(Tag.AGGREGATE, aggregate)
         digest = aggregate_result_digest(
             study_id=study.study_id, round=number, client_ids=ids, aggregate_hash=aggregate_hash
@@ -815,10 +900,6 @@ class CommitteeMember:
             contributors=list(payouts.values()),
             ledger_heads=attested_heads(payouts, commitments),
         )
-        rejections = tuple(
-            Rejection(sender, Reason(reason), count)
-            for sender, reason, count in self._store.rejections(study.study_id, number)
-        )
         return AggregateResult(
             member_id=self.member_id,
             study_id=study.study_id,
@@ -829,5 +910,21 @@ class CommitteeMember:
             signature=self._keys.identity.sign(digest),
             eth_address=self._keys.eth_address,
             eth_signature=sign_attestation(self._keys.eth_private_key, attestation),
-            rejections=rejections,
+            rejections=self._rejections(study, number),
         )
+
+    # -- coordinator: MPC validation and confirmation (cohort.aggregator.mpc_member) ------
+
+    def validate(self, control: SignedControl) -> ValidationVerdict:
+        """MPC: check the candidates' norms inside MPC with the other participants."""
+        from cohort.aggregator import mpc_member
+
+        study = self._verified(control, ControlKind.VALIDATE)
+        return mpc_member.validate(self, study, ValidateBody.from_bytes(control.body))
+
+    def confirm(self, control: SignedControl) -> AggregateResult:
+        """MPC: reconstruct from the signed partials, check this member's, attest the sum."""
+        from cohort.aggregator import mpc_member
+
+        study = self._verified(control, ControlKind.CONFIRM)
+        return mpc_member.confirm(self, study, ConfirmBody.from_bytes(control.body))

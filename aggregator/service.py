@@ -42,6 +42,7 @@ from cohort.aggregator.member import (
     StudyStatus,
     Verdict,
 )
+from cohort.aggregator.mpc_records import ValidationVerdict
 from cohort.aggregator.proto import committee_pb2 as pb
 from cohort.aggregator.proto import committee_pb2_grpc as pb_grpc
 from cohort.aggregator.records import Holding
@@ -234,6 +235,32 @@ def result_from_proto(msg: pb.AggregateResult) -> AggregateResult:
     )
 
 
+def verdict_record_to_proto(verdict: ValidationVerdict) -> pb.ValidateReply:
+    return pb.ValidateReply(
+        member_id=verdict.member_id,
+        round=verdict.round,
+        accepted=verdict.accepted,
+        rejected=verdict.rejected,
+        signature=verdict.signature,
+    )
+
+
+def verdict_record_from_proto(
+    msg: pb.ValidateReply, *, study_id: str = "", participants: tuple[str, ...] = ()
+) -> ValidationVerdict:
+    """The verdict as received; the caller fills in the study and participants it asked
+    about (they are signed, so a verdict for anything else fails :meth:`verify`)."""
+    return ValidationVerdict(
+        member_id=msg.member_id,
+        study_id=study_id,
+        round=msg.round,
+        participants=participants,
+        accepted=tuple(msg.accepted),
+        rejected=tuple(msg.rejected),
+        signature=msg.signature,
+    )
+
+
 def verdict_to_proto(verdict: Verdict) -> pb.UploadReply:
     return pb.UploadReply(
         member_id=verdict.member_id,
@@ -345,6 +372,22 @@ class CommitteeServicer(pb_grpc.CommitteeServicer):
             return pb.AggregateReply(result=result_to_proto(result))
 
         return self._run(context, "Aggregate", body)
+
+    def Validate(self, request: pb.SignedControl, context: Any) -> pb.ValidateReply:  # noqa: N802
+        control = SignedControl.from_proto(request)
+
+        def body() -> pb.ValidateReply:
+            return verdict_record_to_proto(self._member.validate(control))
+
+        return self._run(context, "Validate", body)
+
+    def Confirm(self, request: pb.SignedControl, context: Any) -> pb.AggregateReply:  # noqa: N802
+        control = SignedControl.from_proto(request)
+
+        def body() -> pb.AggregateReply:
+            return pb.AggregateReply(result=result_to_proto(self._member.confirm(control)))
+
+        return self._run(context, "Confirm", body)
 
     def Status(self, request: pb.SignedControl, context: Any) -> pb.StatusReply:  # noqa: N802
         """Coordinator (signed): where a study stands, who uploaded this round."""

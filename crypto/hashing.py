@@ -54,6 +54,10 @@ class Tag(bytes, enum.Enum):
     UPLOAD_ORDER = b"cohort/v1/upload-order"
     FETCH = b"cohort/v1/fetch"
     LEDGER_COMMITMENT = b"cohort/v1/ledger-commitment"
+    SHARE_SEED = b"cohort/v1/share-seed"
+    MPC_TERMS = b"cohort/v1/mpc-terms"
+    MPC_PARTIAL = b"cohort/v1/mpc-partial"
+    MPC_VALIDATION = b"cohort/v1/mpc-validation"
 
 
 def tagged_hash(tag: Tag, *parts: bytes) -> bytes:

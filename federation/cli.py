@@ -311,7 +311,11 @@ def simulate(
     committee: Annotated[int, typer.Option(help="Aggregator committee members (k).")] = 3,
     quorum: Annotated[int, typer.Option(help="Members that must agree on an aggregate (t).")] = 2,
     secure: Annotated[
-        str, typer.Option(help="Secure mode: ckks (encrypted) or none (plaintext FedAvg).")
+        str,
+        typer.Option(
+            help="Secure mode: ckks (encrypted), mpc (Shamir shares, norms checked inside "
+            "MPC) or none (plaintext FedAvg)."
+        ),
     ] = "ckks",
     epsilon: Annotated[
         float, typer.Option(help="Per-hospital privacy budget for the whole study (finite, > 0).")
@@ -356,6 +360,13 @@ def simulate(
         float,
         typer.Option(help="With --client-dp-noise: L2 bound C on each weighted update."),
     ] = 1.0,
+    mpc_norm_bound: Annotated[
+        float,
+        typer.Option(
+            help="With --secure mpc: L2 bound on each weighted update, checked inside MPC; "
+            "an update above it is rejected and named."
+        ),
+    ] = 10.0,  # cohort.federation.config.DEFAULT_MPC_NORM_BOUND
 ) -> None:
     """Run a private federated study on one machine (embedded chain, local committee)."""
     from cohort.federation.config import DpSettings, SecureMode, StudyConfig
@@ -393,6 +404,7 @@ def simulate(
             client_dp=None
             if client_dp_noise is None
             else ClientDpTerms(clip_norm=client_clip, noise_multiplier=client_dp_noise),
+            mpc_norm_bound=mpc_norm_bound,
         )
     except CohortError as exc:
         _fail(str(exc), code=2)

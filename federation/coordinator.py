@@ -6,31 +6,29 @@ model, client sets), never terms. One study, step by step (see docs/architecture
 
 1. enrol the data owners of the manifest's roster that connected (which node is which owner,
    example counts);
-2. CKKS mode: the manifest's key dealer creates the CKKS context and boxes its secret part to
-   the roster; the committee gets the public context with the dealer's signature, inside a
-   Configure call signed with the coordinator key (tolerating members that are down while a
-   quorum remains);
-3. each round: open the round at the members (stop the study with a reason, before any
-   hospital trains, if fewer than a quorum opened it), send the global model, collect
-   receipts (never updates), have the members copy each upload from the member that took
-   it, pick the client set S the committee can aggregate, collect the
-   members' signed aggregates, accept on quorum, relay the attestations on-chain, have one
-   owner of S decrypt and a second one check the decryption, apply the mean update,
-   evaluate;
+2. set up the study's secure mode (:mod:`cohort.federation.modes`): in CKKS the manifest's
+   key dealer deals the context and the committee is configured with it; in MPC the
+   committee is configured with the manifest's field and threshold (both tolerate members
+   that are down while a quorum remains);
+3. each round, the same steps whatever the mode: the mode opens the round at the members
+   (the study stops with a reason, before any hospital trains, if fewer than a quorum
+   opened it), the global model goes out, receipts (never updates) come back, and the mode
+   turns the usable receipts into the sum of a client set's updates (CKKS: replicate,
+   aggregate on quorum, attest, two owners decrypt; MPC: validate norms inside MPC, sum
+   shares, reconstruct from a threshold of partials, confirm, attest); the coordinator
+   applies the mean update and evaluates;
 4. settle the bounty by accepted contributions (the contract allows it only after the final
    round or the deadline) and release each owner's payout.
 
-The coordinator never holds a CKKS secret key and never receives an individual update in
-any form; :mod:`cohort.federation.transcript` records what it did receive.
+The coordinator never holds a CKKS secret key or a share, and never receives an individual
+update in any form; :mod:`cohort.federation.transcript` records what it did receive.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,20 +39,16 @@ from flwr.serverapp import Grid
 
 from cohort.aggregator.committee import Committee
 from cohort.aggregator.control import ControlSigner
-from cohort.aggregator.member import AggregateResult
-from cohort.aggregator.modes import CkksSpec
-from cohort.aggregator.quorum import AttestationCheck, QuorumDecision, QuorumNotReached
-from cohort.aggregator.replication import UploadReceipt, copy_faults, holders
 from cohort.bounties.study import StudyContract
 from cohort.clients.client_dp import ClientLevelEvent, client_level_epsilon
 from cohort.clients.data import Dataset
 from cohort.clients.model import build_model, evaluate, get_flat, set_flat
-from cohort.crypto.ckks import dealt_context_digest
-from cohort.crypto.hashing import Tag, tagged_hash
-from cohort.crypto.identity import Identity, verify_signature
-from cohort.errors import BadInputError, CohortError, ProtocolAbort, VerificationError
+from cohort.crypto.identity import Identity
+from cohort.errors import BadInputError, CohortError, ProtocolAbort
 from cohort.federation import wire
-from cohort.federation.manifest import Manifest, SecureMode, SignedManifest
+from cohort.federation.manifest import Manifest, SignedManifest
+from cohort.federation.modes import CoordinatorMode, RoundSkipped, coordinator_mode
+from cohort.federation.modes.committee_steps import choose_client_set
 from cohort.logs import fields, get_logger
 
 if TYPE_CHECKING:
@@ -84,6 +78,8 @@ class RoundRecord:
     faulty_decryptors: list[str] = field(default_factory=list)
     #: Client-level DP after this round (:func:`client_level_record`); None without it.
     client_level: dict[str, Any] | None = None
+    #: Owners whose update the committee's input validation rejected (MPC), with why.
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,6 +119,7 @@ class Session:
     model: torch.nn.Module
     global_vec: np.ndarray
     members: Committee
+    mode: CoordinatorMode
 
 
 @dataclass
@@ -152,7 +149,7 @@ class Coordinator:
 
     # ------------------------------------------------------------------ messaging
 
-    def _send(
+    def send(
         self,
         node_ids: Sequence[int],
         message_type: str,
@@ -271,28 +268,20 @@ class Coordinator:
             )
         members = Committee(manifest, ControlSigner(self.identity))
         try:
-            if manifest.secure is SecureMode.CKKS:
-                setup = self._deal_keys(owners)
-                self._require_quorum(members.configure(self.signed, setup), "configured the study")
+            mode = coordinator_mode(self, members)
+            mode.set_up(owners)
         except BaseException:
             members.close()
             raise
         party_of = {n: owners[n].party_id for n in owners}
-        return Session(owners, party_of, model, global_vec, members)
+        return Session(owners, party_of, model, global_vec, members, mode)
 
     def play_round(self, session: Session, rnd: int) -> bool:
         """Run round ``rnd``; False when the study had to stop (reason in the outcome)."""
         started = time.perf_counter()
         self._released = 0
         try:
-            session.global_vec, record = self._round(
-                rnd,
-                session.party_of,
-                session.owners,
-                session.global_vec,
-                session.model,
-                session.members,
-            )
+            session.global_vec, record = self._round(rnd, session)
         except ProtocolAbort as exc:
             self.outcome.stopped = f"round {rnd}: {exc}"
             log.warning("study stopped", extra=fields(round=rnd, reason=str(exc)))
@@ -306,7 +295,7 @@ class Coordinator:
             self.on_round(record)
         return True
 
-    def _require_quorum(self, errors: Mapping[str, CohortError], what: str) -> None:
+    def require_quorum(self, errors: Mapping[str, CohortError], what: str) -> None:
         """Go on while a quorum of members did ``what``; otherwise stop with the reasons."""
         manifest = self.manifest
         for member_id, exc in errors.items():
@@ -322,7 +311,7 @@ class Coordinator:
     def _enroll(self, nodes: list[int]) -> dict[int, wire.EnrollReply]:
         manifest = self.manifest
         request = wire.EnrollRequest(study_id=manifest.study_id).to_record()
-        replies = self._send(nodes, wire.ENROLL, [request] * len(nodes), group="enroll")
+        replies = self.send(nodes, wire.ENROLL, [request] * len(nodes), group="enroll")
         owners: dict[int, wire.EnrollReply] = {}
         seen: set[str] = set()
         for node, reply in replies.items():
@@ -355,80 +344,25 @@ class Coordinator:
             )
         return dict(sorted(owners.items(), key=lambda kv: kv[1].party_id))
 
-    def _deal_keys(self, owners: dict[int, wire.EnrollReply]) -> CkksSpec:
-        """Have the manifest's key dealer deal the CKKS context; return the members' setup."""
-        manifest = self.manifest
-        node_of = {o.party_id: n for n, o in owners.items()}
-        dealer_node = node_of.get(manifest.key_dealer)
-        if dealer_node is None:
-            raise ProtocolAbort(f"key dealer {manifest.key_dealer!r} did not enrol")
-        request = wire.KeygenRequest(study_id=manifest.study_id)
-        replies = self._send([dealer_node], wire.KEYGEN, [request.to_record()], group="keygen")
-        if dealer_node not in replies:
-            raise ProtocolAbort(f"key dealer {manifest.key_dealer} did not answer")
-        dealt = wire.KeygenReply.from_record(replies[dealer_node].content)
-        dealer = manifest.owner(manifest.key_dealer)
-        assert dealer is not None
-        verify_signature(
-            dealer.identity,
-            dealt_context_digest(manifest.study_id, dealt.fingerprint),
-            dealt.dealer_signature,
-        )
-        targets, contents = [], []
-        for recipient, box in zip(dealt.recipients, dealt.boxes, strict=True):
-            if recipient not in node_of:
-                continue  # a roster owner that did not connect: it takes no part
-            targets.append(node_of[recipient])
-            contents.append(
-                wire.InstallKeyRequest(
-                    study_id=manifest.study_id,
-                    box=box,
-                    fingerprint=dealt.fingerprint,
-                    dealer_signature=dealt.dealer_signature,
-                ).to_record()
-            )
-        installed = self._send(targets, wire.INSTALL_KEY, contents, group="install_key")
-        for node in targets:
-            reply = installed.get(node)
-            ok = (
-                reply is not None
-                and wire.InstallKeyReply.from_record(reply.content).fingerprint == dealt.fingerprint
-            )
-            if not ok:
-                log.warning("key installation failed", extra=fields(party=owners[node].party_id))
-        return CkksSpec(
-            public_context=dealt.public_context, dealer_signature=dealt.dealer_signature
-        )
-
-    def _round(
-        self,
-        rnd: int,
-        party_of: dict[int, str],
-        owners: dict[int, wire.EnrollReply],
-        global_vec: np.ndarray,
-        model: torch.nn.Module,
-        members: Committee,
-    ) -> tuple[np.ndarray, RoundRecord]:
-        manifest = self.manifest
-        secure = manifest.secure is SecureMode.CKKS
-        opened: list[str] = list(manifest.member_ids)
-        if secure:
-            # A quorum must hold the round open before any hospital spends budget on it.
-            errors = members.open_round(rnd)
-            self._require_quorum(errors, f"opened round {rnd}")
-            opened = [m for m in manifest.member_ids if m not in errors]
+    def _round(self, rnd: int, session: Session) -> tuple[np.ndarray, RoundRecord]:
+        """One round, the same steps in every mode: open it (mode), send the global model,
+        collect receipts, let the mode turn the usable ones into a client set's sum, apply
+        the mean update, evaluate."""
+        manifest, mode = self.manifest, session.mode
+        global_vec, model = session.global_vec, session.model
+        opened = mode.open_round(rnd)
         instruction = wire.TrainInstruction(
             study_id=manifest.study_id, round=rnd, weight_unit=self._weight_unit
         )
-        targets = list(party_of)
+        targets = list(session.party_of)
         contents = [wire.put_vector(instruction.to_record(), global_vec) for _ in targets]
-        replies = self._send(targets, wire.TRAIN, contents, group=f"round-{rnd}")
+        replies = self.send(targets, wire.TRAIN, contents, group=f"round-{rnd}")
 
         receipts: dict[str, wire.TrainReceipt] = {}
         updates: dict[str, np.ndarray] = {}
         failed: list[str] = []
         for node in targets:
-            party = party_of[node]
+            party = session.party_of[node]
             reply = replies.get(node)
             if reply is None:
                 failed.append(party)
@@ -439,10 +373,10 @@ class Coordinator:
                     raise BadInputError(
                         f"receipt from {party} claims to be from {receipt.party_id}"
                     )
-                if not secure and receipt.status == "ok":
-                    updates[party] = wire.get_vector(
-                        reply.content, message=wire.TRAIN, length=int(global_vec.shape[0])
-                    )
+                if receipt.status == "ok":
+                    update = mode.read_update(reply.content)
+                    if update is not None:
+                        updates[party] = update
             except BadInputError as exc:
                 log.warning(
                     "receipt rejected", extra=fields(party=party, round=rnd, reason=str(exc))
@@ -460,48 +394,37 @@ class Coordinator:
         declined = sorted(p for p, r in receipts.items() if r.status == "declined")
         max_eps = max((c.epsilon_spent for c in self.outcome.clients.values()), default=0.0)
 
-        def skipped(reason: str) -> tuple[np.ndarray, RoundRecord]:
+        def skipped(reason: str, **extra: Any) -> tuple[np.ndarray, RoundRecord]:
             log.warning("round skipped", extra=fields(round=rnd, reason=reason))
             acc, loss = evaluate(model, self.test_set)
             return global_vec, RoundRecord(
-                rnd, acc, loss, "", [], declined, sorted(failed), {}, False, max_eps, 0.0, reason
+                rnd,
+                acc,
+                loss,
+                "",
+                [],
+                declined,
+                sorted(failed),
+                extra.get("faulty", {}),
+                False,
+                max_eps,
+                0.0,
+                reason,
+                rejected=extra.get("rejected", {}),
             )
 
         if len(ok) < manifest.min_clients:
             return skipped(f"{len(ok)} usable updates, at least {manifest.min_clients} needed")
-
-        faulty: dict[str, str] = {}
-        finalized = False
-        decryptors: list[str] = []
-        wrong: list[str] = []
-        if secure:
-            held = self._replicate(rnd, ok, opened, members, faulty)
-            client_set, chosen = choose_client_set(held, list(opened), manifest.quorum)
-            if len(client_set) < manifest.min_clients:
-                return skipped("no client set of the minimum size reached a quorum of members")
-            # Each owner's signed (ledger head, epsilon), relayed as received: members attest
-            # only what verifies against the owner's key.
-            ledger = [ok[p].ledger_commitment for p in client_set if ok[p].ledger_commitment]
-            decision = self._aggregate(rnd, client_set, chosen, members, faulty, ledger)
-            if decision is None:
-                return skipped("the committee reached no quorum on the aggregate")
-            agg_hash = decision.aggregate_hash
-            finalized = self._attest(rnd, decision, client_set, ledger)
-            # From here owners of S may decrypt: the round counts as released to the
-            # coordinator for client-level DP even if the decryptions then disagree.
-            self._released = len(client_set)
-            try:
-                total, decryptors, wrong = self._decrypt(rnd, client_set, decision, party_of)
-            except ProtocolAbort as exc:
-                return skipped(str(exc))
-        else:
-            client_set = sorted(ok)
-            self._released = len(client_set)
-            total = np.sum([updates[p].astype(np.float64) for p in client_set], axis=0)
-            agg_hash = tagged_hash(Tag.AGGREGATE, total.astype(np.float64).tobytes())
+        try:
+            done = mode.finish(rnd, opened, ok, updates, session.party_of)
+        except RoundSkipped as exc:
+            self._released = exc.released
+            return skipped(str(exc), faulty=exc.faulty, rejected=exc.rejected)
+        client_set = done.client_set
+        self._released = len(client_set)
         # Owners sent update * examples / weight_unit; divide by the weight of S.
         weight = sum(ok[p].examples for p in client_set) / self._weight_unit
-        mean = total / weight
+        mean = done.total / weight
         global_vec = (global_vec.astype(np.float64) + manifest.server_lr * mean).astype(np.float32)
         set_flat(model, global_vec)
         acc, loss = evaluate(model, self.test_set)
@@ -511,220 +434,21 @@ class Coordinator:
             rnd,
             acc,
             loss,
-            agg_hash.hex(),
+            done.aggregate_hash.hex(),
             list(client_set),
             declined,
             sorted(failed),
-            faulty,
-            finalized,
+            done.faulty,
+            done.finalized,
             max_eps,
             0.0,
             "",
-            decryptors,
-            wrong,
+            done.decryptors,
+            done.faulty_decryptors,
+            rejected=done.rejected,
         )
         log.info("round done", extra=fields(round=rnd, accuracy=acc, clients=len(client_set)))
         return global_vec, record
-
-    def _replicate(
-        self,
-        rnd: int,
-        receipts: Mapping[str, wire.TrainReceipt],
-        opened: Sequence[str],
-        members: Committee,
-        faulty: dict[str, str],
-    ) -> dict[str, set[str]]:
-        """Upload once: every opened member fetches the uploads it lacks from the member
-        that signed each owner's receipt. Returns which members hold each owner's upload
-        (with the payload hash the owner reported) and names, in ``faulty``, the members
-        reported to have withheld or altered a copy they signed a receipt for."""
-        manifest = self.manifest
-        sources = []
-        for party, receipt in sorted(receipts.items()):
-            for member_id, signature in zip(receipt.delivered, receipt.receipts, strict=False):
-                signed = UploadReceipt(
-                    member_id, manifest.study_id, rnd, party, receipt.payload_hash, signature
-                )
-                entry = manifest.member(member_id)
-                try:
-                    if entry is None:
-                        raise VerificationError(f"{member_id!r} is not a committee member")
-                    signed.verify(entry.identity)
-                except VerificationError as exc:
-                    log.warning(
-                        "upload receipt rejected",
-                        extra=fields(party=party, round=rnd, reason=str(exc)),
-                    )
-                    continue
-                sources.append(signed.source())
-        replications, _ = members.replicate_all(rnd, sources, members=opened)
-        for member_id, reason in copy_faults(replications, sources).items():
-            log.warning(
-                "committee member faulty", extra=fields(round=rnd, member=member_id, reason=reason)
-            )
-            faulty.setdefault(member_id, reason)
-        return holders(replications, sources)
-
-    def _aggregate(
-        self,
-        rnd: int,
-        client_set: list[str],
-        chosen: list[str],
-        members: Committee,
-        faulty: dict[str, str],
-        ledger: Sequence[bytes] = (),
-    ) -> QuorumDecision | None:
-        """Ask the members that hold every upload of S; accept what a quorum agrees on."""
-
-        def ask(member_id: str) -> AggregateResult | None:
-            try:
-                return members.aggregate(member_id, rnd, client_set, ledger_commitments=ledger)
-            except CohortError as exc:
-                faulty[member_id] = f"aggregate failed: {exc}"
-                return None
-
-        with ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
-            results = [r for r in pool.map(ask, chosen) if r is not None]
-        try:
-            decision = members.decide(
-                results, round=rnd, client_ids=client_set, ledger_commitments=ledger
-            )
-        except QuorumNotReached as exc:
-            faulty.update({f.member_id: f"{f.reason}: {f.detail}" for f in exc.faults})
-            log.warning("no quorum", extra=fields(round=rnd, reason=str(exc)))
-            return None
-        faulty.update(decision.faulty_reasons)
-        for member_id, reason in decision.faulty_reasons.items():
-            log.warning(
-                "committee member faulty", extra=fields(round=rnd, member=member_id, reason=reason)
-            )
-        return decision
-
-    def _attest(
-        self,
-        rnd: int,
-        decision: QuorumDecision,
-        client_set: list[str],
-        ledger: Sequence[bytes] = (),
-    ) -> bool:
-        """Relay every agreeing member's attestation; True once the chain finalized this hash.
-
-        All of them are relayed, not just a quorum: late attestations are recorded on-chain
-        too, so an auditor sees which members vouched for the round.
-        """
-        contributors = [self.outcome.clients[p].payout_address for p in client_set]
-        # the (head, epsilon) per contributor the members attested (aggregator.member._sign)
-        heads = AttestationCheck.for_manifest(
-            self.manifest, client_set, round=rnd, ledger_commitments=ledger
-        ).ledger_heads
-        for attestation in decision.attestations:
-            try:
-                self.contract.submit_attestation(
-                    relayer=self.sponsor,
-                    round=rnd,
-                    aggregate_hash=decision.aggregate_hash,
-                    contributors=contributors,
-                    ledger_heads=heads,
-                    signature=attestation.signature,
-                )
-            except CohortError as exc:
-                log.warning(
-                    "attestation refused on-chain", extra=fields(round=rnd, reason=str(exc))
-                )
-        return self.contract.finalized_hash(rnd) == decision.aggregate_hash
-
-    def _decrypt_some(
-        self,
-        parties: Sequence[str],
-        node_of: Mapping[str, int],
-        rnd: int,
-        request: wire.DecryptRequest,
-    ) -> dict[str, tuple[bytes, np.ndarray]]:
-        """Ask ``parties`` to decrypt at once; each answer with its signature and hash checked."""
-        nodes = [node_of[p] for p in parties]
-        record = request.to_record()
-        replies = self._send(nodes, wire.DECRYPT, [record] * len(nodes), group=f"decrypt-{rnd}")
-        answers = {}
-        for party in parties:
-            reply = replies.get(node_of[party])
-            if reply is None:
-                continue
-            try:
-                answers[party] = self._check_decryption(party, rnd, request, reply.content)
-            except (BadInputError, VerificationError) as exc:
-                log.warning("decryption rejected", extra=fields(party=party, reason=str(exc)))
-        return answers
-
-    def _check_decryption(
-        self, party: str, rnd: int, request: wire.DecryptRequest, content: RecordDict
-    ) -> tuple[bytes, np.ndarray]:
-        answer = wire.DecryptReply.from_record(content)
-        vector = wire.get_vector(content, message=wire.DECRYPT, length=None)
-        entry = self.manifest.owner(party)
-        assert entry is not None
-        digest = wire.decryption_digest(
-            study_id=request.study_id,
-            round=rnd,
-            aggregate_hash=request.aggregate_hash,
-            plain_hash=answer.plain_hash,
-        )
-        verify_signature(entry.identity, digest, answer.signature)
-        if wire.plaintext_hash(vector) != answer.plain_hash or answer.party_id != party:
-            raise VerificationError(f"decryption by {party} does not match its signed hash")
-        return answer.plain_hash, vector.astype(np.float64)
-
-    def decrypt_request(
-        self, rnd: int, client_set: Sequence[str], decision: QuorumDecision
-    ) -> wire.DecryptRequest:
-        """What an owner of S gets asked to decrypt: the aggregate and the quorum's signatures."""
-        return wire.DecryptRequest(
-            study_id=self.manifest.study_id,
-            round=rnd,
-            client_ids=tuple(client_set),
-            aggregate=decision.aggregate,
-            aggregate_hash=decision.aggregate_hash,
-            member_ids=tuple(decision.signatures),
-            member_signatures=tuple(decision.signatures.values()),
-        )
-
-    def _decrypt(
-        self, rnd: int, client_set: list[str], decision: QuorumDecision, party_of: dict[int, str]
-    ) -> tuple[np.ndarray, list[str], list[str]]:
-        """Decrypt with one owner of S and check it with a second (rotating through S).
-
-        Decryption is deterministic, so two honest owners return the same plaintext hash. On
-        a mismatch further owners are asked until two agree; the odd ones out are returned as
-        faulty decryptors. Returns (sum, owners who agree, faulty decryptors).
-        """
-        node_of = {p: n for n, p in party_of.items()}
-        request = self.decrypt_request(rnd, client_set, decision)
-        start = rnd % len(client_set)
-        order = client_set[start:] + client_set[:start]
-        answers: dict[bytes, list[str]] = {}
-        vectors: dict[bytes, np.ndarray] = {}
-        # The first two owners decrypt in parallel (one message round trip); further owners,
-        # one at a time, only when those two disagree or one of them fails.
-        batches = [order[:2], *([p] for p in order[2:])]
-        for batch in batches:
-            got = self._decrypt_some(batch, node_of, rnd, request)
-            for party in batch:
-                if party not in got:
-                    continue
-                plain_hash, vector = got[party]
-                answers.setdefault(plain_hash, []).append(party)
-                vectors.setdefault(plain_hash, vector)
-            agreed_hash = next((h for h, ps in answers.items() if len(ps) >= 2), None)
-            if agreed_hash is not None:
-                agreed = answers[agreed_hash]
-                wrong = sorted(p for h, ps in answers.items() if h != agreed_hash for p in ps)
-                for p in wrong:
-                    log.warning("wrong decryption", extra=fields(round=rnd, party=p))
-                return vectors[agreed_hash], agreed, wrong
-        if len(answers) == 1:
-            ((plain_hash, agreed),) = answers.items()
-            log.warning("decryption unchecked: one owner answered", extra=fields(round=rnd))
-            return vectors[plain_hash], agreed, []
-        raise ProtocolAbort("no two data owners of the client set agree on the decryption")
 
     def _settle(self) -> None:
         contract = self.contract
@@ -793,19 +517,13 @@ def error_reason(raw: str) -> str:
     return (lines[-1] if lines else raw)[:500]
 
 
-def choose_client_set(
-    delivered: dict[str, set[str]], members: list[str], quorum: int
-) -> tuple[list[str], list[str]]:
-    """The largest client set that some ``quorum`` members all hold uploads for.
-
-    ``delivered`` maps each data owner to the members that hold its upload. Returns the
-    sorted client set and the members that can aggregate it. Ties break on member ids so
-    every honest coordinator picks the same set.
-    """
-    best: tuple[list[str], list[str]] = ([], [])
-    for combo in itertools.combinations(sorted(members), quorum):
-        clients = sorted(p for p, got in delivered.items() if set(combo) <= got)
-        if len(clients) > len(best[0]):
-            holders = sorted(m for m in members if all(m in delivered[p] for p in clients))
-            best = (clients, holders)
-    return best
+__all__ = [
+    "ClientRecord",
+    "Coordinator",
+    "RoundRecord",
+    "Session",
+    "StudyOutcome",
+    "choose_client_set",
+    "client_level_record",
+    "error_reason",
+]

@@ -46,6 +46,7 @@ class SecureMode(enum.StrEnum):
 
     CKKS = "ckks"  # CKKS ciphertexts summed by the committee; data owners decrypt the sum
     NONE = "none"  # plaintext FedAvg through the coordinator, for comparison only
+    MPC = "mpc"  # Shamir shares to the committee, norms checked inside MPC, sum reconstructed
 
     @classmethod
     def parse(cls, value: str) -> SecureMode:
@@ -214,6 +215,34 @@ class ClientDpTerms:
 
 
 @dataclass(frozen=True)
+class MpcTerms:
+    """MPC mode's terms (see docs/mpc.md): the prime field and fixed-point scale the shares
+    use, the L2 bound every update must meet inside MPC to count, and where each member's
+    MPC party listens for the others (``host:port``, in committee order; the first member of
+    a check's participants hosts the rendezvous).
+    """
+
+    prime: int
+    frac_bits: int
+    norm_bound: float
+    rendezvous: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _int(self.prime, "mpc.prime (share field modulus)", low=3, high=2**31)
+        _int(self.frac_bits, "mpc.frac_bits (fixed-point fraction bits)", low=0, high=24)
+        _float(self.norm_bound, "mpc.norm_bound (L2 bound on a weighted update)", low=0.0)
+        object.__setattr__(self, "rendezvous", tuple(self.rendezvous))
+        for address in self.rendezvous:
+            host, sep, port = str(address).rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"manifest: mpc.rendezvous {address!r} is not host:port")
+
+    def endpoint(self, committee: Sequence[str], member_id: str) -> str:
+        """``host:port`` of ``member_id``'s MPC party."""
+        return self.rendezvous[list(committee).index(member_id)]
+
+
+@dataclass(frozen=True)
 class Manifest:
     """One study's terms. Written and signed by the sponsor; approved by every operator."""
 
@@ -247,6 +276,8 @@ class Manifest:
     #: Optional client-level DP; absent (None) is left out of the encoding entirely, so a
     #: manifest without it encodes byte for byte as before the term existed.
     client_dp: ClientDpTerms | None = None
+    #: MPC mode's terms, present exactly when ``secure`` is MPC (absent: left out).
+    mpc: MpcTerms | None = None
 
     def __post_init__(self) -> None:
         if self.format != MANIFEST_FORMAT:
@@ -281,6 +312,18 @@ class Manifest:
             raise BadInputError("manifest: dp must be DpTerms")
         if self.client_dp is not None and not isinstance(self.client_dp, ClientDpTerms):
             raise BadInputError("manifest: client_dp must be ClientDpTerms or absent")
+        if self.mpc is not None and not isinstance(self.mpc, MpcTerms):
+            raise BadInputError("manifest: mpc must be MpcTerms or absent")
+        if (self.mpc is not None) != (self.secure is SecureMode.MPC):
+            raise ConfigError("manifest: mpc terms are required in MPC mode and only there")
+        if self.mpc is not None:
+            if len(self.mpc.rendezvous) != k:
+                raise ConfigError(
+                    f"manifest: mpc.rendezvous lists {len(self.mpc.rendezvous)} endpoints for "
+                    f"{k} committee members"
+                )
+            if k < 2:
+                raise ConfigError("manifest: MPC mode needs at least 2 committee members")
         if not isinstance(self.model, str) or not _MODEL_NAME.match(self.model):
             raise BadInputError(
                 "manifest: model must be a registered architecture name (letters, digits, "
@@ -345,10 +388,13 @@ class Manifest:
                 value = [_entry_dict(o) for o in self.owners]
             elif f.name == "dp":
                 value = {g.name: getattr(self.dp, g.name) for g in fields(self.dp)}
-            elif f.name == "client_dp":
+            elif f.name in _OPTIONAL:
                 if value is None:
                     continue  # optional term: absent, not null (see the field)
-                value = {g.name: getattr(value, g.name) for g in fields(value)}
+                value = {
+                    g.name: list(v) if isinstance(v := getattr(value, g.name), tuple) else v
+                    for g in fields(value)
+                }
             elif f.name == "normalizer":
                 value = None if value is None else dict(value)
             elif isinstance(value, bytes):
@@ -378,7 +424,7 @@ class Manifest:
         if not isinstance(data, Mapping):
             raise BadInputError("manifest: expected a JSON object")
         names = {f.name for f in fields(cls)}
-        _exact_keys(data, names if "client_dp" in data else names - {"client_dp"}, "manifest")
+        _exact_keys(data, names - {n for n in _OPTIONAL if n not in data}, "manifest")
         dp = data["dp"]
         if not isinstance(dp, Mapping):
             raise BadInputError("manifest: dp must be an object")
@@ -390,6 +436,15 @@ class Manifest:
             _exact_keys(client_dp, {f.name for f in fields(ClientDpTerms)}, "manifest client_dp")
         elif "client_dp" in data:
             raise BadInputError("manifest: client_dp must be an object or absent, not null")
+        mpc = data.get("mpc")
+        if mpc is not None:
+            if not isinstance(mpc, Mapping):
+                raise BadInputError("manifest: mpc must be an object")
+            _exact_keys(mpc, {f.name for f in fields(MpcTerms)}, "manifest mpc")
+            if not isinstance(mpc["rendezvous"], list):
+                raise BadInputError("manifest: mpc.rendezvous must be a list")
+        elif "mpc" in data:
+            raise BadInputError("manifest: mpc must be an object or absent, not null")
         committee = _list(data["committee"], "committee")
         owners = _list(data["owners"], "owners")
         normalizer = data["normalizer"]
@@ -424,7 +479,12 @@ class Manifest:
             normalizer=normalizer,
             format=data["format"],
             client_dp=None if client_dp is None else ClientDpTerms(**client_dp),
+            mpc=None if mpc is None else MpcTerms(**mpc),
         )
+
+
+#: Optional terms: left out of the encoding when absent, so older manifests keep their hash.
+_OPTIONAL = ("client_dp", "mpc")
 
 
 def new_nonce() -> bytes:

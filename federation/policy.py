@@ -40,7 +40,7 @@ class HospitalPolicy:
     epsilon_cap: float
     delta: float = DEFAULT_DELTA
     min_clients: int = 2
-    modes: frozenset[SecureMode] = frozenset({SecureMode.CKKS})
+    modes: frozenset[SecureMode] = frozenset({SecureMode.CKKS, SecureMode.MPC})
     models: Mapping[str, str] = field(default_factory=dict)
     noise_seed: int | None = None
     chain_url: str | None = None
@@ -120,7 +120,7 @@ class HospitalPolicy:
             raise ConfigError(f"hospital policy: unknown key {unknown[0]!r}")
         if "epsilon-cap" not in data:
             raise ConfigError("hospital policy: epsilon-cap is required (the hospital's budget)")
-        modes_raw = data.get("modes", "ckks")
+        modes_raw = data.get("modes", "ckks,mpc")
         names = modes_raw.split(",") if isinstance(modes_raw, str) else list(modes_raw)
         models = data.get("models", {})
         if not isinstance(models, Mapping):

@@ -50,6 +50,7 @@ from cohort.clients.data import (
     synthetic_split,
 )
 from cohort.clients.model import build_model, num_parameters
+from cohort.crypto.fixed_point import FRAC_BITS, PRIME
 from cohort.crypto.identity import Identity
 from cohort.errors import ConfigError, ProtocolAbort
 from cohort.federation.approval import Role, approve, check_contract, deploy_bound
@@ -61,13 +62,15 @@ from cohort.federation.manifest import (
     CommitteeEntry,
     DpTerms,
     Manifest,
+    MpcTerms,
     OwnerEntry,
+    SecureMode,
     SignedManifest,
     new_nonce,
 )
 from cohort.federation.policy import HospitalPolicy
 from cohort.federation.server_app import ServerRun, make_server_app
-from cohort.federation.summary import build_summary
+from cohort.federation.summary import build_summary, mpc_config
 from cohort.logs import fields, get_logger
 
 log = get_logger(__name__)
@@ -245,8 +248,24 @@ def create_manifest(
         tls_ca=ca,
         normalizer=published_normalizer(config),
         client_dp=config.client_dp,
+        mpc=mpc_terms(config, len(committee.entries())),
     )
     return SignedManifest.sign(manifest, sponsor)
+
+
+def mpc_terms(config: StudyConfig, members: int) -> MpcTerms | None:
+    """MPC mode's terms for a local study: the default field and scale, the configured norm
+    bound, and one free loopback port per member for its MPC party (None in other modes)."""
+    if config.secure is not SecureMode.MPC:
+        return None
+    from cohort.federation.deploy_local import free_ports
+
+    return MpcTerms(
+        prime=PRIME,
+        frac_bits=FRAC_BITS,
+        norm_bound=config.mpc_norm_bound,
+        rendezvous=tuple(f"127.0.0.1:{port}" for port in free_ports(members)),
+    )
 
 
 def approve_on_behalf(
@@ -348,7 +367,10 @@ def run_study(
         raise run.error
     if run.outcome is None:
         raise ProtocolAbort("the coordinator finished without an outcome (see Flower's log)")
-    summary = build_summary(config.to_dict(), run.outcome)
+    reported = config.to_dict()
+    if signed.manifest.mpc is not None:
+        reported["mpc"] = mpc_config(signed.manifest)
+    summary = build_summary(reported, run.outcome)
     summary["runtime"] = "simulation"
     summary["manifest"] = str(out / MANIFEST)
     summary["approvals"] = ON_BEHALF

@@ -22,6 +22,7 @@ def config_of(manifest: Manifest) -> dict[str, Any]:
         "secure": manifest.secure.value,
         "dp": asdict(manifest.dp),
         **({} if manifest.client_dp is None else {"client_dp": asdict(manifest.client_dp)}),
+        **({} if manifest.mpc is None else {"mpc": mpc_config(manifest)}),
         "seed": None,
         "model": manifest.model,
         "min_clients": manifest.min_clients,
@@ -29,6 +30,18 @@ def config_of(manifest: Manifest) -> dict[str, Any]:
         "bounty_wei": manifest.bounty_wei,
         "dirichlet_alpha": None,
         "classes": manifest.num_classes,
+    }
+
+
+def mpc_config(manifest: Manifest) -> dict[str, Any]:
+    """MPC mode's terms as summary.json reports them (``config.mpc``)."""
+    terms = manifest.mpc
+    assert terms is not None
+    return {
+        "prime": terms.prime,
+        "frac_bits": terms.frac_bits,
+        "norm_bound": terms.norm_bound,
+        "threshold": manifest.quorum,
     }
 
 

@@ -76,6 +76,8 @@ class _Schema:
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.name not in record:
+                if f.default is not dataclasses.MISSING:
+                    continue  # a field added later, with its default (older stored records)
                 raise BadInputError(f"{name}: missing field '{f.name}'")
             kwargs[f.name] = _coerce(name, f.name, str(f.type), record[f.name])
         return cls(**kwargs)
@@ -204,6 +206,9 @@ class TrainReceipt(_Schema):
     # the owner's signed LedgerCommitment (cohort.clients.ledger_commitment) for the round,
     # forwarded to the committee to attest on-chain; empty when the round was not trained
     ledger_commitment: bytes = b""
+    # MPC: the hash of the share each delivered member took, in ``delivered`` order (each
+    # member's payload differs); empty in the modes with one payload (``payload_hash``)
+    payload_hashes: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)

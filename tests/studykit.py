@@ -16,6 +16,7 @@ from typing import Any
 from eth_account import Account
 
 from cohort.clients.model import build_model, num_parameters
+from cohort.crypto.fixed_point import FRAC_BITS, PRIME
 from cohort.crypto.identity import Identity
 from cohort.federation import hospital
 from cohort.federation.approval import Role, approve
@@ -23,6 +24,7 @@ from cohort.federation.manifest import (
     CommitteeEntry,
     DpTerms,
     Manifest,
+    MpcTerms,
     OwnerEntry,
     SecureMode,
     SignedManifest,
@@ -141,6 +143,14 @@ def make_study(
         contract=Account.create().address,
         deadline=int(time.time()) + 3600,
         tls_ca=tls_ca,
+        mpc=None
+        if secure is not SecureMode.MPC
+        else MpcTerms(
+            prime=PRIME,
+            frac_bits=FRAC_BITS,
+            norm_bound=10.0,
+            rendezvous=tuple(f"127.0.0.1:{40000 + i}" for i in range(len(identities))),
+        ),
     )
     signed = SignedManifest.sign(manifest, sponsor)
     if approve_owners:

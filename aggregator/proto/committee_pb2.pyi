@@ -101,30 +101,164 @@ class CkksSetup(_message.Message):
 Global___CkksSetup: _TypeAlias = CkksSetup  # noqa: Y015
 
 @_typing.final
+class MpcSetup(_message.Message):
+    """MPC set-up: nothing the coordinator chooses. The digest of the manifest's mpc terms,
+    which the member recomputes from the manifest it approved.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERMS_DIGEST_FIELD_NUMBER: _builtins.int
+    terms_digest: _builtins.bytes
+    """32 bytes"""
+    def __init__(
+        self,
+        *,
+        terms_digest: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["terms_digest", b"terms_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MpcSetup: _TypeAlias = MpcSetup  # noqa: Y015
+
+@_typing.final
 class ConfigureBody(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SIGNED_MANIFEST_FIELD_NUMBER: _builtins.int
     CKKS_FIELD_NUMBER: _builtins.int
+    MPC_FIELD_NUMBER: _builtins.int
     signed_manifest: _builtins.bytes
     """SignedManifest.to_bytes(), the study the operator approved"""
     @_builtins.property
     def ckks(self) -> Global___CkksSetup: ...
+    @_builtins.property
+    def mpc(self) -> Global___MpcSetup: ...
     def __init__(
         self,
         *,
         signed_manifest: _builtins.bytes = ...,
         ckks: Global___CkksSetup | None = ...,
+        mpc: Global___MpcSetup | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ckks", b"ckks", "setup", b"setup"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ckks", b"ckks", "mpc", b"mpc", "setup", b"setup"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ckks", b"ckks", "setup", b"setup", "signed_manifest", b"signed_manifest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ckks", b"ckks", "mpc", b"mpc", "setup", b"setup", "signed_manifest", b"signed_manifest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_setup: _TypeAlias = _typing.Literal["ckks"]  # noqa: Y015
+    _WhichOneofReturnType_setup: _TypeAlias = _typing.Literal["ckks", "mpc"]  # noqa: Y015
     _WhichOneofArgType_setup: _TypeAlias = _typing.Literal["setup", b"setup"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_setup) -> _WhichOneofReturnType_setup | None: ...
 
 Global___ConfigureBody: _TypeAlias = ConfigureBody  # noqa: Y015
+
+@_typing.final
+class ValidateBody(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    CLIENT_IDS_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    @_builtins.property
+    def client_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """candidates, sorted"""
+
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """member ids running the check, sorted; >= threshold"""
+
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        client_ids: _abc.Iterable[_builtins.str] | None = ...,
+        participants: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ids", b"client_ids", "participants", b"participants", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateBody: _TypeAlias = ValidateBody  # noqa: Y015
+
+@_typing.final
+class ValidateReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    round: _builtins.int
+    signature: _builtins.bytes
+    """Ed25519 over the validation digest"""
+    @_builtins.property
+    def accepted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """sorted"""
+
+    @_builtins.property
+    def rejected(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """sorted"""
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        accepted: _abc.Iterable[_builtins.str] | None = ...,
+        rejected: _abc.Iterable[_builtins.str] | None = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "member_id", b"member_id", "rejected", b"rejected", "round", b"round", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateReply: _TypeAlias = ValidateReply  # noqa: Y015
+
+@_typing.final
+class ConfirmBody(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    CLIENT_IDS_FIELD_NUMBER: _builtins.int
+    LEDGER_COMMITMENTS_FIELD_NUMBER: _builtins.int
+    PARTIALS_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    @_builtins.property
+    def client_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """sorted, as aggregated"""
+
+    @_builtins.property
+    def ledger_commitments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """as in AggregateBody"""
+
+    @_builtins.property
+    def partials(self) -> _containers.RepeatedCompositeFieldContainer[Global___AggregateResult]:
+        """the members' signed partial sums"""
+
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        client_ids: _abc.Iterable[_builtins.str] | None = ...,
+        ledger_commitments: _abc.Iterable[_builtins.bytes] | None = ...,
+        partials: _abc.Iterable[Global___AggregateResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ids", b"client_ids", "ledger_commitments", b"ledger_commitments", "partials", b"partials", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmBody: _TypeAlias = ConfirmBody  # noqa: Y015
 
 @_typing.final
 class OpenRoundBody(_message.Message):

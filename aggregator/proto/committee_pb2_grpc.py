@@ -75,6 +75,16 @@ class CommitteeStub:
                 request_serializer=committee__pb2.SignedControl.SerializeToString,
                 response_deserializer=committee__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Validate = channel.unary_unary(
+                '/cohort.committee.v1.Committee/Validate',
+                request_serializer=committee__pb2.SignedControl.SerializeToString,
+                response_deserializer=committee__pb2.ValidateReply.FromString,
+                _registered_method=True)
+        self.Confirm = channel.unary_unary(
+                '/cohort.committee.v1.Committee/Confirm',
+                request_serializer=committee__pb2.SignedControl.SerializeToString,
+                response_deserializer=committee__pb2.AggregateReply.FromString,
+                _registered_method=True)
 
 
 class CommitteeServicer:
@@ -141,6 +151,22 @@ class CommitteeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Validate(self, request, context):
+        """Coordinator (signed, body ValidateBody; MPC): check the candidates' update norms inside
+        MPC with the other participants; only the accept/reject bits are opened.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Confirm(self, request, context):
+        """Coordinator (signed, body ConfirmBody; MPC): reconstruct the sum from the members'
+        signed partials, check this member's own partial lies on it, attest the sum.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CommitteeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +209,16 @@ def add_CommitteeServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=committee__pb2.SignedControl.FromString,
                     response_serializer=committee__pb2.StatusReply.SerializeToString,
+            ),
+            'Validate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Validate,
+                    request_deserializer=committee__pb2.SignedControl.FromString,
+                    response_serializer=committee__pb2.ValidateReply.SerializeToString,
+            ),
+            'Confirm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Confirm,
+                    request_deserializer=committee__pb2.SignedControl.FromString,
+                    response_serializer=committee__pb2.AggregateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +438,60 @@ class Committee:
             '/cohort.committee.v1.Committee/Status',
             committee__pb2.SignedControl.SerializeToString,
             committee__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Validate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.committee.v1.Committee/Validate',
+            committee__pb2.SignedControl.SerializeToString,
+            committee__pb2.ValidateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Confirm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.committee.v1.Committee/Confirm',
+            committee__pb2.SignedControl.SerializeToString,
+            committee__pb2.AggregateReply.FromString,
             options,
             channel_credentials,
             insecure,

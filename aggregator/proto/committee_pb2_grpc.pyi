@@ -71,6 +71,14 @@ class CommitteeStub:
     """Coordinator (signed, body AggregateBody): combine the client set's uploads and sign."""
     Status: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.StatusReply]
     """Coordinator (signed, body StatusBody): where a study stands, who uploaded this round."""
+    Validate: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.ValidateReply]
+    """Coordinator (signed, body ValidateBody; MPC): check the candidates' update norms inside
+    MPC with the other participants; only the accept/reject bits are opened.
+    """
+    Confirm: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.AggregateReply]
+    """Coordinator (signed, body ConfirmBody; MPC): reconstruct the sum from the members'
+    signed partials, check this member's own partial lies on it, attest the sum.
+    """
 
 @_typing.type_check_only
 class CommitteeAsyncStub(CommitteeStub):
@@ -101,6 +109,14 @@ class CommitteeAsyncStub(CommitteeStub):
     """Coordinator (signed, body AggregateBody): combine the client set's uploads and sign."""
     Status: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.StatusReply]  # type: ignore[assignment]
     """Coordinator (signed, body StatusBody): where a study stands, who uploaded this round."""
+    Validate: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.ValidateReply]  # type: ignore[assignment]
+    """Coordinator (signed, body ValidateBody; MPC): check the candidates' update norms inside
+    MPC with the other participants; only the accept/reject bits are opened.
+    """
+    Confirm: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.AggregateReply]  # type: ignore[assignment]
+    """Coordinator (signed, body ConfirmBody; MPC): reconstruct the sum from the members'
+    signed partials, check this member's own partial lies on it, attest the sum.
+    """
 
 class CommitteeServicer(metaclass=_abc_1.ABCMeta):
     """One committee member: an aggregator service run by one organisation."""
@@ -176,5 +192,25 @@ class CommitteeServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_committee_pb2.StatusReply, _abc.Awaitable[_committee_pb2.StatusReply]]:
         """Coordinator (signed, body StatusBody): where a study stands, who uploaded this round."""
+
+    @_abc_1.abstractmethod
+    def Validate(
+        self,
+        request: _committee_pb2.SignedControl,
+        context: _ServicerContext,
+    ) -> _typing.Union[_committee_pb2.ValidateReply, _abc.Awaitable[_committee_pb2.ValidateReply]]:
+        """Coordinator (signed, body ValidateBody; MPC): check the candidates' update norms inside
+        MPC with the other participants; only the accept/reject bits are opened.
+        """
+
+    @_abc_1.abstractmethod
+    def Confirm(
+        self,
+        request: _committee_pb2.SignedControl,
+        context: _ServicerContext,
+    ) -> _typing.Union[_committee_pb2.AggregateReply, _abc.Awaitable[_committee_pb2.AggregateReply]]:
+        """Coordinator (signed, body ConfirmBody; MPC): reconstruct the sum from the members'
+        signed partials, check this member's own partial lies on it, attest the sum.
+        """
 
 def add_CommitteeServicer_to_server(servicer: CommitteeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -35,6 +35,7 @@ from cohort.federation import transcript, wire
 from cohort.federation.config import SecureMode, StudyConfig
 from cohort.federation.coordinator import Coordinator, Session, error_reason
 from cohort.federation.manifest import SignedManifest
+from cohort.federation.modes.ckks.coordinator import CkksCoordinator
 from cohort.federation.simulate import TRANSCRIPT, run_study
 
 pytestmark = pytest.mark.slow
@@ -62,6 +63,22 @@ def _train(study_id: str, rnd: int, vector: np.ndarray) -> Any:
         wire.TrainInstruction(study_id=study_id, round=rnd, weight_unit=10_000).to_record(),
         vector,
     )
+
+
+class AttackMode(CkksCoordinator):
+    """CKKS mode with the attacker's hooks around the aggregate step."""
+
+    host: Attacker
+
+    def aggregate(
+        self,
+        rnd: int,
+        client_set: list[str],
+        chosen: list[str],
+        faulty: dict[str, str],
+        ledger: Sequence[bytes],
+    ) -> QuorumDecision | None:
+        return self.host.attack_aggregate(self, rnd, client_set, chosen, faulty, ledger)
 
 
 class Attacker(Coordinator):
@@ -98,6 +115,7 @@ class Attacker(Coordinator):
             for rnd in (ROUNDS + 1, 2**64 - 1)
         }
         self._attack_keys(session)
+        session.mode = AttackMode(self, session.members)
         return session
 
     def _attack_keys(self, session: Session) -> None:
@@ -181,22 +199,23 @@ class Attacker(Coordinator):
             )
         return super().play_round(session, rnd)
 
-    def _aggregate(
+    def attack_aggregate(
         self,
+        mode: CkksCoordinator,
         rnd: int,
         client_set: list[str],
         chosen: list[str],
-        members: Committee,
         faulty: dict[str, str],
-        ledger: Sequence[bytes] = (),
+        ledger: Sequence[bytes],
     ) -> QuorumDecision | None:
+        members = mode.members
         if rnd == 1:
             FINDINGS["lone_aggregate"] = _errors(members, rnd, client_set[:1], chosen)
         if rnd == 2:
             FINDINGS["restart"] = self._restart_member(members, rnd)
-        decision = super()._aggregate(rnd, client_set, chosen, members, faulty, ledger)
+        decision = CkksCoordinator.aggregate(mode, rnd, client_set, chosen, faulty, ledger)
         if rnd == 1 and decision is not None:
-            FINDINGS["differencing"] = self._difference(members, rnd, client_set, decision)
+            FINDINGS["differencing"] = self._difference(mode, rnd, client_set, decision)
         if rnd == 2 and decision is not None:
             FINDINGS["restart"]["agreeing"] = list(decision.agreeing)
         return decision
@@ -217,13 +236,14 @@ class Attacker(Coordinator):
         return {"replay": replay, "status": members.status("member-2").received}
 
     def _difference(
-        self, members: Committee, rnd: int, client_set: list[str], decision: QuorumDecision
+        self, mode: CkksCoordinator, rnd: int, client_set: list[str], decision: QuorumDecision
     ) -> dict[str, Any]:
         smaller = client_set[:-1]
+        members = mode.members
         member_errors = _errors(members, rnd, smaller, list(members.member_ids))
         node_of = {p: n for n, p in self._party_of().items()}
         # S's quorum-signed aggregate presented as an aggregate of S minus one owner.
-        request = self.decrypt_request(rnd, smaller, decision)
+        request = mode.decrypt_request(rnd, smaller, decision)
         owner = smaller[0]
         return {
             "members": member_errors,

@@ -1,4 +1,5 @@
-"""Contract tests every AggregationMode passes (CKKS now; MPC inherits the same class later)."""
+"""Contract tests every AggregationMode passes (CKKS and MPC inherit the same class), and
+each mode's own checks."""
 
 from __future__ import annotations
 
@@ -15,17 +16,24 @@ from cohort.aggregator.modes import (
     CkksMode,
     CkksSpec,
     ModeSpec,
+    MpcMode,
+    MpcSpec,
     build_mode,
     context_fingerprint,
     dealt_context_digest,
     sign_dealt_context,
 )
 from cohort.crypto.ckks import CkksSecretContext
+from cohort.crypto.fixed_point import PRIME, FieldEncoding
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import Identity, PublicIdentity
+from cohort.crypto.prg import share_domain
+from cohort.crypto.shamir import ShamirScheme, share
+from cohort.crypto.share_payload import SharePayload, unpack_field
 from cohort.errors import BadInputError, ConfigError, VerificationError
 
 LENGTH = 6
+STUDY_ID = "ab" * 32
 
 
 class AggregationModeContract(ABC):
@@ -41,6 +49,12 @@ class AggregationModeContract(ABC):
     def decode(self, blob: bytes) -> np.ndarray: ...
 
     tolerance = 1e-3
+
+    def combine(self, mode: AggregationMode, payloads: list[bytes], *, round: int = 1) -> bytes:
+        """What a member does at Aggregate: combine the accepted payloads with their senders."""
+        keys = [tagged_hash(Tag.PAYLOAD, p) for p in payloads]
+        senders = [f"owner-{i}" for i in range(len(payloads))]
+        return mode.combine_kept(round, keys, payloads.__getitem__, senders=senders)
 
     def test_has_a_name(self) -> None:
         assert isinstance(type(self.mode()).name, str)
@@ -62,8 +76,8 @@ class AggregationModeContract(ABC):
         rng = np.random.default_rng(3)
         vectors = [rng.normal(size=LENGTH) for _ in range(3)]
         payloads = [self.encode(v) for v in vectors]
-        first = self.mode().combine(payloads)
-        assert self.mode().combine(payloads) == first
+        first = self.combine(self.mode(), payloads)
+        assert self.combine(self.mode(), payloads) == first
         np.testing.assert_allclose(
             self.decode(first)[:LENGTH], np.sum(vectors, axis=0), atol=self.tolerance
         )
@@ -75,14 +89,21 @@ class AggregationModeContract(ABC):
         keys = [bytes([i]) * 32 for i in range(3)]
         for payload, key in zip(payloads, keys, strict=True):
             mode.accept(payload, length=LENGTH, round=1, key=key)
-        assert mode.combine_kept(1, keys, payloads.__getitem__) == mode.combine(payloads)
+        senders = [f"owner-{i}" for i in range(3)]
+        kept = mode.combine_kept(1, keys, payloads.__getitem__, senders=senders)
+        assert kept == self.combine(self.mode(), payloads)
 
     @pytest.mark.parametrize("bad", [b"", b"garbage" * 100])
     def test_accept_rejects_what_check_rejects(self, bad: bytes) -> None:
         with pytest.raises(BadInputError):
             self.mode().accept(bad, length=LENGTH, round=1, key=bytes(32))
 
-    @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=8,
+        deadline=None,
+        # one contract, one executor per mode class: each subclass replays its own examples
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
+    )
     @given(
         st.lists(
             st.lists(
@@ -96,7 +117,7 @@ class AggregationModeContract(ABC):
     )
     def test_combine_matches_the_plaintext_oracle(self, rows: list[list[float]]) -> None:
         vectors = [np.asarray(r) for r in rows]
-        combined = self.mode().combine([self.encode(v) for v in vectors])
+        combined = self.combine(self.mode(), [self.encode(v) for v in vectors])
         np.testing.assert_allclose(
             self.decode(combined)[:LENGTH], np.sum(vectors, axis=0), atol=self.tolerance
         )
@@ -125,6 +146,112 @@ class TestCkksMode(AggregationModeContract):
 
     def test_spec_repr_hides_the_context(self) -> None:
         assert "bytes>" in repr(CkksSpec(b"x" * 100))
+
+
+class TestMpcMode(AggregationModeContract):
+    """MPC with one member and threshold one: its share is the secret, so a partial is the
+    sum (the t-of-k behaviour is tested below and in test_aggregator_mpc.py)."""
+
+    scheme = ShamirScheme(1, 1)
+
+    def mode(self) -> AggregationMode:
+        return build_mode(
+            MpcSpec(bytes(32)),
+            study_id=STUDY_ID,
+            members=("member-1",),
+            member_id="member-1",
+            threshold=1,
+            prime=PRIME,
+        )
+
+    def encode(self, vector: np.ndarray) -> bytes:
+        secret = FieldEncoding().encode(np.asarray(vector, dtype=np.float64), clients=4)
+        (only,) = share(secret, self.scheme, domains=[bytes(32)])
+        return SharePayload(self.scheme, int(secret.size), only).to_bytes()
+
+    def decode(self, blob: bytes) -> np.ndarray:
+        return FieldEncoding().decode(unpack_field(blob, len(blob) * 8 // 23, PRIME))
+
+    def test_is_mpc_and_partial(self) -> None:
+        assert isinstance(self.mode(), MpcMode)
+        assert MpcMode.partial
+        assert not CkksMode.partial
+
+    def test_combine_needs_the_senders(self) -> None:
+        payload = self.encode(np.ones(LENGTH))
+        with pytest.raises(BadInputError, match="sender"):
+            self.mode().combine_kept(1, [bytes(32)], [payload].__getitem__)
+
+
+MEMBERS = ("member-1", "member-2", "member-3")
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.floats(-3, 3, allow_nan=False), min_size=LENGTH, max_size=LENGTH),
+        min_size=1,
+        max_size=4,
+    ),
+    st.sampled_from([(0, 1), (0, 2), (1, 2), (0, 1, 2)]),
+)
+def test_mpc_partials_of_any_threshold_open_to_the_exact_sum(
+    rows: list[list[float]], who: tuple[int, ...]
+) -> None:
+    """k = 3, t = 2: each member combines its own (seeded or full) shares into a partial;
+    any two or all three partials open to the field sum of the encoded updates."""
+    scheme = ShamirScheme(3, 2)
+    encoding = FieldEncoding()
+    modes = [
+        build_mode(
+            MpcSpec(bytes(32)),
+            study_id=STUDY_ID,
+            members=MEMBERS,
+            member_id=m,
+            threshold=2,
+            prime=PRIME,
+        )
+        for m in MEMBERS
+    ]
+    senders = [f"owner-{i}" for i in range(len(rows))]
+    payloads: list[list[bytes]] = [[] for _ in MEMBERS]
+    expected = np.zeros(LENGTH, dtype=np.int64)
+    for i, (sender, row) in enumerate(zip(senders, rows, strict=True)):
+        secret = encoding.encode(np.asarray(row), clients=4)
+        expected = (expected + secret) % PRIME
+        domains = [share_domain(STUDY_ID, 1, m, sender) for m in MEMBERS]
+        for s in share(secret, scheme, domains=domains, seeded=[i % 3]):
+            payloads[s.index].append(SharePayload(scheme, LENGTH, s).to_bytes())
+    partials = {}
+    for j, mode in enumerate(modes):
+        keys = [tagged_hash(Tag.PAYLOAD, p) for p in payloads[j]]
+        partials[MEMBERS[j]] = mode.combine_kept(1, keys, payloads[j].__getitem__, senders=senders)
+    chosen = {MEMBERS[j]: partials[MEMBERS[j]] for j in who}
+    opened = modes[0].open_partials(chosen, length=LENGTH)
+    assert opened.wrong == ()
+    assert np.array_equal(unpack_field(opened.aggregate, LENGTH, PRIME), expected)
+
+
+def test_an_mpc_member_takes_only_its_own_share_of_its_studys_scheme() -> None:
+    scheme = ShamirScheme(3, 2)
+    secret = FieldEncoding().encode(np.ones(LENGTH), clients=4)
+    domains = [share_domain(STUDY_ID, 1, m, "owner-0") for m in MEMBERS]
+    shares = share(secret, scheme, domains=domains)
+    mode = build_mode(
+        MpcSpec(bytes(32)),
+        study_id=STUDY_ID,
+        members=MEMBERS,
+        member_id="member-2",
+        threshold=2,
+        prime=PRIME,
+    )
+    mode.check(SharePayload(scheme, LENGTH, shares[1]).to_bytes(), length=LENGTH)
+    with pytest.raises(BadInputError, match="member 0's"):
+        mode.check(SharePayload(scheme, LENGTH, shares[0]).to_bytes(), length=LENGTH)
+    other = ShamirScheme(3, 3)
+    (_, second, _) = share(secret, other, domains=domains)
+    with pytest.raises(BadInputError, match="t=3"):
+        mode.check(SharePayload(other, LENGTH, second).to_bytes(), length=LENGTH)
 
 
 def test_ckks_kept_uploads_are_parsed_once_and_released(tmp_path: Path) -> None:
@@ -173,9 +300,6 @@ def test_unknown_spec_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="unsupported"):
         build_mode(Unknown())
-
-
-STUDY_ID = "ab" * 32
 
 
 def test_the_dealt_context_digest_binds_study_and_context() -> None:

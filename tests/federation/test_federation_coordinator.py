@@ -1,4 +1,4 @@
-"""The coordinator's decryption check in isolation: a lying decryptor is outvoted and named.
+"""The CKKS coordinator's decryption check in isolation: a lying decryptor is outvoted and named.
 
 The Flower messages are replaced by a table of what each owner answers (a unit test of the
 agreement rule; the end-to-end and adversarial suites run the real runtime).
@@ -15,14 +15,14 @@ import pytest
 from cohort.aggregator.quorum import QuorumDecision
 from cohort.errors import ProtocolAbort
 from cohort.federation import wire
-from cohort.federation.coordinator import Coordinator
+from cohort.federation.modes.ckks.coordinator import CkksCoordinator
 
 STUDY = "ab" * 32
 TRUE = np.arange(4, dtype=np.float64)
 LIE = TRUE + 1.0
 
 
-class Table(Coordinator):
+class Table(CkksCoordinator):
     """Answers decryption requests from ``answers`` (party -> vector or None)."""
 
     answers: dict[str, np.ndarray | None]
@@ -44,15 +44,8 @@ class Table(Coordinator):
 
 
 def _coordinator(answers: dict[str, np.ndarray | None]) -> Table:
-    signed = cast(Any, type("S", (), {"manifest": type("M", (), {"study_id": STUDY})()})())
-    table = Table(
-        signed=signed,
-        identity=cast(Any, None),
-        grid=cast(Any, None),
-        test_set=cast(Any, None),
-        contract=cast(Any, None),
-        sponsor="0x" + "00" * 20,
-    )
+    host = cast(Any, type("H", (), {"manifest": type("M", (), {"study_id": STUDY})()})())
+    table = Table(host, cast(Any, None))
     table.answers = answers
     table.asked = []
     table.batches = []
@@ -77,7 +70,7 @@ def _decision() -> QuorumDecision:
 def _run(answers: dict[str, np.ndarray | None]) -> tuple[Table, Any]:
     table = _coordinator(answers)
     party_of = {1: "h1", 2: "h2", 3: "h3"}
-    return table, table._decrypt(1, ["h1", "h2", "h3"], _decision(), party_of)
+    return table, table.decrypt(1, ["h1", "h2", "h3"], _decision(), party_of)
 
 
 def test_two_agreeing_decryptions_are_enough() -> None:

@@ -26,6 +26,7 @@ from cohort.crypto.identity import Identity, verify_signature
 from cohort.errors import BadInputError, VerificationError
 from cohort.federation import hospital, wire
 from cohort.federation.manifest import SecureMode
+from cohort.federation.modes.ckks import owner as ckks_owner
 from cohort.federation.policy import HospitalPolicy
 
 
@@ -364,7 +365,7 @@ def test_an_owner_with_a_chain_checks_the_contract_before_decrypting(
         asked.append(url)
         return chain
 
-    monkeypatch.setattr(hospital, "RpcChain", connect)
+    monkeypatch.setattr(ckks_owner, "RpcChain", connect)
     owner = dataclasses.replace(
         study.owners[0],
         policy=dataclasses.replace(study.owners[0].policy, chain_url="http://127.0.0.1:8545"),

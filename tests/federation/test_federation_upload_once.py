@@ -43,6 +43,8 @@ from cohort.federation.approval import Role, approve
 from cohort.federation.certs import CA_CERT, load_cert_key, member_files, write_study_certs
 from cohort.federation.coordinator import Coordinator, choose_client_set
 from cohort.federation.manifest import CommitteeEntry
+from cohort.federation.modes.ckks.coordinator import CkksCoordinator
+from cohort.federation.modes.committee_steps import aggregate_quorum
 
 MEMBER_IDS = ("member-1", "member-2", "member-3")
 OVERHEAD = 48 * 1024
@@ -123,7 +125,7 @@ class Deployment:
     members: dict[str, CommitteeMember]
     relays: dict[str, CountingRelay]
     committee: Committee
-    coordinator: Coordinator
+    coordinator: CkksCoordinator
     homes: dict[str, Path]
 
     def sent(self) -> dict[str, int]:
@@ -196,7 +198,7 @@ def deploy(tmp_path: Path) -> Iterator[Deploy]:
         setup = CkksSpec(dealt.public_context, dealt.dealer_signature)
         assert committee.configure(study.signed, setup) == {}
         assert committee.open_round(1) == {}
-        coordinator = Coordinator(
+        host = Coordinator(
             signed=study.signed,
             identity=study.coordinator,
             grid=cast(Any, None),
@@ -204,6 +206,7 @@ def deploy(tmp_path: Path) -> Iterator[Deploy]:
             contract=cast(Any, None),
             sponsor="0x" + "00" * 20,
         )
+        coordinator = CkksCoordinator(host, committee)
         return Deployment(study, members, by_id, committee, coordinator, homes)
 
     yield start
@@ -246,12 +249,12 @@ def test_a_hospital_uploads_one_payload_per_round_and_the_round_completes(
 
     faulty: dict[str, str] = {}
     opened = list(MEMBER_IDS)
-    held = d.coordinator._replicate(1, receipts, opened, d.committee, faulty)
+    held = d.coordinator.replicate(1, receipts, opened, faulty)
     assert faulty == {}
     assert held == {o.party_id: set(MEMBER_IDS) for o in study.owners}
     client_set, chosen = choose_client_set(held, opened, study.manifest.quorum)
     assert client_set == [o.party_id for o in study.owners]
-    decision = d.coordinator._aggregate(1, client_set, chosen, d.committee, faulty)
+    decision = aggregate_quorum(1, client_set, chosen, d.committee, faulty)
     assert decision is not None
     assert decision.agreeing == MEMBER_IDS
     assert faulty == {}
@@ -292,14 +295,14 @@ def test_the_coordinator_names_a_member_that_alters_or_withholds_a_copy(
         )
     faulty: dict[str, str] = {}
     opened = list(MEMBER_IDS)
-    held = d.coordinator._replicate(1, receipts, opened, d.committee, faulty)
+    held = d.coordinator.replicate(1, receipts, opened, faulty)
     verb = "altered" if bad is Alterer else "withheld"
     assert list(faulty) == ["member-3"], faulty
     assert faulty["member-3"].startswith(f"{verb} hospital-3's upload (reported by member-1: ")
     assert "reported by member-2" in faulty["member-3"]
     client_set, chosen = choose_client_set(held, opened, manifest.quorum)
     assert client_set == ["hospital-1", "hospital-2"]
-    decision = d.coordinator._aggregate(1, client_set, chosen, d.committee, faulty)
+    decision = aggregate_quorum(1, client_set, chosen, d.committee, faulty)
     assert decision is not None
     assert set(decision.agreeing) >= {"member-1", "member-2"}
     request = d.coordinator.decrypt_request(1, client_set, decision)
@@ -326,13 +329,9 @@ def test_a_receipt_the_member_did_not_sign_is_not_forwarded_as_a_source(deploy: 
         receipts=(bytes(64),),
     )
     faulty: dict[str, str] = {}
-    held = d.coordinator._replicate(
-        1, {owner.party_id: receipt}, list(MEMBER_IDS), d.committee, faulty
-    )
+    held = d.coordinator.replicate(1, {owner.party_id: receipt}, list(MEMBER_IDS), faulty)
     assert held == {}  # no source: no member is asked to fetch it, and no one is blamed
     assert faulty == {}
     good = dataclasses.replace(receipt, receipts=(delivered.receipt,))
-    held = d.coordinator._replicate(
-        1, {owner.party_id: good}, list(MEMBER_IDS), d.committee, faulty
-    )
+    held = d.coordinator.replicate(1, {owner.party_id: good}, list(MEMBER_IDS), faulty)
     assert held == {owner.party_id: set(MEMBER_IDS)}

@@ -1,15 +1,9 @@
-"""Aggregation modes: how a committee member checks and combines one secure mode's payloads.
-
-A committee member is mode-agnostic: it authenticates envelopes, keeps one payload per data
-owner and round, and hands the agreed set to an :class:`AggregationMode`. Each secure mode
-has a frozen *spec* (the mode set-up the coordinator forwards in its signed Configure call)
-and a mode class built from it by :func:`build_mode`. CKKS is the default; an MPC mode
-(additive shares) plugs in here later with its own spec and class, and must pass the same
-contract tests (``tests/aggregator/test_aggregator_modes.py``).
+"""CKKS mode, member side: the homomorphic sum of CKKS ciphertexts under the study's public
+context (no secret key), parsed once at acceptance and summed over the raw coefficients.
 
 A CKKS set-up is *dealt* by the study's key dealer (a data owner named in the manifest): it
 signs :func:`dealt_context_digest` over the public context, so a coordinator cannot hand the
-committee a context of its own. The member checks that signature (:meth:`ModeSpec.verify_dealt`)
+committee a context of its own. The member checks that signature (:meth:`CkksSpec.verify_dealt`)
 against the manifest's dealer before it accepts the set-up.
 """
 
@@ -17,7 +11,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,17 +18,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from cohort.aggregator.modes.base import AggregationMode, ModeSpec, study_bytes
 from cohort.crypto.ckks import CkksPublicContext
 from cohort.crypto.ckks import dealt_context_digest as ckks_dealt_digest
-from cohort.crypto.hashing import Tag, is_digest_hex, tagged_hash
+from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import Identity, PublicIdentity, verify_signature
-from cohort.errors import BadInputError, ConfigError, VerificationError
-
-
-def _study_bytes(study_id: str) -> bytes:
-    if not is_digest_hex(study_id):
-        raise BadInputError("study id must be a manifest hash (64 lower-case hex digits)")
-    return bytes.fromhex(study_id)
+from cohort.errors import BadInputError, VerificationError
 
 
 def context_fingerprint(public_context: bytes) -> bytes:
@@ -54,68 +42,13 @@ def dealt_context_digest(study_id: str, public_context: bytes) -> bytes:
     Run by the key dealer (a data owner) when it deals the context, and by every committee
     member at Configure.
     """
-    _study_bytes(study_id)
+    study_bytes(study_id)
     return ckks_dealt_digest(study_id, context_fingerprint(public_context))
 
 
 def sign_dealt_context(dealer: Identity, study_id: str, public_context: bytes) -> bytes:
     """The key dealer's Ed25519 signature over :func:`dealt_context_digest`. Run by the dealer."""
     return dealer.sign(dealt_context_digest(study_id, public_context))
-
-
-class AggregationMode(ABC):
-    """Checks and combines the payloads of one secure mode. Run by committee members."""
-
-    name: ClassVar[str]
-
-    @abstractmethod
-    def check(self, payload: bytes, *, length: int) -> None:
-        """Raise :class:`BadInputError` unless ``payload`` is a well-formed update of
-        ``length`` values for this study. Run by a committee member on every upload."""
-
-    def accept(self, payload: bytes, *, length: int, round: int, key: bytes) -> None:
-        """:meth:`check` ``payload`` and keep what :meth:`combine_kept` needs under ``key``
-        (the upload's verified payload hash) for ``round``. Run by a committee member on
-        every upload it accepts. The default keeps nothing."""
-        self.check(payload, length=length)
-
-    def combine_kept(
-        self, round: int, keys: Sequence[bytes], load: Callable[[int], bytes]
-    ) -> bytes:
-        """:meth:`combine` of the payloads accepted under ``keys`` (canonical order) in
-        ``round``; ``load(i)`` returns payload ``i`` for whatever is not kept (after a
-        restart, say). Afterwards nothing kept for rounds up to ``round`` remains. Run by a
-        committee member at aggregation. The default loads every payload."""
-        return self.combine(load(i) for i in range(len(keys)))
-
-    @abstractmethod
-    def combine(self, payloads: Iterable[bytes]) -> bytes:
-        """Combine checked payloads, given in canonical (sorted sender) order.
-
-        ``payloads`` may be a stream (the member reads them from its store one at a time):
-        a mode consumes it once and should hold no more than one payload at a time, so a
-        member's memory does not grow with the number of data owners.
-
-        Deterministic: the same payloads in the same order give the same bytes, so honest
-        members agree on one aggregate hash. Run by a committee member at aggregation.
-        """
-
-
-@dataclass(frozen=True)
-class ModeSpec(ABC):
-    """Base of the per-mode set-up the coordinator forwards at configuration."""
-
-    name: ClassVar[str]
-
-    @abstractmethod
-    def setup_digest(self) -> bytes:
-        """32 bytes naming the set-up: two Configure calls with the same digest are the same
-        set-up (a retry), different digests a conflicting one."""
-
-    @abstractmethod
-    def verify_dealt(self, study_id: str, dealer: PublicIdentity | None) -> None:
-        """VerificationError unless the study's dealer vouched for this set-up. Run by a
-        committee member at Configure, before it builds the mode."""
 
 
 @dataclass(frozen=True)
@@ -222,7 +155,12 @@ class CkksMode(AggregationMode):
         return length, coeffs.reshape(shape)
 
     def combine_kept(
-        self, round: int, keys: Sequence[bytes], load: Callable[[int], bytes]
+        self,
+        round: int,
+        keys: Sequence[bytes],
+        load: Callable[[int], bytes],
+        *,
+        senders: Sequence[str] = (),
     ) -> bytes:
         acc = self._context.accumulator()
         for i, key in enumerate(keys):
@@ -255,22 +193,3 @@ class CkksMode(AggregationMode):
         if acc.count == 0:
             raise BadInputError("ckks: nothing to combine (empty client set)")
         return acc.finish()
-
-
-SUPPORTED_MODES: tuple[str, ...] = (CkksMode.name,)
-
-
-def build_mode(spec: ModeSpec, *, kept: Path | None = None) -> AggregationMode:
-    """Build the mode a study asks for. Run by a committee member at configuration;
-    ``kept`` is a folder of the member's own for what the mode keeps between acceptance and
-    aggregation (see :class:`CkksMode`).
-
-    Raises :class:`BadInputError` for a CKKS context that is malformed or holds a secret
-    key, :class:`ConfigError` for an unknown spec.
-    """
-    if isinstance(spec, CkksSpec):
-        context = CkksPublicContext.from_bytes(spec.public_context)
-        if context.to_bytes() != spec.public_context:
-            raise BadInputError("ckks: public context is not in canonical form")
-        return CkksMode(context, kept)
-    raise ConfigError(f"secure mode: unsupported spec {type(spec).__name__}")

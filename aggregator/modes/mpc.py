@@ -1,0 +1,151 @@
+"""MPC mode, member side: keep this member's Shamir share of each update, sum the shares of
+the agreed client set into a signed *partial*, and open the sum from the members' partials.
+
+Each data owner deals one share per member (:mod:`cohort.crypto.shamir` over the field of
+:mod:`cohort.crypto.fixed_point`), sealed to that member alone; ``t - 1`` of them travel as
+32-byte seeds (:mod:`cohort.crypto.prg`, domain-separated per study, round, member and
+owner). A member only ever sees its own share: fewer than ``t`` members learn nothing of an
+update. Nothing here is chosen by the coordinator: the field, threshold, committee order and
+norm bound are the approved manifest's (:class:`MpcSpec` only carries their digest).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cohort.aggregator.modes.base import AggregationMode, ModeSpec, OpenedSum
+from cohort.crypto.hashing import Tag, tagged_hash
+from cohort.crypto.identity import PublicIdentity
+from cohort.crypto.prg import share_domain
+from cohort.crypto.shamir import InconsistentShares, ShamirScheme, robust_reconstruct
+from cohort.crypto.share_payload import SharePayload, pack_field, unpack_field
+from cohort.errors import BadInputError, VerificationError
+
+
+def terms_digest(
+    *, prime: int, frac_bits: int, norm_bound: float, members: Sequence[str], threshold: int
+) -> bytes:
+    """32 bytes naming a study's MPC terms (field, scale, bound, committee order, t)."""
+    body = json.dumps(
+        {
+            "prime": prime,
+            "frac_bits": frac_bits,
+            "norm_bound": norm_bound,
+            "members": list(members),
+            "threshold": threshold,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return tagged_hash(Tag.MPC_TERMS, body.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class MpcSpec(ModeSpec):
+    """MPC set-up as forwarded at Configure: only the digest of the manifest's terms, which
+    the member recomputes from the manifest it approved (a mismatch is refused)."""
+
+    terms: bytes
+
+    name: ClassVar[str] = "mpc"
+
+    def setup_digest(self) -> bytes:
+        return self.terms
+
+    def verify_dealt(self, study_id: str, dealer: PublicIdentity | None) -> None:
+        """Nothing is dealt in MPC mode: every owner shares with fresh randomness."""
+
+
+class MpcMode(AggregationMode):
+    """Shares of one member (``index`` in the committee order) of a study's MPC terms."""
+
+    name: ClassVar[str] = "mpc"
+    partial: ClassVar[bool] = True
+
+    def __init__(
+        self, *, study_id: str, members: Sequence[str], member_id: str, scheme: ShamirScheme
+    ) -> None:
+        if member_id not in members:
+            raise BadInputError(f"mpc: {member_id!r} is not in the committee")
+        self._study_id = study_id
+        self._members = tuple(members)
+        self._member_id = member_id
+        self.index = self._members.index(member_id)
+        self.scheme = scheme
+
+    def parse(self, payload: bytes, *, length: int) -> SharePayload:
+        """The share in ``payload``, checked against this study and member."""
+        share = SharePayload.from_bytes(payload, length=length)
+        if share.scheme != self.scheme:
+            raise BadInputError(
+                f"mpc: share for k={share.scheme.members}, t={share.scheme.threshold}, "
+                f"p={share.scheme.prime}; the study uses k={self.scheme.members}, "
+                f"t={self.scheme.threshold}, p={self.scheme.prime}"
+            )
+        if share.share.index != self.index:
+            raise BadInputError(
+                f"mpc: share is member {share.share.index}'s, this member is {self.index}"
+            )
+        return share
+
+    def check(self, payload: bytes, *, length: int) -> None:
+        self.parse(payload, length=length)
+
+    def values(self, payload: bytes, *, length: int, round: int, sender: str) -> NDArray[np.int64]:
+        """The field values of ``sender``'s share in ``round`` (a seed is expanded)."""
+        domain = share_domain(self._study_id, round, self._member_id, sender)
+        return self.parse(payload, length=length).values(domain=domain)
+
+    def combine_kept(
+        self,
+        round: int,
+        keys: Sequence[bytes],
+        load: Callable[[int], bytes],
+        *,
+        senders: Sequence[str] = (),
+    ) -> bytes:
+        """This member's partial: the sum mod p of its shares from ``senders``, packed."""
+        if not senders or len(senders) != len(keys):
+            raise BadInputError("mpc: combining needs the sender of every share")
+        p = self.scheme.prime
+        total: NDArray[np.int64] | None = None
+        for i, sender in enumerate(senders):
+            payload = load(i)
+            length = SharePayload.from_bytes(payload).length
+            values = self.values(payload, length=length, round=round, sender=sender)
+            total = values if total is None else (total + values) % p
+        assert total is not None
+        return pack_field(total, p)
+
+    def combine(self, payloads: Iterable[bytes]) -> bytes:
+        raise BadInputError("mpc: shares are combined with their senders (combine_kept)")
+
+    def open_partials(self, partials: Mapping[str, bytes], *, length: int) -> OpenedSum:
+        """Reconstruct the field sum from ``partials`` (member id -> packed partial).
+
+        With more than ``t`` partials they are checked against each other: wrong ones are
+        located (and returned) when ``n >= t + 2e``; otherwise the disagreement raises
+        :class:`VerificationError` naming the members that could be wrong.
+        """
+        points: dict[int, NDArray[np.int64]] = {}
+        for member_id, data in partials.items():
+            if member_id not in self._members:
+                raise VerificationError(f"mpc: partial from {member_id!r}, not a member")
+            points[self._members.index(member_id)] = unpack_field(data, length, self.scheme.prime)
+        try:
+            secret, wrong = robust_reconstruct(points, self.scheme)
+        except InconsistentShares as exc:
+            names = ", ".join(self._members[i] for i in exc.indices) or "unknown"
+            raise VerificationError(
+                f"mpc: the partials are inconsistent and the wrong one cannot be located "
+                f"(one of: {names})"
+            ) from None
+        return OpenedSum(
+            pack_field(secret, self.scheme.prime), tuple(self._members[i] for i in wrong)
+        )
