@@ -77,6 +77,7 @@ class Refusal(enum.StrEnum):
     BAD_PARTICIPANTS = "bad_participants"
     NOT_VALIDATED = "not_validated"
     VALIDATION_FAILED = "validation_failed"
+    VALIDATION_LIMIT = "validation_limit"
     BAD_PARTIAL = "bad_partial"
     NOT_AGGREGATED = "not_aggregated"
     CONFIRM_CONFLICT = "confirm_conflict"
@@ -116,6 +117,7 @@ _REFUSAL_ERRORS: dict[Refusal, type[CohortError]] = {
     Refusal.BAD_PARTICIPANTS: BadInputError,
     Refusal.NOT_VALIDATED: ProtocolAbort,
     Refusal.VALIDATION_FAILED: ProtocolAbort,
+    Refusal.VALIDATION_LIMIT: VerificationError,
     Refusal.BAD_PARTIAL: VerificationError,
     Refusal.NOT_AGGREGATED: ProtocolAbort,
     Refusal.CONFIRM_CONFLICT: ProtocolAbort,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,11 @@ log = get_logger(__name__)
 
 #: How long one norm check may take before the participants give up.
 NORM_CHECK_TIMEOUT_S = 240.0
+#: Completed norm checks a member takes part in per round. Each check opens one bit per
+#: candidate; a coordinator working with a colluding participant (who could shift its share)
+#: could otherwise ask again and again to probe an update's norm around the bound. Two
+#: allow one retry with other participants; an identical request is answered from the record.
+MAX_CHECKS_PER_ROUND = 2
 
 
 def _mode(study: _Study) -> MpcMode:
@@ -115,6 +121,19 @@ def validate(member: CommitteeMember, study: _Study, body: ValidateBody) -> Vali
         raise Refusal.MISSING_UPLOADS.error(
             f"no accepted share for round {number} from: " + ", ".join(missing)
         )
+    path = _record_path(member, study, number)
+    records = _load_records(path)
+    for record in records:
+        if record["participants"] == list(participants) and sorted(
+            record["accepted"] + record["rejected"]
+        ) == list(ids):
+            return _verdict(
+                member, study, number, participants, record["accepted"], record["rejected"]
+            )
+    if len(records) >= MAX_CHECKS_PER_ROUND:
+        raise Refusal.VALIDATION_LIMIT.error(
+            f"this member already took part in {len(records)} norm checks of round {number}"
+        )
     indices = [manifest.member_ids.index(m) for m in participants]
     length = manifest.update_length
     shares = np.empty((len(ids), length), dtype=np.int64)
@@ -155,6 +174,18 @@ def validate(member: CommitteeMember, study: _Study, body: ValidateBody) -> Vali
             member=member.member_id, round=number, accepted=len(accepted), rejected=list(rejected)
         ),
     )
+    return _verdict(member, study, number, participants, accepted, rejected)
+
+
+def _verdict(
+    member: CommitteeMember,
+    study: _Study,
+    number: int,
+    participants: Sequence[str],
+    accepted: Sequence[str],
+    rejected: Sequence[str],
+) -> ValidationVerdict:
+    """This member's signed verdict of one norm check (Ed25519: the same bytes each time)."""
     signature = member.identity.sign(
         validation_digest(
             study_id=study.study_id,
@@ -166,7 +197,13 @@ def validate(member: CommitteeMember, study: _Study, body: ValidateBody) -> Vali
         )
     )
     return ValidationVerdict(
-        member.member_id, study.study_id, number, participants, accepted, rejected, signature
+        member.member_id,
+        study.study_id,
+        number,
+        tuple(participants),
+        tuple(accepted),
+        tuple(rejected),
+        signature,
     )
 
 

@@ -69,12 +69,15 @@ def expand_field(seed: bytes, *, domain: bytes, count: int, prime: int) -> NDArr
     width = prime.bit_length()
     size = (width + 7) // 8
     mask = np.uint64(2**width - 1)
-    weights = np.uint64(256) ** np.arange(size, dtype=np.uint64)
     draws = count + count // 2 + 64
     while True:
         stream = randombytes_buf_deterministic(draws * size, key)
-        raw = np.frombuffer(stream, dtype=np.uint8).reshape(draws, size).astype(np.uint64)
-        candidates = (raw * weights).sum(axis=1, dtype=np.uint64) & mask
+        raw = np.frombuffer(stream, dtype=np.uint8).reshape(draws, size)
+        # little-endian draws of ``size`` bytes, one byte column at a time
+        candidates = raw[:, 0].astype(np.uint64)
+        for b in range(1, size):
+            candidates |= raw[:, b].astype(np.uint64) << np.uint64(8 * b)
+        candidates &= mask
         accepted = candidates[candidates < np.uint64(prime)]
         if accepted.size >= count:
             out: NDArray[np.int64] = accepted[:count].astype(np.int64)

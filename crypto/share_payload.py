@@ -45,16 +45,38 @@ def packed_size(count: int, prime: int) -> int:
     return (count * prime.bit_length() + 7) // 8
 
 
+def _layout(width: int) -> tuple[int, list[tuple[int, int]]]:
+    """Eight values of ``width`` bits make ``width`` bytes: the number of 64-bit words the
+    group spans, and each value's (word, shift) of its lowest bit, the group read as one
+    big-endian integer (value 0 in the top bits, as the bit stream has it)."""
+    words = (8 * width + 63) // 64
+    return words, [divmod(width * (7 - j), 64) for j in range(8)]
+
+
 def pack_field(values: NDArray[np.int64], prime: int) -> bytes:
-    """Bit-pack field values in ``prime.bit_length()`` bits each (see the module doc)."""
+    """Bit-pack field values in ``prime.bit_length()`` bits each (see the module doc).
+
+    Eight values at a time, as ``width`` bytes built from 64-bit words with shifts."""
     array = np.asarray(values)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise BadInputError(f"packed field: expected a 1-D integer vector, got {array.dtype}")
     if array.size and (int(array.min()) < 0 or int(array.max()) >= prime):
         raise BadInputError(f"packed field: values must lie in [0, {prime})")
-    shifts = np.arange(prime.bit_length() - 1, -1, -1, dtype=np.int64)
-    bits = ((array.astype(np.int64)[:, None] >> shifts) & 1).astype(np.uint8)
-    return np.packbits(bits.reshape(-1)).tobytes()
+    width = prime.bit_length()
+    count = int(array.size)
+    groups = (count + 7) // 8
+    padded = np.zeros(groups * 8, dtype=np.uint64)
+    padded[:count] = array
+    lanes = np.ascontiguousarray(padded.reshape(groups, 8).T)  # one row per lane
+    nwords, places = _layout(width)
+    words = [np.zeros(groups, dtype=np.uint64) for _ in range(nwords)]
+    for j, (word, shift) in enumerate(places):
+        words[word] |= lanes[j] << np.uint64(shift)
+        if shift + width > 64:
+            words[word + 1] |= lanes[j] >> np.uint64(64 - shift)
+    big = np.stack(words[::-1], axis=1).astype(">u8").view(np.uint8).reshape(groups, 8 * nwords)
+    packed = big[:, 8 * nwords - width :].reshape(-1)
+    return packed[: packed_size(count, prime)].tobytes()
 
 
 def unpack_field(data: bytes, count: int, prime: int) -> NDArray[np.int64]:
@@ -65,13 +87,25 @@ def unpack_field(data: bytes, count: int, prime: int) -> NDArray[np.int64]:
             f"packed field: {len(data)} bytes, expected {packed_size(count, prime)} "
             f"for {count} values"
         )
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-    if bits[count * width :].any():
+    groups = (count + 7) // 8
+    nwords, places = _layout(width)
+    big = np.zeros((groups, 8 * nwords), dtype=np.uint8)
+    flat = np.zeros(groups * width, dtype=np.uint8)
+    flat[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    big[:, 8 * nwords - width :] = flat.reshape(groups, width)
+    columns = np.ascontiguousarray(big.view(">u8").astype(np.uint64).T)
+    words = columns[::-1]  # words[0]: the lowest 64 bits of every group
+    mask = np.uint64((1 << width) - 1)
+    lanes = np.empty((8, groups), dtype=np.uint64)
+    for j, (word, shift) in enumerate(places):
+        lane = words[word] >> np.uint64(shift)
+        if shift + width > 64:
+            lane |= words[word + 1] << np.uint64(64 - shift)
+        lanes[j] = lane & mask
+    every = lanes.T.reshape(-1)
+    if every[count:].any():
         raise BadInputError("packed field: non-zero padding bits")
-    weights = np.int64(1) << np.arange(width - 1, -1, -1, dtype=np.int64)
-    values: NDArray[np.int64] = (
-        bits[: count * width].reshape(count, width).astype(np.int64) @ weights
-    )
+    values: NDArray[np.int64] = every[:count].astype(np.int64)
     if values.size and int(values.max()) >= prime:
         i = int(np.flatnonzero(values >= prime)[0])
         raise BadInputError(f"packed field: value at index {i} is not below the prime {prime}")

@@ -205,7 +205,9 @@ def deploy_local_command(
     hospitals: Annotated[int, typer.Option(help="Hospitals (one SuperNode each).")] = 3,
     members: Annotated[int, typer.Option(help="Committee members.")] = 3,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
-    secure: Annotated[str, typer.Option(help="Secure mode: ckks or none.")] = "ckks",
+    secure: Annotated[
+        str, typer.Option(help="Secure mode: ckks, mpc (Shamir shares, MPC norm check) or none.")
+    ] = "ckks",
     quorum: Annotated[
         int | None, typer.Option(help="Committee quorum (default: a strict majority).")
     ] = None,

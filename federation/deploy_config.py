@@ -109,6 +109,12 @@ class _Table:
             raise ConfigError(f"{self._where(key)}: must be true or false, got {value!r}")
         return value
 
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self._get(key, required=True)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{self._where(key)}: must be a non-empty list of text")
+        return tuple(value)
+
     def paths(self, key: str) -> tuple[Path, ...]:
         value = self._get(key, required=True)
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
@@ -321,6 +327,9 @@ class StudyTerms:
     dp: Mapping[str, float | int]
     #: ``[study.client-dp]`` (``clip-norm``, ``noise-multiplier``): client-level DP, or None.
     client_dp: Mapping[str, float] | None = None
+    #: ``[study.mpc]`` (``norm-bound``, ``rendezvous``: one ``host:port`` per member, in
+    #: ``[committee] members`` order): MPC mode's terms, required exactly when secure = "mpc".
+    mpc: Mapping[str, Any] | None = None
 
 
 _DP_KEYS = {
@@ -378,6 +387,16 @@ class StudyFile:
             secure = SecureMode.parse(s.text("secure", "ckks"))
         except (ValueError, ConfigError) as exc:
             raise ConfigError(f"{path}: [study] secure: {exc}") from None
+        mpc: dict[str, Any] | None = None
+        if "mpc" in s.data:
+            table = s.table("mpc")
+            mpc = {
+                "norm_bound": table.number("norm-bound", 10.0),
+                "rendezvous": table.texts("rendezvous"),
+            }
+            table.done()
+        if (mpc is None) != (secure is not SecureMode.MPC):
+            raise ConfigError(f'{path}: [study.mpc] is required when secure = "mpc", and only then')
         terms = StudyTerms(
             name=s.text("name", required=True),
             secure=secure,
@@ -393,6 +412,7 @@ class StudyFile:
             seed=s.optional_integer("seed"),
             dp=dp,
             client_dp=client_dp,
+            mpc=mpc,
         )
         s.done()
         sponsor, data, committee = doc["sponsor"], doc["data"], doc["committee"]

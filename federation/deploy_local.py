@@ -344,10 +344,13 @@ class LocalDeployment:
         self.procs = Processes(logs=self.logs, record=out / "processes.json", env=env)
         self.member_ids = [f"member-{i + 1}" for i in range(plan.members)]
         self.hospital_ids = [f"hospital-{i + 1}" for i in range(plan.hospitals)]
-        ports = free_ports(2 + plan.members + plan.hospitals)
+        ports = free_ports(2 + 2 * plan.members + plan.hospitals)
         self.chain_port, self.link_port = ports[0], ports[1]
         self.member_ports = dict(zip(self.member_ids, ports[2 : 2 + plan.members], strict=True))
-        self.node_ports = dict(zip(self.hospital_ids, ports[2 + plan.members :], strict=True))
+        end = 2 + plan.members + plan.hospitals
+        self.node_ports = dict(zip(self.hospital_ids, ports[2 + plan.members : end], strict=True))
+        #: each member's MPC party (MPC mode: the first participant of a check hosts it)
+        self.mpc_ports = dict(zip(self.member_ids, ports[end:], strict=True))
         self.chain_url = f"http://127.0.0.1:{self.chain_port}"
         self.sponsor = out / "sponsor"
         self.study_config = self.sponsor / "study.toml"
@@ -575,6 +578,15 @@ class LocalDeployment:
                     "seed": plan.seed,
                 },
                 "study.dp": {"epsilon": plan.epsilon},
+                **(
+                    {
+                        "study.mpc": {
+                            "rendezvous": [f"127.0.0.1:{self.mpc_ports[m]}" for m in member_ids]
+                        }
+                    }
+                    if plan.secure is SecureMode.MPC
+                    else {}
+                ),
                 "sponsor": {
                     "keys": str(sponsor / "keys"),
                     "password-file": str(sponsor / "password"),

@@ -32,6 +32,7 @@ from cohort.bounties.chain import RpcChain
 from cohort.bounties.study import StudyContract, predict_address
 from cohort.clients.data import Normalizer, load_csv
 from cohort.clients.model import build_model, num_parameters
+from cohort.crypto.fixed_point import FRAC_BITS, PRIME
 from cohort.errors import BadInputError, ConfigError, ProtocolAbort
 from cohort.federation.approval import deploy_bound
 from cohort.federation.config import DpSettings
@@ -41,6 +42,7 @@ from cohort.federation.manifest import (
     CommitteeEntry,
     DpTerms,
     Manifest,
+    MpcTerms,
     OwnerEntry,
     SignedManifest,
     new_nonce,
@@ -135,6 +137,14 @@ def create_study(study: StudyFile, *, now: float | None = None) -> tuple[SignedM
         deadline=max(deadline, chain.latest_timestamp() + 3600),
         tls_ca=ca,
         normalizer=normalizer.to_dict(),
+        mpc=None
+        if terms.mpc is None
+        else MpcTerms(
+            prime=PRIME,
+            frac_bits=FRAC_BITS,
+            norm_bound=terms.mpc["norm_bound"],
+            rendezvous=terms.mpc["rendezvous"],
+        ),
     )
     signed = SignedManifest.sign(manifest, sponsor)
     out.mkdir(parents=True, exist_ok=True)

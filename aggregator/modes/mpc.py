@@ -82,6 +82,10 @@ class MpcMode(AggregationMode):
     def parse(self, payload: bytes, *, length: int) -> SharePayload:
         """The share in ``payload``, checked against this study and member."""
         share = SharePayload.from_bytes(payload, length=length)
+        self._check(share)
+        return share
+
+    def _check(self, share: SharePayload) -> None:
         if share.scheme != self.scheme:
             raise BadInputError(
                 f"mpc: share for k={share.scheme.members}, t={share.scheme.threshold}, "
@@ -92,7 +96,6 @@ class MpcMode(AggregationMode):
             raise BadInputError(
                 f"mpc: share is member {share.share.index}'s, this member is {self.index}"
             )
-        return share
 
     def check(self, payload: bytes, *, length: int) -> None:
         self.parse(payload, length=length)
@@ -116,12 +119,14 @@ class MpcMode(AggregationMode):
         p = self.scheme.prime
         total: NDArray[np.int64] | None = None
         for i, sender in enumerate(senders):
-            payload = load(i)
-            length = SharePayload.from_bytes(payload).length
-            values = self.values(payload, length=length, round=round, sender=sender)
-            total = values if total is None else (total + values) % p
+            share = SharePayload.from_bytes(load(i))
+            self._check(share)
+            domain = share_domain(self._study_id, round, self._member_id, sender)
+            values = share.values(domain=domain)
+            # values < p < 2^31: int64 holds the running sum of 2^32 of them, reduce once
+            total = values.copy() if total is None else np.add(total, values, out=total)
         assert total is not None
-        return pack_field(total, p)
+        return pack_field(total % p, p)
 
     def combine(self, payloads: Iterable[bytes]) -> bytes:
         raise BadInputError("mpc: shares are combined with their senders (combine_kept)")

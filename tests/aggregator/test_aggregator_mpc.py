@@ -241,3 +241,22 @@ def test_configure_refuses_terms_other_than_the_manifests(
     coord = Coordinator(signer, study, MpcSpec(b"\x00" * 32))
     with pytest.raises(CohortError, match="bad_setup"):
         coord.configure(member)
+
+
+def test_a_member_answers_a_repeated_check_from_its_record_and_limits_new_ones(
+    study: SignedManifest,
+    mpc_members: tuple[Coordinator, list[CommitteeMember]],
+    owners: dict[str, Owner],
+) -> None:
+    """Each check opens a bit per owner: a coordinator must not be able to ask without end
+    (with a participant that shifts its share, that would probe an update's norm)."""
+    coord, members = mpc_members
+    for pid in OWNER_IDS:
+        _upload(study, owners[pid], owners[pid].vector * 0.1, members)
+    first = _validate(coord, members[:2], OWNER_IDS)
+    again = _validate(coord, members[:2], OWNER_IDS)  # the same request: from the record
+    assert [v.signature for v in again] == [v.signature for v in first]
+    _validate(coord, members[1:], OWNER_IDS)  # a retry with other participants: allowed
+    third = ValidateBody(1, tuple(sorted(OWNER_IDS[:3])), ("member-2", "member-3"))
+    with pytest.raises(VerificationError, match="validation_limit"):
+        members[1].validate(coord.control("member-2", third))

@@ -47,6 +47,29 @@ def test_pack_round_trip(values: list[int], prime: int) -> None:
     np.testing.assert_array_equal(unpack_field(packed, array.size, prime), array)
 
 
+def _reference_pack(values: list[int], width: int) -> bytes:
+    """The format by its definition: every value's bits, most significant first, one stream."""
+    stream = "".join(format(v, f"0{width}b") for v in values)
+    stream += "0" * (-len(stream) % 8)
+    return bytes(int(stream[i : i + 8], 2) for i in range(0, len(stream), 8))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([3, 257, 65537, 8191, 131071, PRIME, 2147483647]),
+    st.lists(st.integers(0, 2**31), max_size=30),
+)
+def test_the_vectorised_packing_is_the_bit_stream_of_its_definition(
+    prime: int, raw: list[int]
+) -> None:
+    values = [v % prime for v in raw]
+    packed = pack_field(np.array(values, dtype=np.int64), prime)
+    assert packed == _reference_pack(values, prime.bit_length())
+    np.testing.assert_array_equal(
+        unpack_field(packed, len(values), prime), np.array(values, dtype=np.int64)
+    )
+
+
 def test_pack_layout_is_23_bit_big_endian() -> None:
     assert pack_field(np.array([1], dtype=np.int64), PRIME) == b"\x00\x00\x02"
     assert pack_field(np.array([PRIME - 1, 1], dtype=np.int64), PRIME).hex() == "ffffe0000004"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,30 @@ def test_deployed_study_survives_a_dead_member_and_a_coordinator_crash(
     deployed_eps = {c["id"]: c["epsilon_spent"] for c in summary["clients"]}
     simulated_eps = {c["id"]: c["epsilon_spent"] for c in simulated["clients"]}
     assert deployed_eps == pytest.approx(simulated_eps, abs=1e-6)
+
+
+def test_deployed_mpc_study_finalizes_and_matches_the_simulation(
+    anvil: Path, tmp_path: Path
+) -> None:
+    """``cohort deploy local --secure mpc``: shares to members that are separate processes,
+    the norm check as CrypTen parties between them, the sum attested on anvil."""
+    plan = LocalPlan(hospitals=3, members=3, rounds=2, seed=SEED, secure=SecureMode.MPC)
+    with LocalDeployment(plan, tmp_path / "deploy") as d:
+        d.start()
+        summary = d.launch()
+        study = tomllib.loads(d.study_config.read_text(encoding="utf-8"))
+    assert summary["runtime"] == "deployment"
+    assert summary["config"]["secure"] == "mpc"
+    assert summary["config"]["mpc"]["threshold"] == 2
+    assert len(study["study"]["mpc"]["rendezvous"]) == 3
+    assert [r["finalized"] for r in summary["rounds"]] == [True, True]
+    assert all(r["rejected"] == {} for r in summary["rounds"])
+    assert summary["chain"]["settled"]
+    for member in ("member-1", "member-2"):
+        log = (d.logs / f"{member}.log").read_text(encoding="utf-8", errors="replace")
+        assert '"msg": "norm check done"' in log
+    simulated = run_study(
+        StudyConfig(clients=3, rounds=2, seed=SEED, secure=SecureMode.MPC),
+        tmp_path / "simulate",
+    )
+    assert abs(summary["final_accuracy"] - simulated["final_accuracy"]) <= 0.01
