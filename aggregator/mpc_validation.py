@@ -1,11 +1,16 @@
-"""Run one MPC norm check as a committee member: the party in a fresh spawned process.
+"""Run one MPC norm check as a committee member: the party in a fresh forked process.
 
 Run by each participating committee member (``job.rank``); the rank-0 member also starts
 the TTP process when ``start_ttp``. CrypTen's communicator is process-global, so it never
 runs inside the member's long-running service: each check gets new processes, which are
-killed on every path out of :func:`check_norms`. Failures become
-:class:`~cohort.errors.ProtocolAbort` naming the stage (rendezvous, compute, TTP); no share,
-value or exception text from the party reaches a log or a message, only exception types.
+killed on every path out of :func:`check_norms`. They are forked from a forkserver
+(:data:`START_METHOD`, started by the first check) that has torch and CrypTen imported but
+never initialises CrypTen, so a check skips the imports (several seconds on 2 cores) and
+still starts with a fresh communicator; each process reseeds torch's RNG from
+``os.urandom`` (:func:`cohort.crypto.crypten_norm.party_session`, :func:`run_ttp`).
+Failures become :class:`~cohort.errors.ProtocolAbort` naming the stage (rendezvous,
+compute, TTP); no share, value or exception text from the party reaches a log or a
+message, only exception types.
 """
 
 from __future__ import annotations
@@ -15,15 +20,26 @@ import multiprocessing
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Final
 
+from cohort.crypto.crypten_compat import load_crypten
 from cohort.crypto.crypten_norm import NormCheckJob, norm_bits, party_session, run_ttp
 from cohort.errors import ProtocolAbort
+
+# Imported, never initialised, here: the forkserver preloads this module, so a check's
+# processes start with CrypTen loaded (about 0.3-1 s each otherwise).
+load_crypten()
 
 log = logging.getLogger(__name__)
 
 #: Seconds a finished party or TTP gets to leave before it is killed.
 EXIT_GRACE_S = 5.0
 POLL_S = 0.05
+#: Start method of the party/TTP processes, and what its server imports once (the first
+#: check starts it; later checks fork from it in milliseconds instead of importing torch).
+START_METHOD: Final = "forkserver"
+#: ``__main__`` is multiprocessing's default; this module brings torch and CrypTen.
+PRELOAD = ["__main__", "cohort.aggregator.mpc_validation"]
 JOINED = "joined"
 RESULT = "result"
 ERROR = "error"
@@ -65,7 +81,8 @@ def check_norms(job: NormCheckJob, *, start_ttp: bool) -> list[bool]:
     or ``job.timeout_s`` passes; the subprocesses are gone when this returns or raises."""
     if start_ttp and job.rank != 0:
         raise ProtocolAbort("norm check: only the rank-0 member starts the TTP")
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context(START_METHOD)
+    ctx.set_forkserver_preload(PRELOAD)
     receiver, sender = ctx.Pipe(duplex=False)
     party = ctx.Process(target=_party_main, args=(job, sender), name=f"norm-party-{job.rank}")
     processes: list[BaseProcess] = [party]
@@ -98,6 +115,7 @@ def check_norms(job: NormCheckJob, *, start_ttp: bool) -> list[bool]:
                     log.info("norm check: party %d joined", job.rank)
                 elif kind == RESULT:
                     finished = True
+                    log.debug("norm check: party %d has its bits", job.rank)
                     return list(payload)
                 elif stage == "rendezvous":
                     raise ProtocolAbort(

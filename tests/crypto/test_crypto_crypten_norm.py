@@ -28,9 +28,13 @@ from cohort.crypto.crypten_norm import (
     decode_fixed,
     half_prime,
     lift_signed,
+    lift_width,
     norm_bits,
+    pack_bits,
+    pack_planes,
     party_session,
     run_ttp,
+    unpack_bits,
 )
 from cohort.crypto.fixed_point import FRAC_BITS, PRIME, FieldEncoding, to_signed
 from cohort.crypto.prg import share_domain
@@ -239,6 +243,89 @@ def test_sound_lift_gives_x_and_only_the_bits_are_opened() -> None:
         assert set(opened[0]) <= {0, 1}
         expect = [bool(np.sum(s.astype(object) ** 2) <= 4**FRAC_BITS) for s in signed]
         assert bits == expect
+
+
+def test_bit_planes_round_trip_and_layout() -> None:
+    rng = np.random.default_rng(5)
+    for bits, count in [(1, 1), (23, 130), (32, 64), (40, 77)]:
+        values = rng.integers(0, 2**bits, size=count, dtype=np.int64)
+        values[0] = 2**bits - 1
+        planes = pack_planes(values, bits)
+        assert planes.shape == (bits, -(-count // 64))
+        weights = np.left_shift(np.int64(1), np.arange(bits, dtype=np.int64))[:, None]
+        assert np.array_equal((unpack_bits(planes, count) * weights).sum(0), values)
+    assert pack_bits(np.array([[1, 0, 1] + [0] * 60 + [1]], dtype=np.uint8))[0, 0] == 5 - 2**63
+    with pytest.raises(BadInputError):
+        pack_planes(np.array([2**23]), 23)
+    assert lift_width(PRIME, 2) == 23
+    assert lift_width(BIG_PRIME, 3) == 32
+    with pytest.raises(BadInputError):
+        lift_width(BIG_PRIME, 2**33)
+
+
+def _lift_party(job: NormCheckJob, out: Any) -> None:
+    with party_session(job):
+        lifted = lift_signed(
+            torch.from_numpy(job.shares), rank=job.rank, world_size=job.world_size, prime=job.prime
+        ).reveal()
+    out.put((job.rank, lifted.tolist()))
+
+
+def lift_in_mpc(shares: list[NDArray[np.int64]], prime: int) -> list[list[list[int]]]:
+    """Every party's opened :func:`lift_signed` of the additive shares (test only)."""
+    rendezvous, ctx = free_rendezvous(), multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    jobs = [
+        NormCheckJob(
+            rank=r,
+            world_size=len(shares),
+            rendezvous=rendezvous,
+            prime=prime,
+            frac_bits=FRAC_BITS,
+            bound=1.0,
+            shares=shares[r],
+            timeout_s=60,
+        )
+        for r in range(len(shares))
+    ]
+    procs = [ctx.Process(target=_lift_party, args=(j, queue)) for j in jobs]
+    procs.append(ctx.Process(target=run_ttp, args=(rendezvous, len(shares), 60.0)))
+    for p in procs:
+        p.start()
+    try:
+        out = sorted(queue.get(timeout=90) for _ in jobs)
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    return [lifted for _rank, lifted in out]
+
+
+@pytest.mark.parametrize(("parties", "prime"), [(2, PRIME), (3, BIG_PRIME)])
+def test_narrow_lift_is_exact_at_every_threshold(parties: int, prime: int) -> None:
+    # Integer sums Z of the parties' lifted values (party 0 shifted by h) at and around
+    # every threshold j p, the bottom and the top: the narrow carry circuit must count
+    # exactly the thresholds reached.
+    h = half_prime(prime)
+    sums = [0, 1, parties * (prime - 1)]
+    sums += [j * prime + d for j in range(1, parties) for d in (-2, -1, 0, 1)]
+    rng = np.random.default_rng(parties)
+    local = np.zeros((parties, len(sums)), dtype=np.int64)
+    for i, z in enumerate(sums):
+        rest = z
+        for r in range(parties - 1):  # a random split of z into values in [0, p)
+            low, high = max(0, rest - (parties - 1 - r) * (prime - 1)), min(prime - 1, rest)
+            local[r, i] = rng.integers(low, high + 1)
+            rest -= int(local[r, i])
+        local[-1, i] = rest
+    assert np.array_equal(local.sum(0), sums)
+    assert local.min() >= 0
+    assert local.max() < prime
+    shares = [np.mod(local[r] - (h if r == 0 else 0), prime)[None, :] for r in range(parties)]
+    expected = np.mod(np.array(sums), prime) - h  # x = (Z mod p) - h in [-h, h]
+    for lifted in lift_in_mpc(shares, prime):
+        assert lifted == [expected.tolist()]
 
 
 def test_peer_that_never_joins_aborts_within_the_timeout() -> None:
