@@ -21,7 +21,9 @@ directory laid out like it, ``manifest.json`` (the signed study manifest) and
 4. seeded entries counted and said plainly: seeded noise is reproducible, so unfit for
    real patient data;
 5. with client-level DP in the manifest, the summary's client-level epsilon per round
-   re-derived from the released client sets (:mod:`cohort.federation.audit_client_dp`).
+   re-derived from the released client sets (:mod:`cohort.federation.audit_client_dp`);
+   with the study contract, each round's client set size against the contributors of the
+   round the contract finalized.
 
 Why the tolerance: the PRV accountant reports its estimate plus its error margin
 ``eps_error`` (:data:`PRV_EPS_ERROR`, 0.01), and the estimate is within ``eps_error`` of
@@ -58,7 +60,7 @@ from cohort.clients.privacy import (
     read_entries,
 )
 from cohort.errors import BadInputError
-from cohort.federation.audit_client_dp import audit_client_level
+from cohort.federation.audit_client_dp import audit_client_level, chain_client_sets
 from cohort.federation.manifest import Manifest, SignedManifest
 
 if TYPE_CHECKING:
@@ -420,7 +422,8 @@ def audit_run(
     ``contract`` (the study's deployment), each ledger's head and epsilon after every
     finalized round are also compared with the chain's ``LedgerHead`` events
     (:mod:`cohort.federation.audit_chain`; VerificationError if it is not the manifest's
-    contract). Raises
+    contract), and with client-level DP each round's client set size against the
+    contributors of its ``RoundFinalized`` event. Raises
     :class:`BadInputError` (no manifest, an unreadable ledger) or
     :class:`VerificationError` (a manifest whose sponsor signature does not verify).
     """
@@ -437,11 +440,14 @@ def audit_run(
         audit = audit_ledger(path, hospital=hospital, manifest=manifest)
         audits.append(audit)
         problems += audit.violations
+    chain_sets = None
     if contract is not None:
         from cohort.federation.audit_chain import chain_problems  # web3: only when asked
 
         problems += chain_problems(contract, manifest, ledgers)
-    client_problems, client_level = audit_client_level(run_dir, manifest)
+        if manifest.client_dp is not None:
+            chain_sets = chain_client_sets(contract.finalized_events())
+    client_problems, client_level = audit_client_level(run_dir, manifest, chain_sets=chain_sets)
     problems += client_problems
     return AuditReport(
         run_dir=str(run_dir),

@@ -11,6 +11,17 @@ round, composed by its PLD accountant (an independent check of the coordinator's
 Gaussian composition, :func:`cohort.clients.client_dp.client_level_epsilon`). A reported
 epsilon below the PLD's by more than :func:`tolerance` is understated.
 
+With the study contract (``cohort audit --chain-url URL --contract ADDR``) the client set
+size is also checked against the chain, which is the source of truth: every round's |S|
+must be the number of contributors of the round the contract finalized
+(``RoundFinalized``'s ``contributors``; 0 for a round it did not finalize). A summary that
+claims a larger |S| (more noise, so a smaller epsilon) fails with one line naming the round
+(:data:`CLIENTS_CHAIN_MISMATCH`), which gives the noise multiplier and cumulative epsilon of
+the chain's set next to the claimed ones; the re-derivation then composes the chain's |S|
+(min_clients, the least noise, for a claimed release the contract never finalized), so
+later rounds and the final epsilon are checked against the chain's accounting. A round
+finalized on chain but absent from the summary is named too, and composed.
+
 Violations read ``"study round <r>: client-level <check>: <what>"``.
 """
 
@@ -18,11 +29,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cohort.federation.manifest import Manifest
+
+if TYPE_CHECKING:
+    from cohort.bounties.study import FinalizedRound
 
 SUMMARY = "summary.json"
 #: PLD discretisation interval for the client-level check (a Gaussian's PLD is near exact).
@@ -31,6 +45,8 @@ TOLERANCE_ABS = 1e-4
 TOLERANCE_REL = 1e-4
 #: Relative tolerance on a reported effective noise multiplier (same formula, floats).
 SIGMA_RTOL = 1e-9
+#: The check of a round's client set size against the study contract's finalized round.
+CLIENTS_CHAIN_MISMATCH = "client-level clients do not match the chain"
 
 
 def tolerance(epsilon: float) -> float:
@@ -58,10 +74,29 @@ def _number(value: object) -> float | None:
     return float(value) if ok and math.isfinite(float(value)) else None  # type: ignore[arg-type]
 
 
+def chain_client_sets(finalized: Iterable[FinalizedRound]) -> dict[int, tuple[int, str]]:
+    """Round -> (contributors finalized, transaction) from ``RoundFinalized`` events.
+
+    The contract finalizes a round once; the first event of a round is kept.
+    """
+    sets: dict[int, tuple[int, str]] = {}
+    for event in finalized:
+        sets.setdefault(event.round, (len(event.contributors), event.tx_hash))
+    return sets
+
+
 def audit_client_level(
-    run_dir: Path, manifest: Manifest
+    run_dir: Path,
+    manifest: Manifest,
+    *,
+    chain_sets: Mapping[int, tuple[int, str]] | None = None,
 ) -> tuple[list[str], dict[str, Any] | None]:
-    """(violations, the re-derived client-level figures) for the run at ``run_dir``."""
+    """(violations, the re-derived client-level figures) for the run at ``run_dir``.
+
+    With ``chain_sets`` (:func:`chain_client_sets` of the study contract's finalized
+    rounds) the client set size of every round is also checked against the chain, and the
+    chain's is the one the re-derivation composes (module doc).
+    """
     terms = manifest.client_dp
     if terms is None:
         return [], None
@@ -78,17 +113,27 @@ def audit_client_level(
     released: list[float] = []
     epsilon = 0.0
     per_round: list[dict[str, Any]] = []
+    seen: set[object] = set()
+
+    def z_of(clients: int) -> float:
+        return terms.noise_multiplier * math.sqrt(clients / m)
+
     for item in rounds:
         rnd = item.get("round") if isinstance(item, Mapping) else None
+        seen.add(rnd)
         where = f"study round {rnd}"
+        onchain = chain_sets.get(rnd) if chain_sets is not None and isinstance(rnd, int) else None
         level = item.get("client_level") if isinstance(item, Mapping) else None
         if not isinstance(level, Mapping):
             problems.append(f"{where}: client-level record: missing from the summary")
+            if onchain is not None and onchain[0] > 0:
+                released.append(z_of(onchain[0]))  # the chain's release still counts
             continue
-        clients = level.get("clients")
-        if isinstance(clients, bool) or not isinstance(clients, int) or clients < 0:
-            problems.append(f"{where}: client-level clients: {clients!r} is not a count")
+        claimed = level.get("clients")
+        if isinstance(claimed, bool) or not isinstance(claimed, int) or claimed < 0:
+            problems.append(f"{where}: client-level clients: {claimed!r} is not a count")
             continue
+        clients = claimed
         included = item.get("clients_included") or []
         if item.get("aggregate_hash") and clients != len(included):
             problems.append(
@@ -96,16 +141,35 @@ def audit_client_level(
                 f"{len(included)}"
             )
             clients = len(included)
+        chain_line = None
+        if chain_sets is not None:
+            finalized = onchain[0] if onchain is not None else 0
+            if clients != finalized:
+                chain_line = (
+                    f"{where}: {CLIENTS_CHAIN_MISMATCH}: the summary accounts {clients} owners "
+                    f"(noise multiplier {level.get('noise_multiplier')!r}, epsilon "
+                    f"{level.get('epsilon')!r}), "
+                    + (
+                        f"the contract finalized {finalized} contributors (tx {onchain[1][:18]})"
+                        if onchain is not None
+                        else "the contract finalized no such round: accounted at min_clients "
+                        f"{m}, the least noise a released sum may carry"
+                    )
+                )
+                clients = finalized if onchain is not None else m
         if 0 < clients < m:
             problems.append(
                 f"{where}: client-level clients: {clients} owners released, fewer than "
                 f"min_clients {m}"
             )
+        z: float | None = None
         if clients > 0:
-            z = terms.noise_multiplier * math.sqrt(clients / m)
+            z = z_of(clients)
             released.append(z)
             reported_z = _number(level.get("noise_multiplier"))
-            if reported_z is None or not math.isclose(reported_z, z, rel_tol=SIGMA_RTOL):
+            if chain_line is None and (
+                reported_z is None or not math.isclose(reported_z, z, rel_tol=SIGMA_RTOL)
+            ):
                 problems.append(
                     f"{where}: client-level noise multiplier: reported "
                     f"{level.get('noise_multiplier')!r}, the manifest's sigma "
@@ -119,7 +183,14 @@ def audit_client_level(
         epsilon = pld_gaussian_epsilon(released, delta=delta)
         reported = _number(level.get("epsilon"))
         tol = tolerance(epsilon)
-        if reported is None or reported < epsilon - tol:
+        if chain_line is not None:
+            # One line for the round: what the chain's set gives, next to the claim.
+            problems.append(
+                f"{chain_line}: noise multiplier "
+                f"{'-' if z is None else format(z, '.6g')}, epsilon {epsilon:.4f} at delta "
+                f"{delta:g} (dp-accounting PLD)"
+            )
+        elif reported is None or reported < epsilon - tol:
             problems.append(
                 f"{where}: client-level epsilon: reported {level.get('epsilon')!r} is "
                 f"understated: dp-accounting's PLD gives {epsilon:.4f} (tolerance {tol:.1g})"
@@ -129,7 +200,27 @@ def audit_client_level(
                 f"{where}: client-level epsilon: reported {reported:.4f} but dp-accounting's "
                 f"PLD gives {epsilon:.4f} (tolerance {tol:.1g})"
             )
-        per_round.append({"round": rnd, "clients": clients, "epsilon_pld": epsilon})
+        per_round.append(
+            {
+                "round": rnd,
+                "clients": clients,
+                "clients_claimed": claimed,
+                "clients_chain": None if chain_sets is None else (onchain or (0, ""))[0],
+                "noise_multiplier": z,
+                "noise_multiplier_claimed": _number(level.get("noise_multiplier")),
+                "epsilon_pld": epsilon,
+                "epsilon_claimed": reported,
+            }
+        )
+    for number in sorted(set(chain_sets or {}) - seen):
+        finalized, tx = (chain_sets or {})[number]
+        problems.append(
+            f"study round {number}: {CLIENTS_CHAIN_MISMATCH}: the contract finalized "
+            f"{finalized} contributors (tx {tx[:18]}), the summary has no record of the round"
+        )
+        if finalized > 0:
+            released.append(z_of(finalized))
+    epsilon = pld_gaussian_epsilon(released, delta=delta)  # with any round only the chain has
     final = summary.get("client_level")
     final_eps = _number(final.get("epsilon")) if isinstance(final, Mapping) else None
     if final_eps is None or final_eps < epsilon - tolerance(epsilon):
@@ -140,11 +231,14 @@ def audit_client_level(
         )
     figures = {
         "epsilon_pld": epsilon,
+        "epsilon_claimed": final_eps,
         "delta": delta,
         "clip_norm": terms.clip_norm,
         "noise_multiplier": terms.noise_multiplier,
         "min_clients": m,
         "rounds_released": len(released),
+        "chain_checked": chain_sets is not None,
         "rounds": per_round,
+        "violations": list(problems),
     }
     return problems, figures

@@ -16,7 +16,13 @@ order:
 4. per hospital: its epsilon over the ledger's entries against its cap (three lines: the
    recorded epsilon, Opacus's PRV accountant, the study's declared one; dp-accounting's PLD
    and RDP recomputed here from the recorded events, per entry, by the audit's own
-   functions), the DP parameters of every entry, and every failed check of that hospital.
+   functions), the DP parameters of every entry, and every failed check of that hospital;
+5. with ``client_dp`` in the manifest, between 2 and 3: the client-level DP section, per
+   round the number of owners in the released sum |S| (the summary's, the chain's when
+   ``cohort audit`` read the contract, the one the auditor composed), the aggregate's
+   noise multiplier at that |S| and the cumulative client-level epsilon at the manifest's
+   delta, re-derived by :mod:`cohort.federation.audit_client_dp` (dp-accounting's PLD) next
+   to what ``summary.json`` claims, a chart of both, and every failed client-level check.
 
 Every string that comes from the run's files (hospital ids, violation texts, member ids,
 reasons) is HTML-escaped: a file cannot inject markup into the page.
@@ -54,6 +60,9 @@ PLD_COLOUR = "#e69f00"
 RDP_COLOUR = "#cc79a7"
 CAP_COLOUR = "#d55e00"
 ACCURACY_COLOUR = "#009e73"
+#: The client-level chart: dp-accounting's re-derived epsilon and the summary's claim.
+CLIENT_PLD_COLOUR = "#56b4e9"
+CLIENT_CLAIM_COLOUR = "#000000"
 
 CSS = """
 body { font-family: sans-serif; margin: 0; color: #1a1a1a; background: #fff; }
@@ -311,6 +320,9 @@ def _verdict(report: AuditReport) -> str:
         colour, head = FAIL_COLOUR, f"FAIL: {n} violation{'s' if n != 1 else ''}"
         failed = sum(not h.ok for h in report.hospitals)
         line = f"{failed} of {len(report.hospitals)} hospital(s) failed at least one check"
+        client = len((report.client_level or {}).get("violations", []))
+        if client:
+            line += f"; {client} client-level DP check(s) failed (see Client-level DP)"
     html = [
         f'<section class="verdict" id="verdict" style="background:{colour}">',
         f"<h1>{_e(head)}</h1><p>{_e(line)}</p></section>",
@@ -381,6 +393,85 @@ def _study(report: AuditReport) -> str:
         + '<table class="hospitals"><tr><th class="l">hospital</th><th>rounds</th>'
         "<th>recorded</th><th>PRV</th><th>PLD</th><th>RDP</th><th>cap</th><th>seeded</th>"
         f'<th>violations</th><th class="l">verdict</th></tr>{"".join(rows)}</table>'
+    )
+
+
+def client_level_chart(rounds: Sequence[dict[str, Any]]) -> str:
+    """Client-level epsilon over rounds: re-derived (PLD) under the summary's claim."""
+
+    def values(key: str) -> list[float]:
+        return [math.nan if r.get(key) is None else float(r[key]) for r in rounds]
+
+    rederived, claimed = values("epsilon_pld"), values("epsilon_claimed")
+    finite = [v for v in rederived + claimed if math.isfinite(v)]
+    return line_chart(
+        [
+            Series("re-derived (PLD)", CLIENT_PLD_COLOUR, rederived, width=7, markers=False),
+            Series("summary claims", CLIENT_CLAIM_COLOUR, claimed, width=2, dashed=True),
+        ],
+        x_labels=[str(r.get("round")) for r in rounds],
+        title="client-level epsilon over rounds",
+        y_label="epsilon",
+        y_max=max(finite, default=1.0) * 1.08,
+    )
+
+
+OK_CELL = '<span class="ok">ok</span>'
+FAIL_CELL = '<span class="bad">FAIL</span>'
+
+
+def _client_row(r: dict[str, Any], failed: Sequence[str]) -> str:
+    bad = any(v.startswith(f"study round {r.get('round')}:") for v in failed)
+    chain_n = r.get("clients_chain")
+    return (
+        f"<tr><td>{_e(r.get('round'))}</td><td>{_e(r.get('clients_claimed'))}</td>"
+        f"<td>{'-' if chain_n is None else _e(chain_n)}</td><td>{_e(r.get('clients'))}</td>"
+        f"<td>{_num(r.get('noise_multiplier'), '.6g')}</td>"
+        f"<td>{_num(r.get('noise_multiplier_claimed'), '.6g')}</td>"
+        f"<td>{_num(r.get('epsilon_pld'))}</td><td>{_num(r.get('epsilon_claimed'))}</td>"
+        f'<td class="l">{FAIL_CELL if bad else OK_CELL}</td></tr>'
+    )
+
+
+def _client_level(level: dict[str, Any] | None) -> str:
+    """The client-level DP section (empty without ``client_dp`` in the manifest)."""
+    if level is None:
+        return ""
+    rounds = [r for r in level.get("rounds", []) if isinstance(r, dict)]
+    failed = [str(v) for v in level.get("violations", [])]
+    if failed:
+        items = "".join(f"<li>{_e(v)}</li>" for v in failed)
+        checks = (
+            f'<p class="bad">{len(failed)} failed client-level check(s):</p>'
+            f'<ul class="violations">{items}</ul>'
+        )
+    else:
+        checks = '<p class="ok">no failed client-level check</p>'
+    source = (
+        "|S| checked against the contributors of each round the study contract finalized"
+        if level.get("chain_checked")
+        else "|S| not checked against the chain (run with --chain-url and --contract)"
+    )
+    chart = f"<div>{client_level_chart(rounds)}</div>" if rounds else ""
+    clip, sigma = _e(f"{float(level['clip_norm']):g}"), _e(f"{float(level['noise_multiplier']):g}")
+    delta = _e(f"{float(level['delta']):g}")
+    return (
+        '<section class="client-level" id="client-level"><h2>Client-level DP</h2>'
+        "<p>one whole hospital's data, apart from the record-level epsilons: every owner "
+        f"clips its update to C = {clip} and adds noise calibrated for min_clients = "
+        f"{_e(level['min_clients'])} owners (noise multiplier {sigma} at that many), so a "
+        "sum of |S| owners carries noise multiplier sigma * sqrt(|S| / min_clients): dropouts "
+        f"mean less noise. Epsilon at delta {delta}, every released round composed, "
+        "re-derived here with dp-accounting's PLD from the manifest and |S| alone.</p>"
+        f"<p>final client-level epsilon: re-derived <b>{_num(level.get('epsilon_pld'))}</b>, "
+        f"the summary claims <b>{_num(level.get('epsilon_claimed'))}</b> over "
+        f"{_e(level.get('rounds_released'))} released round(s); {_e(source)}.</p>"
+        f'{checks}<div class="row">{chart}<div>'
+        '<table class="client-params"><tr><th>round</th><th>|S| summary</th>'
+        "<th>|S| chain</th><th>|S| composed</th><th>noise mult. re-derived</th>"
+        "<th>noise mult. summary</th><th>epsilon re-derived (PLD)</th><th>epsilon summary</th>"
+        f'<th class="l">check</th></tr>'
+        f"{''.join(_client_row(r, failed) for r in rounds)}</table></div></div></section>"
     )
 
 
@@ -487,6 +578,8 @@ def _hospital(audit: HospitalAudit, report: AuditReport) -> str:
 def render_report(report: AuditReport, *, run_dir: Path) -> str:
     """The audit ``report`` of the run at ``run_dir`` as one self-contained HTML page."""
     claimed = {v for h in report.hospitals for v in h.violations}
+    if report.client_level is not None:
+        claimed |= {str(v) for v in report.client_level.get("violations", [])}
     other = [v for v in report.violations if v not in claimed]
     other_html = ""
     if other:
@@ -501,6 +594,7 @@ def render_report(report: AuditReport, *, run_dir: Path) -> str:
         f"<title>cohort audit: {'PASS' if report.ok else 'FAIL'} - study "
         f"{_e(report.study_id[:16])}</title><style>{CSS}</style></head><body>"
         f"{_verdict(report)}<main>{_study(report)}{_empirical(report)}{other_html}"
+        f"{_client_level(report.client_level)}"
         f"{_rounds(load_summary(Path(run_dir)))}"
         f"<h2>Hospitals</h2>{hospitals}"
         '<p class="note">written by <code>cohort audit --report</code>; every number above '

@@ -202,7 +202,8 @@ def audit(
             metavar="URL",
             help="JSON-RPC URL of the study's chain (with --contract): also check every "
             "ledger's head and epsilon after each finalized round against the contract's "
-            "LedgerHead events.",
+            "LedgerHead events, and with client-level DP each round's client set size "
+            "against the contributors of its RoundFinalized event.",
         ),
     ] = None,
     contract_address: Annotated[
@@ -287,6 +288,11 @@ def audit(
             if report.chain_contract is None
             else f"; ledger heads and epsilons match contract {report.chain_contract}"
         )
+        if report.chain_contract is not None and report.client_level is not None:
+            chain += (
+                "; the client-level client set size of every round matches the contract's "
+                "finalized round"
+            )
         console.print(
             f"audit passed: {len(report.hospitals)} ledger(s), hash chains intact, every "
             f"epsilon recomputed by PRV, PLD and RDP, within caps and the manifest's terms{chain}",

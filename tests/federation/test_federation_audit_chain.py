@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -34,15 +36,17 @@ from cohort.aggregator.quorum import AttestationCheck
 from cohort.bounties.attestation import attestation_digest, epsilon_micro, sign_attestation
 from cohort.bounties.chain import ChainProvider, EmbeddedChain, RpcChain
 from cohort.bounties.study import StudyContract, predict_address
+from cohort.clients.client_dp import client_level_epsilon
 from cohort.clients.ledger_commitment import LedgerCommitment
 from cohort.clients.privacy import LedgerEntry, PrivacyLedger, read_entries
 from cohort.errors import VerificationError
 from cohort.federation.approval import deploy_bound as deploy
 from cohort.federation.audit import audit_run
 from cohort.federation.audit_chain import HEAD_MISMATCH, ROUND_MISSING
+from cohort.federation.audit_client_dp import CLIENTS_CHAIN_MISMATCH
 from cohort.federation.cli import app
 from cohort.federation.dp_terms import dp_config
-from cohort.federation.manifest import CommitteeEntry, Manifest
+from cohort.federation.manifest import ClientDpTerms, CommitteeEntry, Manifest
 
 ROUNDS = 2
 EXAMPLES = 64
@@ -65,8 +69,18 @@ def ledger_path(run: Path, hospital: str) -> Path:
     return run / "hospitals" / hospital / "ledger-default.json"
 
 
-def publish(provider: ChainProvider, sponsor: str, root: Path) -> Published:
-    """Run ROUNDS rounds of a 3-hospital study on ``provider``: ledgers and chain."""
+def publish(
+    provider: ChainProvider,
+    sponsor: str,
+    root: Path,
+    *,
+    client_dp: ClientDpTerms | None = None,
+    absent: Mapping[int, set[str]] | None = None,
+) -> Published:
+    """Run ROUNDS rounds of a 3-hospital study on ``provider``: ledgers and chain.
+
+    ``absent`` maps a round to the hospitals that drop out of it (no ledger entry, not a
+    contributor); ``client_dp`` goes into the manifest."""
     keys = [MemberKeys.generate(f"member-{i}") for i in (1, 2, 3)]
     entries = [
         CommitteeEntry(
@@ -81,6 +95,7 @@ def publish(provider: ChainProvider, sponsor: str, root: Path) -> Published:
     owners = hospitals(root / "parties", 3)
     study = make_study(owners, committee=entries, rounds=ROUNDS, approve_owners=False)
     signed = study.resign(
+        client_dp=client_dp,
         sponsor_address=sponsor,
         chain_id=provider.chain_id,
         contract=predict_address(provider, sponsor),
@@ -97,10 +112,11 @@ def publish(provider: ChainProvider, sponsor: str, root: Path) -> Published:
         )
         for o in owners
     }
-    ids = [o.party_id for o in owners]
     for rnd in range(1, ROUNDS + 1):
+        present = [o for o in owners if o.party_id not in (absent or {}).get(rnd, set())]
+        ids = [o.party_id for o in present]
         raw = []
-        for owner in owners:
+        for owner in present:
             ledger = ledgers[owner.party_id]
             event = config.event(EXAMPLES, round=rnd)
             epsilon = ledger.projected_epsilon(event)
@@ -285,3 +301,96 @@ def test_cli_over_rpc_catches_a_rehashed_ledger(anvil_url: str, tmp_path: Path) 
     assert f"hospital-2 round 2: {HEAD_MISMATCH}" in " ".join(result.output.split())
     alone = runner.invoke(app, ["audit", str(study.run), "--chain-url", anvil_url])
     assert alone.exit_code == 2
+
+
+# --------------------------------------------------------------------------- client-level |S|
+
+CLIENT_DP = ClientDpTerms(clip_norm=0.5, noise_multiplier=0.8)
+#: hospital-3 drops out of round 2: the contract finalizes 2 contributors there, not 3.
+DROPOUT = {2: {"hospital-3"}}
+
+
+def write_client_level_summary(study: Published, included: Mapping[int, list[str]]) -> None:
+    """A ``summary.json`` whose client-level records are computed, as the coordinator does,
+    from ``included`` (round -> owners in the released sum): honest when it is the chain's
+    set, a consistent forgery (|S|, clients_included, noise and epsilons agree) otherwise."""
+    m, terms = study.manifest.min_clients, CLIENT_DP
+    zs: list[float] = []
+    rounds = []
+    for rnd in range(1, ROUNDS + 1):
+        n = len(included[rnd])
+        zs.append(terms.noise_multiplier * math.sqrt(n / m))
+        level = {
+            "clients": n,
+            "noise_multiplier": zs[-1],
+            "clip_norm": terms.clip_norm,
+            "epsilon": client_level_epsilon(zs, delta=study.manifest.dp.delta),
+            "delta": study.manifest.dp.delta,
+        }
+        rounds.append(
+            {
+                "round": rnd,
+                "aggregate_hash": keccak(text=f"aggregate {rnd}").hex(),
+                "clients_included": included[rnd],
+                "finalized": True,
+                "client_level": level,
+            }
+        )
+    summary = {"rounds": rounds, "client_level": {"epsilon": rounds[-1]["client_level"]["epsilon"]}}
+    (study.run / "summary.json").write_text(json.dumps(summary))
+
+
+HONEST = {1: ["hospital-1", "hospital-2", "hospital-3"], 2: ["hospital-1", "hospital-2"]}
+INFLATED = {1: HONEST[1], 2: HONEST[1]}  # round 2 claims hospital-3 too: more noise
+
+
+def client_dp_study(provider: ChainProvider, sponsor: str, root: Path) -> Published:
+    return publish(provider, sponsor, root, client_dp=CLIENT_DP, absent=DROPOUT)
+
+
+def test_embedded_chain_catches_an_inflated_client_set(tmp_path: Path) -> None:
+    provider = EmbeddedChain()
+    study = client_dp_study(provider, provider.accounts()[0], tmp_path)
+    assert [len(f.contributors) for f in study.contract.finalized_events()] == [3, 2]
+    write_client_level_summary(study, HONEST)
+    report = audit_run(study.run, contract=study.contract)
+    assert report.ok, report.violations
+    assert report.client_level is not None
+    assert report.client_level["chain_checked"]
+    assert [r["clients_chain"] for r in report.client_level["rounds"]] == [3, 2]
+
+    write_client_level_summary(study, INFLATED)
+    assert audit_run(study.run).ok  # without the chain the forgery is self-consistent
+    report = audit_run(study.run, contract=study.contract)
+    named = [v for v in report.violations if re.match(r"\S+ round \d+: ", v)]
+    assert len(named) == 1, report.violations
+    assert named[0].startswith(
+        f"study round 2: {CLIENTS_CHAIN_MISMATCH}: the summary accounts 3 owners"
+    )
+    assert "the contract finalized 2 contributors" in named[0]
+    # The auditor composes the chain's set: a larger epsilon than the forged summary's.
+    rederived = report.client_level["rounds"][-1] if report.client_level else {}
+    assert rederived["clients"] == 2
+    assert rederived["epsilon_pld"] > rederived["epsilon_claimed"] + 0.01
+    # ... so the final epsilon the summary claims is understated: the one other line.
+    (other,) = [v for v in report.violations if v not in named]
+    assert other.startswith("study: client-level epsilon: the summary's final")
+
+
+def test_cli_over_rpc_catches_an_inflated_client_set(anvil_url: str, tmp_path: Path) -> None:
+    provider = RpcChain(anvil_url, private_keys=[SPONSOR_KEY])
+    study = client_dp_study(provider, Account.from_key(SPONSOR_KEY).address, tmp_path)
+    flags = ["--chain-url", anvil_url, "--contract", study.contract.address]
+    write_client_level_summary(study, HONEST)
+    result = runner.invoke(app, ["audit", str(study.run), *flags])
+    assert result.exit_code == 0, result.output
+    assert "client set size of every round matches the contract's finalized round" in " ".join(
+        result.output.split()
+    )
+    write_client_level_summary(study, INFLATED)
+    assert runner.invoke(app, ["audit", str(study.run)]).exit_code == 0
+    result = runner.invoke(app, ["audit", str(study.run), *flags])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert len(re.findall(r"violation: \S+ round \d+", text)) == 1, result.output
+    assert f"violation: study round 2: {CLIENTS_CHAIN_MISMATCH}: the summary accounts 3" in text

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import shutil
 import struct
@@ -25,6 +26,7 @@ from numpy.typing import NDArray
 from studykit import hospitals, make_study
 from typer.testing import CliRunner
 
+from cohort.clients.client_dp import client_level_epsilon
 from cohort.clients.empirical import EmpiricalAudit
 from cohort.clients.privacy import PrivacyLedger
 from cohort.federation import audit_report
@@ -32,7 +34,7 @@ from cohort.federation.audit import audit_run
 from cohort.federation.audit_report import render_report
 from cohort.federation.cli import app
 from cohort.federation.dp_terms import dp_config
-from cohort.federation.manifest import Manifest
+from cohort.federation.manifest import ClientDpTerms, Manifest
 
 runner = CliRunner()
 ROUNDS = 3
@@ -88,6 +90,62 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     write_ledger(failing, study.manifest, owner="hospital-2", rounds=range(1, ROUNDS + 2), cap=2.5)
     write_ledger(failing, study.manifest, owner=EVIL, rounds=range(1, 2))
     return honest, failing
+
+
+CLIENT_DP = ClientDpTerms(clip_norm=0.5, noise_multiplier=0.8)
+#: Round -> owners in the released sum: hospital-3 drops out of round 2 (less noise).
+INCLUDED = {1: ["hospital-1", "hospital-2", "hospital-3"], 2: ["hospital-1", "hospital-2"]}
+
+
+@pytest.fixture(scope="module")
+def client_dp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-round study of 3 hospitals with ``client_dp`` (min_clients 2) whose summary
+    carries the client-level records the coordinator writes (one dropout in round 2)."""
+    root = tmp_path_factory.mktemp("client-dp-report")
+    study = make_study(hospitals(root / "parties", 3), rounds=2, approve_owners=False)
+    signed = study.resign(client_dp=CLIENT_DP)
+    run = root / "run"
+    signed.save(run / "manifest.json")
+    manifest = signed.manifest
+    for owner in ("hospital-1", "hospital-2", "hospital-3"):
+        rounds = [r for r, ids in INCLUDED.items() if owner in ids]
+        write_ledger(run, manifest, owner=owner, rounds=range(1, max(rounds) + 1))
+    zs: list[float] = []
+    records = []
+    for rnd, ids in INCLUDED.items():
+        zs.append(CLIENT_DP.noise_multiplier * math.sqrt(len(ids) / manifest.min_clients))
+        level = {
+            "clients": len(ids),
+            "noise_multiplier": zs[-1],
+            "clip_norm": CLIENT_DP.clip_norm,
+            "epsilon": client_level_epsilon(zs, delta=manifest.dp.delta),
+            "delta": manifest.dp.delta,
+        }
+        records.append(
+            {
+                "round": rnd,
+                "accuracy": 0.7,
+                "aggregate_hash": f"{rnd:064x}",
+                "clients_included": ids,
+                "finalized": True,
+                "client_level": level,
+            }
+        )
+    summary = {
+        "rounds": records,
+        "client_level": {"epsilon": records[-1]["client_level"]["epsilon"]},
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def understate(run: Path, out: Path) -> Path:
+    """A copy of ``run`` whose summary halves round 2's client-level epsilon."""
+    shutil.copytree(run, out)
+    summary = json.loads((out / "summary.json").read_text())
+    summary["rounds"][1]["client_level"]["epsilon"] /= 2
+    (out / "summary.json").write_text(json.dumps(summary))
+    return out
 
 
 def svgs(page: str) -> list[str]:
@@ -178,6 +236,52 @@ def test_report_without_summary_says_so(runs: tuple[Path, Path], tmp_path: Path)
     page = render_report(audit_run(bare), run_dir=bare)
     assert "no summary.json with rounds" in page
     assert len(svgs(page)) == 2  # the hospitals' charts only
+
+
+def test_client_level_section_sets_rederived_next_to_claimed(
+    runs: tuple[Path, Path], client_dp_run: Path, tmp_path: Path
+) -> None:
+    report = audit_run(client_dp_run)
+    assert report.ok, report.violations
+    page = render_report(report, run_dir=client_dp_run)
+    assert_self_contained(page)
+    assert page.index("<h1>PASS</h1>") < page.index("<h2>Client-level DP</h2>")
+    section = page[page.index('<section class="client-level"') :]
+    section = section[: section.index("</section>")]
+    assert "no failed client-level check" in section
+    assert "|S| not checked against the chain" in section
+    (chart,) = svgs(section)
+    assert 'data-series="re-derived (PLD)"' in chart
+    assert 'data-series="summary claims"' in chart
+    level = report.client_level
+    assert level is not None
+    # Per round: |S| (summary, chain, composed), noise multiplier and epsilon side by side.
+    for r, ids in INCLUDED.items():
+        row = level["rounds"][r - 1]
+        z = 0.8 * math.sqrt(len(ids) / 2)
+        assert row["noise_multiplier"] == pytest.approx(z)
+        assert (
+            f"<tr><td>{r}</td><td>{len(ids)}</td><td>-</td><td>{len(ids)}</td>"
+            f"<td>{z:.6g}</td><td>{z:.6g}</td><td>{row['epsilon_pld']:.4f}</td>"
+            f"<td>{row['epsilon_claimed']:.4f}</td>" in section
+        )
+    assert level["rounds"][1]["noise_multiplier"] < level["rounds"][0]["noise_multiplier"]
+    # Without client_dp in the manifest: no section.
+    assert "Client-level DP" not in render_report(audit_run(runs[0]), run_dir=runs[0])
+
+    forged = understate(client_dp_run, tmp_path / "forged")
+    report = audit_run(forged)
+    assert not report.ok
+    page = render_report(report, run_dir=forged)
+    section = page[page.index('<section class="client-level"') :]
+    section = section[: section.index("</section>")]
+    assert report.client_level is not None
+    failed = report.client_level["violations"]
+    assert failed
+    assert all(audit_report._e(v) in section for v in failed)
+    assert f"{len(failed)} failed client-level check(s)" in section
+    assert "<h2>Run-wide failed checks</h2>" not in page  # listed once, in the section
+    assert section.count('<span class="bad">FAIL</span>') == 1  # round 2's row only
 
 
 # --------------------------------------------------------------------------- cohort audit
@@ -333,11 +437,16 @@ def screenshot(page: Path, out: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("which", ["honest", "failing"])
+@pytest.mark.parametrize("which", ["honest", "failing", "client-dp", "client-dp-failing"])
 def test_chromium_shows_the_verdict_and_the_plots(
-    runs: tuple[Path, Path], tmp_path: Path, which: str
+    runs: tuple[Path, Path], client_dp_run: Path, tmp_path: Path, which: str
 ) -> None:
-    run = runs[0] if which == "honest" else runs[1]
+    run = {
+        "honest": runs[0],
+        "failing": runs[1],
+        "client-dp": client_dp_run,
+        "client-dp-failing": understate(client_dp_run, tmp_path / "forged"),
+    }[which]
     page = tmp_path / "report.html"
     page.write_text(render_report(audit_run(run), run_dir=run))
     pixels = read_png(screenshot(page, tmp_path / "shot.png"))
@@ -345,7 +454,7 @@ def test_chromium_shows_the_verdict_and_the_plots(
     assert (width, height) == (1200, 2000)
     banner, other = (
         (audit_report.PASS_COLOUR, audit_report.FAIL_COLOUR)
-        if which == "honest"
+        if which in ("honest", "client-dp")
         else (audit_report.FAIL_COLOUR, audit_report.PASS_COLOUR)
     )
     top = pixels[5:60]
@@ -361,6 +470,13 @@ def test_chromium_shows_the_verdict_and_the_plots(
         audit_report.ACCURACY_COLOUR,
     ):
         assert count(pixels, colour, tol=6) > 300, colour
+    # The client-level section's chart: drawn in the screenshot with client_dp, absent without.
+    client = count(pixels, audit_report.CLIENT_PLD_COLOUR, tol=6)
+    if which.startswith("client-dp"):
+        assert client > 300
+        assert count(pixels, audit_report.CLIENT_CLAIM_COLOUR, tol=6) > 100
+    else:
+        assert client == 0
 
 
 def test_report_and_json_show_the_empirical_bound_next_to_the_theory(
