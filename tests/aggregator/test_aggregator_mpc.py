@@ -260,3 +260,38 @@ def test_a_member_answers_a_repeated_check_from_its_record_and_limits_new_ones(
     third = ValidateBody(1, tuple(sorted(OWNER_IDS[:3])), ("member-2", "member-3"))
     with pytest.raises(VerificationError, match="validation_limit"):
         members[1].validate(coord.control("member-2", third))
+
+
+def test_validate_and_confirm_refuse_what_the_manifest_and_the_store_do_not_back(
+    study: SignedManifest,
+    mpc_members: tuple[Coordinator, list[CommitteeMember]],
+    owners: dict[str, Owner],
+) -> None:
+    """A coordinator choosing participants or client sets of its own: refused before any
+    MPC runs (no party process starts, nothing is opened)."""
+    coord, members = mpc_members
+    first = members[0]
+    for pid in OWNER_IDS[:2]:
+        _upload(study, owners[pid], owners[pid].vector * 0.1, members)
+
+    def ask(**body: Any) -> None:
+        fields = {"round": 1, "client_ids": tuple(OWNER_IDS[:2]), "participants": ()} | body
+        first.validate(coord.control(first.member_id, ValidateBody(**fields)))
+
+    with pytest.raises(CohortError, match=r"bad_participants.*threshold"):
+        ask(participants=("member-1",))  # below t = 2
+    with pytest.raises(CohortError, match=r"bad_participants.*not among"):
+        ask(participants=("member-2", "member-3"))  # asked of a non-participant
+    with pytest.raises(CohortError, match=r"bad_participants.*not a committee member"):
+        ask(participants=("member-1", "zz-mallory"))
+    with pytest.raises(CohortError, match=r"bad_participants.*sorted"):
+        ask(participants=("member-2", "member-1"))
+    with pytest.raises(CohortError, match="missing_uploads"):
+        ask(client_ids=tuple(sorted(OWNER_IDS[:3])), participants=("member-1", "member-2"))
+    with pytest.raises(CohortError, match="not_in_roster"):
+        ask(client_ids=("hospital-x",), participants=("member-1", "member-2"))
+    with pytest.raises(CohortError, match="round_not_open"):
+        ask(round=2, participants=("member-1", "member-2"))
+    # Confirm before this member aggregated anything, or over another client set: refused.
+    with pytest.raises(CohortError, match="not_aggregated"):
+        _confirm(coord, first, OWNER_IDS[:2], [])
