@@ -274,9 +274,14 @@ def test_validate_and_confirm_refuse_what_the_manifest_and_the_store_do_not_back
     for pid in OWNER_IDS[:2]:
         _upload(study, owners[pid], owners[pid].vector * 0.1, members)
 
-    def ask(**body: Any) -> None:
-        fields = {"round": 1, "client_ids": tuple(OWNER_IDS[:2]), "participants": ()} | body
-        first.validate(coord.control(first.member_id, ValidateBody(**fields)))
+    def ask(
+        *,
+        participants: tuple[str, ...],
+        client_ids: tuple[str, ...] = tuple(OWNER_IDS[:2]),
+        round: int = 1,
+    ) -> None:
+        body = ValidateBody(round, client_ids, participants)
+        first.validate(coord.control(first.member_id, body))
 
     with pytest.raises(CohortError, match=r"bad_participants.*threshold"):
         ask(participants=("member-1",))  # below t = 2
