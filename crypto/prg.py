@@ -68,18 +68,24 @@ def expand_field(seed: bytes, *, domain: bytes, count: int, prime: int) -> NDArr
     key = stream_key(seed, domain=domain, prime=prime)
     width = prime.bit_length()
     size = (width + 7) // 8
-    mask = np.uint64(2**width - 1)
-    draws = count + count // 2 + 64
+    # The stream is read in order, draw by draw, so the result does not depend on how many
+    # draws are made at once: a small margin first (p is close to 2^w in Cohort's fields),
+    # then twice as many whenever too many were rejected.
+    draws = count + count // 64 + 64
     while True:
         stream = randombytes_buf_deterministic(draws * size, key)
-        raw = np.frombuffer(stream, dtype=np.uint8).reshape(draws, size)
-        # little-endian draws of ``size`` bytes, one byte column at a time
-        candidates = raw[:, 0].astype(np.uint64)
-        for b in range(1, size):
-            candidates |= raw[:, b].astype(np.uint64) << np.uint64(8 * b)
-        candidates &= mask
+        candidates = _draws(stream, draws, size) & np.uint64(2**width - 1)
         accepted = candidates[candidates < np.uint64(prime)]
         if accepted.size >= count:
             out: NDArray[np.int64] = accepted[:count].astype(np.int64)
             return out
         draws *= 2
+
+
+def _draws(stream: bytes, draws: int, size: int) -> NDArray[np.uint64]:
+    """The stream as ``draws`` little-endian integers of ``size`` bytes each."""
+    raw = np.frombuffer(stream, dtype=np.uint8).reshape(draws, size)
+    wide = np.zeros((draws, 8), dtype=np.uint8)
+    wide[:, :size] = raw
+    values: NDArray[np.uint64] = wide.view("<u8").reshape(draws)
+    return values

@@ -101,9 +101,18 @@ def lagrange_at_zero(indices: Sequence[int], prime: int) -> list[int]:
 def _combine(
     coefficients: Sequence[int], rows: Sequence[NDArray[np.int64]], prime: int
 ) -> NDArray[np.int64]:
+    # c, row < p < 2^31 - 1: each product < 2^62 would overflow a running sum, so reduce
+    # per term only when products are that large; below 2^23 (the default field) one
+    # reduction at the end is exact for up to 2^16 terms (their sum stays below 2^62).
+    if prime < 2**23 and len(rows) < 2**16:
+        total = np.zeros_like(rows[0], dtype=np.int64)
+        for c, row in zip(coefficients, rows, strict=True):
+            total += np.int64(c) * row
+        reduced: NDArray[np.int64] = total % prime
+        return reduced
     total = np.zeros_like(rows[0], dtype=np.int64)
     for c, row in zip(coefficients, rows, strict=True):
-        total = (total + np.int64(c) * row) % prime
+        total = (total + np.int64(c) * row % prime) % prime
     return total
 
 
