@@ -212,6 +212,12 @@ class Committee:
         control = self._signer.sign(self.study_id, member_id, StatusBody())
         return self.client(member_id).status(control)
 
+    def status_all(
+        self, members: Sequence[str] | None = None
+    ) -> tuple[dict[str, StudyStatus], dict[str, CohortError]]:
+        """:meth:`status` of ``members`` (default: all) in parallel: who answers right now."""
+        return self._fan_out(self.status, members)
+
     def replicate(self, member_id: str, round: int, sources: Sequence[UploadSource]) -> Replication:
         """Have one member fetch the uploads of ``round`` it lacks from ``sources`` (the
         members whose receipts the data owners forwarded)."""

@@ -119,13 +119,10 @@ class _NoMembers:
     def __init__(self, member_ids: tuple[str, ...]) -> None:
         self.member_ids = member_ids
 
-    def _fan_out(self, call: Any, members: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def status_all(self, members: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
         from cohort.errors import ProtocolAbort
 
         return {}, {m: ProtocolAbort("unreachable") for m in (members or self.member_ids)}
-
-    def status(self, member_id: str) -> Any:
-        raise AssertionError("not called through _fan_out")
 
     def replicate_all(self, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         return {}, {}

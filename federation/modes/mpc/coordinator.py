@@ -89,7 +89,7 @@ class MpcCoordinator(CoordinatorMode):
     def _live(self, candidates: Sequence[str], faulty: dict[str, str]) -> list[str]:
         """The candidates answering a signed Status now (the norm check needs all of its
         participants at once, so a member that died since the round opened is left out)."""
-        live, errors = self.members._fan_out(self.members.status, candidates)
+        live, errors = self.members.status_all(candidates)
         for member_id, exc in errors.items():
             faulty.setdefault(member_id, f"unreachable: {exc}")
         return sorted(live)
