@@ -26,7 +26,7 @@ from cohort.federation.cli_common import line as _line
 from cohort.federation.cli_study import study_app
 
 if TYPE_CHECKING:
-    from cohort.federation.deploy_config import StudyFile
+    from cohort.federation.deploy_config import HospitalConfig, StudyFile
 
 node_app = typer.Typer(help="A hospital's Flower SuperNode.", no_args_is_help=True)
 committee_app = typer.Typer(help="A committee member's aggregator service.", no_args_is_help=True)
@@ -45,7 +45,10 @@ def supernode_argv(config_path: Path) -> list[str]:
     """The ``flower-supernode`` command ``cohort node start`` runs for ``config_path``."""
     from cohort.federation.deploy_config import HospitalConfig
 
-    config = HospitalConfig.load(config_path)
+    return _supernode_argv(HospitalConfig.load(config_path))
+
+
+def _supernode_argv(config: HospitalConfig) -> list[str]:
     link = config.superlink
     binary = Path(sys.executable).parent / "flower-supernode"
     argv = [str(binary) if binary.is_file() else "flower-supernode", "--superlink", link.address]
@@ -62,6 +65,9 @@ def supernode_argv(config_path: Path) -> list[str]:
             )
         argv += ["--auth-supernode-private-key", str(config.auth_key)]
     argv += ["--node-config", config.node_config(), "--port", str(config.node_port)]
+    if config.clientapp == "warm":
+        # No SuperExec inside the node: cohort node start serves the ClientApp tasks itself.
+        argv += ["--isolation", "process"]
     if not config.data.is_file():
         raise CohortError(f"{config.path}: [hospital] data {config.data}: file not found")
     return argv
@@ -77,10 +83,16 @@ def node_start(
     """Start this hospital's Flower SuperNode (TLS, node authentication) on its own CSV.
 
     The node only connects out, to the SuperLink in \\[superlink]; it trains on \\[hospital]
-    data under your \\[policy], for studies you approved with `cohort study approve`.
+    data under your \\[policy], for studies you approved with `cohort study approve`. With
+    \\[hospital] clientapp = "warm" (the default) this process also runs the ClientApp: one
+    fresh child of a process that has it imported per message; "subprocess" leaves that to
+    Flower (a cold `flwr-clientapp` per message).
     """
+    from cohort.federation.deploy_config import HospitalConfig
+
     try:
-        argv = supernode_argv(config)
+        hospital = HospitalConfig.load(config)
+        argv = _supernode_argv(hospital)
     except CohortError as exc:
         _fail(str(exc))
     if print_command:
@@ -88,8 +100,85 @@ def node_start(
         return
     err_console.print(f"starting the SuperNode: connects to {argv[2]}")
     sys.stdout.flush()
+    if hospital.clientapp == "warm":
+        raise typer.Exit(_run_warm_node(argv, hospital))
     # The SuperNode replaces this process, so signals reach it directly.
     os.execvp(argv[0], argv)  # noqa: S606 (argv built from the checked file, no shell)
+
+
+def _run_warm_node(argv: list[str], hospital: HospitalConfig) -> int:
+    """The SuperNode as a child process plus the warm ClientApp runner in this one.
+
+    Either one ending, SIGTERM or Ctrl-C stops both (and any ClientApp child); the exit
+    status is the SuperNode's. The SuperNode runs in its own session and gets exactly one
+    SIGTERM, from here: Flower's handler restores the default one on the first signal, so a
+    second (say, one to the whole process group, then this one's) would kill the node before
+    it deactivates itself at the SuperLink, which then refuses the restarted node ("Failed to
+    activate SuperNode"). If this process dies, the SuperNode notices within 0.2 s and stops.
+    """
+    import signal
+    import subprocess
+
+    node = subprocess.Popen(
+        [sys.executable, "-m", __name__, str(hospital.poll_interval_s), *argv[1:]],
+        start_new_session=True,
+    )
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.append(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        from cohort.federation.client_app import serve_tasks  # imports torch, Opacus, ...
+
+        serve_tasks(
+            f"127.0.0.1:{hospital.node_port}",
+            running=lambda: not stopping and node.poll() is None,
+        )
+    finally:
+        if node.poll() is None:
+            node.send_signal(signal.SIGTERM)
+            try:  # within deploy local's 10 s before it kills this process group
+                node.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0 if stopping else (node.returncode or 0)
+
+
+def _supernode_main(args: list[str]) -> None:
+    """``flower-supernode ARGS[1:]`` in this process, idle poll shortened to ARGS[0] seconds.
+
+    Flower 1.42's SuperNode sleeps a fixed 3 s whenever the SuperLink has no message for it
+    (flwr/supernode/start_client_internal.py); every message then waits 1.5 s on average
+    before the node even sees it. The node loop's clock is swapped for one whose sleeps are
+    capped at the configured ``[superlink] poll-interval``; nothing else changes.
+    """
+    import time
+
+    from flwr.supercore.app_utils import start_parent_process_monitor
+    from flwr.supernode import start_client_internal
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    start_parent_process_monitor(os.getppid())  # the runner gone: stop (SIGINT) gracefully
+    idle_s = float(args[0])
+    if getattr(start_client_internal, "time", None) is not time:
+        raise SystemExit("this flwr's SuperNode loop has no time module to shorten its poll")
+
+    class _ShortIdleClock:
+        def __getattr__(self, name: str) -> object:
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            time.sleep(min(seconds, idle_s))
+
+    setattr(start_client_internal, "time", _ShortIdleClock())  # noqa: B010 (a module global)
+    sys.argv = ["flower-supernode", *args[1:]]
+    flower_supernode()
 
 
 # --------------------------------------------------------------------------- member
@@ -244,3 +333,7 @@ def deploy_local_command(
         _fail("interrupted: every process started was stopped", code=130)
     print_summary(summary)
     console.print(f"summary: {out / 'summary.json'}", soft_wrap=True)
+
+
+if __name__ == "__main__":  # the SuperNode child of a warm `cohort node start`
+    _supernode_main(sys.argv[1:])

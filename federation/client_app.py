@@ -15,6 +15,8 @@ key store, own epsilon cap) come from the SuperNode, never from the coordinator:
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,3 +121,119 @@ def make_client_app(resolve: SettingsResolver) -> ClientApp:
 
 
 app = make_client_app(settings_from_node_config)
+
+
+# --------------------------------------------------------------------------- warm runner
+
+TASK_POLL_S = 0.05  # how often the runner asks its own SuperNode (on 127.0.0.1) for a task
+_CHILD_STOP_S = 10.0
+# What a message imports only when it gets there (Opacus pulls in SciPy: ~1,300 modules,
+# 2-5 s here): the runner imports them once, before it forks any task. Imports only; no
+# torch op runs in the runner, so no thread pool exists to be copied into a fork.
+WARM_IMPORTS = (
+    "cohort.clients.dp_sgd",
+    "opacus.validators",
+    "opacus.accountants",
+    "opacus.accountants.utils",
+    "scipy.special",
+    "scipy.optimize",
+)
+
+
+def serve_tasks(
+    runtime_api_address: str, *, running: Callable[[], bool], poll_s: float = TASK_POLL_S
+) -> None:
+    """Run a SuperNode's ClientApp tasks (``flower-supernode --isolation process``).
+
+    Run by ``cohort node start`` in place of Flower's SuperExec, which starts a cold
+    ``flwr-clientapp`` process per message (seconds of torch, Opacus and TenSEAL imports
+    each). This process has the ClientApp imported already (this module); each task the
+    SuperNode hands out runs in a fresh fork of it, through Flower's own ``run_clientapp``
+    with that task's token, so a message costs no imports and nothing one message leaves in
+    memory reaches the next. Returns once ``running()`` is false, after stopping the children
+    still at work.
+    """
+    import importlib
+    import signal
+    import time
+
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    from cohort.logs import fields, get_logger
+
+    log = get_logger(__name__)
+    for name in WARM_IMPORTS:
+        importlib.import_module(name)
+    client = RuntimeHttpClient.from_server_address(
+        server_address=runtime_api_address,
+        insecure=True,
+        root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+    )
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
+    children: set[int] = set()
+    try:
+        while running():
+            children = {pid for pid in children if os.waitpid(pid, os.WNOHANG) == (0, 0)}
+            try:
+                response = client.AcquireTask(request)
+            except Exception:  # the node is starting or stopping: ask again
+                time.sleep(max(poll_s, 0.5))
+                continue
+            if response.HasField("task") and response.token:
+                children.add(_fork_task(runtime_api_address, response.token))
+                log.info("clientapp task", extra=fields(task_id=response.task.task_id))
+                continue
+            time.sleep(poll_s)
+    finally:
+        client.close()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + _CHILD_STOP_S
+        for pid in children:
+            while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                if os.waitpid(pid, os.WNOHANG) == (0, 0):
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+
+
+def _fork_task(runtime_api_address: str, token: str) -> int:
+    """Fork one child that runs one task with Flower's ``run_clientapp``; its pid."""
+    import signal
+    import sys
+    import traceback
+
+    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:  # the child: never returns into the runner's loop
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        run_clientapp(
+            runtime_api_address=runtime_api_address,
+            token=token,
+            insecure=True,
+            parent_pid=parent,
+            runtime_dependency_install=False,
+        )
+        code = 0
+    except SystemExit as exc:  # flwr_exit ends every task this way
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -34,6 +34,14 @@ if TYPE_CHECKING:
     from cohort.federation.hospital import HospitalSettings
 
 SUPERNODE_AUTH_KEY = "supernode-auth"
+# [hospital] clientapp: how the node runs Cohort's ClientApp for each Flower message.
+# "warm": ``cohort node start`` keeps one process with the ClientApp imported (torch, Opacus,
+# TenSEAL) and forks a fresh child of it per message; "subprocess": Flower's own SuperExec
+# starts a cold ``flwr-clientapp`` process per message (seconds of imports each time).
+CLIENTAPP_RUNNERS = ("warm", "subprocess")
+# [superlink] poll-interval: seconds an idle SuperNode waits before asking the SuperLink for
+# work again (Flower 1.42 waits 3 s; only the "warm" runner can shorten it).
+DEFAULT_POLL_INTERVAL_S = 0.25
 CONFIG_FILE_KEY = "config-file"
 
 
@@ -197,6 +205,8 @@ class HospitalConfig:
     superlink: SuperLinkTarget
     auth_key: Path | None
     node_port: int
+    clientapp: str = "warm"
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
 
     @classmethod
     def load(cls, path: Path) -> HospitalConfig:
@@ -212,6 +222,24 @@ class HospitalConfig:
         auth_key = link.optional_path("auth-key")
         if auth_key is None and not target.insecure:
             auth_key = workdir / "keystore" / SUPERNODE_AUTH_KEY
+        runner = h.text("clientapp", "warm")
+        if runner not in CLIENTAPP_RUNNERS:
+            raise ConfigError(
+                f"{path}: [hospital] clientapp: must be one of {', '.join(CLIENTAPP_RUNNERS)}, "
+                f"got {runner!r}"
+            )
+        poll = link.number("poll-interval", DEFAULT_POLL_INTERVAL_S)
+        if not 0.01 <= poll <= 60.0:
+            raise ConfigError(
+                f"{path}: [superlink] poll-interval: seconds between an idle node's requests "
+                f"for work, from 0.01 to 60, got {poll}"
+            )
+        node_port = link.integer("node-port", 9094, low=0)
+        if runner == "warm" and node_port == 0:
+            raise ConfigError(
+                f"{path}: [superlink] node-port: the warm ClientApp runner needs a fixed port "
+                "(1-65535), got 0"
+            )
         config = cls(
             path=path,
             party_id=h.text("party-id", required=True),
@@ -222,7 +250,9 @@ class HospitalConfig:
             policy=policy,
             superlink=target,
             auth_key=auth_key,
-            node_port=link.integer("node-port", 9094, low=0),
+            node_port=node_port,
+            clientapp=runner,
+            poll_interval_s=poll,
         )
         h.done()
         link.done()

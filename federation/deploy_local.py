@@ -48,6 +48,7 @@ from types import FrameType
 from typing import IO, Any
 
 from cohort.errors import ConfigError, ProtocolAbort
+from cohort.federation.deploy_config import CLIENTAPP_RUNNERS
 from cohort.federation.manifest import SecureMode
 from cohort.files import PRIVATE, write_atomic
 from cohort.logs import fields, get_logger
@@ -227,6 +228,7 @@ class LocalPlan:
     min_clients: int = 2
     bounty_wei: int = 10**18
     model: str = "mlp"
+    clientapp: str = "warm"  # each hospital.toml's [hospital] clientapp
 
     def __post_init__(self) -> None:
         if self.hospitals < 2:
@@ -239,6 +241,10 @@ class LocalPlan:
             raise ConfigError(f"--min-clients must be in 2..{self.hospitals}")
         if not self.epsilon > 0:
             raise ConfigError(f"--epsilon must be > 0, got {self.epsilon}")
+        if self.clientapp not in CLIENTAPP_RUNNERS:
+            raise ConfigError(
+                f"--clientapp must be one of {', '.join(CLIENTAPP_RUNNERS)}, got {self.clientapp!r}"
+            )
 
     @property
     def committee_quorum(self) -> int:
@@ -523,6 +529,7 @@ class LocalDeployment:
                         "party-id": h,
                         "workdir": str(out / h),
                         "data": str(out / h / "data.csv"),
+                        "clientapp": plan.clientapp,
                     },
                     "policy": policy,
                     "superlink": {

@@ -197,3 +197,54 @@ def test_node_start_without_its_auth_key_says_which_file(tmp_path: Path) -> None
     assert result.exit_code == 1
     assert "auth-key" in result.output
     assert "cohort keys new --role owner" in result.output
+
+
+def _print_command(tmp_path: Path, text: str) -> list[str]:
+    path = write(tmp_path, "hospital.toml", text)
+    (tmp_path / "data.csv").write_text("a,label\n1,0\n", encoding="utf-8")
+    key = tmp_path / "work" / "keystore" / "supernode-auth"
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_text("placeholder", encoding="utf-8")
+    result = CliRunner().invoke(app, ["node", "start", "--config", str(path), "--print-command"])
+    assert result.exit_code == 0, result.output
+    return list(json.loads(result.output))
+
+
+def test_the_warm_clientapp_runner_is_the_default(tmp_path: Path) -> None:
+    config = HospitalConfig.load(write(tmp_path, "hospital.toml", HOSPITAL))
+    assert (config.clientapp, config.poll_interval_s) == ("warm", 0.25)
+    argv = _print_command(tmp_path, HOSPITAL)
+    # no SuperExec inside the node: cohort node start serves the ClientApp itself
+    assert argv[argv.index("--isolation") + 1] == "process"
+
+
+def test_the_subprocess_runner_is_flowers_own_supernode(tmp_path: Path) -> None:
+    text = HOSPITAL.replace('data = "data.csv"\n', 'data = "data.csv"\nclientapp = "subprocess"\n')
+    assert "--isolation" not in _print_command(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ('data = "data.csv"\n', 'data = "data.csv"\nclientapp = "ray"\n'),
+            "[hospital] clientapp: must be one of warm, subprocess, got 'ray'",
+        ),
+        (
+            ('address = "superlink.example:9092"\n', 'address = "s:9092"\npoll-interval = 0\n'),
+            "[superlink] poll-interval: seconds between an idle node's requests for work",
+        ),
+        (
+            ('address = "superlink.example:9092"\n', 'address = "s:9092"\nnode-port = 0\n'),
+            "[superlink] node-port: the warm ClientApp runner needs a fixed port",
+        ),
+    ],
+)
+def test_a_bad_runner_setting_names_its_key(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    text = HOSPITAL.replace(*change)
+    assert text != HOSPITAL
+    with pytest.raises(ConfigError) as info:
+        HospitalConfig.load(write(tmp_path, "hospital.toml", text))
+    assert message in str(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -89,3 +90,52 @@ def test_an_out_folder_of_other_files_is_refused(tmp_path: Path) -> None:
     (again / "left-over").write_text("x")
     dl.prepare_out(again)  # an earlier deployment's folder is cleared
     assert not (again / "left-over").exists()
+
+
+@pytest.mark.parametrize("to_group", [True, False], ids=["group", "runner-only"])
+def test_a_warm_node_stops_its_supernode_gracefully(tmp_path: Path, to_group: bool) -> None:
+    """``cohort node start`` (clientapp warm): SuperNode child + runner; SIGTERM stops both.
+
+    To the whole group (``cohort deploy local``, Ctrl-C) or to the runner alone (``docker
+    stop``): the SuperNode gets one SIGTERM and exits through Flower's graceful path (which
+    deactivates it at the SuperLink, so a restarted node is accepted).
+    """
+    import sys
+
+    port = dl.free_ports(2)
+    (tmp_path / "data.csv").write_text("a,label\n1,0\n", encoding="utf-8")
+    config = tmp_path / "hospital.toml"
+    config.write_text(
+        "[hospital]\n"
+        'party-id = "h1"\nworkdir = "work"\ndata = "data.csv"\n'
+        "[policy]\nepsilon-cap = 3.0\n[superlink]\n"
+        f'address = "127.0.0.1:{port[0]}"\ninsecure = true\nnode-port = {port[1]}\n',
+        encoding="utf-8",
+    )
+    cohort = str(Path(sys.executable).parent / "cohort")
+    log = tmp_path / "node.log"
+    with log.open("wb") as out:
+        node = subprocess.Popen(
+            [cohort, "node", "start", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    children: list[str] = []
+    try:
+        # the SuperNode's Runtime API is up although no SuperLink answers
+        dl.wait_for("supernode", lambda: dl.port_open(port[1]), proc=node)
+        children = Path(f"/proc/{node.pid}/task/{node.pid}/children").read_text().split()
+        assert len(children) == 1
+        if to_group:
+            os.killpg(node.pid, signal.SIGTERM)
+        else:
+            node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=30) == 0
+        assert not _alive(int(children[0]))
+        assert not dl.port_open(port[1])
+        assert "SuperNode terminated gracefully" in log.read_text(errors="replace")
+    finally:
+        for pid in [node.pid, *map(int, children)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
