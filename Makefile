@@ -63,6 +63,10 @@ bench: setup
 	$(BIN)/python bench/empirical.py
 	$(BIN)/python bench/deploy.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/mpc.py
+	$(BIN)/python bench/mpc_norm.py
+	$(BIN)/python bench/secagg.py
+	$(BIN)/python bench/client_split.py
 
 proto: setup
 	$(BIN)/python aggregator/proto/generate.py

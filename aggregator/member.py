@@ -515,6 +515,7 @@ class CommitteeMember:
                 length=study.manifest.update_length,
                 round=upload.round,
                 key=upload.payload_hash,
+                sender=upload.sender,
             )
         except BadInputError as exc:
             raise Rejected(Reason.MODE_CHECK_FAILED, str(exc)) from exc

@@ -137,9 +137,15 @@ def validate(member: CommitteeMember, study: _Study, body: ValidateBody) -> Vali
     indices = [manifest.member_ids.index(m) for m in participants]
     length = manifest.update_length
     shares = np.empty((len(ids), length), dtype=np.int64)
+    keys = dict(store.holdings(study.study_id, number))
     for row, cid in enumerate(ids):
-        (payload,) = store.payloads(study.study_id, number, [cid])
-        values = mode.values(payload, length=length, round=number, sender=cid)
+
+        def load(cid: str = cid) -> bytes:
+            return store.payloads(study.study_id, number, [cid])[0]
+
+        values = mode.kept_values(number, keys[cid], load, sender=cid)
+        if values.size != length:
+            raise Refusal.MISSING_UPLOADS.error(f"the share of {cid!r} has another length")
         shares[row] = additive_share(mode.index, values, indices, mode.scheme.prime)
     rank = participants.index(member.member_id)
     job = NormCheckJob(

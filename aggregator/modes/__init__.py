@@ -48,7 +48,9 @@ def build_mode(
         return CkksMode(context, kept)
     if isinstance(spec, MpcSpec):
         scheme = ShamirScheme(members=len(members), threshold=threshold, prime=prime)
-        return MpcMode(study_id=study_id, members=members, member_id=member_id, scheme=scheme)
+        return MpcMode(
+            study_id=study_id, members=members, member_id=member_id, scheme=scheme, kept=kept
+        )
     raise ConfigError(f"secure mode: unsupported spec {type(spec).__name__}")
 
 

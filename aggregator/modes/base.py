@@ -49,10 +49,13 @@ class AggregationMode(ABC):
         """Raise :class:`BadInputError` unless ``payload`` is a well-formed update of
         ``length`` values for this study. Run by a committee member on every upload."""
 
-    def accept(self, payload: bytes, *, length: int, round: int, key: bytes) -> None:
+    def accept(
+        self, payload: bytes, *, length: int, round: int, key: bytes, sender: str = ""
+    ) -> None:
         """:meth:`check` ``payload`` and keep what :meth:`combine_kept` needs under ``key``
-        (the upload's verified payload hash) for ``round``. Run by a committee member on
-        every upload it accepts. The default keeps nothing."""
+        (the upload's verified payload hash) for ``round``; ``sender`` is the data owner it
+        came from. Run by a committee member on every upload it accepts. The default keeps
+        nothing."""
         self.check(payload, length=length)
 
     def combine_kept(

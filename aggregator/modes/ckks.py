@@ -109,7 +109,9 @@ class CkksMode(AggregationMode):
     def check(self, payload: bytes, *, length: int) -> None:
         self._context.check(payload, length=length)
 
-    def accept(self, payload: bytes, *, length: int, round: int, key: bytes) -> None:
+    def accept(
+        self, payload: bytes, *, length: int, round: int, key: bytes, sender: str = ""
+    ) -> None:
         decoded = self._context.decode(payload, length=length)
         if self._kept is None:
             return

@@ -11,9 +11,13 @@ norm bound are the approved manifest's (:class:`MpcSpec` only carries their dige
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -26,6 +30,8 @@ from cohort.crypto.prg import share_domain
 from cohort.crypto.shamir import InconsistentShares, ShamirScheme, robust_reconstruct
 from cohort.crypto.share_payload import SharePayload, pack_field, unpack_field
 from cohort.errors import BadInputError, VerificationError
+
+KEPT_SHARE_MAGIC = b"CHKS"  # a kept share: magic | u64 value count | int32 LE values
 
 
 def terms_digest(
@@ -69,7 +75,13 @@ class MpcMode(AggregationMode):
     partial: ClassVar[bool] = True
 
     def __init__(
-        self, *, study_id: str, members: Sequence[str], member_id: str, scheme: ShamirScheme
+        self,
+        *,
+        study_id: str,
+        members: Sequence[str],
+        member_id: str,
+        scheme: ShamirScheme,
+        kept: Path | None = None,
     ) -> None:
         if member_id not in members:
             raise BadInputError(f"mpc: {member_id!r} is not in the committee")
@@ -78,6 +90,7 @@ class MpcMode(AggregationMode):
         self._member_id = member_id
         self.index = self._members.index(member_id)
         self.scheme = scheme
+        self._kept = kept
 
     def parse(self, payload: bytes, *, length: int) -> SharePayload:
         """The share in ``payload``, checked against this study and member."""
@@ -105,6 +118,68 @@ class MpcMode(AggregationMode):
         domain = share_domain(self._study_id, round, self._member_id, sender)
         return self.parse(payload, length=length).values(domain=domain)
 
+    def accept(
+        self, payload: bytes, *, length: int, round: int, key: bytes, sender: str = ""
+    ) -> None:
+        """Check the share and, with a ``kept`` folder, keep its values (a seed expanded)
+        as ``kept/<round>-<key hex>.shr``, int32 little-endian: summing them later reads
+        each file once instead of parsing and expanding every share again."""
+        share = self.parse(payload, length=length)
+        if self._kept is None or not sender:
+            return
+        values = share.values(domain=share_domain(self._study_id, round, self._member_id, sender))
+        self._kept.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._kept, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(KEPT_SHARE_MAGIC + length.to_bytes(8, "big"))
+                values.astype("<i4").tofile(f)
+            os.replace(tmp, self._path(round, key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _path(self, round: int, key: bytes) -> Path:
+        assert self._kept is not None
+        return self._kept / f"{round:010d}-{key.hex()}.shr"
+
+    def _read(self, round: int, key: bytes) -> NDArray[np.int64] | None:
+        """A kept share (its values as accepted), or None when missing or damaged."""
+        if self._kept is None:
+            return None
+        try:
+            with self._path(round, key).open("rb") as f:
+                header = f.read(12)
+                values = np.fromfile(f, dtype="<i4")
+        except OSError:
+            return None
+        if header[:4] != KEPT_SHARE_MAGIC or int.from_bytes(header[4:], "big") != values.size:
+            return None
+        if values.size and (int(values.min()) < 0 or int(values.max()) >= self.scheme.prime):
+            return None
+        return values.astype(np.int64)
+
+    def kept_values(
+        self, round: int, key: bytes, load: Callable[[], bytes], *, sender: str
+    ) -> NDArray[np.int64]:
+        """The field values of ``sender``'s accepted share in ``round``: from its kept file,
+        or (none kept, after a restart, say) parsed from the stored upload ``load()``."""
+        values = self._read(round, key)
+        if values is not None:
+            return values
+        share = SharePayload.from_bytes(load())
+        self._check(share)
+        return share.values(domain=share_domain(self._study_id, round, self._member_id, sender))
+
+    def release(self, round: int) -> None:
+        """Remove the kept shares of rounds up to ``round``. Run by a committee member."""
+        if self._kept is None or not self._kept.is_dir():
+            return
+        for path in self._kept.iterdir():
+            stem = path.name.split("-", 1)[0]
+            if path.suffix in (".shr", ".tmp") and (not stem.isdigit() or int(stem) <= round):
+                path.unlink(missing_ok=True)
+
     def combine_kept(
         self,
         round: int,
@@ -113,19 +188,20 @@ class MpcMode(AggregationMode):
         *,
         senders: Sequence[str] = (),
     ) -> bytes:
-        """This member's partial: the sum mod p of its shares from ``senders``, packed."""
+        """This member's partial: the sum mod p of its shares from ``senders``, packed.
+        Kept shares are read from their files; any other is parsed from its upload."""
         if not senders or len(senders) != len(keys):
             raise BadInputError("mpc: combining needs the sender of every share")
         p = self.scheme.prime
         total: NDArray[np.int64] | None = None
-        for i, sender in enumerate(senders):
-            share = SharePayload.from_bytes(load(i))
-            self._check(share)
-            domain = share_domain(self._study_id, round, self._member_id, sender)
-            values = share.values(domain=domain)
+        for i, (key, sender) in enumerate(zip(keys, senders, strict=True)):
+            values = self.kept_values(round, key, functools.partial(load, i), sender=sender)
+            if total is not None and values.size != total.size:
+                raise BadInputError(f"mpc: the share of {sender!r} has another length")
             # values < p < 2^31: int64 holds the running sum of 2^32 of them, reduce once
             total = values.copy() if total is None else np.add(total, values, out=total)
         assert total is not None
+        self.release(round)
         return pack_field(total % p, p)
 
     def combine(self, payloads: Iterable[bytes]) -> bytes:

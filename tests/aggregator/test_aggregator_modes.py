@@ -328,3 +328,57 @@ def test_a_dealt_spec_verifies_only_for_its_dealer_and_study() -> None:
             spec.verify_dealt(study, who)
     with pytest.raises(VerificationError):
         CkksSpec(context).verify_dealt(STUDY_ID, dealer.public)
+
+
+def test_mpc_kept_shares_are_parsed_once_and_released(tmp_path: Path) -> None:
+    """accept keeps each share's values (seeds expanded) once; combine_kept sums the files
+    without loading any upload, unless a file is gone or damaged, and removes them."""
+    scheme = ShamirScheme(3, 2)
+    kept = tmp_path / "kept"
+
+    def mode() -> AggregationMode:
+        return build_mode(
+            MpcSpec(bytes(32)),
+            kept=kept,
+            study_id=STUDY_ID,
+            members=MEMBERS,
+            member_id="member-1",
+            threshold=2,
+            prime=PRIME,
+        )
+
+    rng = np.random.default_rng(9)
+    length = 1001
+    senders = [f"owner-{i}" for i in range(4)]
+    payloads = []
+    for i, sender in enumerate(senders):
+        secret = FieldEncoding().encode(rng.normal(0, 1, length), clients=4)
+        domains = [share_domain(STUDY_ID, 1, m, sender) for m in MEMBERS]
+        shares = share(secret, scheme, domains=domains, seeded=[i % 2])  # seeds and full
+        payloads.append(SharePayload(scheme, length, shares[0]).to_bytes())
+    keys = [tagged_hash(Tag.PAYLOAD, p) for p in payloads]
+    first = mode()
+    for payload, key, sender in zip(payloads, keys, senders, strict=True):
+        first.accept(payload, length=length, round=1, key=key, sender=sender)
+    assert len(list(kept.glob("*.shr"))) == 4
+    expected = build_mode(
+        MpcSpec(bytes(32)),
+        study_id=STUDY_ID,
+        members=MEMBERS,
+        member_id="member-1",
+        threshold=2,
+        prime=PRIME,
+    ).combine_kept(1, keys, payloads.__getitem__, senders=senders)
+    loaded: list[int] = []
+
+    def load(i: int) -> bytes:
+        loaded.append(i)
+        return payloads[i]
+
+    files = sorted(kept.glob("*.shr"))
+    files[0].unlink()
+    files[1].write_bytes(files[1].read_bytes()[:-4])
+    again = mode()  # a restarted member over the same folder
+    assert again.combine_kept(1, keys, load, senders=senders) == expected
+    assert len(loaded) == 2  # only the two whose files were spoilt
+    assert list(kept.iterdir()) == []
