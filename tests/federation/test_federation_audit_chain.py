@@ -21,6 +21,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account import Account
@@ -316,7 +317,7 @@ def write_client_level_summary(study: Published, included: Mapping[int, list[str
     set, a consistent forgery (|S|, clients_included, noise and epsilons agree) otherwise."""
     m, terms = study.manifest.min_clients, CLIENT_DP
     zs: list[float] = []
-    rounds = []
+    rounds: list[dict[str, Any]] = []
     for rnd in range(1, ROUNDS + 1):
         n = len(included[rnd])
         zs.append(terms.noise_multiplier * math.sqrt(n / m))

@@ -19,6 +19,7 @@ import struct
 import subprocess
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -111,7 +112,7 @@ def client_dp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rounds = [r for r, ids in INCLUDED.items() if owner in ids]
         write_ledger(run, manifest, owner=owner, rounds=range(1, max(rounds) + 1))
     zs: list[float] = []
-    records = []
+    records: list[dict[str, Any]] = []
     for rnd, ids in INCLUDED.items():
         zs.append(CLIENT_DP.noise_multiplier * math.sqrt(len(ids) / manifest.min_clients))
         level = {
