@@ -133,6 +133,11 @@ class StudyConfig:
             raise ConfigError(
                 f"server_lr must be > 0 (server step on the mean update), got {self.server_lr}"
             )
+        if self.secure is SecureMode.MPC and self.committee < 2:
+            raise ConfigError(
+                f"committee must be >= 2 in MPC mode (members holding shares), got "
+                f"{self.committee}"
+            )
         if not (self.mpc_norm_bound > 0 and math.isfinite(self.mpc_norm_bound)):
             raise ConfigError(
                 f"mpc_norm_bound must be a positive L2 bound on a weighted update, got "

@@ -77,6 +77,9 @@ def test_simulate_rejects_bad_options_before_starting_anything(tmp_path: Path) -
         (["--epsilon", "inf"], "got inf"),
         (["--epsilon", "nan"], "got nan"),
         (["--model", "os:ftruncate"], "built-in architectures only"),
+        (["--secure", "mpc", "--mpc-norm-bound", "-1"], "mpc_norm_bound must be a positive"),
+        (["--secure", "mpc", "--mpc-norm-bound", "nan"], "mpc_norm_bound must be a positive"),
+        (["--secure", "mpc", "--committee", "1", "--quorum", "1"], ">= 2 in MPC mode"),
     ]:
         result = runner.invoke(app, ["simulate", *args, "--out", str(out)])
         assert result.exit_code == 2, result.output
