@@ -9,8 +9,6 @@ against the manifest's dealer before it accepts the set-up.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from cohort.aggregator.modes.base import AggregationMode, ModeSpec, study_bytes
+from cohort.aggregator.modes.kept import KeptFiles
 from cohort.crypto.ckks import CkksPublicContext
 from cohort.crypto.ckks import dealt_context_digest as ckks_dealt_digest
 from cohort.crypto.hashing import Tag, tagged_hash
@@ -100,7 +99,7 @@ class CkksMode(AggregationMode):
 
     def __init__(self, context: CkksPublicContext, kept: Path | None = None) -> None:
         self._context = context
-        self._kept = kept
+        self._kept = None if kept is None else KeptFiles(kept, ".coef")
 
     @property
     def context(self) -> CkksPublicContext:
@@ -115,27 +114,14 @@ class CkksMode(AggregationMode):
         decoded = self._context.decode(payload, length=length)
         if self._kept is None:
             return
-        self._kept.mkdir(parents=True, exist_ok=True)
         coeffs = decoded.coeffs
         header = KEPT_MAGIC + decoded.length.to_bytes(8, "big") + coeffs.shape[0].to_bytes(4, "big")
-        fd, tmp = tempfile.mkstemp(dir=self._kept, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(header + bytes(4))
-                coeffs.astype("<u8", copy=False).tofile(f)
-            os.replace(tmp, self._path(round, key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def _path(self, round: int, key: bytes) -> Path:
-        assert self._kept is not None
-        return self._kept / f"{round:010d}-{key.hex()}.coef"
+        self._kept.write(round, key, header + bytes(4), coeffs.astype("<u8", copy=False))
 
     def _read(self, round: int, key: bytes) -> tuple[int, np.ndarray] | None:
         if self._kept is None:
             return None
-        path = self._path(round, key)
+        path = self._kept.path(round, key)
         try:
             with path.open("rb") as f:
                 header = f.read(20)
@@ -180,12 +166,8 @@ class CkksMode(AggregationMode):
 
     def release(self, round: int) -> None:
         """Remove the kept files of rounds up to ``round``. Run by a committee member."""
-        if self._kept is None or not self._kept.is_dir():
-            return
-        for path in self._kept.iterdir():
-            stem = path.name.split("-", 1)[0]
-            if path.suffix in (".coef", ".tmp") and (not stem.isdigit() or int(stem) <= round):
-                path.unlink(missing_ok=True)
+        if self._kept is not None:
+            self._kept.release(round)
 
     def combine(self, payloads: Iterable[bytes]) -> bytes:
         """Stream ``payloads`` into one running sum (the size of one ciphertext)."""

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cohort.aggregator.modes.base import AggregationMode, ModeSpec, OpenedSum
+from cohort.aggregator.modes.kept import KeptFiles
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import PublicIdentity
 from cohort.crypto.prg import share_domain
@@ -90,7 +89,7 @@ class MpcMode(AggregationMode):
         self._member_id = member_id
         self.index = self._members.index(member_id)
         self.scheme = scheme
-        self._kept = kept
+        self._kept = None if kept is None else KeptFiles(kept, ".shr")
 
     def parse(self, payload: bytes, *, length: int) -> SharePayload:
         """The share in ``payload``, checked against this study and member."""
@@ -128,27 +127,15 @@ class MpcMode(AggregationMode):
         if self._kept is None or not sender:
             return
         values = share.values(domain=share_domain(self._study_id, round, self._member_id, sender))
-        self._kept.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._kept, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(KEPT_SHARE_MAGIC + length.to_bytes(8, "big"))
-                values.astype("<i4").tofile(f)
-            os.replace(tmp, self._path(round, key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def _path(self, round: int, key: bytes) -> Path:
-        assert self._kept is not None
-        return self._kept / f"{round:010d}-{key.hex()}.shr"
+        header = KEPT_SHARE_MAGIC + length.to_bytes(8, "big")
+        self._kept.write(round, key, header, values.astype("<i4"))
 
     def _read(self, round: int, key: bytes) -> NDArray[np.int64] | None:
         """A kept share (its values as accepted), or None when missing or damaged."""
         if self._kept is None:
             return None
         try:
-            with self._path(round, key).open("rb") as f:
+            with self._kept.path(round, key).open("rb") as f:
                 header = f.read(12)
                 values = np.fromfile(f, dtype="<i4")
         except OSError:
@@ -173,12 +160,8 @@ class MpcMode(AggregationMode):
 
     def release(self, round: int) -> None:
         """Remove the kept shares of rounds up to ``round``. Run by a committee member."""
-        if self._kept is None or not self._kept.is_dir():
-            return
-        for path in self._kept.iterdir():
-            stem = path.name.split("-", 1)[0]
-            if path.suffix in (".shr", ".tmp") and (not stem.isdigit() or int(stem) <= round):
-                path.unlink(missing_ok=True)
+        if self._kept is not None:
+            self._kept.release(round)
 
     def combine_kept(
         self,
