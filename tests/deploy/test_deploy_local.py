@@ -175,10 +175,11 @@ def test_deployed_study_survives_a_dead_member_and_a_coordinator_crash(
 
 
 def test_deployed_mpc_study_finalizes_and_matches_the_simulation(
-    anvil: Path, tmp_path: Path
+    anvil: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``cohort deploy local --secure mpc``: shares to members that are separate processes,
     the norm check as CrypTen parties between them, the sum attested on anvil."""
+    monkeypatch.setenv("COHORT_LOG_LEVEL", "INFO")  # the members' logs show their checks
     plan = LocalPlan(hospitals=3, members=3, rounds=2, seed=SEED, secure=SecureMode.MPC)
     with LocalDeployment(plan, tmp_path / "deploy") as d:
         d.start()
