@@ -10,22 +10,19 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from anvilkit import running_anvil
 from eth_abi.abi import encode
 from eth_account import Account
 from eth_utils.crypto import keccak
-from web3 import HTTPProvider, Web3
-from web3.types import RPCEndpoint
 
 from cohort.bounties import study as study_module
 from cohort.bounties.attestation import SECP256K1_N, ledger_lists
@@ -45,9 +42,6 @@ from cohort.bounties.study import (
 from cohort.errors import BadInputError, ConfigError, ProtocolAbort, VerificationError
 
 ROOT = Path(__file__).resolve().parents[2]
-ANVIL = Path(
-    os.environ.get("COHORT_ANVIL", ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
-)
 ETHER = 10**18
 ARTIFACT_BYTECODE = str(load_artifact()["bytecode"])
 STUDY_ID = keccak(text="cohort-test/study")
@@ -1062,38 +1056,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def anvil_url() -> Iterator[str]:
     """A fresh anvil node on a free 127.0.0.1 port, stopped after the module."""
-    if not ANVIL.is_file():
-        pytest.skip(f"anvil binary not found at {ANVIL}: run `npm ci` (package @foundry-rs/anvil)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--quiet", "--accounts", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        probe = Web3(HTTPProvider(url, request_kwargs={"timeout": 2}))
-        deadline = time.monotonic() + 30
-        while not probe.is_connected():
-            if proc.poll() is not None:
-                _, err = proc.communicate()
-                pytest.fail(f"anvil exited with {proc.returncode}: {err.decode()[-500:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("anvil did not answer within 30 s")
-            time.sleep(0.1)
-        for key in RPC_KEYS:
-            address = Account.from_key(key).address
-            probe.provider.make_request(
-                RPCEndpoint("anvil_setBalance"), [address, hex(10**6 * ETHER)]
-            )
+    fund = [Account.from_key(key).address for key in RPC_KEYS]
+    with running_anvil(fund=fund, balance_wei=10**6 * ETHER) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class TestAnvilRpcChain(StudyContractSuite):

@@ -14,22 +14,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
-import socket
-import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from anvilkit import running_anvil
 from eth_account import Account
 from eth_utils.crypto import keccak
 from studykit import hospitals, make_study
 from typer.testing import CliRunner
-from web3 import HTTPProvider, Web3
-from web3.types import RPCEndpoint
 
 from cohort.aggregator.keys import MemberKeys
 from cohort.aggregator.member import study_id_bytes
@@ -52,9 +47,6 @@ from cohort.federation.manifest import ClientDpTerms, CommitteeEntry, Manifest
 ROUNDS = 2
 EXAMPLES = 64
 ROOT = Path(__file__).resolve().parents[2]
-ANVIL = Path(
-    os.environ.get("COHORT_ANVIL", ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
-)
 SPONSOR_KEY = keccak(text="audit chain sponsor")
 runner = CliRunner()
 
@@ -248,42 +240,10 @@ def test_a_forged_commitment_is_not_attested() -> None:
     assert LedgerCommitment.from_bytes(honest.to_bytes()) == honest
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def anvil_url() -> Iterator[str]:
-    if not ANVIL.is_file():
-        pytest.skip(f"anvil binary not found at {ANVIL}: run `npm ci` (package @foundry-rs/anvil)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--quiet", "--accounts", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        probe = Web3(HTTPProvider(url, request_kwargs={"timeout": 2}))
-        deadline = time.monotonic() + 30
-        while not probe.is_connected():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("anvil did not start")
-            time.sleep(0.1)
-        probe.provider.make_request(
-            RPCEndpoint("anvil_setBalance"),
-            [Account.from_key(SPONSOR_KEY).address, hex(10**24)],
-        )
+    with running_anvil(fund=[Account.from_key(SPONSOR_KEY).address]) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_cli_over_rpc_catches_a_rehashed_ledger(anvil_url: str, tmp_path: Path) -> None:

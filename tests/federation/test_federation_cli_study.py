@@ -6,26 +6,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from anvilkit import running_anvil
 from click.testing import Result
 from eth_account import Account
 from typer.testing import CliRunner
-from web3 import HTTPProvider, Web3
 from web3.types import RPCEndpoint
 
 from cohort.aggregator.keys import MemberKeys
 from cohort.crypto.identity import Identity
 from cohort.federation.approval import APPROVAL_FILE, MANIFEST_FILE, Role, approved_manifest
 from cohort.federation.cli import app, main
+from cohort.federation.deploy_local import free_ports
 from cohort.federation.manifest import (
     CommitteeEntry,
     DpTerms,
@@ -38,9 +36,6 @@ from cohort.federation.manifest import (
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
-ANVIL = Path(
-    os.environ.get("COHORT_ANVIL", ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
-)
 POLICY = """\
 [policy]
 epsilon-cap = 3.0
@@ -511,30 +506,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def anvil_url() -> Iterator[str]:
-    if not ANVIL.is_file():
-        pytest.skip(f"anvil binary not found at {ANVIL}: run `npm ci` (package @foundry-rs/anvil)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--quiet", "--accounts", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        probe = Web3(HTTPProvider(url, request_kwargs={"timeout": 2}))
-        deadline = time.monotonic() + 30
-        while not probe.is_connected():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("anvil did not start")
-            time.sleep(0.1)
+    with running_anvil() as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_approve_with_chain_url_checks_the_contract_binding(
@@ -593,7 +566,7 @@ def test_approve_with_chain_url_checks_the_contract_binding(
     approval = world.hospital / "studies" / manifest.study_id / APPROVAL_FILE
     assert json.loads(approval.read_text())["contract_checked"] is True
     nowhere = approve_owner(
-        world, "--policy", str(world.policy), "--chain-url", f"http://127.0.0.1:{_free_port()}"
+        world, "--policy", str(world.policy), "--chain-url", f"http://127.0.0.1:{free_ports(1)[0]}"
     )
     assert nowhere.exit_code == 1
     assert "no Ethereum JSON-RPC node answers" in one_line_error(nowhere)
