@@ -50,7 +50,7 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 from machine import describe as describe_machine
 from numpy.typing import NDArray
-from secagg import client_vector, measure_secagg, reference_mean
+from secagg import client_vector, measure_secagg, parse_sizes, reference_mean
 
 from cohort.aggregator.modes import CkksMode, MpcMode
 from cohort.aggregator.replication import upload_order
@@ -648,13 +648,6 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- main
-
-
-def parse_sizes(text: str) -> list[int]:
-    sizes = [int(s.replace("_", "")) for s in text.split(",") if s.strip()]
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError("sizes: comma-separated positive integers")
-    return sizes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
