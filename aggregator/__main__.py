@@ -39,6 +39,7 @@ from cohort.aggregator.keys import (
     public_identity_record,
 )
 from cohort.aggregator.member import KEYS_DIR, CommitteeMember
+from cohort.aggregator.mpc_member import warm_norm_checks
 from cohort.aggregator.service import serve
 from cohort.crypto.eth_keystore import PASSWORD_ENV, read_password
 from cohort.crypto.tls import CertKey, cert_fingerprint
@@ -174,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         if not isinstance(keys, MemberKeys):  # only --export-identity loads less
             raise BadInputError("member key store: the attestation key was not unlocked")
-        member = CommitteeMember(keys, workdir=workdir, tls_fingerprint=fingerprint)
+        member = CommitteeMember(
+            keys, workdir=workdir, tls_fingerprint=fingerprint, on_mpc_study=warm_norm_checks
+        )
         try:
             server, port = serve(member, host=args.host, port=args.port, tls=cert)
         except BaseException:

@@ -148,7 +148,8 @@ class CommitteeMember:
     member resumes every study found there. ``tls_fingerprint`` is the SHA-256 of the
     certificate it serves (shown by Info; b"": plaintext). ``fetcher`` reaches the other
     members for copies (default: :class:`~cohort.aggregator.peers.PeerFetcher`, gRPC over
-    the manifest's pinned TLS). Close it when done.
+    the manifest's pinned TLS). ``on_mpc_study`` is called whenever an MPC study is loaded
+    or configured (a serving member warms its norm checks up). Close it when done.
     """
 
     def __init__(
@@ -159,8 +160,10 @@ class CommitteeMember:
         clock: Callable[[], float] = time.time,
         tls_fingerprint: bytes = b"",
         fetcher: Fetcher | None = None,
+        on_mpc_study: Callable[[], object] | None = None,
     ) -> None:
         self._fetcher = fetcher
+        self._on_mpc_study = on_mpc_study
         self._own_fetcher: Callable[[], None] | None = None
         self._keys = keys
         self._workdir = Path(workdir)
@@ -170,8 +173,6 @@ class CommitteeMember:
         self._public = PublicStatus(self._info, SUPPORTED_MODES, tls_fingerprint)
         self._store = MemberStore(self._workdir / STATE_FILE)
         self._studies: dict[str, _Study] = {}
-        #: (study, round) -> the sum this member confirmed (MPC), so it confirms one only
-        self.confirmed: dict[tuple[str, int], bytes] = {}
         try:
             for study_id, body, digest in self._store.studies():
                 self._studies[study_id] = self._load(study_id, body, digest)
@@ -204,6 +205,8 @@ class CommitteeMember:
     def _build_mode(self, manifest: Manifest, setup: ModeSpec) -> AggregationMode:
         """The study's mode from its set-up; every MPC term is the manifest's."""
         mpc = manifest.mpc
+        if mpc is not None and self._on_mpc_study is not None:
+            self._on_mpc_study()
         return build_mode(
             setup,
             kept=self._kept_dir(manifest.study_id),

@@ -18,10 +18,12 @@ saw on disk and aggregates an owner only after that owner passed a check it took
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
@@ -47,11 +49,41 @@ log = get_logger(__name__)
 
 #: How long one norm check may take before the participants give up.
 NORM_CHECK_TIMEOUT_S = 240.0
+#: Start method of a norm check's party and TTP processes, and what their server imports
+#: once (:mod:`cohort.aggregator.mpc_validation` brings torch and CrypTen): later checks
+#: fork from it in milliseconds instead of importing torch.
+NORM_CHECK_START_METHOD: Final = "forkserver"
+NORM_CHECK_PRELOAD = ("__main__", "cohort.aggregator.mpc_validation")
+_warming = threading.Lock()
+_warmed: list[threading.Thread] = []
 #: Completed norm checks a member takes part in per round. Each check opens one bit per
 #: candidate; a coordinator working with a colluding participant (who could shift its share)
 #: could otherwise ask again and again to probe an update's norm around the bound. Two
 #: allow one retry with other participants; an identical request is answered from the record.
 MAX_CHECKS_PER_ROUND = 2
+
+
+def warm_norm_checks() -> threading.Thread:
+    """Start, in the background, the forkserver that norm checks fork their processes from,
+    so that the first check does not wait seconds for torch and CrypTen to import (they are
+    imported there, not in this process). Run by a serving member when it holds an MPC
+    study; idempotent, returns the thread that started it."""
+    with _warming:
+        if not _warmed:
+            thread = threading.Thread(target=_start_forkserver, name="norm-check-warm-up")
+            thread.daemon = True
+            thread.start()
+            _warmed.append(thread)
+        return _warmed[0]
+
+
+def _start_forkserver() -> None:
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context(NORM_CHECK_START_METHOD)
+    context.set_forkserver_preload(list(NORM_CHECK_PRELOAD))
+    forkserver.ensure_running()
+    log.info("norm checks: forkserver ready")
 
 
 def _mode(study: _Study) -> MpcMode:
@@ -137,13 +169,12 @@ def validate(member: CommitteeMember, study: _Study, body: ValidateBody) -> Vali
     indices = [manifest.member_ids.index(m) for m in participants]
     length = manifest.update_length
     shares = np.empty((len(ids), length), dtype=np.int64)
-    keys = dict(store.holdings(study.study_id, number))
     for row, cid in enumerate(ids):
 
         def load(cid: str = cid) -> bytes:
             return store.payloads(study.study_id, number, [cid])[0]
 
-        values = mode.kept_values(number, keys[cid], load, sender=cid)
+        values = mode.share_values(number, load, sender=cid)
         if values.size != length:
             raise Refusal.MISSING_UPLOADS.error(f"the share of {cid!r} has another length")
         shares[row] = additive_share(mode.index, values, indices, mode.scheme.prime)
@@ -278,7 +309,7 @@ def confirm(member: CommitteeMember, study: _Study, body: ConfirmBody) -> Aggreg
     if member.member_id in opened.wrong:
         raise Refusal.BAD_PARTIAL.error("this member's own partial is off the reconstructed sum")
     aggregate_hash = tagged_hash(Tag.AGGREGATE, opened.aggregate)
-    confirmed = member.confirmed.setdefault((study.study_id, number), aggregate_hash)
+    confirmed = member.store.confirm_once(study.study_id, number, aggregate_hash)
     if confirmed != aggregate_hash:
         raise Refusal.CONFIRM_CONFLICT.error(f"round {number} was confirmed with another sum")
     return member.attest_result(study, number, ids, body.ledger_commitments, opened.aggregate)

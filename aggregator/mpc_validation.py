@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Final
 
+from cohort.aggregator.mpc_member import NORM_CHECK_PRELOAD, NORM_CHECK_START_METHOD
 from cohort.crypto.crypten_compat import load_crypten
 from cohort.crypto.crypten_norm import NormCheckJob, norm_bits, party_session, run_ttp
 from cohort.errors import ProtocolAbort
@@ -35,11 +36,11 @@ log = logging.getLogger(__name__)
 #: Seconds a finished party or TTP gets to leave before it is killed.
 EXIT_GRACE_S = 5.0
 POLL_S = 0.05
-#: Start method of the party/TTP processes, and what its server imports once (the first
-#: check starts it; later checks fork from it in milliseconds instead of importing torch).
-START_METHOD: Final = "forkserver"
-#: ``__main__`` is multiprocessing's default; this module brings torch and CrypTen.
-PRELOAD = ["__main__", "cohort.aggregator.mpc_validation"]
+#: Start method of the party/TTP processes, and what its server imports once (a serving
+#: member starts it early, :func:`~cohort.aggregator.mpc_member.warm_norm_checks`; otherwise
+#: the first check does). ``__main__`` is multiprocessing's default.
+START_METHOD: Final = NORM_CHECK_START_METHOD
+PRELOAD = list(NORM_CHECK_PRELOAD)
 JOINED = "joined"
 RESULT = "result"
 ERROR = "error"

@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS rejections (
     count INTEGER NOT NULL,
     PRIMARY KEY (study_id, round, sender, reason)
 );
+CREATE TABLE IF NOT EXISTS confirms (
+    study_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    aggregate_hash BLOB NOT NULL,
+    PRIMARY KEY (study_id, round)
+);
 CREATE TABLE IF NOT EXISTS copy_failures (
     study_id TEXT NOT NULL,
     round INTEGER NOT NULL,
@@ -326,6 +332,21 @@ class MemberStore:
             if cursor.rowcount != 1:
                 raise RuntimeError(f"store: round {round} of {study_id[:16]} is not open")
             self._drop_round_data(db, study_id, round)
+
+    def confirm_once(self, study_id: str, round: int, aggregate_hash: bytes) -> bytes:
+        """Record that this member confirmed ``aggregate_hash`` for ``round`` (MPC) and
+        return the hash it confirmed first: the same one, or the other sum a second,
+        conflicting Confirm must be refused for. Kept across restarts."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO confirms VALUES (?, ?, ?)",
+                (study_id, round, aggregate_hash),
+            )
+            row = db.execute(
+                "SELECT aggregate_hash FROM confirms WHERE study_id = ? AND round = ?",
+                (study_id, round),
+            ).fetchone()
+        return bytes(row[0])
 
     # ---------------------------------------------------------------- uploads
 

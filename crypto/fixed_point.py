@@ -29,6 +29,9 @@ PRIME = 8388593
 FRAC_BITS = 16
 #: Largest modulus the int64 arithmetic supports (a product must stay below 2^62).
 MAX_PRIME = 2**31
+#: 1.5 * 2^52: adding and subtracting it rounds a float64 below 2^51 to an integer, ties
+#: to even (as numpy's round).
+_ROUNDING = 1.5 * 2.0**52
 
 
 class EncodingRangeError(BadInputError):
@@ -114,15 +117,23 @@ class FieldEncoding:
         array = np.asarray(values, dtype=np.float64)
         if array.ndim != 1:
             raise BadInputError(f"update must be a 1-D vector, got shape {array.shape}")
-        bad = ~(np.isfinite(array) & (np.abs(array) <= bound))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
+        peak = max(float(array.max()), -float(array.min())) if array.size else 0.0
+        if not peak <= bound:  # NaN fails this too
+            i = int(np.flatnonzero(~(np.abs(array) <= bound))[0])
             raise EncodingRangeError(
                 f"encode: value {float(array[i])!r} at index {i} is not finite or exceeds "
                 f"max_abs {bound:g} for {clients} clients"
             )
-        steps = np.round(array * float(2**self.frac_bits)).astype(np.int64)
-        encoded: NDArray[np.int64] = np.mod(steps, self.prime)
+        # Round half to even by adding and subtracting 1.5 * 2^52 (exact: |steps| < 2^51),
+        # then lift a negative step s to s + p without a branch: (s >> 63) & p is p or 0.
+        scaled = np.multiply(array, float(2**self.frac_bits))
+        scaled += _ROUNDING
+        scaled -= _ROUNDING
+        encoded: NDArray[np.int64] = scaled.astype(np.int64)
+        lift = scaled.view(np.int64)  # scaled is spent: reuse its memory
+        np.right_shift(encoded, 63, out=lift)
+        np.bitwise_and(lift, np.int64(self.prime), out=lift)
+        encoded += lift
         return encoded
 
     def decode(self, field_values: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -132,6 +143,11 @@ class FieldEncoding:
             raise BadInputError(f"field values must be a 1-D integer vector, got {array.dtype}")
         if array.size and (int(array.min()) < 0 or int(array.max()) >= self.prime):
             raise BadInputError(f"field values must lie in [0, {self.prime})")
-        signed = to_signed(array.astype(np.int64), self.prime)
-        decoded: NDArray[np.float64] = signed.astype(np.float64) * self.resolution
+        # v - p for v > p // 2 without a branch: ((p // 2 - v) >> 63) & -p is -p or 0
+        signed = np.subtract(np.int64(self.prime // 2), array.astype(np.int64, copy=False))
+        np.right_shift(signed, 63, out=signed)
+        np.bitwise_and(signed, np.int64(-self.prime), out=signed)
+        signed += array
+        decoded: NDArray[np.float64] = signed.view(np.float64)
+        np.multiply(signed, self.resolution, out=decoded)  # in place; 2^-f: exact
         return decoded

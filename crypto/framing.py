@@ -60,9 +60,13 @@ class Reader:
         return len(self._data) - self._pos
 
     def take(self, size: int, field: str) -> bytes:
+        return bytes(self.view(size, field))
+
+    def view(self, size: int, field: str) -> memoryview:
+        """The next ``size`` bytes without copying them (valid while ``data`` is)."""
         if size > self.remaining:
             raise self.error(f"truncated in {field}: needs {size} bytes, {self.remaining} left")
-        out = bytes(self._data[self._pos : self._pos + size])
+        out = self._data[self._pos : self._pos + size]
         self._pos += size
         return out
 

@@ -72,20 +72,26 @@ def expand_field(seed: bytes, *, domain: bytes, count: int, prime: int) -> NDArr
     # draws are made at once: a small margin first (p is close to 2^w in Cohort's fields),
     # then twice as many whenever too many were rejected.
     draws = count + count // 64 + 64
+    mask = (np.uint32 if size <= 4 else np.uint64)(2**width - 1)
     while True:
         stream = randombytes_buf_deterministic(draws * size, key)
-        candidates = _draws(stream, draws, size) & np.uint64(2**width - 1)
-        accepted = candidates[candidates < np.uint64(prime)]
+        candidates = _draws(stream, draws, size) & mask
+        head = candidates[:count]
+        if not np.any(head >= prime):  # the common case: nothing rejected among the first
+            return head.astype(np.int64)
+        accepted = candidates[candidates < prime]
         if accepted.size >= count:
             out: NDArray[np.int64] = accepted[:count].astype(np.int64)
             return out
         draws *= 2
 
 
-def _draws(stream: bytes, draws: int, size: int) -> NDArray[np.uint64]:
-    """The stream as ``draws`` little-endian integers of ``size`` bytes each."""
-    raw = np.frombuffer(stream, dtype=np.uint8).reshape(draws, size)
-    wide = np.zeros((draws, 8), dtype=np.uint8)
-    wide[:, :size] = raw
-    values: NDArray[np.uint64] = wide.view("<u8").reshape(draws)
-    return values
+def _draws(stream: bytes, draws: int, size: int) -> NDArray[np.uint32 | np.uint64]:
+    """The stream as ``draws`` little-endian integers of ``size`` bytes each, read through a
+    strided 4- or 8-byte window per draw (the bytes past a draw are masked off by the caller)."""
+    window = 4 if size <= 4 else 8
+    buffer = stream + bytes(window - size)
+    view: NDArray[np.uint32 | np.uint64] = np.ndarray(
+        (draws,), dtype=f"<u{window}", buffer=buffer, strides=(size,)
+    )
+    return view

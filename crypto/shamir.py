@@ -104,16 +104,26 @@ def _combine(
     # c, row < p < 2^31 - 1: each product < 2^62 would overflow a running sum, so reduce
     # per term only when products are that large; below 2^23 (the default field) one
     # reduction at the end is exact for up to 2^16 terms (their sum stays below 2^62).
-    if prime < 2**23 and len(rows) < 2**16:
-        total = np.zeros_like(rows[0], dtype=np.int64)
-        for c, row in zip(coefficients, rows, strict=True):
-            total += np.int64(c) * row
-        reduced: NDArray[np.int64] = total % prime
-        return reduced
-    total = np.zeros_like(rows[0], dtype=np.int64)
-    for c, row in zip(coefficients, rows, strict=True):
-        total = (total + np.int64(c) * row % prime) % prime
-    return total
+    lazy = prime < 2**23 and len(rows) < 2**16
+    total = np.multiply(rows[0], np.int64(coefficients[0]))
+    term = np.empty_like(total)
+    for c, row in zip(coefficients[1:], rows[1:], strict=True):
+        np.multiply(row, np.int64(c), out=term)
+        if not lazy:
+            reduce_mod(term, prime)
+            reduce_mod(total, prime)
+        np.add(total, term, out=total)
+    return reduce_mod(total, prime)
+
+
+def reduce_mod(values: NDArray[np.int64], prime: int) -> NDArray[np.int64]:
+    """``values mod prime`` in place, for ``values >= 0``: ``v - (v // p) * p``, since
+    numpy divides by a constant (libdivide) about three times faster than it takes a
+    remainder."""
+    quotient = np.floor_divide(values, prime)
+    quotient *= prime
+    values -= quotient
+    return values
 
 
 def _field_vector(values: object, prime: int, what: str) -> NDArray[np.int64]:
@@ -122,7 +132,7 @@ def _field_vector(values: object, prime: int, what: str) -> NDArray[np.int64]:
         raise BadInputError(f"{what} must be a 1-D integer vector, got {array.dtype} {array.shape}")
     if array.size and (int(array.min()) < 0 or int(array.max()) >= prime):
         raise BadInputError(f"{what} has values outside [0, {prime})")
-    return array.astype(np.int64)
+    return array.astype(np.int64, copy=False)
 
 
 def share(

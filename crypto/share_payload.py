@@ -45,18 +45,18 @@ def packed_size(count: int, prime: int) -> int:
     return (count * prime.bit_length() + 7) // 8
 
 
-def _layout(width: int) -> tuple[int, list[tuple[int, int]]]:
-    """Eight values of ``width`` bits make ``width`` bytes: the number of 64-bit words the
-    group spans, and each value's (word, shift) of its lowest bit, the group read as one
-    big-endian integer (value 0 in the top bits, as the bit stream has it)."""
-    words = (8 * width + 63) // 64
-    return words, [divmod(width * (7 - j), 64) for j in range(8)]
+def _window(width: int) -> tuple[int, str, str]:
+    """Bytes, big-endian dtype and unsigned dtype of the window one value is read through: a
+    value starts at most 7 bits into its first byte, so ``7 + width`` bits must fit."""
+    return (4, ">u4", "u4") if width + 7 <= 32 else (8, ">u8", "u8")
 
 
 def pack_field(values: NDArray[np.int64], prime: int) -> bytes:
     """Bit-pack field values in ``prime.bit_length()`` bits each (see the module doc).
 
-    Eight values at a time, as ``width`` bytes built from 64-bit words with shifts."""
+    Eight values make ``width`` bytes; value ``j`` of a group starts at bit ``width * j``.
+    Each of the eight lanes is OR-ed into the output through a strided big-endian window
+    (``window`` bytes wide, one per group); windows of one pass never overlap."""
     array = np.asarray(values)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise BadInputError(f"packed field: expected a 1-D integer vector, got {array.dtype}")
@@ -64,22 +64,31 @@ def pack_field(values: NDArray[np.int64], prime: int) -> bytes:
         raise BadInputError(f"packed field: values must lie in [0, {prime})")
     width = prime.bit_length()
     count = int(array.size)
+    if count == 0:
+        return b""
     groups = (count + 7) // 8
-    padded = np.zeros(groups * 8, dtype=np.uint64)
+    window, big, native = _window(width)
+    padded = np.zeros(groups * 8, dtype=native)
     padded[:count] = array
-    lanes = np.ascontiguousarray(padded.reshape(groups, 8).T)  # one row per lane
-    nwords, places = _layout(width)
-    words = [np.zeros(groups, dtype=np.uint64) for _ in range(nwords)]
-    for j, (word, shift) in enumerate(places):
-        words[word] |= lanes[j] << np.uint64(shift)
-        if shift + width > 64:
-            words[word + 1] |= lanes[j] >> np.uint64(64 - shift)
-    big = np.stack(words[::-1], axis=1).astype(">u8").view(np.uint8).reshape(groups, 8 * nwords)
-    packed = big[:, 8 * nwords - width :].reshape(-1)
-    return packed[: packed_size(count, prime)].tobytes()
+    lanes = padded.reshape(groups, 8)
+    out = bytearray(groups * width + window)
+    passes = -(-window // width)  # windows of groups this close would overlap
+    for j in range(8):
+        first, bit = divmod(width * j, 8)
+        shifted = lanes[:, j] << np.dtype(native).type(8 * window - bit - width)
+        for start in range(min(passes, groups)):
+            view = np.ndarray(
+                ((groups - start + passes - 1) // passes,),
+                dtype=big,
+                buffer=out,
+                offset=first + start * width,
+                strides=(passes * width,),
+            )
+            view |= shifted[start::passes]
+    return bytes(memoryview(out)[: packed_size(count, prime)])
 
 
-def unpack_field(data: bytes, count: int, prime: int) -> NDArray[np.int64]:
+def unpack_field(data: bytes | memoryview, count: int, prime: int) -> NDArray[np.int64]:
     """Inverse of :func:`pack_field`; rejects a wrong size, non-zero padding and values ``>= p``."""
     width = prime.bit_length()
     if len(data) != packed_size(count, prime):
@@ -87,25 +96,22 @@ def unpack_field(data: bytes, count: int, prime: int) -> NDArray[np.int64]:
             f"packed field: {len(data)} bytes, expected {packed_size(count, prime)} "
             f"for {count} values"
         )
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
     groups = (count + 7) // 8
-    nwords, places = _layout(width)
-    big = np.zeros((groups, 8 * nwords), dtype=np.uint8)
-    flat = np.zeros(groups * width, dtype=np.uint8)
-    flat[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-    big[:, 8 * nwords - width :] = flat.reshape(groups, width)
-    columns = np.ascontiguousarray(big.view(">u8").astype(np.uint64).T)
-    words = columns[::-1]  # words[0]: the lowest 64 bits of every group
-    mask = np.uint64((1 << width) - 1)
-    lanes = np.empty((8, groups), dtype=np.uint64)
-    for j, (word, shift) in enumerate(places):
-        lane = words[word] >> np.uint64(shift)
-        if shift + width > 64:
-            lane |= words[word + 1] << np.uint64(64 - shift)
-        lanes[j] = lane & mask
-    every = lanes.T.reshape(-1)
-    if every[count:].any():
+    window, big, native = _window(width)
+    buffer = b"".join((data, bytes(groups * width + window - len(data))))
+    mask = np.dtype(native).type((1 << width) - 1)
+    every = np.empty((groups, 8), dtype=np.int64)
+    for j in range(8):
+        first, bit = divmod(width * j, 8)
+        view = np.ndarray((groups,), dtype=big, buffer=buffer, offset=first, strides=(width,))
+        shift = np.dtype(native).type(8 * window - bit - width)
+        np.bitwise_and(view >> shift, mask, out=every[:, j], casting="unsafe")
+    flat = every.reshape(-1)
+    if flat[count:].any():
         raise BadInputError("packed field: non-zero padding bits")
-    values: NDArray[np.int64] = every[:count].astype(np.int64)
+    values: NDArray[np.int64] = flat[:count]
     if values.size and int(values.max()) >= prime:
         i = int(np.flatnonzero(values >= prime)[0])
         raise BadInputError(f"packed field: value at index {i} is not below the prime {prime}")
@@ -158,7 +164,8 @@ class SharePayload:
         )
         if isinstance(self.share, SeededShare):
             return header + framing.prefixed(self.share.seed)
-        return header + framing.prefixed64(pack_field(self.share.values, s.prime))
+        packed = pack_field(self.share.values, s.prime)
+        return b"".join((header, framing.u64(len(packed)), packed))  # = prefixed64, one copy
 
     @classmethod
     def from_bytes(cls, data: bytes, *, length: int | None = None) -> SharePayload:
@@ -189,7 +196,7 @@ class SharePayload:
             if size != packed_size(count, prime):
                 raise r.error(f"values has {size} bytes, expected {packed_size(count, prime)}")
             try:
-                values = unpack_field(r.take(size, "values"), count, prime)
+                values = unpack_field(r.view(size, "values"), count, prime)
             except BadInputError as exc:
                 if str(exc).startswith(WHAT):
                     raise

@@ -32,9 +32,10 @@ def build_mode(
     prime: int = 0,
 ) -> AggregationMode:
     """Build the mode a study asks for. Run by a committee member at configuration;
-    ``kept`` is a folder of the member's own for what the mode keeps between acceptance and
-    aggregation (see :class:`CkksMode`). MPC needs the study, the committee order, this
-    member and the threshold and prime, all from the approved manifest.
+    ``kept`` is a folder of the member's own for what CKKS keeps between acceptance and
+    aggregation (see :class:`CkksMode`; MPC keeps a running sum in memory instead). MPC
+    needs the study, the committee order, this member and the threshold and prime, all from
+    the approved manifest.
 
     Raises :class:`BadInputError` for a CKKS context that is malformed or holds a secret
     key, :class:`ConfigError` for an unknown spec.
@@ -48,9 +49,7 @@ def build_mode(
         return CkksMode(context, kept)
     if isinstance(spec, MpcSpec):
         scheme = ShamirScheme(members=len(members), threshold=threshold, prime=prime)
-        return MpcMode(
-            study_id=study_id, members=members, member_id=member_id, scheme=scheme, kept=kept
-        )
+        return MpcMode(study_id=study_id, members=members, member_id=member_id, scheme=scheme)
     raise ConfigError(f"secure mode: unsupported spec {type(spec).__name__}")
 
 

@@ -13,24 +13,26 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from cohort.aggregator.modes.base import AggregationMode, ModeSpec, OpenedSum
-from cohort.aggregator.modes.kept import KeptFiles
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import PublicIdentity
 from cohort.crypto.prg import share_domain
-from cohort.crypto.shamir import InconsistentShares, ShamirScheme, robust_reconstruct
+from cohort.crypto.shamir import (
+    InconsistentShares,
+    ShamirScheme,
+    reduce_mod,
+    robust_reconstruct,
+)
 from cohort.crypto.share_payload import SharePayload, pack_field, unpack_field
 from cohort.errors import BadInputError, VerificationError
-
-KEPT_SHARE_MAGIC = b"CHKS"  # a kept share: magic | u64 value count | int32 LE values
 
 
 def terms_digest(
@@ -67,8 +69,23 @@ class MpcSpec(ModeSpec):
         """Nothing is dealt in MPC mode: every owner shares with fresh randomness."""
 
 
+@dataclass
+class _RunningSum:
+    """What one round's acceptances have added up: the sum (not yet reduced mod p) and the
+    payload hash of each sender's share in it."""
+
+    total: NDArray[np.int64]
+    keys: dict[str, bytes] = field(default_factory=dict)
+
+
 class MpcMode(AggregationMode):
-    """Shares of one member (``index`` in the committee order) of a study's MPC terms."""
+    """Shares of one member (``index`` in the committee order) of a study's MPC terms.
+
+    Each accepted share is added to its round's running sum as it arrives, so aggregating
+    the usual client set (every share accepted) is one reduction, and memory is one vector
+    per open round whatever the number of owners. Any other client set (an owner dropped
+    by the norm check, a member restarted) is summed share by share from the stored
+    uploads."""
 
     name: ClassVar[str] = "mpc"
     partial: ClassVar[bool] = True
@@ -80,7 +97,6 @@ class MpcMode(AggregationMode):
         members: Sequence[str],
         member_id: str,
         scheme: ShamirScheme,
-        kept: Path | None = None,
     ) -> None:
         if member_id not in members:
             raise BadInputError(f"mpc: {member_id!r} is not in the committee")
@@ -89,7 +105,8 @@ class MpcMode(AggregationMode):
         self._member_id = member_id
         self.index = self._members.index(member_id)
         self.scheme = scheme
-        self._kept = None if kept is None else KeptFiles(kept, ".shr")
+        self._sums: dict[int, _RunningSum] = {}
+        self._lock = threading.Lock()
 
     def parse(self, payload: bytes, *, length: int) -> SharePayload:
         """The share in ``payload``, checked against this study and member."""
@@ -120,48 +137,37 @@ class MpcMode(AggregationMode):
     def accept(
         self, payload: bytes, *, length: int, round: int, key: bytes, sender: str = ""
     ) -> None:
-        """Check the share and, with a ``kept`` folder, keep its values (a seed expanded)
-        as ``kept/<round>-<key hex>.shr``, int32 little-endian: summing them later reads
-        each file once instead of parsing and expanding every share again."""
+        """Check the share and add its values (a seed expanded) to ``round``'s running sum.
+        Only a sender's first share counts there; whether the member's store kept that same
+        share is checked when the round is summed (:meth:`combine_kept`)."""
         share = self.parse(payload, length=length)
-        if self._kept is None or not sender:
+        if not sender:
             return
         values = share.values(domain=share_domain(self._study_id, round, self._member_id, sender))
-        header = KEPT_SHARE_MAGIC + length.to_bytes(8, "big")
-        self._kept.write(round, key, header, values.astype("<i4"))
+        with self._lock:
+            running = self._sums.get(round)
+            if running is None:
+                running = self._sums[round] = _RunningSum(np.zeros(length, dtype=np.int64))
+            if sender in running.keys or running.total.size != length:
+                return
+            # values < p < 2^31: int64 holds a sum of 2^32 of them, reduced once at the end
+            np.add(running.total, values, out=running.total)
+            running.keys[sender] = key
 
-    def _read(self, round: int, key: bytes) -> NDArray[np.int64] | None:
-        """A kept share (its values as accepted), or None when missing or damaged."""
-        if self._kept is None:
-            return None
-        try:
-            with self._kept.path(round, key).open("rb") as f:
-                header = f.read(12)
-                values = np.fromfile(f, dtype="<i4")
-        except OSError:
-            return None
-        if header[:4] != KEPT_SHARE_MAGIC or int.from_bytes(header[4:], "big") != values.size:
-            return None
-        if values.size and (int(values.min()) < 0 or int(values.max()) >= self.scheme.prime):
-            return None
-        return values.astype(np.int64)
-
-    def kept_values(
-        self, round: int, key: bytes, load: Callable[[], bytes], *, sender: str
+    def share_values(
+        self, round: int, load: Callable[[], bytes], *, sender: str
     ) -> NDArray[np.int64]:
-        """The field values of ``sender``'s accepted share in ``round``: from its kept file,
-        or (none kept, after a restart, say) parsed from the stored upload ``load()``."""
-        values = self._read(round, key)
-        if values is not None:
-            return values
+        """The field values of ``sender``'s accepted share in ``round``, parsed from its
+        stored upload ``load()``. Run by a member at the norm check."""
         share = SharePayload.from_bytes(load())
         self._check(share)
         return share.values(domain=share_domain(self._study_id, round, self._member_id, sender))
 
     def release(self, round: int) -> None:
-        """Remove the kept shares of rounds up to ``round``. Run by a committee member."""
-        if self._kept is not None:
-            self._kept.release(round)
+        """Forget the running sums of rounds up to ``round``. Run by a committee member."""
+        with self._lock:
+            for number in [n for n in self._sums if n <= round]:
+                del self._sums[number]
 
     def combine_kept(
         self,
@@ -172,20 +178,24 @@ class MpcMode(AggregationMode):
         senders: Sequence[str] = (),
     ) -> bytes:
         """This member's partial: the sum mod p of its shares from ``senders``, packed.
-        Kept shares are read from their files; any other is parsed from its upload."""
+        The running sum when it holds exactly those shares (``keys``: their payload
+        hashes); otherwise each share parsed from its upload ``load(i)``, one at a time."""
         if not senders or len(senders) != len(keys):
             raise BadInputError("mpc: combining needs the sender of every share")
         p = self.scheme.prime
-        total: NDArray[np.int64] | None = None
-        for i, (key, sender) in enumerate(zip(keys, senders, strict=True)):
-            values = self.kept_values(round, key, functools.partial(load, i), sender=sender)
-            if total is not None and values.size != total.size:
-                raise BadInputError(f"mpc: the share of {sender!r} has another length")
-            # values < p < 2^31: int64 holds the running sum of 2^32 of them, reduce once
-            total = values.copy() if total is None else np.add(total, values, out=total)
+        with self._lock:
+            running = self._sums.get(round)
+            wanted = dict(zip(senders, keys, strict=True))
+            total = running.total.copy() if running is not None and running.keys == wanted else None
+        if total is None:
+            for i, sender in enumerate(senders):
+                values = self.share_values(round, functools.partial(load, i), sender=sender)
+                if total is not None and values.size != total.size:
+                    raise BadInputError(f"mpc: the share of {sender!r} has another length")
+                total = values.copy() if total is None else np.add(total, values, out=total)
         assert total is not None
         self.release(round)
-        return pack_field(total % p, p)
+        return pack_field(reduce_mod(total, p), p)
 
     def combine(self, payloads: Iterable[bytes]) -> bytes:
         raise BadInputError("mpc: shares are combined with their senders (combine_kept)")

@@ -330,55 +330,75 @@ def test_a_dealt_spec_verifies_only_for_its_dealer_and_study() -> None:
         CkksSpec(context).verify_dealt(STUDY_ID, dealer.public)
 
 
-def test_mpc_kept_shares_are_parsed_once_and_released(tmp_path: Path) -> None:
-    """accept keeps each share's values (seeds expanded) once; combine_kept sums the files
-    without loading any upload, unless a file is gone or damaged, and removes them."""
+def test_mpc_running_sum_serves_the_full_set_and_every_other_set_is_loaded() -> None:
+    """accept adds each share to its round's running sum: combine_kept over exactly those
+    shares loads no upload. A smaller client set, a sender whose stored share is not the one
+    summed, or a restarted member (no running sum) sums the stored uploads instead, with the
+    same result; a sender's second share never enters the sum; a round's sum is released."""
     scheme = ShamirScheme(3, 2)
-    kept = tmp_path / "kept"
 
-    def mode() -> AggregationMode:
-        return build_mode(
+    def mode() -> MpcMode:
+        built = build_mode(
             MpcSpec(bytes(32)),
-            kept=kept,
             study_id=STUDY_ID,
             members=MEMBERS,
-            member_id="member-1",
+            member_id=MEMBERS[1],
             threshold=2,
             prime=PRIME,
         )
+        assert isinstance(built, MpcMode)
+        return built
 
     rng = np.random.default_rng(9)
     length = 1001
     senders = [f"owner-{i}" for i in range(4)]
-    payloads = []
+    secrets, payloads = [], []
     for i, sender in enumerate(senders):
         secret = FieldEncoding().encode(rng.normal(0, 1, length), clients=4)
         domains = [share_domain(STUDY_ID, 1, m, sender) for m in MEMBERS]
         shares = share(secret, scheme, domains=domains, seeded=[i % 2])  # seeds and full
-        payloads.append(SharePayload(scheme, length, shares[0]).to_bytes())
+        secrets.append(secret)
+        payloads.append(SharePayload(scheme, length, shares[1]).to_bytes())
     keys = [tagged_hash(Tag.PAYLOAD, p) for p in payloads]
-    first = mode()
-    for payload, key, sender in zip(payloads, keys, senders, strict=True):
-        first.accept(payload, length=length, round=1, key=key, sender=sender)
-    assert len(list(kept.glob("*.shr"))) == 4
-    expected = build_mode(
-        MpcSpec(bytes(32)),
-        study_id=STUDY_ID,
-        members=MEMBERS,
-        member_id="member-1",
-        threshold=2,
-        prime=PRIME,
-    ).combine_kept(1, keys, payloads.__getitem__, senders=senders)
     loaded: list[int] = []
 
     def load(i: int) -> bytes:
         loaded.append(i)
         return payloads[i]
 
-    files = sorted(kept.glob("*.shr"))
-    files[0].unlink()
-    files[1].write_bytes(files[1].read_bytes()[:-4])
-    again = mode()  # a restarted member over the same folder
-    assert again.combine_kept(1, keys, load, senders=senders) == expected
-    assert len(loaded) == 2  # only the two whose files were spoilt
-    assert list(kept.iterdir()) == []
+    def reference(indices: list[int]) -> bytes:
+        fresh = mode()
+        return fresh.combine_kept(
+            1, [keys[i] for i in indices], lambda j: payloads[indices[j]],
+            senders=[senders[i] for i in indices],
+        )  # fmt: skip
+
+    first = mode()
+    for payload, key, sender in zip(payloads, keys, senders, strict=True):
+        first.accept(payload, length=length, round=1, key=key, sender=sender)
+    # a second share of owner-0 (another payload) is checked but stays out of the sum
+    first.accept(payloads[1], length=length, round=1, key=keys[1], sender=senders[0])
+    full = first.combine_kept(1, keys, load, senders=senders)
+    assert loaded == []
+    assert full == reference([0, 1, 2, 3])
+    assert full != reference([0, 1, 2])  # the sum depends on the set (the test can fail)
+    # released: the same call again (a replayed Aggregate) sums the stored uploads
+    assert first.combine_kept(1, keys, load, senders=senders) == full
+    assert loaded == [0, 1, 2, 3]
+
+    for sums_of, expected in (
+        # a smaller set (owner-3 dropped by the norm check, say)
+        (lambda m: m.combine_kept(1, keys[:3], load, senders=senders[:3]), reference([0, 1, 2])),
+        # the store holds another share of owner-3 than the one summed
+        (lambda m: m.combine_kept(1, [*keys[:3], keys[2]], load, senders=senders), full),
+    ):
+        loaded.clear()
+        again = mode()
+        for payload, key, sender in zip(payloads, keys, senders, strict=True):
+            again.accept(payload, length=length, round=1, key=key, sender=sender)
+        assert sums_of(again) == expected
+        assert loaded, "a set other than the running sum's must be loaded"
+    loaded.clear()
+    restarted = mode()
+    assert restarted.combine_kept(1, keys, load, senders=senders) == full
+    assert loaded == [0, 1, 2, 3]

@@ -29,6 +29,7 @@ from committee_testkit import (
 from cohort.aggregator.control import ConfirmBody, SignedPartial, ValidateBody
 from cohort.aggregator.member import AggregateResult, CommitteeMember
 from cohort.aggregator.modes import MpcMode, MpcSpec
+from cohort.aggregator.mpc_member import NORM_CHECK_TIMEOUT_S, warm_norm_checks
 from cohort.aggregator.mpc_records import ValidationVerdict, mpc_terms_digest, partial_digest
 from cohort.crypto.fixed_point import FRAC_BITS, PRIME, FieldEncoding
 from cohort.crypto.hashing import Tag, tagged_hash
@@ -300,3 +301,63 @@ def test_validate_and_confirm_refuse_what_the_manifest_and_the_store_do_not_back
     # Confirm before this member aggregated anything, or over another client set: refused.
     with pytest.raises(CohortError, match="not_aggregated"):
         _confirm(coord, first, OWNER_IDS[:2], [])
+
+
+def test_a_member_confirms_one_sum_per_round_also_after_a_restart(
+    make_member: MakeMember,
+    study: SignedManifest,
+    mpc_members: tuple[Coordinator, list[CommitteeMember]],
+    owners: dict[str, Owner],
+    member_keys: dict[str, Any],
+) -> None:
+    """With t = 2 any two partials define a sum, and a member's own point lies on every
+    line through it: a coordinator holding a liar's signed partial could have one member
+    attest two sums. The first confirmed sum is kept on disk; a restart does not free it."""
+    coord, members = mpc_members
+    for pid in OWNER_IDS:
+        _upload(study, owners[pid], owners[pid].vector * 0.1, members)
+    _validate(coord, members, OWNER_IDS)
+    partials = [coord.aggregate(m, 1, OWNER_IDS) for m in members]
+    lying = partials[2]  # member-3 signs, with its own key, a partial off the polynomial
+    forged = pack_field((unpack_field(lying.aggregate, LENGTH, PRIME) + 1) % PRIME, PRIME)
+    signature = member_keys[lying.member_id].identity.sign(
+        partial_digest(
+            study_id=study.study_id,
+            round=1,
+            member_id=lying.member_id,
+            client_ids=tuple(sorted(OWNER_IDS)),
+            partial_hash=tagged_hash(Tag.AGGREGATE, forged),
+        )
+    )
+    liar = dataclasses.replace(lying, aggregate=forged, signature=signature)
+    honest = _confirm(coord, members[0], OWNER_IDS, partials[:2])
+    assert _confirm(coord, members[0], OWNER_IDS, partials[:2]).aggregate == honest.aggregate
+    with pytest.raises(ProtocolAbort, match="confirm_conflict"):
+        _confirm(coord, members[0], OWNER_IDS, [partials[0], liar])
+    members[0].close()
+    restarted = make_member(MEMBER_IDS[0], approved=(study,))
+    with pytest.raises(ProtocolAbort, match="confirm_conflict"):
+        _confirm(coord, restarted, OWNER_IDS, [partials[0], liar])
+    assert _confirm(coord, restarted, OWNER_IDS, partials[:2]).aggregate == honest.aggregate
+
+
+def test_a_serving_member_warms_its_norm_checks_up_for_mpc_studies_only(
+    make_member: MakeMember, study: SignedManifest, signer: Any, coord: Coordinator
+) -> None:
+    """``on_mpc_study`` runs when an MPC study is configured or reloaded after a restart,
+    never for a CKKS one; the warm-up starts the forkserver once, in the background."""
+    calls: list[str] = []
+    mpc = make_member(MEMBER_IDS[0], approved=(study,), on_mpc_study=lambda: calls.append("mpc"))
+    assert calls == []
+    Coordinator(signer, study, MpcSpec(mpc_terms_digest(study.manifest))).configure(mpc)
+    assert calls == ["mpc"]
+    mpc.close()
+    make_member(MEMBER_IDS[0], approved=(study,), on_mpc_study=lambda: calls.append("again"))
+    assert calls == ["mpc", "again"]
+    ckks = make_member(MEMBER_IDS[1], on_mpc_study=lambda: calls.append("ckks"))
+    coord.configure(ckks)  # the default study: CKKS
+    assert calls == ["mpc", "again"]
+    thread = warm_norm_checks()
+    assert warm_norm_checks() is thread
+    thread.join(timeout=NORM_CHECK_TIMEOUT_S)
+    assert not thread.is_alive()

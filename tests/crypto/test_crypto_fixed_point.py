@@ -124,3 +124,26 @@ def test_field_sum_equals_quantized_sum(clients: int, data: st.DataObject) -> No
     for update in updates:
         plain = plain + quantize(update, grid=DEFAULT_PARAMS.release_grid)
     np.testing.assert_array_equal(ENC.decode(field_sum), plain)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(-6.0, 6.0, allow_nan=False),
+            # exact ties of the grid, both signs: half to even, as numpy's round
+            st.integers(-(2**18), 2**18).map(lambda k: (k + 0.5) * 2.0**-16),
+        ),
+        max_size=50,
+    )
+)
+def test_encode_and_decode_equal_their_definition(values: list[float]) -> None:
+    """The branchless encode/decode against the formulas in the module doc, written plainly:
+    round(x * 2^f) mod p, and the signed lift divided by 2^f."""
+    enc = FieldEncoding()
+    array = np.array(values, dtype=np.float64)
+    expected = np.mod(np.round(array * 2.0**FRAC_BITS).astype(np.int64), PRIME)
+    encoded = enc.encode(array, clients=10)
+    np.testing.assert_array_equal(encoded, expected)
+    signed = np.where(expected > PRIME // 2, expected - PRIME, expected)
+    np.testing.assert_array_equal(enc.decode(encoded), signed * 2.0**-FRAC_BITS)
