@@ -550,8 +550,7 @@ def goals(results: dict[str, Any]) -> list[str]:
         f"{fmt_s(mpc['client_s']['median'])} + slowest member "
         f"{fmt_s(mpc['member_s_slowest']['median'])} + coordinator "
         f"{fmt_s(mpc['coordinator_s']['median'])} = {fmt_s(mpc['round_s'])}, minus the "
-        f"plaintext round's {fmt_s(mpc['plain_round_s'])} (quantise + sum); "
-        f"{fmt_s(mpc['round_s'])} even without subtracting it | "
+        f"plaintext round's {fmt_s(mpc['plain_round_s'])} (quantise + sum) | "
         f"{verdict(added <= GOAL_ADDED_S)} |",
         f"| >= {GOAL_SPEEDUP:g}x faster than SecAgg+'s added time | SecAgg+ adds "
         f"{fmt_s(sec['added_round_s'])} (defaults) / {fmt_s(sec1['added_round_s'])} "

@@ -20,13 +20,16 @@ import itertools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from cohort.crypto.fixed_point import PRIME, check_prime
+from cohort.crypto.fixed_point import BLOCK, PRIME, check_prime
 from cohort.crypto.prg import SEED_BYTES, expand_field
 from cohort.errors import BadInputError, ConfigError, VerificationError
+
+IntArray = TypeVar("IntArray", NDArray[np.int64], NDArray[np.uint32])
 
 
 class InconsistentShares(VerificationError):
@@ -69,10 +72,11 @@ class SeededShare:
 
 @dataclass(frozen=True, eq=False)
 class FullShare:
-    """Member ``index``'s share as explicit field values."""
+    """Member ``index``'s share as explicit field values: int64, or uint32 where a member
+    parsed it narrow (:meth:`cohort.crypto.share_payload.SharePayload.narrow_values`)."""
 
     index: int
-    values: NDArray[np.int64]
+    values: NDArray[np.int64] | NDArray[np.uint32]
 
 
 Share = SeededShare | FullShare
@@ -105,24 +109,32 @@ def _combine(
     # per term only when products are that large; below 2^23 (the default field) one
     # reduction at the end is exact for up to 2^16 terms (their sum stays below 2^62).
     lazy = prime < 2**23 and len(rows) < 2**16
-    total = np.multiply(rows[0], np.int64(coefficients[0]))
-    term = np.empty_like(total)
-    for c, row in zip(coefficients[1:], rows[1:], strict=True):
-        np.multiply(row, np.int64(c), out=term)
-        if not lazy:
-            reduce_mod(term, prime)
-            reduce_mod(total, prime)
-        np.add(total, term, out=total)
-    return reduce_mod(total, prime)
+    size = rows[0].size
+    out = np.empty(size, dtype=np.int64)
+    term = np.empty(min(size, BLOCK), dtype=np.int64)
+    for start in range(0, size, BLOCK):
+        stop = min(size, start + BLOCK)
+        total, scratch = out[start:stop], term[: stop - start]
+        np.multiply(rows[0][start:stop], np.int64(coefficients[0]), out=total)
+        for c, row in zip(coefficients[1:], rows[1:], strict=True):
+            np.multiply(row[start:stop], np.int64(c), out=scratch)
+            if not lazy:
+                reduce_mod(scratch, prime)
+                reduce_mod(total, prime)
+            np.add(total, scratch, out=total)
+        reduce_mod(total, prime)
+    return out
 
 
-def reduce_mod(values: NDArray[np.int64], prime: int) -> NDArray[np.int64]:
-    """``values mod prime`` in place, for ``values >= 0``: ``v - (v // p) * p``, since
-    numpy divides by a constant (libdivide) about three times faster than it takes a
-    remainder."""
-    quotient = np.floor_divide(values, prime)
-    quotient *= prime
-    values -= quotient
+def reduce_mod(values: IntArray, prime: int) -> IntArray:
+    """``values mod prime`` in place, for ``values >= 0``: ``v - (v // p) * p`` (numpy
+    divides by a constant, with libdivide, about three times faster than it takes a
+    remainder), block by block."""
+    for start in range(0, values.size, BLOCK):
+        block = values[start : start + BLOCK]
+        quotient = np.floor_divide(block, prime)
+        quotient *= prime
+        block -= quotient
     return values
 
 

@@ -16,7 +16,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -71,11 +71,19 @@ class MpcSpec(ModeSpec):
 
 @dataclass
 class _RunningSum:
-    """What one round's acceptances have added up: the sum (not yet reduced mod p) and the
-    payload hash of each sender's share in it."""
+    """What one round's acceptances have added up: the sum in uint32 (reduced mod p once
+    ``pending`` additions more could overflow it) and the payload hash of each sender's
+    share in it."""
 
-    total: NDArray[np.int64]
+    total: NDArray[np.uint32]
     keys: dict[str, bytes] = field(default_factory=dict)
+    pending: int = 0
+
+
+def lazy_adds_u32(prime: int) -> int:
+    """How many values below ``prime`` may be added in uint32 to a reduced total before a
+    reduction is due: ``(m + 1) * (prime - 1) <= 2^32 - 1`` (511 for the default prime)."""
+    return (2**32 - 1) // (prime - 1) - 1
 
 
 class MpcMode(AggregationMode):
@@ -140,18 +148,24 @@ class MpcMode(AggregationMode):
         """Check the share and add its values (a seed expanded) to ``round``'s running sum.
         Only a sender's first share counts there; whether the member's store kept that same
         share is checked when the round is summed (:meth:`combine_kept`)."""
-        share = self.parse(payload, length=length)
+        share = SharePayload.from_bytes(payload, length=length, narrow=True)
+        self._check(share)
         if not sender:
             return
-        values = share.values(domain=share_domain(self._study_id, round, self._member_id, sender))
+        domain = share_domain(self._study_id, round, self._member_id, sender)
+        values = share.narrow_values(domain=domain)
+        p = self.scheme.prime
         with self._lock:
             running = self._sums.get(round)
             if running is None:
-                running = self._sums[round] = _RunningSum(np.zeros(length, dtype=np.int64))
+                running = self._sums[round] = _RunningSum(np.zeros(length, dtype=np.uint32))
             if sender in running.keys or running.total.size != length:
                 return
-            # values < p < 2^31: int64 holds a sum of 2^32 of them, reduced once at the end
+            if running.pending >= lazy_adds_u32(p):
+                reduce_mod(running.total, p)
+                running.pending = 0
             np.add(running.total, values, out=running.total)
+            running.pending += 1
             running.keys[sender] = key
 
     def share_values(
@@ -186,16 +200,22 @@ class MpcMode(AggregationMode):
         with self._lock:
             running = self._sums.get(round)
             wanted = dict(zip(senders, keys, strict=True))
-            total = running.total.copy() if running is not None and running.keys == wanted else None
-        if total is None:
-            for i, sender in enumerate(senders):
-                values = self.share_values(round, functools.partial(load, i), sender=sender)
-                if total is not None and values.size != total.size:
-                    raise BadInputError(f"mpc: the share of {sender!r} has another length")
-                total = values.copy() if total is None else np.add(total, values, out=total)
+            held = running is not None and running.keys == wanted
+            fast = running.total.copy() if running is not None and held else None
+        if fast is not None:
+            return self._finish(round, reduce_mod(fast, p))
+        total: NDArray[np.int64] | None = None
+        for i, sender in enumerate(senders):
+            values = self.share_values(round, functools.partial(load, i), sender=sender)
+            if total is not None and values.size != total.size:
+                raise BadInputError(f"mpc: the share of {sender!r} has another length")
+            total = values.copy() if total is None else np.add(total, values, out=total)
         assert total is not None
+        return self._finish(round, reduce_mod(total, p))
+
+    def _finish(self, round: int, partial: NDArray[np.integer[Any]]) -> bytes:
         self.release(round)
-        return pack_field(reduce_mod(total, p), p)
+        return pack_field(partial, self.scheme.prime)
 
     def combine(self, payloads: Iterable[bytes]) -> bytes:
         raise BadInputError("mpc: shares are combined with their senders (combine_kept)")

@@ -23,6 +23,7 @@ from cohort.aggregator.modes import (
     dealt_context_digest,
     sign_dealt_context,
 )
+from cohort.aggregator.modes.mpc import lazy_adds_u32
 from cohort.crypto.ckks import CkksSecretContext
 from cohort.crypto.fixed_point import PRIME, FieldEncoding
 from cohort.crypto.hashing import Tag, tagged_hash
@@ -401,3 +402,42 @@ def test_mpc_running_sum_serves_the_full_set_and_every_other_set_is_loaded() -> 
     restarted = mode()
     assert restarted.combine_kept(1, keys, load, senders=senders) == full
     assert loaded == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("prime", "owners"),
+    [(PRIME, 2 * lazy_adds_u32(PRIME) + 100), (2**31 - 1, 7)],  # sums past 2^32
+)
+def test_mpc_running_sum_reduces_before_uint32_can_overflow(prime: int, owners: int) -> None:
+    """The running sum is uint32, reduced mod p every lazy_adds_u32(p) additions: with
+    values near p it would wrap without those reductions. It equals the int64 sum of the
+    stored uploads (the path a restarted member takes)."""
+    assert lazy_adds_u32(PRIME) == 511
+    assert lazy_adds_u32(2**31 - 1) == 1
+    scheme = ShamirScheme(3, 2, prime)
+    length = 16
+    senders = [f"owner-{i:04d}" for i in range(owners)]
+    rng = np.random.default_rng(owners)
+    payloads = []
+    for sender in senders:
+        secret = rng.integers(prime - 1000, prime, length)  # near p: the worst case
+        domains = [share_domain(STUDY_ID, 1, m, sender) for m in MEMBERS]
+        (_, mine, _) = share(secret, scheme, domains=domains, seeded=[0])
+        payloads.append(SharePayload(scheme, length, mine).to_bytes())
+    keys = [tagged_hash(Tag.PAYLOAD, p) for p in payloads]
+
+    def mode() -> MpcMode:
+        return MpcMode(study_id=STUDY_ID, members=MEMBERS, member_id=MEMBERS[1], scheme=scheme)
+
+    running = mode()
+    for payload, key, sender in zip(payloads, keys, senders, strict=True):
+        running.accept(payload, length=length, round=1, key=key, sender=sender)
+    fast = running.combine_kept(1, keys, payloads.__getitem__, senders=senders)
+    slow = mode().combine_kept(1, keys, payloads.__getitem__, senders=senders)
+    assert fast == slow
+    values = [
+        mode().values(p, length=length, round=1, sender=s)
+        for p, s in zip(payloads, senders, strict=True)
+    ]
+    expected = np.sum(np.array(values, dtype=object), axis=0) % prime
+    np.testing.assert_array_equal(unpack_field(fast, length, prime), expected.astype(np.int64))

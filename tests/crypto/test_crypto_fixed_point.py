@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from cohort.crypto.ckks import DEFAULT_PARAMS
 from cohort.crypto.encoding import quantize
 from cohort.crypto.fixed_point import (
+    BLOCK,
     FRAC_BITS,
     PRIME,
     EncodingRangeError,
@@ -147,3 +148,13 @@ def test_encode_and_decode_equal_their_definition(values: list[float]) -> None:
     np.testing.assert_array_equal(encoded, expected)
     signed = np.where(expected > PRIME // 2, expected - PRIME, expected)
     np.testing.assert_array_equal(enc.decode(encoded), signed * 2.0**-FRAC_BITS)
+
+
+def test_encode_and_decode_span_blocks() -> None:
+    """Block by block (BLOCK values), with a partial last block: the same as the formula."""
+    enc = FieldEncoding()
+    array = np.random.default_rng(3).normal(0, 1, 2 * BLOCK + 5)
+    expected = np.mod(np.round(array * 2.0**FRAC_BITS).astype(np.int64), PRIME)
+    encoded = enc.encode(array, clients=10)
+    np.testing.assert_array_equal(encoded, expected)
+    np.testing.assert_array_equal(enc.decode(encoded), np.round(array * 2.0**FRAC_BITS) / 2**16)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats  # type: ignore[import-untyped]
 
-from cohort.crypto.fixed_point import PRIME
+from cohort.crypto.fixed_point import BLOCK, PRIME
 from cohort.crypto.prg import share_domain
 from cohort.crypto.shamir import (
     FullShare,
@@ -22,6 +22,7 @@ from cohort.crypto.shamir import (
     additive_share,
     lagrange_at_zero,
     reconstruct,
+    reduce_mod,
     robust_reconstruct,
     share,
     share_values,
@@ -230,3 +231,24 @@ def test_t_minus_1_shares_are_independent_of_the_secret() -> None:
 
 def test_independence_check_catches_a_biased_sharing() -> None:
     assert not _same_distribution(_biased_pairs(0, "a"), _biased_pairs(11, "b"))
+
+
+@pytest.mark.parametrize("prime", [PRIME, 2**31 - 1])  # the lazy and the per-term reduction
+def test_vectors_longer_than_a_block_share_and_reconstruct_exactly(prime: int) -> None:
+    """The arithmetic runs block by block (BLOCK values): a vector spanning blocks, with a
+    partial last one, reconstructs from every t-subset, and reduce_mod equals ``%``."""
+    scheme = ShamirScheme(3, 2, prime)
+    length = 2 * BLOCK + 37
+    rng = np.random.default_rng(prime)
+    secret = rng.integers(0, prime, length)
+    domains = [share_domain("ab" * 32, 1, f"m{i}", "owner") for i in range(3)]
+    shares = share(secret, scheme, domains=domains, seeded=[1])
+    points = {
+        s.index: share_values(s, scheme, domain=domains[s.index], length=length) for s in shares
+    }
+    for subset in itertools.combinations(range(3), 2):
+        np.testing.assert_array_equal(reconstruct({i: points[i] for i in subset}, scheme), secret)
+    wide = rng.integers(0, 2**62, length)
+    np.testing.assert_array_equal(reduce_mod(wide.copy(), prime), wide % prime)
+    narrow = rng.integers(0, 2**32, length, dtype=np.uint64).astype(np.uint32)
+    np.testing.assert_array_equal(reduce_mod(narrow.copy(), prime), narrow % np.uint32(prime))
