@@ -34,10 +34,10 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import cohort.aggregator.member_copies as member_copies
 from cohort.aggregator.control import AggregateBody as _AggregateBody
 from cohort.aggregator.control import (
     ConfigureBody,
@@ -48,7 +48,6 @@ from cohort.aggregator.control import (
     ReplicateBody,
     SignedControl,
     StatusBody,
-    UploadSource,
     ValidateBody,
     canonical_client_ids,
 )
@@ -65,7 +64,6 @@ from cohort.aggregator.mpc_records import ValidationVerdict, mpc_terms_digest, p
 from cohort.aggregator.records import (
     AggregateResult,
     CopyFailure,
-    Holding,
     MemberInfo,
     PublicStatus,
     Reason,
@@ -83,9 +81,9 @@ from cohort.clients.ledger_commitment import attested_heads, select_commitments
 from cohort.crypto import upload as committee_upload
 from cohort.crypto.envelope import Envelope
 from cohort.crypto.hashing import Tag, client_set_hash, tagged_hash
-from cohort.crypto.identity import Identity, PublicIdentity, seal_to
+from cohort.crypto.identity import Identity, PublicIdentity
 from cohort.crypto.upload import CommitteeUpload
-from cohort.errors import BadInputError, CohortError, ConfigError, VerificationError
+from cohort.errors import BadInputError, ConfigError, VerificationError
 from cohort.federation.approval import Role, approved_manifest
 from cohort.federation.manifest import (
     CommitteeEntry,
@@ -98,7 +96,6 @@ from cohort.logs import fields, get_logger
 log = get_logger(__name__)
 
 KEYS_DIR = "keys"
-FETCH_WORKERS = 4
 """Copies a member fetches at once during Replicate (memory: a few payloads, whatever the
 number of data owners)."""
 
@@ -417,7 +414,7 @@ class CommitteeMember:
             state = self._store.round_state(study.study_id)
             number = state.open_round
             received = self._store.senders(study.study_id, number) if number is not None else ()
-            failures = self._failures(study, number) if number is not None else ()
+            failures = member_copies.failures(self, study, number) if number is not None else ()
             aggregated = self._store.aggregated(study.study_id)
         return StudyStatus(
             study.study_id, state.open_round, state.highest, received, aggregated, failures
@@ -542,170 +539,34 @@ class CommitteeMember:
                     f"{upload.sender!r} already uploaded for round {upload.round}; first kept",
                 )
 
-    # -- members: copies of uploads ------------------------------------------------------
+    # -- members: copies of uploads (cohort.aggregator.member_copies) ---------------------
 
     def fetch(self, request: FetchRequest) -> bytes:
-        """Hand another member this member's copy of one upload. Called by that member
-        (Fetch RPC) while it runs :meth:`replicate`.
-
-        Refused unless the study is configured here (``not_configured``), the requester is
-        in the manifest's committee (``unknown_requester``), the request names this member
-        (``wrong_responder``) and is signed by the requester's manifest key
-        (``bad_fetch_signature``), the round is the open one (``round_not_open``) and this
-        member holds a relayable upload of that sender (``not_held``). The copy carries the
-        owner's signed fields and signature, its payload sealed to the requester.
-        """
-        study = self._studies.get(request.study_id)
-        if study is None:
-            raise Refusal.NOT_CONFIGURED.error(
-                f"member {self.member_id} is not configured for study {request.study_id[:16]}"
-            )
-        requester = study.manifest.member(request.requester)
-        if requester is None:
-            raise Refusal.UNKNOWN_REQUESTER.error(
-                f"{request.requester[:64]!r} is not in the study's committee"
-            )
-        if request.responder != self.member_id:
-            raise Refusal.WRONG_RESPONDER.error(
-                f"the request is for {request.responder[:64]!r}, not {self.member_id!r}"
-            )
-        request.verify(requester.identity)
-        if self._store.round_state(study.study_id).open_round != request.round:
-            raise Refusal.ROUND_NOT_OPEN.error(f"round {request.round} is not open")
-        held = self._store.relayable(study.study_id, request.round, request.sender)
-        if held is None:
-            raise Refusal.NOT_HELD.error(
-                f"no relayable upload of {request.sender[:64]!r} for round {request.round}"
-            )
-        copy = CommitteeUpload(
-            study_id=study.study_id,
-            round=request.round,
-            sender=request.sender,
-            committee=study.address,
-            payload_hash=held.payload_hash,
-            nonce=held.fields.nonce,
-            sealed_payload=seal_to(requester.identity, held.payload),
-            signature=held.fields.signature,
-        )
-        log.info(
-            "copy handed over",
-            extra=fields(
-                member=self.member_id,
-                to=request.requester,
-                sender=request.sender,
-                round=request.round,
-            ),
-        )
-        return copy.to_bytes()
+        """Hand another member this member's copy of one upload (Fetch RPC); see
+        :func:`cohort.aggregator.member_copies.hand_over`."""
+        return member_copies.hand_over(self, self._studies.get(request.study_id), request)
 
     def replicate(self, control: SignedControl) -> Replication:
-        """Fetch the open round's uploads this member lacks. Called by the coordinator once
-        the data owners' receipts are in (signed Replicate, body: one source per upload).
-
-        For each source (owner, member, payload hash, receipt) whose upload this member does
-        not hold, it checks the receipt against that member's manifest key (``bad_receipt``:
-        nothing is fetched), asks that member for its copy (a :class:`FetchRequest` signed
-        with this member's key) and keeps the copy only if it passes every check an upload
-        passes - the owner's signature and payload hash, study, open round, committee, fresh
-        nonce, CKKS framing - and carries the hash of the receipt. A copy not handed over is
-        ``withheld``; a copy that fails a check is recorded with that check's reason. Every
-        such :class:`CopyFailure` (sender, relayer, reason) is kept until the round ends and
-        reported here and in Status. ``round_not_open`` unless the call is for the open round.
-        """
+        """Fetch the open round's uploads this member lacks (signed Replicate); see
+        :func:`cohort.aggregator.member_copies.replicate`."""
         study = self._verified(control, ControlKind.REPLICATE)
-        body = ReplicateBody.from_bytes(control.body)
-        number = body.round
-        if self._store.round_state(study.study_id).open_round != number:
-            raise Refusal.ROUND_NOT_OPEN.error(f"round {number} is not open")
-        have = set(self._store.senders(study.study_id, number))
-        wanted: dict[str, list[UploadSource]] = {}
-        for source in body.sources:
-            if source.sender in have or source.holder == self.member_id:
-                continue
-            group = wanted.setdefault(source.sender, [])
-            if source not in group:
-                group.append(source)
-        if wanted:
-            workers = min(FETCH_WORKERS, len(wanted))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(lambda group: self._copy(study, number, group), wanted.values()))
-        held = tuple(Holding(s, h) for s, h in self._store.holdings(study.study_id, number))
-        return Replication(number, held, self._failures(study, number))
+        return member_copies.replicate(self, study, ReplicateBody.from_bytes(control.body))
 
-    def _copy(self, study: _Study, number: int, sources: Sequence[UploadSource]) -> None:
-        """Take one owner's upload from the first of ``sources`` that hands a good copy."""
-        for source in sources:
-            failure = self._copy_from(study, number, source)
-            if failure is None:
-                return
-            self._store.record_copy_failure(
-                study.study_id,
-                number,
-                failure.sender,
-                failure.relayer,
-                failure.reason.value,
-                failure.detail,
-            )
-            log.warning(
-                "copy refused",
-                extra=fields(
-                    member=self.member_id,
-                    sender=failure.sender,
-                    relayer=failure.relayer,
-                    round=number,
-                    reason=failure.reason.value,
-                    detail=failure.detail,
-                ),
-            )
+    def take_copy(
+        self, copy: CommitteeUpload, study: _Study, owner: OwnerEntry, payload_hash: bytes
+    ) -> None:
+        """Every check an upload passes (no deadline: the round's uploads are in), that the
+        copy is the receipted upload, then store it. Raises :class:`Rejected`."""
+        self._precheck(copy, study, deadline=False)
+        payload = self._authenticate(copy, owner.identity, study)
+        if copy.payload_hash != payload_hash:
+            raise Rejected(Reason.RECEIPT_MISMATCH, "the copy is not the upload receipted")
+        self._store_upload(copy, study, payload)
 
-    def _copy_from(self, study: _Study, number: int, source: UploadSource) -> CopyFailure | None:
-        def failed(reason: Reason, detail: str) -> CopyFailure:
-            return CopyFailure(source.sender, source.holder, reason, detail[:500])
-
-        holder = study.manifest.member(source.holder)
-        owner = study.owners.get(source.sender)
-        if holder is None or owner is None:
-            return failed(Reason.BAD_RECEIPT, "sender or holder is not in the manifest")
-        receipt = UploadReceipt(
-            source.holder, study.study_id, number, source.sender, source.payload_hash,
-            source.receipt,
-        )  # fmt: skip
-        try:
-            receipt.verify(holder.identity)
-        except VerificationError as exc:
-            return failed(Reason.BAD_RECEIPT, str(exc))
-        request = FetchRequest.sign(
-            self._keys.identity,
-            study_id=study.study_id,
-            round=number,
-            sender=source.sender,
-            responder=holder.member_id,
-        )
-        try:
-            data = self._fetch(study.manifest, holder, request)
-        except CohortError as exc:
-            return failed(Reason.WITHHELD, str(exc))
-        try:
-            copy = CommitteeUpload.from_bytes(data)
-        except BadInputError as exc:
-            return failed(Reason.MALFORMED, str(exc))
-        try:
-            self._precheck(copy, study, deadline=False)
-            payload = self._authenticate(copy, owner.identity, study)
-            if copy.payload_hash != source.payload_hash:
-                raise Rejected(Reason.RECEIPT_MISMATCH, "the copy is not the upload receipted")
-            self._store_upload(copy, study, payload)
-        except Rejected as rejected:
-            return failed(rejected.reason, rejected.detail)
-        log.info(
-            "copy taken",
-            extra=fields(
-                member=self.member_id, sender=source.sender, relayer=source.holder, round=number
-            ),
-        )
-        return None
-
-    def _fetch(self, manifest: Manifest, holder: CommitteeEntry, request: FetchRequest) -> bytes:
+    def fetch_from(
+        self, manifest: Manifest, holder: CommitteeEntry, request: FetchRequest
+    ) -> bytes:
+        """Ask ``holder`` for a copy (the injected fetcher, or gRPC over pinned TLS)."""
         fetcher = self._fetcher
         if fetcher is None:
             # gRPC client of the other members; imported here because it imports this module
@@ -717,12 +578,6 @@ class CommitteeMember:
                     self._fetcher, self._own_fetcher = peers, peers.close
                 fetcher = self._fetcher
         return fetcher(manifest, holder, request)
-
-    def _failures(self, study: _Study, number: int) -> tuple[CopyFailure, ...]:
-        return tuple(
-            CopyFailure(sender, relayer, Reason(reason), detail)
-            for sender, relayer, reason, detail in self._store.copy_failures(study.study_id, number)
-        )
 
     def _reject(
         self,
