@@ -111,6 +111,24 @@ def _confirm(
     return member.confirm(coord.control(member.member_id, body))
 
 
+def _signed_lie(
+    study: SignedManifest, partial: AggregateResult, member_keys: dict[str, Any]
+) -> AggregateResult:
+    """``partial`` moved off the sum polynomial (+1 everywhere) and signed, with its own
+    key, by the member that made it: a lying member, not an outsider's forgery."""
+    forged = pack_field((unpack_field(partial.aggregate, LENGTH, PRIME) + 1) % PRIME, PRIME)
+    signature = member_keys[partial.member_id].identity.sign(
+        partial_digest(
+            study_id=study.study_id,
+            round=1,
+            member_id=partial.member_id,
+            client_ids=tuple(sorted(OWNER_IDS)),
+            partial_hash=tagged_hash(Tag.AGGREGATE, forged),
+        )
+    )
+    return dataclasses.replace(partial, aggregate=forged, signature=signature)
+
+
 def _oracle(study: SignedManifest, vectors: Sequence[np.ndarray]) -> np.ndarray:
     encoding = FieldEncoding()
     clients = len(study.manifest.owners)
@@ -187,25 +205,13 @@ def test_a_wrong_partial_is_detected_and_with_redundancy_named(
         _upload(study, owners[pid], owners[pid].vector * 0.1, members)
     _validate(coord, members, OWNER_IDS)
     partials = [coord.aggregate(m, 1, OWNER_IDS) for m in members]
-    # member-3 lies: it signs (with its own key) a partial off the polynomial.
     lying = partials[2]
-    values = unpack_field(lying.aggregate, LENGTH, PRIME)
-    forged = pack_field((values + 1) % PRIME, PRIME)
-    signature = member_keys[lying.member_id].identity.sign(
-        partial_digest(
-            study_id=study.study_id,
-            round=1,
-            member_id=lying.member_id,
-            client_ids=tuple(sorted(OWNER_IDS)),
-            partial_hash=tagged_hash(Tag.AGGREGATE, forged),
-        )
-    )
-    partials[2] = dataclasses.replace(lying, aggregate=forged, signature=signature)
+    partials[2] = _signed_lie(study, lying, member_keys)  # member-3 lies, signing it
     # k = 3, t = 2: three points, one wrong, and no way to tell which: detected, refused.
     with pytest.raises(VerificationError, match="cannot be located"):
         _confirm(coord, members[0], OWNER_IDS, partials)
     # An unsigned alteration is refused as such.
-    unsigned = dataclasses.replace(lying, aggregate=forged)
+    unsigned = dataclasses.replace(lying, aggregate=partials[2].aggregate)
     with pytest.raises(VerificationError, match="not signed"):
         _confirm(coord, members[0], OWNER_IDS, [partials[0], unsigned])
 
@@ -318,18 +324,7 @@ def test_a_member_confirms_one_sum_per_round_also_after_a_restart(
         _upload(study, owners[pid], owners[pid].vector * 0.1, members)
     _validate(coord, members, OWNER_IDS)
     partials = [coord.aggregate(m, 1, OWNER_IDS) for m in members]
-    lying = partials[2]  # member-3 signs, with its own key, a partial off the polynomial
-    forged = pack_field((unpack_field(lying.aggregate, LENGTH, PRIME) + 1) % PRIME, PRIME)
-    signature = member_keys[lying.member_id].identity.sign(
-        partial_digest(
-            study_id=study.study_id,
-            round=1,
-            member_id=lying.member_id,
-            client_ids=tuple(sorted(OWNER_IDS)),
-            partial_hash=tagged_hash(Tag.AGGREGATE, forged),
-        )
-    )
-    liar = dataclasses.replace(lying, aggregate=forged, signature=signature)
+    liar = _signed_lie(study, partials[2], member_keys)  # member-3 lies, signing it
     honest = _confirm(coord, members[0], OWNER_IDS, partials[:2])
     assert _confirm(coord, members[0], OWNER_IDS, partials[:2]).aggregate == honest.aggregate
     with pytest.raises(ProtocolAbort, match="confirm_conflict"):
