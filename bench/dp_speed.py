@@ -16,9 +16,12 @@ the same :class:`PoissonSampler` (ChaCha20 sampling stream) under the same round
   ghost norms, ``DPLossFastGradientClipping``'s two backward passes) and the same ChaCha20
   noise (:class:`GhostSecureNoiseOptimizer`);
 * ``fused``: what ``train_dp`` runs now for MLPs (``prepare_private`` + ``run_epochs``):
-  :class:`cohort.clients.dp_sgd.FusedLinearClipping`, one backward pass, per-example norms
-  from the identity ``|g a^T| = |g| |a|``, the clipped sum as one matmul per layer, and the
-  same ChaCha20 noise through Opacus's optimizer and accountant hook.
+  :class:`cohort.clients.dp_sgd.FusedLinearClipping`, one backward pass that computes the
+  layers' output gradients only (no parameter gradients), per-example norms from the
+  identity ``|g a^T| = |g| |a|``, the clipped sum as one matmul per layer into one flat
+  gradient buffer, and the same ChaCha20 noise (each step's draw, computed for the round's
+  steps in one pass: :class:`cohort.clients.dp_sgd.StepNoise`) added and scaled in one
+  operation each, with Opacus's accountant hook.
 
 Privacy is the same on the three DP sides (per-example clipping to C with Opacus's factor
 ``min(1, C / (norm + 1e-6))``, Gaussian noise sigma * C from the ChaCha20 noise stream,
@@ -42,7 +45,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +68,9 @@ from cohort.clients.dp_sgd import (
 from cohort.clients.model import build_model, get_flat
 from cohort.clients.noise import NOISE, SAMPLING, ChaChaStream, PoissonSampler, random_key
 from cohort.clients.training import DpConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import rotating_times, summary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 2.0
@@ -211,25 +216,21 @@ def bench(spec: str, repeat: int) -> dict[str, Any]:
     for fn in SIDES.values():  # warm-up: imports, calibration cache, allocator
         for data in hospitals:
             fn(model, data, config, random_key())
-    times: dict[str, list[float]] = {name: [] for name in SIDES}
-    names = list(SIDES)
-    for rep in range(repeat):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            keys = [random_key() for _ in hospitals]
-            started = time.perf_counter()
-            for data, key in zip(hospitals, keys, strict=True):
-                SIDES[name](model, data, config, key)
-            times[name].append(time.perf_counter() - started)
+
+    def prepare(name: str) -> Callable[[], object]:
+        keys = [random_key() for _ in hospitals]
+        return lambda: [
+            SIDES[name](model, data, config, key) for data, key in zip(hospitals, keys, strict=True)
+        ]
+
+    times = rotating_times(list(SIDES), prepare, repeat=repeat)
     plain = statistics.median(times["plain"])
     return {
         "model": spec,
         "parameters": sum(p.numel() for p in model.parameters()),
         "sides": {
             name: {
-                "median_s": statistics.median(v),
-                "min_s": min(v),
-                "max_s": max(v),
+                **{f"{k}_s": s for k, s in summary(v).items()},
                 "ratio_to_plain": statistics.median(v) / plain,
             }
             for name, v in times.items()

@@ -18,7 +18,7 @@ for every message (enrolment, keys and decryption never train).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -40,6 +40,53 @@ if TYPE_CHECKING:
     from cohort.clients.training import DpConfig
 
 
+class StepNoise:
+    """A round's per-step noise vectors from the noise stream, drawn a block of steps at a
+    time: the i-th :meth:`take` is exactly the i-th per-step draw
+    ``stream.gaussian(size, std=std)`` (the same subkey, the same values; see
+    :meth:`ChaChaStream.gaussian_rows`), as a flat float64 tensor, or in ``dtype`` if given.
+
+    Drawing ahead changes only when the values are computed, not which: the noise never
+    depends on the data, and the stream key is held for the round in any case.
+    """
+
+    #: Most normals computed per block (four per coordinate per step): 2 MiB of float64.
+    BLOCK_NORMALS = 2**18
+
+    def __init__(
+        self,
+        stream: ChaChaStream,
+        *,
+        size: int,
+        std: float,
+        steps: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.size = size
+        self.std = std
+        self._stream = stream
+        self._planned = max(1, steps)
+        self._dtype = dtype
+        self._device = device
+        self._block = torch.empty((0, size))
+        self._next = 0
+
+    def take(self) -> torch.Tensor:
+        """The next step's noise vector (``[size]``)."""
+        if self._next == self._block.shape[0]:
+            rows = max(1, min(self._planned, self.BLOCK_NORMALS // max(1, 4 * self.size)))
+            self._planned = max(1, self._planned - rows)
+            block = torch.from_numpy(self._stream.gaussian_rows(rows, self.size, std=self.std))
+            if self._dtype is not None or self._device is not None:
+                block = block.to(device=self._device, dtype=self._dtype)
+            self._block = block
+            self._next = 0
+        row = self._block[self._next]
+        self._next += 1
+        return row
+
+
 class SecureNoiseDPOptimizer(DPOptimizer):  # type: ignore[misc]
     """Opacus's :class:`DPOptimizer` with its Gaussian noise drawn from a ChaCha20 stream.
 
@@ -56,6 +103,7 @@ class SecureNoiseDPOptimizer(DPOptimizer):  # type: ignore[misc]
         max_grad_norm: float,
         expected_batch_size: int,
         stream: ChaChaStream,
+        steps: int = 1,
     ) -> None:
         super().__init__(
             optimizer,
@@ -64,31 +112,31 @@ class SecureNoiseDPOptimizer(DPOptimizer):  # type: ignore[misc]
             expected_batch_size=expected_batch_size,
             loss_reduction="mean",
         )
-        self._stream = stream
+        params = list(self.params)
+        kinds = {(p.device, p.dtype) for p in params}
+        device, dtype = kinds.pop() if len(kinds) == 1 else (None, None)
+        self._noise = StepNoise(
+            stream,
+            size=sum(int(p.numel()) for p in params),
+            std=float(noise_multiplier) * float(max_grad_norm),
+            steps=steps,
+            dtype=dtype,
+            device=device,
+        )
 
     def add_noise(self) -> None:
-        _add_stream_noise(self, self._stream)
-
-
-def _add_stream_noise(optimizer: DPOptimizer, stream: ChaChaStream) -> None:
-    """``p.grad = p.summed_grad + noise`` for every parameter: one ChaCha20 draw of std
-    sigma * C per step for all parameters, in order, hardened (:meth:`ChaChaStream.gaussian`),
-    added in the gradient's dtype."""
-    params = list(optimizer.params)
-    for p in params:
-        _check_processed_flag(p.summed_grad)
-    sizes = [int(p.summed_grad.numel()) for p in params]
-    std = float(optimizer.noise_multiplier) * float(optimizer.max_grad_norm)
-    flat = torch.from_numpy(stream.gaussian(sum(sizes), std=std))
-    kinds = {(p.summed_grad.device, p.summed_grad.dtype) for p in params}
-    if len(kinds) == 1:  # one conversion for all parameters (the same values as per chunk)
-        device, dtype = kinds.pop()
-        flat = flat.to(device=device, dtype=dtype)
-    for p, chunk in zip(params, torch.split(flat, sizes), strict=True):
-        summed = p.summed_grad
-        noise = chunk.view(summed.shape).to(device=summed.device, dtype=summed.dtype)
-        p.grad = (summed + noise).view_as(p)
-        _mark_as_processed(summed)
+        """``p.grad = p.summed_grad + noise`` for every parameter: the step's noise vector
+        of std sigma * C split over the parameters in order, in the gradient's dtype."""
+        params = list(self.params)
+        for p in params:
+            _check_processed_flag(p.summed_grad)
+        flat = self._noise.take()
+        sizes = [int(p.summed_grad.numel()) for p in params]
+        for p, chunk in zip(params, torch.split(flat, sizes), strict=True):
+            summed = p.summed_grad
+            noise = chunk.view(summed.shape).to(device=summed.device, dtype=summed.dtype)
+            p.grad = (summed + noise).view_as(p)
+            _mark_as_processed(summed)
 
 
 #: Layers without parameters that act on each example (each row) alone.
@@ -98,28 +146,37 @@ ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.GELU, nn.SiLU, nn.
 def fused_supported(module: nn.Module) -> bool:
     """Whether :class:`FusedLinearClipping` handles ``module``: an ``nn.Sequential`` (or a
     subclass keeping its ``forward``, as :class:`cohort.clients.model.MLP`) of ``nn.Linear``
-    layers and :data:`ELEMENTWISE` activations, with no parameter outside those layers."""
+    layers and :data:`ELEMENTWISE` activations, with no parameter outside those layers, all
+    of one dtype on one device."""
     if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
         return False
     layers = list(module)
     if not all(type(m) is nn.Linear or type(m) in ELEMENTWISE for m in layers):
         return False
-    owned = {id(p) for m in layers if type(m) is nn.Linear for p in m.parameters()}
-    every = [id(p) for p in module.parameters()]
-    return bool(owned) and set(every) == owned and len(every) == len(owned)
+    # A Linear's own parameters are its weight and bias; anything else registered on it,
+    # or anywhere in the module, is outside what the fused clipping handles.
+    owned = [
+        id(p) for m in layers if type(m) is nn.Linear for p in (m.weight, m.bias) if p is not None
+    ]
+    every = list(module.parameters())
+    return (
+        bool(owned)
+        and sorted(id(p) for p in every) == sorted(owned)
+        and len({(p.device, p.dtype) for p in every}) == 1
+    )
 
 
 class FusedLinearClipping(nn.Module):
     """Per-example clipping for an MLP without per-example gradient tensors.
 
     The forward pass keeps each ``Linear`` layer's input ``a`` (``[B, in]``) and hooks its
-    output, so the usual ``loss.backward()`` on the batch-mean loss also yields the output
-    gradients ``G`` (``[B, out]``, times B: each example's own loss gradient, as Opacus
-    scales for ``loss_reduction="mean"``). :meth:`clip_into_grad` then sets each
-    parameter's ``grad`` to the sum over examples of the clipped per-example gradients:
-    per example, ``|dW|^2 = |g|^2 |a|^2`` and ``|db|^2 = |g|^2`` give the total norm, the
-    factor is ``min(1, C / (norm + 1e-6))`` and the sums are ``(c G)^T a`` and ``sum c g``.
-    The gradients that ``backward`` left are overwritten, never used.
+    output; it uses the layers' parameters detached, so the usual ``loss.backward()`` on the
+    batch-mean loss yields only the output gradients ``G`` (``[B, out]``, times B: each
+    example's own loss gradient, as Opacus scales for ``loss_reduction="mean"``) and computes
+    no parameter gradient. :meth:`clip_into` then writes, per parameter, the sum over
+    examples of the clipped per-example gradients: per example, ``|dW|^2 = |g|^2 |a|^2`` and
+    ``|db|^2 = |g|^2`` give the total norm, the factor is ``min(1, C / (norm + 1e-6))`` and
+    the sums are ``(c G)^T a`` and ``sum c g``.
     """
 
     def __init__(self, module: nn.Sequential, *, max_grad_norm: float) -> None:
@@ -128,12 +185,23 @@ class FusedLinearClipping(nn.Module):
             raise ProtocolAbort(f"FusedLinearClipping: unsupported model {type(module).__name__}")
         self._module = module
         self.max_grad_norm = float(max_grad_norm)
+        self.linears: list[nn.Linear] = [m for m in module if type(m) is nn.Linear]
         self._inputs: list[torch.Tensor] = []
         self._grads: list[torch.Tensor | None] = []
+        self._scalars: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def _scalar(self, value: float, like: torch.Tensor) -> torch.Tensor:
+        """``value`` as a cached 0-dim tensor of ``like``'s dtype and device."""
+        key = (value, like.dtype, like.device)
+        found = self._scalars.get(key)
+        if found is None:
+            found = self._scalars[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+        return found
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._inputs = []
-        self._grads = []
+        # clear(), not new lists: nn.Module's __setattr__ costs microseconds a call.
+        self._inputs.clear()
+        self._grads.clear()
         h = x
         for layer in self._module:
             if type(layer) is nn.Linear:
@@ -144,8 +212,13 @@ class FusedLinearClipping(nn.Module):
                     )
                 self._inputs.append(h.detach())
                 self._grads.append(None)
-                h = layer(h)
-                h.register_hook(self._keeper(self._grads, len(self._grads) - 1))
+                bias = None if layer.bias is None else layer.bias.detach()
+                h = nn.functional.linear(h, layer.weight.detach(), bias)
+                if not h.requires_grad:  # first layer: the graph starts at its output
+                    h.requires_grad_()
+                h.register_hook(  # type: ignore[no-untyped-call]
+                    self._keeper(self._grads, len(self._grads) - 1)
+                )
             else:
                 h = layer(h)
         return h
@@ -157,42 +230,51 @@ class FusedLinearClipping(nn.Module):
 
         return keep
 
-    def clip_into_grad(self) -> None:
-        """Set every parameter's ``grad`` to the clipped per-example sum of the last batch."""
-        linears = [m for m in self._module if type(m) is nn.Linear]
-        if not self._inputs or any(g is None for g in self._grads):
+    def clip_into(self, out: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        """Write the last batch's clipped per-example sums into ``out``: per ``Linear``
+        layer in order, a weight-shaped and a bias-shaped (or None) buffer."""
+        kept = [g for g in self._grads if g is not None]
+        if not self._inputs or len(kept) != len(self._grads):
             raise ProtocolAbort("FusedLinearClipping: step without a forward and backward pass")
-        batch = self._inputs[0].shape[0]
-        grads = [g * batch for g in self._grads if g is not None]
-        norms2 = torch.zeros(batch, dtype=grads[0].dtype, device=grads[0].device)
-        for a, g, layer in zip(self._inputs, grads, linears, strict=True):
-            g2 = g.pow(2).sum(1)
-            norms2 = norms2 + g2 * a.pow(2).sum(1)
+        # Python scalars cost microseconds per operation; 0-dim tensors of the same dtype
+        # give the same values (as Tensor.__rtruediv__, C / x is reciprocal(x) * C).
+        batch = self._scalar(self._inputs[0].shape[0], kept[0])
+        grads = [g * batch for g in kept]
+        norms2: torch.Tensor | None = None
+        for a, g, layer in zip(self._inputs, grads, self.linears, strict=True):
+            g2 = (g * g).sum(1)
+            term = g2 * (a * a).sum(1)
+            norms2 = term if norms2 is None else norms2 + term
             if layer.bias is not None:
                 norms2 = norms2 + g2
-        coef = (self.max_grad_norm / (norms2.sqrt() + 1e-6)).clamp(max=1.0)
+        if norms2 is None:
+            raise ProtocolAbort("FusedLinearClipping: no Linear layer")
+        inverse = torch.reciprocal(norms2.sqrt() + self._scalar(1e-6, norms2))
+        coef = torch.clamp_max(inverse * self._scalar(self.max_grad_norm, norms2), 1.0)
+        coef = coef.unsqueeze(1)
         with torch.no_grad():
-            for a, g, layer in zip(self._inputs, grads, linears, strict=True):
-                cg = g * coef[:, None]
-                layer.weight.grad = (cg.t() @ a).to(layer.weight.dtype)
-                if layer.bias is not None:
-                    layer.bias.grad = cg.sum(0).to(layer.bias.dtype)
-        self._inputs = []
-        self._grads = []
+            for a, g, (weight, bias) in zip(self._inputs, grads, out, strict=True):
+                cg = g * coef
+                torch.mm(cg.t(), a, out=weight)
+                if bias is not None:
+                    torch.sum(cg, 0, out=bias)
+        self.cleanup()
 
     def cleanup(self) -> None:
         """Nothing hooks the wrapped module: only the last batch's tensors are dropped."""
-        self._inputs = []
-        self._grads = []
+        self._inputs.clear()
+        self._grads.clear()
 
 
 class FusedSecureNoiseDPOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]
     """Opacus's optimizer for already-clipped gradient sums, with ChaCha20 noise.
 
-    Each step first has :class:`FusedLinearClipping` write the clipped per-example sums
-    into ``p.grad``; then Opacus adds the noise (:func:`_add_stream_noise`, as
-    :class:`SecureNoiseDPOptimizer`), divides by the expected batch size and calls the
-    accountant hook.
+    All gradients live in one flat buffer, in Opacus's parameter order. Each step
+    :class:`FusedLinearClipping` writes the clipped per-example sums into it; then, as
+    Opacus's ``pre_step`` (sum, add noise, divide by the expected batch size, accountant
+    hook) but in one operation each for all parameters, the step's noise vector of std
+    sigma * C (:class:`StepNoise`, the per-step draws of :class:`SecureNoiseDPOptimizer`)
+    is added and the sum divided by the expected batch size; ``p.grad`` are views of it.
     """
 
     def __init__(
@@ -204,6 +286,7 @@ class FusedSecureNoiseDPOptimizer(DPOptimizerFastGradientClipping):  # type: ign
         max_grad_norm: float,
         expected_batch_size: int,
         stream: ChaChaStream,
+        steps: int = 1,
     ) -> None:
         super().__init__(
             optimizer,
@@ -213,7 +296,28 @@ class FusedSecureNoiseDPOptimizer(DPOptimizerFastGradientClipping):  # type: ign
             loss_reduction="mean",
         )
         self._clipping = clipping
-        self._stream = stream
+        params = self.params
+        owned = [p for m in clipping.linears for p in (m.weight, m.bias) if p is not None]
+        if sorted(map(id, params)) != sorted(map(id, owned)):
+            raise ProtocolAbort("FusedSecureNoiseDPOptimizer: parameters are not the MLP's")
+        first = params[0]
+        total = sum(p.numel() for p in params)
+        self._flat = torch.empty(total, dtype=first.dtype, device=first.device)
+        views = torch.split(self._flat, [p.numel() for p in params])
+        self._grads = [(p, v.view_as(p)) for p, v in zip(params, views, strict=True)]
+        by_id = {id(p): v for p, v in self._grads}
+        self._out = [
+            (by_id[id(m.weight)], None if m.bias is None else by_id[id(m.bias)])
+            for m in clipping.linears
+        ]
+        self._noise = StepNoise(
+            stream,
+            size=self._flat.numel(),
+            std=float(noise_multiplier) * float(max_grad_norm),
+            steps=steps,
+            dtype=first.dtype,
+            device=first.device,
+        )
 
     @property
     def params(self) -> list[Any]:
@@ -224,21 +328,26 @@ class FusedSecureNoiseDPOptimizer(DPOptimizerFastGradientClipping):  # type: ign
             self.__dict__["_params_cache"] = cached
         return cached
 
-    def pre_step(self, closure: Any = None) -> bool | None:
-        self._clipping.clip_into_grad()
-        result: bool | None = super().pre_step(closure)
-        return result
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop (or zero) the gradients; nothing else carries over between steps."""
+        if not set_to_none:
+            self._flat.zero_()
+        for p, grad in self._grads:
+            p.grad = None if set_to_none else grad
 
-    def accumulate(self) -> None:
-        """``p.summed_grad`` = this step's clipped sum (Opacus's, without a deepcopy)."""
-        for p in self.params:
-            if p.summed_grad is None:
-                p.summed_grad = p.grad.detach().clone()
-            else:
-                p.summed_grad.add_(p.grad.detach())
-
-    def add_noise(self) -> None:
-        _add_stream_noise(self, self._stream)
+    def pre_step(self, closure: Any = None) -> bool:
+        """Clip, add the noise, scale, account: Opacus's ``pre_step`` for this step."""
+        self._clipping.clip_into(self._out)
+        if self._check_skip_next_step():
+            raise ProtocolAbort("FusedSecureNoiseDPOptimizer: virtual steps are not supported")
+        self._flat.add_(self._noise.take())
+        self._flat.div_(self.expected_batch_size * self.accumulated_iterations)
+        for p, grad in self._grads:
+            p.grad = grad
+        if self.step_hook:
+            self.step_hook(self)
+        self._is_last_step_skipped = False
+        return True
 
 
 class PoissonBatches:
@@ -300,6 +409,7 @@ def prepare_private(
         "max_grad_norm": float(config.max_grad_norm),
         "expected_batch_size": max(1, int(examples * event.sample_rate)),
         "stream": ChaChaStream.derive(round_key, NOISE),
+        "steps": event.steps,
     }
     module: Any
     optimizer: SecureNoiseDPOptimizer | FusedSecureNoiseDPOptimizer

@@ -113,14 +113,10 @@ class ChaChaStream:
     def standard_normal(self, size: int) -> NDArray[np.float64]:
         """``size`` independent N(0, 1) doubles by Box-Muller (one draw for all of them)."""
         pairs = (size + 1) // 2
-        k = self._bits53(2 * pairs).astype(np.float64)
-        u1 = (k[:pairs] + 1.0) * _U53  # (0, 1]: log never sees 0
-        angle = (2.0 * math.pi * _U53) * k[pairs:]
-        radius = np.sqrt(-2.0 * np.log(u1))
-        out = np.empty(2 * pairs, dtype=np.float64)
-        out[:pairs] = radius * np.cos(angle)
-        out[pairs:] = radius * np.sin(angle)
-        return out[:size]
+        normals: NDArray[np.float64] = _box_muller(
+            self._bits53(2 * pairs).astype(np.float64)[None, :]
+        )
+        return normals[0, :size]
 
     def gaussian(self, size: int, *, std: float) -> NDArray[np.float64]:
         """``size`` N(0, std^2) doubles hardened against floating-point attacks.
@@ -130,13 +126,46 @@ class ChaChaStream:
         again N(0, std^2) but no longer has the gaps in its low-order bits that let an
         observer tell which value was added (Mironov 2012's attack class).
         """
+        row: NDArray[np.float64] = self.gaussian_rows(1, size, std=std)[0]
+        return row
+
+    def gaussian_rows(self, rows: int, size: int, *, std: float) -> NDArray[np.float64]:
+        """``[rows, size]``: row i is exactly what the i-th of ``rows`` successive
+        :meth:`gaussian` calls would return (one draw, one subkey, per row), computed in one
+        pass. DP-SGD draws a round's per-step noise vectors this way."""
         if not (math.isfinite(std) and std >= 0):
             raise BadInputError(f"std must be finite and >= 0, got {std!r}")
-        if std == 0 or size == 0:
-            return np.zeros(size, dtype=np.float64)
-        draws = self.standard_normal(4 * size).reshape(4, size) * std
-        total: NDArray[np.float64] = draws.sum(axis=0) / 2.0
+        if not isinstance(rows, int) or rows < 0:
+            raise BadInputError(f"rows must be an integer >= 0, got {rows!r}")
+        if std == 0 or size == 0 or rows == 0:
+            return np.zeros((rows, size), dtype=np.float64)
+        pairs = (4 * size + 1) // 2
+        raw = b"".join(self.random_bytes(16 * pairs) for _ in range(rows))
+        words = np.frombuffer(raw, dtype="<u8").reshape(rows, 2 * pairs) >> np.uint64(11)
+        draws = _box_muller(words.astype(np.float64)).reshape(rows, 4, size)
+        draws *= std
+        total: NDArray[np.float64] = draws.sum(axis=1)
+        total /= 2.0
         return total
+
+
+def _box_muller(k: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Row by row: 53-bit integers ``k`` (as doubles, an even count per row) to as many
+    N(0, 1) doubles; the first half of each row gives the radii, the second the angles.
+    Works in place in ``k`` (the same operations, in the same order, as with temporaries)."""
+    pairs = k.shape[1] // 2
+    u1 = k[:, :pairs]
+    u1 += 1.0
+    u1 *= _U53  # (0, 1]: log never sees 0
+    radius = np.log(u1, out=u1)
+    radius *= -2.0
+    np.sqrt(radius, out=radius)
+    angle = k[:, pairs:]
+    angle *= 2.0 * math.pi * _U53
+    out = np.empty(k.shape, dtype=np.float64)
+    np.multiply(radius, np.cos(angle, out=out[:, :pairs]), out=out[:, :pairs])
+    np.multiply(radius, np.sin(angle, out=out[:, pairs:]), out=out[:, pairs:])
+    return out
 
 
 class PoissonSampler:

@@ -168,6 +168,32 @@ def test_hardened_gaussian_is_four_draws_summed_and_halved() -> None:
 
 
 @FIXED
+@given(key=KEYS, size=st.sampled_from([1, 2, 3, 1058]), rows=st.sampled_from([1, 2, 5]))
+def test_gaussian_rows_are_successive_gaussian_draws(key: bytes, size: int, rows: int) -> None:
+    """Oracle: one block of rows is bit for bit the per-step draws it replaces (row i =
+    the i-th ``gaussian`` call, one subkey each), and the stream continues where they
+    would have left it."""
+    one, block = stream(key), stream(key)
+    expected = [one.gaussian(size, std=1.7) for _ in range(rows)]
+    got = block.gaussian_rows(rows, size, std=1.7)
+    assert got.shape == (rows, size)
+    assert all(np.array_equal(g, e) for g, e in zip(got, expected, strict=True))
+    assert block.draws == one.draws == rows
+    assert np.array_equal(block.gaussian(size, std=1.7), one.gaussian(size, std=1.7))
+
+
+def test_gaussian_rows_without_noise_use_no_draw() -> None:
+    s = stream()
+    assert np.array_equal(s.gaussian_rows(3, 4, std=0.0), np.zeros((3, 4)))
+    assert s.gaussian_rows(0, 4, std=1.0).shape == (0, 4)
+    assert s.draws == 0
+    with pytest.raises(BadInputError, match="rows must be an integer"):
+        s.gaussian_rows(-1, 4, std=1.0)
+    with pytest.raises(BadInputError, match="std must be finite"):
+        s.gaussian_rows(2, 4, std=float("inf"))
+
+
+@FIXED
 @given(
     key=KEYS,
     n=st.sampled_from([1, 27, 300]),

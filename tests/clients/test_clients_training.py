@@ -16,6 +16,7 @@ from cohort.clients.data import Dataset, demo_split
 from cohort.clients.dp_sgd import (
     FusedLinearClipping,
     PoissonBatches,
+    StepNoise,
     fused_supported,
     prepare_private,
     run_epochs,
@@ -389,6 +390,37 @@ def test_fused_clipping_takes_only_plain_mlps() -> None:
     assert not fused_supported(Extra())
     assert not fused_supported(nn.Sequential(nn.Tanh()))
     assert not fused_supported(nn.Linear(3, 2))
+
+
+def test_step_noise_blocks_are_the_per_step_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Oracle: drawn ahead in blocks (here 3 steps a block, past the planned 4 steps), the
+    i-th step's noise is the i-th per-step ``gaussian`` draw of the noise stream."""
+    key = bytes(range(32))
+    monkeypatch.setattr(StepNoise, "BLOCK_NORMALS", 4 * 10 * 3)
+    noise = StepNoise(ChaChaStream.derive(key, NOISE), size=10, std=0.7, steps=4)
+    per_step = ChaChaStream.derive(key, NOISE)
+    for _ in range(7):
+        np.testing.assert_array_equal(noise.take().numpy(), per_step.gaussian(10, std=0.7))
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_fused_backward_leaves_no_parameter_gradient() -> None:
+    """FusedLinearClipping's forward uses the parameters detached: backward yields the
+    layers' output gradients only, and the optimizer writes every ``p.grad``."""
+    data = small_hospital()
+    event = CONFIG.event(len(data), round=1)
+    work = fresh_model()
+    run = prepare_private(work, data, config=CONFIG, event=event, round_key=bytes(32))
+    try:
+        x = torch.from_numpy(data.features[:5])
+        y = torch.from_numpy(data.labels[:5])
+        run.optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(run.module(x), y).backward()  # type: ignore[no-untyped-call]
+        assert all(p.grad is None for p in work.parameters())
+        run.optimizer.step()
+        assert all(p.grad is not None and p.grad.shape == p.shape for p in work.parameters())
+    finally:
+        run.close()
 
 
 def test_poisson_batches_keep_the_feature_shape_when_empty() -> None:
