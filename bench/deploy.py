@@ -8,14 +8,19 @@ at the committee to the evaluated model), the accuracy and every hospital's epsi
 ``bench/results/deploy.json`` and ``bench/results/deploy.md``.
 
 The figure issue 6 names: a deployed round at most 1.5x the simulated one. A deployed round
-pays what the simulation does not. Flower's own SuperNode polls the SuperLink every 3 s when
-idle and starts a cold ``flwr-clientapp`` process for each message (which imports torch,
-Opacus and TenSEAL) where the simulation keeps its ClientApps warm in Ray actors; Cohort's
-default ``[hospital] clientapp = "warm"`` runs each message in a fork of a process that has
-the ClientApp imported and polls every ``[superlink] poll-interval`` (0.25 s). What is left:
-the ServerApp's ``grid.send_and_receive`` (Flower's HttpGrid) checks for replies every 3 s,
-twice a round (train, decrypt). ``--clientapp both`` also runs Flower's plain SuperNode
-(``subprocess``) for the comparison.
+pays what the simulation does not: every message crosses three processes (ServerApp,
+SuperLink, SuperNode) and a ClientApp process, as a message plus one request per content
+object. Flower's own SuperNode polls the SuperLink every 3 s when idle and starts a cold
+``flwr-clientapp`` process for each message (which imports torch, Opacus and TenSEAL);
+Cohort's default ``[hospital] clientapp = "warm"`` runs each message in a fork of a process
+that has the ClientApp (and what training imports on its first step) imported, installs a
+run's FAB once, and polls every ``[superlink] poll-interval`` (0.25 s);
+:mod:`cohort.federation.flower_waits` shortens Flower's 1 s, 2 s, 4 s waits for message
+objects that have not arrived yet. ``cohort deploy local`` gives each co-located hospital one
+torch thread (``[hospital] threads = 1``), as the simulation gives each ClientApp one CPU.
+The coordinator times each phase of a round (summary.json, ``rounds[].phases``); the
+breakdown table below the figures comes from there. ``--clientapp both`` also runs Flower's
+plain SuperNode (``subprocess``) for the comparison.
 """
 
 from __future__ import annotations
@@ -38,8 +43,34 @@ from cohort.federation.simulate import run_study
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+PHASE_NAMES = {
+    "open": "open the round at the committee",
+    "train": "train message (send, train, upload, reply)",
+    "committee": "committee: replicate uploads, aggregate",
+    "chain": "attest and finalize on chain",
+    "decrypt": "decrypt message (two owners)",
+    "evaluate": "evaluate the new model",
+    "other": "coordinator bookkeeping",
+}
+
+
 def _rounds(summary: dict[str, Any]) -> list[float]:
     return [float(r["seconds"]) for r in summary["rounds"]]
+
+
+def _phases(summary: dict[str, Any]) -> dict[str, float]:
+    """Median seconds per phase over the rounds, as the coordinator timed them; ``other``
+    is the rest of each round."""
+    per_round = []
+    for r in summary["rounds"]:
+        phases = {k: float(v) for k, v in r.get("phases", {}).items()}
+        phases["other"] = max(0.0, float(r["seconds"]) - sum(phases.values()))
+        per_round.append(phases)
+    return {
+        name: round(statistics.median(p.get(name, 0.0) for p in per_round), 3)
+        for name in PHASE_NAMES
+        if per_round
+    }
 
 
 def _deploy(args: argparse.Namespace, clientapp: str, out: Path) -> dict[str, Any]:
@@ -60,6 +91,7 @@ def _deploy(args: argparse.Namespace, clientapp: str, out: Path) -> dict[str, An
         "clientapp": clientapp,
         "round_seconds": rounds,
         "median_round_s": statistics.median(rounds),
+        "median_phase_s": _phases(summary),
         "accuracy": summary["final_accuracy"],
         "wall_s": round(time.perf_counter() - started, 1),
     }
@@ -87,13 +119,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     s_median = statistics.median(s_rounds)
     d = deployments[0]
     return {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
+        },
         "config": vars(args),
         "deployment": d,
         "other_deployments": deployments[1:],
         "simulation": {
             "round_seconds": s_rounds,
             "median_round_s": s_median,
+            "median_phase_s": _phases(simulated),
             "accuracy": simulated["final_accuracy"],
             "wall_s": round(simulate_wall, 1),
         },
@@ -110,9 +147,30 @@ def _row(name: str, r: dict[str, Any]) -> str:
     )
 
 
+def phase_table(result: dict[str, Any]) -> list[str]:
+    """Median seconds per phase of a round, one column per runtime."""
+    d, s = result["deployment"], result["simulation"]
+    runs = [(f"deployment ({d['clientapp']})", d)]
+    runs += [(f"deployment ({o['clientapp']})", o) for o in result.get("other_deployments", [])]
+    runs.append(("simulation", s))
+    if not all("median_phase_s" in r for _, r in runs):
+        return []
+    lines = [
+        "Median seconds per phase of a round, as the coordinator timed them:",
+        "",
+        "| phase | " + " | ".join(name for name, _ in runs) + " |",
+        "|---" * (len(runs) + 1) + "|",
+    ]
+    for key, label in PHASE_NAMES.items():
+        cells = " | ".join(f"{r['median_phase_s'].get(key, 0.0):.2f}" for _, r in runs)
+        lines.append(f"| {label} | {cells} |")
+    return [*lines, ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     d, s = result["deployment"], result["simulation"]
     c = result["config"]
+    load = result["machine"].get("load_average")
     return "\n".join(
         [
             f"{c['hospitals']} hospitals, {c['members']} members, {c['rounds']} rounds, "
@@ -133,6 +191,8 @@ def markdown(result: dict[str, Any]) -> str:
             "(goal: at most 1.5x); accuracy difference "
             f"{result['accuracy_difference']:.4f} (goal: at most 0.01).",
             "",
+            *([f"Load average (1, 5, 15 min) at the end: {load}.", ""] if load else []),
+            *phase_table(result),
         ]
     )
 

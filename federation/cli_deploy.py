@@ -102,6 +102,8 @@ def node_start(
     sys.stdout.flush()
     if hospital.clientapp == "warm":
         raise typer.Exit(_run_warm_node(argv, hospital))
+    if hospital.threads:  # read by torch in each flwr-clientapp the node's SuperExec starts
+        os.environ["OMP_NUM_THREADS"] = str(hospital.threads)
     # The SuperNode replaces this process, so signals reach it directly.
     os.execvp(argv[0], argv)  # noqa: S606 (argv built from the checked file, no shell)
 
@@ -135,6 +137,7 @@ def _run_warm_node(argv: list[str], hospital: HospitalConfig) -> int:
         serve_tasks(
             f"127.0.0.1:{hospital.node_port}",
             running=lambda: not stopping and node.poll() is None,
+            threads=hospital.threads,
         )
     finally:
         if node.poll() is None:
@@ -149,13 +152,22 @@ def _run_warm_node(argv: list[str], hospital: HospitalConfig) -> int:
     return 0 if stopping else (node.returncode or 0)
 
 
+#: Flower 1.42's SuperNode's fixed idle sleep between requests to the SuperLink (seconds).
+FLOWER_IDLE_S = 3.0
+#: How often the SuperNode checks its own memory for a ClientApp's reply (Flower: 0.5 s).
+LOCAL_WAIT_S = 0.02
+
+
 def _supernode_main(args: list[str]) -> None:
     """``flower-supernode ARGS[1:]`` in this process, idle poll shortened to ARGS[0] seconds.
 
     Flower 1.42's SuperNode sleeps a fixed 3 s whenever the SuperLink has no message for it
     (flwr/supernode/start_client_internal.py); every message then waits 1.5 s on average
-    before the node even sees it. The node loop's clock is swapped for one whose sleeps are
-    capped at the configured ``[superlink] poll-interval``; nothing else changes.
+    before the node even sees it. It also checks its own in-memory state for the ClientApp's
+    reply, and for each reply object, every 0.5 s. The node loop's clock is swapped for one
+    whose idle sleep is capped at the configured ``[superlink] poll-interval`` and whose
+    local checks run every :data:`LOCAL_WAIT_S`; its object pushes and pulls are tuned by
+    :func:`~cohort.federation.flower_waits.tune_object_transfers`. Nothing else changes.
     """
     import time
 
@@ -163,10 +175,13 @@ def _supernode_main(args: list[str]) -> None:
     from flwr.supernode import start_client_internal
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
+    from cohort.federation.flower_waits import tune_object_transfers
+
     start_parent_process_monitor(os.getppid())  # the runner gone: stop (SIGINT) gracefully
     idle_s = float(args[0])
     if getattr(start_client_internal, "time", None) is not time:
         raise SystemExit("this flwr's SuperNode loop has no time module to shorten its poll")
+    tune_object_transfers()
 
     class _ShortIdleClock:
         def __getattr__(self, name: str) -> object:
@@ -174,7 +189,9 @@ def _supernode_main(args: list[str]) -> None:
 
         @staticmethod
         def sleep(seconds: float) -> None:
-            time.sleep(min(seconds, idle_s))
+            # Flower's idle poll (3 s) asks the SuperLink; its shorter sleeps (0.5 s) wait on
+            # this node's own memory for the ClientApp's reply.
+            time.sleep(min(seconds, idle_s if seconds >= FLOWER_IDLE_S else LOCAL_WAIT_S))
 
     setattr(start_client_internal, "time", _ShortIdleClock())  # noqa: B010 (a module global)
     sys.argv = ["flower-supernode", *args[1:]]

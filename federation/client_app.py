@@ -19,6 +19,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -128,8 +129,10 @@ app = make_client_app(settings_from_node_config)
 TASK_POLL_S = 0.05  # how often the runner asks its own SuperNode (on 127.0.0.1) for a task
 _CHILD_STOP_S = 10.0
 # What a message imports only when it gets there (Opacus pulls in SciPy: ~1,300 modules,
-# 2-5 s here): the runner imports them once, before it forks any task. Imports only; no
-# torch op runs in the runner, so no thread pool exists to be copied into a fork.
+# 2-5 s here; torch's first optimizer step and Opacus's grad samplers pull in TorchDynamo
+# and functorch: ~190 modules, 1-2 s, and several seconds with three hospitals on two
+# cores): the runner imports them once, before it forks any task. Imports only; no torch op
+# runs in the runner, so no thread pool exists to be copied into a fork.
 WARM_IMPORTS = (
     "cohort.clients.dp_sgd",
     "opacus.validators",
@@ -137,11 +140,20 @@ WARM_IMPORTS = (
     "opacus.accountants.utils",
     "scipy.special",
     "scipy.optimize",
+    "torch._dynamo",
+    "torch._functorch.make_functional",
+    "torch._functorch.deprecated",
+    "torch.nn.utils._expanded_weights",
+    "torch.onnx",
 )
 
 
 def serve_tasks(
-    runtime_api_address: str, *, running: Callable[[], bool], poll_s: float = TASK_POLL_S
+    runtime_api_address: str,
+    *,
+    running: Callable[[], bool],
+    poll_s: float = TASK_POLL_S,
+    threads: int = 0,
 ) -> None:
     """Run a SuperNode's ClientApp tasks (``flower-supernode --isolation process``).
 
@@ -150,8 +162,9 @@ def serve_tasks(
     each). This process has the ClientApp imported already (this module); each task the
     SuperNode hands out runs in a fresh fork of it, through Flower's own ``run_clientapp``
     with that task's token, so a message costs no imports and nothing one message leaves in
-    memory reaches the next. Returns once ``running()`` is false, after stopping the children
-    still at work.
+    memory reaches the next. ``threads`` (>= 1) sets each task's torch threads; 0 leaves
+    torch's default (one per core). Returns once ``running()`` is false, after stopping the
+    children still at work.
     """
     import importlib
     import signal
@@ -162,11 +175,14 @@ def serve_tasks(
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
     from flwr.supercore.runtime import RuntimeHttpClient
 
+    from cohort.federation.flower_waits import tune_object_transfers
     from cohort.logs import fields, get_logger
 
     log = get_logger(__name__)
     for name in WARM_IMPORTS:
         importlib.import_module(name)
+    tune_object_transfers()  # inherited by every task's fork
+    _install_each_fab_once()
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address,
         insecure=True,
@@ -184,7 +200,7 @@ def serve_tasks(
                 time.sleep(max(poll_s, 0.5))
                 continue
             if response.HasField("task") and response.token:
-                children.add(_fork_task(runtime_api_address, response.token))
+                children.add(_fork_task(runtime_api_address, response.token, threads))
                 log.info("clientapp task", extra=fields(task_id=response.task.task_id))
                 continue
             time.sleep(poll_s)
@@ -203,7 +219,45 @@ def serve_tasks(
                     os.waitpid(pid, 0)
 
 
-def _fork_task(runtime_api_address: str, token: str) -> int:
+#: Under the node's FLWR_HOME: one file per FAB (named by its SHA-256) this node installed.
+VERIFIED_FABS = "cohort-installed-fabs"
+
+
+def _install_each_fab_once() -> None:
+    """Flower's ``run_clientapp`` extracts the run's FAB and verifies every file's hash for
+    each message (0.3 s here), although it installs a FAB only once. Here a FAB whose bytes
+    this node has already installed, verified, is not extracted again: Flower's
+    ``install_from_fab`` runs for the first message with those bytes (same SHA-256) and
+    writes a marker naming the installed folder; later messages with the same bytes
+    reuse that folder, as Flower itself does once it exists."""
+    import hashlib
+
+    from flwr.supercore.utils import get_flwr_home
+    from flwr.supernode.runtime import run_clientapp as flower_task
+
+    from cohort.files import write_atomic
+
+    install = getattr(flower_task, "install_from_fab", None)
+    if install is None:
+        raise RuntimeError("this flwr's run_clientapp has no install_from_fab (1.42 expected)")
+
+    def install_once(fab_file: Path | bytes, *args: Any, **kwargs: Any) -> Path:
+        if not isinstance(fab_file, bytes):
+            return Path(install(fab_file, *args, **kwargs))
+        marker = get_flwr_home() / VERIFIED_FABS / hashlib.sha256(fab_file).hexdigest()
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            installed = Path(marker.read_text(encoding="utf-8"))
+            if installed.is_dir():
+                return installed
+        installed = Path(install(fab_file, *args, **kwargs))
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(marker, str(installed.resolve()).encode("utf-8"))
+        return installed
+
+    setattr(flower_task, "install_from_fab", install_once)  # noqa: B010 (a module global)
+
+
+def _fork_task(runtime_api_address: str, token: str, threads: int = 0) -> int:
     """Fork one child that runs one task with Flower's ``run_clientapp``; its pid."""
     import signal
     import sys
@@ -221,6 +275,10 @@ def _fork_task(runtime_api_address: str, token: str) -> int:
     try:  # the child: never returns into the runner's loop
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         run_clientapp(
             runtime_api_address=runtime_api_address,
             token=token,

@@ -26,9 +26,10 @@ update in any form; :mod:`cohort.federation.transcript` records what it did rece
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,10 @@ log = get_logger(__name__)
 
 REPLY_TIMEOUT_S = 600.0
 NODE_WAIT_S = 120.0
+#: The steps of a round the coordinator times (:attr:`RoundRecord.phases`): open it at the
+#: committee, the train message exchange, the committee's work (replicate, aggregate),
+#: relaying attestations on-chain, the decrypt message exchange (CKKS), evaluation.
+PHASES = ("open", "train", "committee", "chain", "decrypt", "evaluate")
 
 
 @dataclass
@@ -80,6 +85,9 @@ class RoundRecord:
     client_level: dict[str, Any] | None = None
     #: Owners whose update the committee's input validation rejected (MPC), with why.
     rejected: dict[str, str] = field(default_factory=dict)
+    #: Seconds the coordinator spent in each step of the round (:data:`PHASES`); the rest
+    #: of ``seconds`` is its own bookkeeping.
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,10 +150,23 @@ class Coordinator:
     outcome: StudyOutcome = field(default_factory=StudyOutcome)
     _weight_unit: int = field(default=1, repr=False)
     _released: int = field(default=0, repr=False)  # owners in this round's released sum
+    _phases: dict[str, float] = field(default_factory=dict, repr=False)  # this round's
 
     @property
     def manifest(self) -> Manifest:
         return self.signed.manifest
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the time spent inside the block to this round's ``phase`` (:data:`PHASES`)."""
+        if phase not in PHASES:
+            raise BadInputError(f"phase: one of {', '.join(PHASES)}, got {phase!r}")
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - started
+            self._phases[phase] = self._phases.get(phase, 0.0) + spent
 
     # ------------------------------------------------------------------ messaging
 
@@ -280,6 +301,7 @@ class Coordinator:
         """Run round ``rnd``; False when the study had to stop (reason in the outcome)."""
         started = time.perf_counter()
         self._released = 0
+        self._phases = {}
         try:
             session.global_vec, record = self._round(rnd, session)
         except ProtocolAbort as exc:
@@ -287,6 +309,7 @@ class Coordinator:
             log.warning("study stopped", extra=fields(round=rnd, reason=str(exc)))
             return False
         record.seconds = round(time.perf_counter() - started, 3)
+        record.phases = {p: round(self._phases[p], 3) for p in PHASES if p in self._phases}
         record.client_level = client_level_record(
             self.manifest, self.outcome.rounds, rnd, released=self._released
         )
@@ -350,13 +373,15 @@ class Coordinator:
         the mean update, evaluate."""
         manifest, mode = self.manifest, session.mode
         global_vec, model = session.global_vec, session.model
-        opened = mode.open_round(rnd)
+        with self.timed("open"):
+            opened = mode.open_round(rnd)
         instruction = wire.TrainInstruction(
             study_id=manifest.study_id, round=rnd, weight_unit=self._weight_unit
         )
         targets = list(session.party_of)
         contents = [wire.put_vector(instruction.to_record(), global_vec) for _ in targets]
-        replies = self.send(targets, wire.TRAIN, contents, group=f"round-{rnd}")
+        with self.timed("train"):
+            replies = self.send(targets, wire.TRAIN, contents, group=f"round-{rnd}")
 
         receipts: dict[str, wire.TrainReceipt] = {}
         updates: dict[str, np.ndarray] = {}
@@ -396,7 +421,8 @@ class Coordinator:
 
         def skipped(reason: str, **extra: Any) -> tuple[np.ndarray, RoundRecord]:
             log.warning("round skipped", extra=fields(round=rnd, reason=reason))
-            acc, loss = evaluate(model, self.test_set)
+            with self.timed("evaluate"):
+                acc, loss = evaluate(model, self.test_set)
             return global_vec, RoundRecord(
                 rnd,
                 acc,
@@ -427,7 +453,8 @@ class Coordinator:
         mean = done.total / weight
         global_vec = (global_vec.astype(np.float64) + manifest.server_lr * mean).astype(np.float32)
         set_flat(model, global_vec)
-        acc, loss = evaluate(model, self.test_set)
+        with self.timed("evaluate"):
+            acc, loss = evaluate(model, self.test_set)
         for p in client_set:
             self.outcome.clients[p].rounds_included += 1
         record = RoundRecord(
@@ -518,6 +545,7 @@ def error_reason(raw: str) -> str:
 
 
 __all__ = [
+    "PHASES",
     "ClientRecord",
     "Coordinator",
     "RoundRecord",

@@ -207,6 +207,8 @@ class HospitalConfig:
     node_port: int
     clientapp: str = "warm"
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    #: torch threads per ClientApp message; 0: torch's default (one per core).
+    threads: int = 0
 
     @classmethod
     def load(cls, path: Path) -> HospitalConfig:
@@ -235,6 +237,7 @@ class HospitalConfig:
                 f"for work, from 0.01 to 60, got {poll}"
             )
         node_port = link.integer("node-port", 9094, low=0)
+        threads = h.integer("threads", 0, low=0)
         if runner == "warm" and node_port == 0:
             raise ConfigError(
                 f"{path}: [superlink] node-port: the warm ClientApp runner needs a fixed port "
@@ -253,6 +256,7 @@ class HospitalConfig:
             node_port=node_port,
             clientapp=runner,
             poll_interval_s=poll,
+            threads=threads,
         )
         h.done()
         link.done()

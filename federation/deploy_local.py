@@ -530,6 +530,9 @@ class LocalDeployment:
                         "workdir": str(out / h),
                         "data": str(out / h / "data.csv"),
                         "clientapp": plan.clientapp,
+                        # every hospital on this one machine: one torch thread each, as
+                        # `cohort simulate` gives each ClientApp one CPU (Ray)
+                        "threads": 1,
                     },
                     "policy": policy,
                     "superlink": {

@@ -133,8 +133,10 @@ def deployed_coordinator(grid: Grid, context: Context) -> Coordinator:
 
 def _deployed_main(grid: Grid, context: Context) -> None:
     from cohort.federation.config import write_json
+    from cohort.federation.flower_waits import tune_object_transfers
     from cohort.federation.summary import build_summary, config_of
 
+    tune_object_transfers()  # replies are pulled as soon as they are complete
     coordinator = deployed_coordinator(grid, context)
     out = Path(str(context.run_config["out"]))
     outcome = coordinator.run()

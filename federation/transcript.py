@@ -50,7 +50,7 @@ def _size(value: Any) -> int:
 
 
 POLL_FIRST_S = 0.05
-POLL_MAX_S = 0.5
+POLL_MAX_S = 0.1
 
 
 class RecordingGrid:
@@ -58,8 +58,8 @@ class RecordingGrid:
 
     It also collects replies promptly: Flower's deployed Grid sleeps 3 s between pulls, so
     a reply that arrives just after a pull waits up to 3 s; here the pulls back off from
-    50 ms to 0.5 s. The transcript is appended to, so a resumed coordinator keeps the
-    earlier rounds' entries.
+    50 ms to 0.1 s (each pull is one request to the SuperLink). The transcript is appended
+    to, so a resumed coordinator keeps the earlier rounds' entries.
     """
 
     def __init__(self, grid: Grid, path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -140,6 +141,10 @@ class RoundHost(Protocol):
     ) -> dict[int, Message]: ...
 
     def require_quorum(self, errors: Mapping[str, CohortError], what: str) -> None: ...
+
+    def timed(self, phase: str) -> AbstractContextManager[None]:
+        """Count the block's time towards this round's ``phase`` (committee, chain, ...)."""
+        ...
 
 
 class CoordinatorMode(ABC):

@@ -95,19 +95,22 @@ def attest(
     heads = AttestationCheck.for_manifest(
         host.manifest, client_set, round=rnd, ledger_commitments=ledger
     ).ledger_heads
-    for attestation in decision.attestations:
-        try:
-            host.contract.submit_attestation(
-                relayer=host.sponsor,
-                round=rnd,
-                aggregate_hash=decision.aggregate_hash,
-                contributors=contributors,
-                ledger_heads=heads,
-                signature=attestation.signature,
-            )
-        except CohortError as exc:
-            log.warning("attestation refused on-chain", extra=fields(round=rnd, reason=str(exc)))
-    return host.contract.finalized_hash(rnd) == decision.aggregate_hash
+    with host.timed("chain"):
+        for attestation in decision.attestations:
+            try:
+                host.contract.submit_attestation(
+                    relayer=host.sponsor,
+                    round=rnd,
+                    aggregate_hash=decision.aggregate_hash,
+                    contributors=contributors,
+                    ledger_heads=heads,
+                    signature=attestation.signature,
+                )
+            except CohortError as exc:
+                log.warning(
+                    "attestation refused on-chain", extra=fields(round=rnd, reason=str(exc))
+                )
+        return host.contract.finalized_hash(rnd) == decision.aggregate_hash
 
 
 def open_committee_round(host: RoundHost, members: Committee, rnd: int) -> list[str]:

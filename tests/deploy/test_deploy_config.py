@@ -218,6 +218,12 @@ def test_the_warm_clientapp_runner_is_the_default(tmp_path: Path) -> None:
     assert argv[argv.index("--isolation") + 1] == "process"
 
 
+def test_torch_threads_per_message_default_to_torchs_own(tmp_path: Path) -> None:
+    assert HospitalConfig.load(write(tmp_path, "hospital.toml", HOSPITAL)).threads == 0
+    text = HOSPITAL.replace('data = "data.csv"\n', 'data = "data.csv"\nthreads = 1\n')
+    assert HospitalConfig.load(write(tmp_path, "hospital.toml", text)).threads == 1
+
+
 def test_the_subprocess_runner_is_flowers_own_supernode(tmp_path: Path) -> None:
     text = HOSPITAL.replace('data = "data.csv"\n', 'data = "data.csv"\nclientapp = "subprocess"\n')
     assert "--isolation" not in _print_command(tmp_path, text)
@@ -237,6 +243,10 @@ def test_the_subprocess_runner_is_flowers_own_supernode(tmp_path: Path) -> None:
         (
             ('address = "superlink.example:9092"\n', 'address = "s:9092"\nnode-port = 0\n'),
             "[superlink] node-port: the warm ClientApp runner needs a fixed port",
+        ),
+        (
+            ('data = "data.csv"\n', 'data = "data.csv"\nthreads = -1\n'),
+            "[hospital] threads: must be >= 0, got -1",
         ),
     ],
 )

@@ -57,21 +57,24 @@ class CkksCoordinator(CoordinatorMode):
     ) -> Aggregated:
         manifest = self.manifest
         faulty: dict[str, str] = {}
-        held = self.replicate(rnd, ok, opened, faulty)
+        with self.host.timed("committee"):
+            held = self.replicate(rnd, ok, opened, faulty)
         client_set, chosen = choose_client_set(held, list(opened), manifest.quorum)
         if len(client_set) < manifest.min_clients:
             raise RoundSkipped("no client set of the minimum size reached a quorum of members")
         # Each owner's signed (ledger head, epsilon), relayed as received: members attest
         # only what verifies against the owner's key.
         ledger = [ok[p].ledger_commitment for p in client_set if ok[p].ledger_commitment]
-        decision = self.aggregate(rnd, client_set, chosen, faulty, ledger)
+        with self.host.timed("committee"):
+            decision = self.aggregate(rnd, client_set, chosen, faulty, ledger)
         if decision is None:
             raise RoundSkipped("the committee reached no quorum on the aggregate")
         finalized = attest(self.host, rnd, decision, client_set, ledger)
         # From here owners of S may decrypt: the round counts as released to the
         # coordinator for client-level DP even if the decryptions then disagree.
         try:
-            total, decryptors, wrong = self.decrypt(rnd, client_set, decision, party_of)
+            with self.host.timed("decrypt"):
+                total, decryptors, wrong = self.decrypt(rnd, client_set, decision, party_of)
         except ProtocolAbort as exc:
             raise RoundSkipped(str(exc), released=len(client_set)) from None
         return Aggregated(
