@@ -135,8 +135,7 @@ class StudyConfig:
             )
         if self.secure is SecureMode.MPC and self.committee < 2:
             raise ConfigError(
-                f"committee must be >= 2 in MPC mode (members holding shares), got "
-                f"{self.committee}"
+                f"committee must be >= 2 in MPC mode (members holding shares), got {self.committee}"
             )
         if not (self.mpc_norm_bound > 0 and math.isfinite(self.mpc_norm_bound)):
             raise ConfigError(
