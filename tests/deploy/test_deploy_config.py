@@ -111,6 +111,23 @@ def test_hospital_file_resolves_paths_next_to_it(tmp_path: Path) -> None:
         (('data = "data.csv"', "data = 5"), "[hospital] data: must be text"),
         (('data = "data.csv"', 'data = "data.csv"\nport = 1'), "[hospital] port: unknown key"),
         (("modes = [", "modes = [["), "not valid TOML"),
+        # the runner's settings
+        (
+            ('data = "data.csv"\n', 'data = "data.csv"\nclientapp = "ray"\n'),
+            "[hospital] clientapp: must be one of warm, subprocess, got 'ray'",
+        ),
+        (
+            ('address = "superlink.example:9092"\n', 'address = "s:9092"\npoll-interval = 0\n'),
+            "[superlink] poll-interval: seconds between an idle node's requests for work",
+        ),
+        (
+            ('address = "superlink.example:9092"\n', 'address = "s:9092"\nnode-port = 0\n'),
+            "[superlink] node-port: the warm ClientApp runner needs a fixed port",
+        ),
+        (
+            ('data = "data.csv"\n', 'data = "data.csv"\nthreads = -1\n'),
+            "[hospital] threads: must be >= 0, got -1",
+        ),
     ],
 )
 def test_hospital_file_mistakes_are_one_line(
@@ -227,34 +244,3 @@ def test_torch_threads_per_message_default_to_torchs_own(tmp_path: Path) -> None
 def test_the_subprocess_runner_is_flowers_own_supernode(tmp_path: Path) -> None:
     text = HOSPITAL.replace('data = "data.csv"\n', 'data = "data.csv"\nclientapp = "subprocess"\n')
     assert "--isolation" not in _print_command(tmp_path, text)
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (
-            ('data = "data.csv"\n', 'data = "data.csv"\nclientapp = "ray"\n'),
-            "[hospital] clientapp: must be one of warm, subprocess, got 'ray'",
-        ),
-        (
-            ('address = "superlink.example:9092"\n', 'address = "s:9092"\npoll-interval = 0\n'),
-            "[superlink] poll-interval: seconds between an idle node's requests for work",
-        ),
-        (
-            ('address = "superlink.example:9092"\n', 'address = "s:9092"\nnode-port = 0\n'),
-            "[superlink] node-port: the warm ClientApp runner needs a fixed port",
-        ),
-        (
-            ('data = "data.csv"\n', 'data = "data.csv"\nthreads = -1\n'),
-            "[hospital] threads: must be >= 0, got -1",
-        ),
-    ],
-)
-def test_a_bad_runner_setting_names_its_key(
-    tmp_path: Path, change: tuple[str, str], message: str
-) -> None:
-    text = HOSPITAL.replace(*change)
-    assert text != HOSPITAL
-    with pytest.raises(ConfigError) as info:
-        HospitalConfig.load(write(tmp_path, "hospital.toml", text))
-    assert message in str(info.value)
