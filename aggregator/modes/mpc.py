@@ -116,9 +116,10 @@ class MpcMode(AggregationMode):
         self._sums: dict[int, _RunningSum] = {}
         self._lock = threading.Lock()
 
-    def parse(self, payload: bytes, *, length: int) -> SharePayload:
-        """The share in ``payload``, checked against this study and member."""
-        share = SharePayload.from_bytes(payload, length=length)
+    def parse(self, payload: bytes, *, length: int | None, narrow: bool = False) -> SharePayload:
+        """The share in ``payload``, checked against this study and member (and ``length``
+        values, unless None); ``narrow``: its values as uint32 (``SharePayload.from_bytes``)."""
+        share = SharePayload.from_bytes(payload, length=length, narrow=narrow)
         self._check(share)
         return share
 
@@ -137,7 +138,9 @@ class MpcMode(AggregationMode):
     def check(self, payload: bytes, *, length: int) -> None:
         self.parse(payload, length=length)
 
-    def values(self, payload: bytes, *, length: int, round: int, sender: str) -> NDArray[np.int64]:
+    def values(
+        self, payload: bytes, *, length: int | None, round: int, sender: str
+    ) -> NDArray[np.int64]:
         """The field values of ``sender``'s share in ``round`` (a seed is expanded)."""
         domain = share_domain(self._study_id, round, self._member_id, sender)
         return self.parse(payload, length=length).values(domain=domain)
@@ -148,8 +151,7 @@ class MpcMode(AggregationMode):
         """Check the share and add its values (a seed expanded) to ``round``'s running sum.
         Only a sender's first share counts there; whether the member's store kept that same
         share is checked when the round is summed (:meth:`combine_kept`)."""
-        share = SharePayload.from_bytes(payload, length=length, narrow=True)
-        self._check(share)
+        share = self.parse(payload, length=length, narrow=True)
         if not sender:
             return
         domain = share_domain(self._study_id, round, self._member_id, sender)
@@ -173,9 +175,7 @@ class MpcMode(AggregationMode):
     ) -> NDArray[np.int64]:
         """The field values of ``sender``'s accepted share in ``round``, parsed from its
         stored upload ``load()``. Run by a member at the norm check."""
-        share = SharePayload.from_bytes(load())
-        self._check(share)
-        return share.values(domain=share_domain(self._study_id, round, self._member_id, sender))
+        return self.values(load(), length=None, round=round, sender=sender)
 
     def release(self, round: int) -> None:
         """Forget the running sums of rounds up to ``round``. Run by a committee member."""
