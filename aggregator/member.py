@@ -182,10 +182,6 @@ class CommitteeMember:
                 extra=fields(member=self.member_id, studies=sorted(self._studies)),
             )
 
-    def _kept_dir(self, study_id: str) -> Path:
-        """Where the study's mode keeps parsed uploads between acceptance and aggregation."""
-        return self._workdir / "kept" / study_id
-
     def _load(self, study_id: str, body: bytes, digest: bytes) -> _Study:
         try:
             configure = ConfigureBody.from_bytes(body)
@@ -206,7 +202,6 @@ class CommitteeMember:
             self._on_mpc_study()
         return build_mode(
             setup,
-            kept=self._kept_dir(manifest.study_id),
             study_id=manifest.study_id,
             members=manifest.member_ids,
             member_id=self.member_id,

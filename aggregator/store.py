@@ -13,13 +13,21 @@ table           rows
 ``nonces``      every burned upload nonce per study
 ``rounds``      every opened round: open / abandoned / aggregated, its deadline,
                 and for an aggregated round the client set hash and signed result
-``uploads``     the accepted payloads of open rounds, with the data owner's nonce and
-                signature when the upload can be relayed (deleted once aggregated;
-                aggregation streams them, :meth:`MemberStore.iter_payloads`)
+``uploads``     the accepted uploads of open rounds: sender, payload hash and the
+                payload's file, with the data owner's nonce and signature when the
+                upload can be relayed (deleted once aggregated; aggregation streams
+                the payloads, :meth:`MemberStore.iter_payloads`)
 ``rejections``  rejection counts of open rounds, by sender and reason
 ``copy_failures`` copies of open rounds' uploads this member could not take from
                 another member: by sender and relayer, the reason and its detail
 ==============  =================================================================
+
+Payloads (megabytes each) live beside the database, one file per upload in
+``<workdir>/payloads/<study id>/``: written and synced, renamed into place and the folder
+synced before the row that names them commits, so a row always has its file; a file
+without a row (a crash in between) is removed when the store opens. Kept out of SQLite
+they are written once, not once to the write-ahead log and again at the checkpoint, and
+dropping a round unlinks its files instead of walking every overflow page.
 
 Write-ahead log, ``synchronous=FULL``: a transaction the member acted on is on disk before
 it answers. One connection guarded by a lock (the gRPC server calls from several threads);
@@ -31,7 +39,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -43,8 +53,23 @@ from typing import Any
 from cohort.errors import BadInputError, ConfigError
 
 STATE_FILE = "state.sqlite"
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: payloads in files beside the database (2 kept them in the rows)
+PAYLOADS_DIR = "payloads"
 _U64 = 8
+
+_UPLOADS = """
+CREATE TABLE IF NOT EXISTS uploads (
+    study_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    payload_file TEXT NOT NULL,
+    payload_size INTEGER NOT NULL,
+    payload_hash BLOB NOT NULL,
+    nonce BLOB,
+    signature BLOB,
+    PRIMARY KEY (study_id, round, sender)
+)
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -67,17 +92,9 @@ CREATE TABLE IF NOT EXISTS rounds (
     client_set BLOB,
     result TEXT,
     aggregate BLOB,
+    aggregate_file TEXT,
+    aggregate_size INTEGER,
     PRIMARY KEY (study_id, round)
-);
-CREATE TABLE IF NOT EXISTS uploads (
-    study_id TEXT NOT NULL,
-    round INTEGER NOT NULL,
-    sender TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    payload_hash BLOB NOT NULL,
-    nonce BLOB,
-    signature BLOB,
-    PRIMARY KEY (study_id, round, sender)
 );
 CREATE TABLE IF NOT EXISTS rejections (
     study_id TEXT NOT NULL,
@@ -162,8 +179,11 @@ class MemberStore:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + _UPLOADS + ";")
+            self._payloads = path.parent / PAYLOADS_DIR
+            self._payloads.mkdir(mode=0o700, exist_ok=True)
             self._check_version()
+            self._sweep_payloads()
         except sqlite3.DatabaseError as exc:
             self._release_flock()
             raise BadInputError(f"member state {path}: not a usable SQLite file ({exc})") from None
@@ -194,11 +214,103 @@ class MemberStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] == "2":
+            self._migrate_from_2()
         elif row[0] != SCHEMA_VERSION:
             raise ConfigError(
                 f"member state {self.path}: schema version {row[0]}, this member reads "
                 f"{SCHEMA_VERSION}"
             )
+
+    def _migrate_from_2(self) -> None:
+        """Schema 2 kept payloads in the ``uploads`` rows: move each to its file, in one
+        transaction (the files are in place before it commits). Its aggregates stay in the
+        ``rounds`` rows (``aggregate``); later ones go to files (``aggregate_file``)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("ALTER TABLE rounds ADD COLUMN aggregate_file TEXT")
+            db.execute("ALTER TABLE rounds ADD COLUMN aggregate_size INTEGER")
+            db.execute("ALTER TABLE uploads RENAME TO uploads_v2")
+            db.execute(_UPLOADS)
+            rows = db.execute(
+                "SELECT study_id, round, sender, payload, payload_hash, nonce, signature "
+                "FROM uploads_v2"
+            ).fetchall()
+            for study_id, number, sender, payload, payload_hash, nonce, signature in rows:
+                folder, name = self._payload_path(
+                    str(study_id), int(number), str(sender), payload_hash
+                )
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _write_synced(folder / name, bytes(payload))
+                _sync_folder(folder)
+                db.execute(
+                    "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (study_id, number, sender, name, len(payload), payload_hash, nonce, signature),
+                )
+            db.execute("DROP TABLE uploads_v2")
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # ---------------------------------------------------------------- payload files
+
+    def _study_folder(self, study_id: str) -> Path:
+        hexish = (
+            study_id and all(c in "0123456789abcdef" for c in study_id) and len(study_id) <= 128
+        )
+        name = study_id if hexish else hashlib.sha256(study_id.encode()).hexdigest()
+        return self._payloads / name
+
+    def _payload_path(
+        self, study_id: str, round: int, sender: str, payload_hash: bytes
+    ) -> tuple[Path, str]:
+        """The study's folder and the file name of ``sender``'s payload of ``round``: the
+        round first (a round's files are found by prefix), then the sender and payload
+        hashes, so two different payloads never share a name."""
+        who = hashlib.sha256(sender.encode()).hexdigest()[:32]
+        return self._study_folder(study_id), f"{round:010d}-{who}-{payload_hash.hex()[:32]}.bin"
+
+    def _read_payload(self, study_id: str, name: str, size: int) -> bytes:
+        path = self._study_folder(study_id) / name
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"member state: payload file {path} is unreadable ({exc.strerror})"
+            ) from None
+        if len(data) != size:
+            raise ConfigError(
+                f"member state: payload file {path} holds {len(data)} bytes, the store {size}"
+            )
+        return data
+
+    def _drop_round_files(self, study_id: str, round: int) -> None:
+        """Unlink ``round``'s payload files; run after the transaction that deleted their
+        rows committed (a crash in between leaves files that the next open removes)."""
+        folder = self._study_folder(study_id)
+        for path in folder.glob(f"{round:010d}-*.bin"):
+            path.unlink(missing_ok=True)
+
+    def _sweep_payloads(self) -> None:
+        """Remove payload files no row names, and stray temporaries (a crash mid-write)."""
+        named = {
+            (str(s), str(f))
+            for s, f in self._db.execute(
+                "SELECT study_id, payload_file FROM uploads UNION ALL "
+                "SELECT study_id, aggregate_file FROM rounds WHERE aggregate_file IS NOT NULL"
+            )
+        }
+        folders = {self._study_folder(study): study for study, _ in named}
+        for folder in self._payloads.iterdir():
+            if not folder.is_dir():
+                continue
+            study = folders.get(folder)
+            for path in folder.iterdir():
+                if study is None or (study, path.name) not in named:
+                    path.unlink(missing_ok=True)
 
     def close(self) -> None:
         with self._lock:
@@ -293,6 +405,8 @@ class MemberStore:
                 "VALUES (?, ?, 'open', ?, ?)",
                 (study_id, round, deadline, time.time()),
             )
+        if abandoned is not None:
+            self._drop_round_files(study_id, abandoned)
         return abandoned
 
     @staticmethod
@@ -310,28 +424,44 @@ class MemberStore:
 
     def result(self, study_id: str, round: int) -> StoredResult | None:
         rows = self._read(
-            "SELECT client_set, result, aggregate FROM rounds "
+            "SELECT client_set, result, aggregate, aggregate_file, aggregate_size FROM rounds "
             "WHERE study_id = ? AND round = ? AND state = 'aggregated'",
             (study_id, round),
         )
         if not rows:
             return None
-        client_set, record, aggregate = rows[0]
+        client_set, record, aggregate, name, size = rows[0]
+        if name is not None:  # schema 2 kept the aggregate in the row
+            aggregate = self._read_payload(study_id, str(name), int(size))
         return StoredResult(bytes(client_set), str(record), bytes(aggregate))
 
     def finish_round(
         self, study_id: str, round: int, *, client_set: bytes, record: str, aggregate: bytes
     ) -> None:
-        """Mark the open ``round`` aggregated with its signed result; drop its uploads."""
-        with self._tx() as db:
-            cursor = db.execute(
-                "UPDATE rounds SET state = 'aggregated', client_set = ?, result = ?, "
-                "aggregate = ? WHERE study_id = ? AND round = ? AND state = 'open'",
-                (client_set, record, aggregate, study_id, round),
-            )
-            if cursor.rowcount != 1:
-                raise RuntimeError(f"store: round {round} of {study_id[:16]} is not open")
-            self._drop_round_data(db, study_id, round)
+        """Mark the open ``round`` aggregated with its signed result; drop its uploads. The
+        aggregate goes to its own file, like a payload: written and synced outside the lock,
+        renamed into place (folder synced) once the row is known open, before it commits."""
+        folder = self._study_folder(study_id)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = f"aggregate-{round:010d}.bin"
+        tmp = folder / f"{name}.{secrets.token_hex(8)}.tmp"
+        _write_synced(tmp, aggregate)
+        try:
+            with self._tx() as db:
+                cursor = db.execute(
+                    "UPDATE rounds SET state = 'aggregated', client_set = ?, result = ?, "
+                    "aggregate_file = ?, aggregate_size = ? "
+                    "WHERE study_id = ? AND round = ? AND state = 'open'",
+                    (client_set, record, name, len(aggregate), study_id, round),
+                )
+                if cursor.rowcount != 1:
+                    raise RuntimeError(f"store: round {round} of {study_id[:16]} is not open")
+                self._drop_round_data(db, study_id, round)
+                os.replace(tmp, folder / name)
+                _sync_folder(folder)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._drop_round_files(study_id, round)
 
     def confirm_once(self, study_id: str, round: int, aggregate_hash: bytes) -> bytes:
         """Record that this member confirmed ``aggregate_hash`` for ``round`` (MPC) and
@@ -373,27 +503,55 @@ class MemberStore:
         relay: RelayFields | None = None,
     ) -> bool:
         """Keep ``sender``'s payload for ``round``; False if it already has one. ``relay``
-        (the owner's nonce and signature) makes it relayable to other members."""
+        (the owner's nonce and signature) makes it relayable to other members.
+
+        The payload is written and synced to a temporary file outside the store lock (other
+        uploads go on meanwhile); under it the row is checked, the file renamed into place
+        and its folder synced, then the row committed."""
         nonce, signature = (None, None) if relay is None else (relay.nonce, relay.signature)
-        with self._tx() as db:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (study_id, round, sender, payload, payload_hash, nonce, signature),
-            )
-            return cursor.rowcount == 1
+        folder, name = self._payload_path(study_id, round, sender, payload_hash)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = folder / f"{name}.{secrets.token_hex(8)}.tmp"
+        _write_synced(tmp, payload)
+        placed = False
+        try:
+            with self._tx() as db:
+                held = db.execute(
+                    "SELECT payload_file FROM uploads WHERE study_id = ? AND round = ? "
+                    "AND sender = ?",
+                    (study_id, round, sender),
+                ).fetchone()
+                if held is not None:
+                    return False
+                os.replace(tmp, folder / name)
+                placed = True
+                _sync_folder(folder)
+                db.execute(
+                    "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (study_id, round, sender, name, len(payload), payload_hash, nonce, signature),
+                )
+            return True
+        except BaseException:
+            if placed:
+                (folder / name).unlink(missing_ok=True)
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def relayable(self, study_id: str, round: int, sender: str) -> Relayable | None:
         """``sender``'s upload of ``round`` with what a copy needs, if it can be relayed."""
         rows = self._read(
-            "SELECT payload, payload_hash, nonce, signature FROM uploads "
+            "SELECT payload_file, payload_size, payload_hash, nonce, signature FROM uploads "
             "WHERE study_id = ? AND round = ? AND sender = ? AND signature IS NOT NULL",
             (study_id, round, sender),
         )
         if not rows:
             return None
-        payload, payload_hash, nonce, signature = rows[0]
+        name, size, payload_hash, nonce, signature = rows[0]
         return Relayable(
-            bytes(payload), bytes(payload_hash), RelayFields(bytes(nonce), bytes(signature))
+            self._read_payload(study_id, str(name), int(size)),
+            bytes(payload_hash),
+            RelayFields(bytes(nonce), bytes(signature)),
         )
 
     def holdings(self, study_id: str, round: int) -> list[tuple[str, bytes]]:
@@ -429,13 +587,13 @@ class MemberStore:
         for sender in senders:
             with self._lock:
                 row = self._db.execute(
-                    "SELECT payload FROM uploads WHERE study_id = ? AND round = ? AND sender = ?",
+                    "SELECT payload_file, payload_size FROM uploads "
+                    "WHERE study_id = ? AND round = ? AND sender = ?",
                     (study_id, round, sender),
                 ).fetchone()
             if row is None:
                 raise KeyError(sender)
-            payload = bytes(row[0])
-            del row
+            payload = self._read_payload(study_id, str(row[0]), int(row[1]))
             yield payload
             del payload
 
@@ -473,3 +631,24 @@ class MemberStore:
             (study_id, round),
         )
         return [(str(s), str(r), int(c)) for s, r, c in rows]
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new private file at ``path`` and sync it to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Sync ``folder`` itself, so that a rename into it is on disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

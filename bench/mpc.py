@@ -44,7 +44,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -170,6 +169,7 @@ def run_ckks(
     public = context.public()
     clients = len(vectors)
     keys = [i.to_bytes(32, "big") for i in range(clients)]
+    senders = [f"owner-{i}" for i in range(clients)]
     client_s: list[float] = []
     accept_s: list[float] = []
     combine_s: list[float] = []
@@ -186,18 +186,19 @@ def run_ckks(
             payloads.append(payload)
             payload_bytes.append(len(payload))
         aggregate = b""
-        with tempfile.TemporaryDirectory(prefix="cohort-bench-mpc-ckks-") as home:
-            for j in range(committee):
-                mode = CkksMode(public, kept=Path(home) / f"member-{j}")
-                start = time.perf_counter()
-                for key, payload in zip(keys, payloads, strict=True):
-                    mode.accept(payload, length=int(vectors[0].size), round=ROUND, key=key)
-                middle = time.perf_counter()
-                aggregate = mode.combine_kept(ROUND, keys, payloads.__getitem__)
-                end = time.perf_counter()
-                accept_s.append(middle - start)
-                combine_s.append(end - middle)
-                member_s.append(end - start)
+        for _member in range(committee):
+            mode = CkksMode(public)
+            start = time.perf_counter()
+            for key, payload, sender in zip(keys, payloads, senders, strict=True):
+                mode.accept(
+                    payload, length=int(vectors[0].size), round=ROUND, key=key, sender=sender
+                )
+            middle = time.perf_counter()
+            aggregate = mode.combine_kept(ROUND, keys, payloads.__getitem__, senders=senders)
+            end = time.perf_counter()
+            accept_s.append(middle - start)
+            combine_s.append(end - middle)
+            member_s.append(end - start)
         del payloads
         total, seconds = timed(context.decrypt, aggregate)
         decrypt_s.append(seconds)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from cohort.crypto import ckks_fastsum as fastsum
+from cohort.crypto import ckks_seeded as seeded
 from cohort.crypto import ckks_wire as wire
 from cohort.crypto.ckks_params import (
     DEFAULT_PARAMS,
@@ -35,12 +36,14 @@ from cohort.crypto.ckks_params import (
 )
 from cohort.crypto.ckks_tenseal import (
     SeededEncryptor,
+    SlotDecryptor,
     load_chunk,
     load_context,
     new_context,
     seal_layout,
     seal_zstd,
     serialize_context,
+    unpack_complex,
 )
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.errors import BadInputError
@@ -109,9 +112,10 @@ class CkksPublicContext:
         """Run by a committee member on each upload before accepting it.
 
         Raises BadInputError on malformed framing, a value count other than ``length``, a
-        wrong chunk count, another context's fingerprint, or a chunk that is not a fresh
-        ``slots``-value SEAL ciphertext of this context's ring dimension, prime chain and
-        scale (:func:`cohort.crypto.ckks_fastsum.decode_chunk` names the fault). It cannot
+        wrong chunk count, another context's fingerprint, or a chunk that is not a fresh SEAL
+        ciphertext filling ``ceil(values / 2)`` slots, of this context's ring dimension,
+        prime chain and scale (:func:`cohort.crypto.ckks_fastsum.decode_chunk` names the
+        fault). It cannot
         see the plaintext, so it cannot check ``|value| <= max_abs``.
         """
         self.decode(blob, length=length)
@@ -125,17 +129,21 @@ class CkksPublicContext:
         frame = wire.parse_vector(
             blob, self.params, what=what, length=length, fingerprint=self._fingerprint
         )
-        sizes = wire.chunk_sizes(frame.length, self.params.slots)
+        sizes = wire.slot_counts(frame.length, self.params)
         layout = self._layout
         out = np.empty(
             (len(sizes), fastsum.POLYS, len(layout.primes), layout.poly_modulus_degree),
             dtype=np.uint64,
         )
         for i, (chunk, size) in enumerate(zip(frame.chunks, sizes, strict=True)):
-            out[i] = self._decode(chunk, f"{what}: chunk {i}", size)
+            out[i] = self._decode(frame.kind, chunk, f"{what}: chunk {i}", size)
         return DecodedVector(length=frame.length, coeffs=out)
 
-    def _decode(self, data: bytes, where: str, size: int) -> np.ndarray:
+    def _decode(self, kind: int, data: bytes, where: str, size: int) -> np.ndarray:
+        if kind == wire.KIND_UPLOAD:
+            return seeded.decode_chunk(data, self._layout, size=size, where=where)
+        if kind == wire.KIND_SUM:
+            return seeded.decode_sum_chunk(data, self._layout, size=size, where=where)
         return fastsum.decode_chunk(data, self._layout, self._codec, size=size, where=where)
 
     def add(self, blobs: Sequence[bytes]) -> bytes:
@@ -217,7 +225,7 @@ class CkksSum:
     def _add(self, coeffs: np.ndarray, length: int) -> None:
         ctx = self._context
         layout = ctx._layout
-        sizes = wire.chunk_sizes(length, ctx.params.slots)
+        sizes = wire.slot_counts(length, ctx.params)
         shape = (len(sizes), fastsum.POLYS, len(layout.primes), layout.poly_modulus_degree)
         if coeffs.shape != shape or (self._length is not None and length != self._length):
             raise BadInputError(
@@ -237,12 +245,15 @@ class CkksSum:
             raise BadInputError("add: no encrypted vectors to sum")
         ctx = self._context
         out = tuple(
-            fastsum.encode_chunk(acc.finish(), ctx._layout, ctx._codec, size=size)
+            seeded.encode_sum_chunk(size, acc.finish(), ctx._layout)
             for acc, size in zip(self._chunks, self._sizes, strict=True)
         )
         self._chunks = []
         length, self._length = self._length, None
-        return wire.VectorFrame(length=length, fingerprint=ctx.fingerprint(), chunks=out).to_bytes()
+        frame = wire.VectorFrame(
+            length=length, fingerprint=ctx.fingerprint(), chunks=out, kind=wire.KIND_SUM
+        )
+        return frame.to_bytes()
 
 
 class CkksSecretContext:
@@ -252,7 +263,7 @@ class CkksSecretContext:
 
     def __init__(self, ctx: Any, params: CkksParams, key_id: bytes) -> None:
         self._ctx = ctx
-        self._local = threading.local()  # one SeededEncryptor per thread
+        self._local = threading.local()  # one SeededEncryptor and SlotDecryptor per thread
         self._params = params
         self._key_id = key_id
         self._public = CkksPublicContext(
@@ -304,9 +315,10 @@ class CkksSecretContext:
     def encrypt(self, vector: np.ndarray) -> bytes:
         """Run by a data owner on its (weighted) update: EncryptedVector bytes.
 
-        Each chunk is a *seeded* symmetric ciphertext: ``c0`` and the 64-byte seed its
-        ``c1`` expands from (fresh from the system CSPRNG per ciphertext, drawn by SEAL),
-        half the size of TenSEAL's own serialization; see docs/ckks-parameters.md.
+        Each chunk is a *seeded* symmetric ciphertext of up to N values, two per complex
+        slot: ``c0`` and the 64-byte seed its ``c1`` expands from (fresh from the system
+        CSPRNG per ciphertext, drawn by SEAL), a quarter of the bytes of TenSEAL's own
+        serialization of the same values; see docs/ckks-parameters.md.
 
         BadInputError if ``vector`` is not a non-empty 1-D real vector, holds NaN or inf, or
         has a value with ``|value| > params.max_abs`` (the message names the first index).
@@ -330,15 +342,20 @@ class CkksSecretContext:
             raise BadInputError(
                 f"encrypt: value at index {i} exceeds max_abs {self._params.max_abs:g} in magnitude"
             )
-        slots = self._params.slots
+        per_chunk = self._params.values_per_ciphertext
         encryptor: SeededEncryptor | None = getattr(self._local, "encryptor", None)
         if encryptor is None:
-            encryptor = self._local.encryptor = SeededEncryptor(self._ctx, self._params)
+            encryptor = self._local.encryptor = SeededEncryptor(
+                self._ctx, self._params, self._public._layout
+            )
         chunks = tuple(
-            encryptor.encrypt(v[start : start + slots]) for start in range(0, v.size, slots)
+            encryptor.encrypt(v[start : start + per_chunk]) for start in range(0, v.size, per_chunk)
         )
         return wire.VectorFrame(
-            length=int(v.size), fingerprint=self._public.fingerprint(), chunks=chunks
+            length=int(v.size),
+            fingerprint=self._public.fingerprint(),
+            chunks=chunks,
+            kind=wire.KIND_UPLOAD,
         ).to_bytes()
 
     def decrypt(self, blob: bytes) -> np.ndarray:
@@ -348,14 +365,22 @@ class CkksSecretContext:
         releases does not carry the exact decryption noise (see docs/ckks-parameters.md).
         """
         frame = wire.parse_vector(blob, self._params, fingerprint=self._public.fingerprint())
-        slots = self._params.slots
+        per_chunk = self._params.values_per_ciphertext
         out = np.empty(frame.length, dtype=np.float64)
-        sizes = wire.chunk_sizes(frame.length, slots)
+        sizes = wire.chunk_sizes(frame.length, self._params)
+        decryptor: SlotDecryptor | None = getattr(self._local, "decryptor", None)
+        if decryptor is None:
+            decryptor = self._local.decryptor = SlotDecryptor(self._ctx)
+        public = self._public
         for j, (chunk, size) in enumerate(zip(frame.chunks, sizes, strict=True)):
-            vec = load_chunk(
-                self._ctx, self._params, chunk, where=f"encrypted vector: chunk {j}", size=size
-            )
-            out[j * slots : j * slots + size] = vec.decrypt()
+            slots = -(-size // 2)
+            where = f"encrypted vector: chunk {j}"
+            if frame.kind != wire.KIND_SEAL:  # a sum or an upload: as SEAL reads it
+                coeffs = public._decode(frame.kind, chunk, where, slots)
+                chunk = fastsum.encode_chunk(coeffs, public._layout, None, size=slots)
+            vec = load_chunk(self._ctx, self._params, chunk, where=where, size=slots)
+            values = unpack_complex(decryptor.decrypt(vec)[:slots], size)
+            out[j * per_chunk : j * per_chunk + size] = values
         steps = 1.0 / self._params.release_grid  # a power of two: exact scaling
         return np.round(out * steps) / steps
 

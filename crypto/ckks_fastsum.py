@@ -162,7 +162,7 @@ def decode_chunk(data: bytes, layout: Layout, codec: Codec, *, size: int, where:
     buf = _inflate(seal[SEAL_HEADER.size :], compr, layout, codec, p)
     raw = buf[PAD:]
     head = raw.data  # struct reads the header fields through the buffer protocol
-    bad = f"{where} is not a {size}-value CKKS ciphertext under this context"
+    bad = f"{where} is not a {size}-slot CKKS ciphertext under this context"
     if raw.size < CT_MEMBERS.size:
         raise p.error(f"{raw.size} ciphertext bytes, expected {layout.raw_size}")
     *parms_id, ntt, polys, n, primes, scale, correction = CT_MEMBERS.unpack_from(head)
@@ -181,7 +181,7 @@ def decode_chunk(data: bytes, layout: Layout, codec: Codec, *, size: int, where:
         shown = math.log2(scale) if scale > 0 else scale
         raise BadInputError(f"{bad}: scale 2**{shown:g}, expected 2**{math.log2(layout.scale):g}")
     if count != size:
-        raise BadInputError(f"{bad}: it holds {count} values")
+        raise BadInputError(f"{bad}: it fills {count} slots")
     if raw.size < PREFIX:
         raise p.error(f"{raw.size} ciphertext bytes, expected {layout.raw_size}")
     magic, hsize, major, minor, compr, reserved, total = SEAL_HEADER.unpack_from(
@@ -341,8 +341,10 @@ class ChunkAccumulator:
         return acc
 
 
-def encode_chunk(coeffs: np.ndarray, layout: Layout, codec: Codec, *, size: int) -> bytes:
-    """Serialize reduced coefficients as TenSEAL serializes a CKKSVector of ``size`` values."""
+def encode_chunk(coeffs: np.ndarray, layout: Layout, codec: Codec | None, *, size: int) -> bytes:
+    """Serialize reduced coefficients as TenSEAL serializes a CKKSVector of ``size`` slots,
+    compressed with ``codec`` (SEAL's zstd: the same bytes TenSEAL writes) or, with None,
+    uncompressed (which SEAL loads as well)."""
     major, minor = layout.version
     body_size = SEAL_HEADER.size + COUNT.size + 8 * layout.coeff_count
     raw = b"".join(
@@ -361,14 +363,14 @@ def encode_chunk(coeffs: np.ndarray, layout: Layout, codec: Codec, *, size: int)
             np.ascontiguousarray(coeffs, dtype="<u8").tobytes(),
         )
     )
-    packed = codec.compress(raw)
+    packed = raw if codec is None else codec.compress(raw)
     seal = (
         SEAL_HEADER.pack(
             SEAL_MAGIC,
             SEAL_HEADER.size,
             major,
             minor,
-            COMPR_ZSTD,
+            COMPR_NONE if codec is None else COMPR_ZSTD,
             0,
             SEAL_HEADER.size + len(packed),
         )

@@ -6,13 +6,15 @@ because TenSEAL generates key-switching keys when it builds a context (those key
 never serialized or shipped). See docs/ckks-parameters.md for the measurements behind
 :data:`DEFAULT_PARAMS`.
 
-Capacity. A value ``v`` is encoded as ``round(v * 2**scale_bits)`` in a polynomial whose
-coefficients are bounded by ``max |v|``; decryption is correct while that, plus noise,
-stays under half the data prime ``q0``. A prime of ``b`` bits is at least ``2**(b-1)``,
-so ``|sum| < 2**(b - 2 - scale_bits)`` is always safe (SEAL picks primes just under
-``2**b``, which leaves one more bit for noise). :attr:`CkksParams.max_abs` divides that
-bound by :data:`MAX_SUMMANDS`, so that any sum of up to that many valid uploads decrypts
-without wrap-around.
+Capacity. Two reals share one complex slot (``v[2j] + i*v[2j+1]``, see
+:attr:`CkksParams.values_per_ciphertext`), so a slot's magnitude is at most ``sqrt(2)``
+times ``max |v|``, and the canonical embedding bounds every plaintext coefficient by the
+largest slot magnitude, below ``2 * max |v|``. Decryption is correct while a coefficient,
+plus noise, stays under half the data prime ``q0``. A prime of ``b`` bits is at least
+``2**(b-1)``, so a sum whose reals satisfy ``|sum| < 2**(b - 3 - scale_bits)`` is always safe
+(SEAL picks primes just under ``2**b``, which leaves one more bit for noise).
+:attr:`CkksParams.max_abs` divides that bound by :data:`MAX_SUMMANDS`, so that any sum of
+up to that many valid uploads decrypts without wrap-around.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ MAX_PRIME_BITS = 60  # SEAL's limit for one RNS prime
 # grid is coarser than the CKKS noise of a sum, so a released aggregate does not hand out
 # the exact noise that approximate-decryption key-recovery attacks (Li-Micciancio) need.
 RELEASE_DROP_BITS = 14
+# Bits between the data prime and the largest coefficient of a valid sum: one because a
+# prime of b bits may be as small as 2**(b-1), one for the sign (correct while under q/2),
+# one because two reals packed in a complex slot can reach twice the larger of them.
+HEADROOM_BITS = 3
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,13 @@ class CkksParams:
 
     @property
     def slots(self) -> int:
-        """Values per ciphertext (N / 2)."""
+        """Complex slots per ciphertext (N / 2)."""
         return self.poly_modulus_degree // 2
+
+    @property
+    def values_per_ciphertext(self) -> int:
+        """Reals per ciphertext (N): two per complex slot, ``v[2j] + i*v[2j+1]``."""
+        return self.poly_modulus_degree
 
     @property
     def data_prime_bits(self) -> int:
@@ -63,7 +74,7 @@ class CkksParams:
     def max_abs(self) -> float:
         """Largest |value| :meth:`CkksSecretContext.encrypt` accepts: any sum of up to
         :data:`MAX_SUMMANDS` such uploads still decrypts without wrap-around."""
-        return float(2.0 ** (self.data_prime_bits - 2 - self.scale_bits - SUMMAND_BITS))
+        return float(2.0 ** (self.data_prime_bits - HEADROOM_BITS - self.scale_bits - SUMMAND_BITS))
 
     @property
     def release_grid(self) -> float:
@@ -104,15 +115,15 @@ class CkksParams:
         s = self.scale_bits
         if isinstance(s, bool) or not isinstance(s, int) or s < MIN_SCALE_BITS:
             raise ConfigError(f"scale_bits must be an int >= {MIN_SCALE_BITS} (bits), got {s!r}")
-        if s + 2 + SUMMAND_BITS > bits[0]:
+        if s + HEADROOM_BITS + SUMMAND_BITS > bits[0]:
             raise ConfigError(
                 f"scale_bits {s} leaves no headroom: the data prime ({bits[0]} bits) must be "
-                f"at least scale_bits + 2 + {SUMMAND_BITS} bits (sums of {MAX_SUMMANDS} "
-                f"uploads of |value| <= 1)"
+                f"at least scale_bits + {HEADROOM_BITS} + {SUMMAND_BITS} bits (sums of "
+                f"{MAX_SUMMANDS} uploads of |value| <= 1, two values per slot)"
             )
 
 
 # N = 8192 with a 48-bit data prime, a 60-bit special prime (108 of 218 bits) and scale
-# 2**30: ~27.6 bytes per value on the wire, CKKS noise ~1e-6 per upload, max_abs = 64,
-# decrypted values rounded to multiples of 2**-16.
+# 2**30: 8192 values per ciphertext (two per slot), ~6.9 bytes per value on the wire,
+# CKKS noise ~1e-6 per upload, max_abs = 32, decrypted values rounded to multiples of 2**-16.
 DEFAULT_PARAMS = CkksParams(poly_modulus_degree=8192, coeff_mod_bit_sizes=(48, 60), scale_bits=30)

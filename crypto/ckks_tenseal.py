@@ -19,8 +19,9 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
-from cohort.crypto.ckks_fastsum import PRNG_BLOCK_BYTES, Layout
+from cohort.crypto.ckks_fastsum import PRNG_BLOCK_BYTES, Layout, decode_chunk
 from cohort.crypto.ckks_params import CkksParams
+from cohort.crypto.ckks_seeded import Rebaser
 from cohort.errors import BadInputError, ConfigError
 
 
@@ -40,9 +41,9 @@ def new_context(params: CkksParams) -> Any:
 
 
 def encrypt_chunk(ctx: Any, values: np.ndarray) -> bytes:
-    """Encrypt at most ``slots`` float64 values under the secret key in ``ctx``: TenSEAL's
-    own (unseeded, two-polynomial) ciphertext. The reference path; uploads use
-    :class:`SeededEncryptor`."""
+    """Encrypt at most ``slots`` float64 values, one per slot, under the secret key in
+    ``ctx``: TenSEAL's own (unseeded, two-polynomial) ciphertext. The reference that tests
+    hold the fast sum to; uploads use :class:`SeededEncryptor`."""
     return bytes(ts.ckks_vector(ctx, values).serialize())
 
 
@@ -56,25 +57,29 @@ def _varint(value: int) -> bytes:
 
 
 class SeededEncryptor:
-    """SEAL's seeded symmetric encryption (``Encryptor::encrypt_symmetric`` returning a
-    ``Serializable<Ciphertext>``), wrapped as TenSEAL's CKKSVectorProto.
+    """A data owner's upload chunks: SEAL's symmetric encryption (``Encryptor::
+    encrypt_symmetric``), re-based onto a ChaCha20 seed (:mod:`cohort.crypto.ckks_seeded`).
 
-    SEAL samples the ciphertext's second polynomial ``c1 = a`` from a Blake2xb stream keyed
-    by a fresh 512-bit seed it draws from the system CSPRNG for every ciphertext, and its
-    ``save`` writes that seed instead of ``a``: half the bytes. TenSEAL (SEAL's ``load``)
-    and :func:`cohort.crypto.ckks_fastsum.decode_chunk` expand it again. Not thread-safe:
-    one per thread (SEAL's Serializable saves only to a path, so each instance owns a file).
+    SEAL returns a ``Serializable<Ciphertext>`` whose ``c1`` is a Blake2xb stream under a
+    seed SEAL draws from the system CSPRNG; it is expanded here once (SEAL's rule,
+    :func:`cohort.crypto.ckks_fastsum.decode_chunk`) and the ciphertext re-based onto a
+    fresh 32-byte seed whose ChaCha20 expansion costs a member a tenth as much. Not
+    thread-safe: one per thread (SEAL's Serializable saves only to a path, so each instance
+    owns a file).
     """
 
-    def __init__(self, ctx: Any, params: CkksParams) -> None:
+    def __init__(self, ctx: Any, params: CkksParams, layout: Layout) -> None:
         seal = ctx.seal_context().data
         self._encoder = sealapi.CKKSEncoder(seal)
         self._encryptor = sealapi.Encryptor(seal, ctx.secret_key().data)
+        self._rebaser = Rebaser(secret_ntt(ctx, layout), layout)
+        self._layout = layout
+        self._codec = seal_zstd()
         self._scale = 2.0**params.scale_bits
         self._scale_bytes = struct.pack("<d", self._scale)
         # A RAM-backed folder where there is one: SEAL's save opens the path per ciphertext.
         # mkstemp makes the name unpredictable and the file private (0600); what is written
-        # there is a ciphertext, the same bytes that are uploaded.
+        # there is a fresh ciphertext (its c0 and SEAL's seed for c1), removed on close.
         shm = "/dev/shm"  # noqa: S108
         base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
         fd, self._path = tempfile.mkstemp(prefix="cohort-ckks-", suffix=".ct", dir=base)
@@ -87,14 +92,16 @@ class SeededEncryptor:
                 os.unlink(path)
 
     def encrypt(self, values: np.ndarray) -> bytes:
-        """At most ``slots`` float64 values as one seeded chunk (TenSEAL CKKSVectorProto)."""
+        """At most N float64 values as one upload chunk, two per complex slot:
+        ``values[2j] + i*values[2j+1]`` (:func:`pack_complex`)."""
+        slots = pack_complex(values)
         plain = sealapi.Plaintext()
-        self._encoder.encode(values.tolist(), self._scale, plain)
+        self._encoder.encode(slots.tolist(), self._scale, plain)
         self._encryptor.encrypt_symmetric(plain).save(self._path)
         with open(self._path, "rb") as f:
             seal = f.read()
-        sizes = _varint(int(values.size))
-        return b"".join(
+        sizes = _varint(int(slots.size))
+        fresh = b"".join(
             (
                 b"\x0a",
                 _varint(len(sizes)),
@@ -106,6 +113,50 @@ class SeededEncryptor:
                 self._scale_bytes,
             )
         )
+        coeffs = decode_chunk(fresh, self._layout, self._codec, size=slots.size, where="SEAL")
+        return self._rebaser.rebase(coeffs, slots.size)
+
+
+def secret_ntt(ctx: Any, layout: Layout) -> np.ndarray:
+    """The secret key in ``ctx`` in NTT form for ``layout``'s primes, ``(primes, N)`` uint64
+    (the key level's first primes are the data level's). Secret: for :class:`Rebaser` only."""
+    key = ctx.secret_key().data.data()
+    count = len(layout.primes) * layout.poly_modulus_degree
+    values = np.fromiter((key.data(i) for i in range(count)), dtype=np.uint64, count=count)
+    return values.reshape(len(layout.primes), layout.poly_modulus_degree)
+
+
+def pack_complex(values: np.ndarray) -> np.ndarray:
+    """``ceil(n / 2)`` complex slots from ``n`` reals: slot ``j`` is
+    ``values[2j] + i*values[2j+1]`` (imaginary part 0 past an odd count)."""
+    out = np.zeros(-(-values.size // 2), dtype=np.complex128)
+    out.real = values[0::2]
+    out.imag[: values.size // 2] = values[1::2]
+    return out
+
+
+def unpack_complex(slots: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` reals of :func:`pack_complex`'s ``slots`` (float64)."""
+    out = np.empty(2 * slots.size, dtype=np.float64)
+    out[0::2] = slots.real
+    out[1::2] = slots.imag
+    return out[:count]
+
+
+class SlotDecryptor:
+    """SEAL's decryption and complex decoding under the secret key in ``ctx``: the slots of
+    a chunk that :func:`load_chunk` loaded. Not thread-safe: one per thread."""
+
+    def __init__(self, ctx: Any) -> None:
+        seal = ctx.seal_context().data
+        self._encoder = sealapi.CKKSEncoder(seal)
+        self._decryptor = sealapi.Decryptor(seal, ctx.secret_key().data)
+
+    def decrypt(self, vec: Any) -> np.ndarray:
+        """All N/2 slots of ``vec``'s ciphertext, complex128."""
+        plain = sealapi.Plaintext()
+        self._decryptor.decrypt(vec.ciphertext()[0], plain)
+        return np.array(self._encoder.decode_complex(plain), dtype=np.complex128)
 
 
 def serialize_context(ctx: Any, *, secret: bool) -> bytes:
@@ -145,7 +196,8 @@ def load_context(raw: bytes, params: CkksParams, *, what: str) -> Any:
 
 
 def load_chunk(ctx: Any, params: CkksParams, data: bytes, *, where: str, size: int) -> Any:
-    """Deserialize one chunk under ``ctx`` and check it is a fresh-shaped ciphertext."""
+    """Deserialize one chunk under ``ctx`` and check it is a fresh-shaped ciphertext of
+    ``size`` slots."""
     try:
         vec = ts.ckks_vector_from(ctx, data)
         cts = vec.ciphertext()
@@ -162,7 +214,7 @@ def load_chunk(ctx: Any, params: CkksParams, data: bytes, *, where: str, size: i
         raise BadInputError(f"{where} does not deserialize under this CKKS context") from None
     if not ok:
         raise BadInputError(
-            f"{where} is not a {size}-value CKKS ciphertext at scale 2**{params.scale_bits}"
+            f"{where} is not a {size}-slot CKKS ciphertext at scale 2**{params.scale_bits}"
         )
     return vec
 

@@ -2,8 +2,21 @@
 
 EncryptedVector (big-endian)::
 
-    "CHCV" | u8 version=1 | u64 value count | u32 chunk count | 32-byte context fingerprint
-    | chunk count x (u32 length | serialized TenSEAL CKKSVector of up to `slots` values)
+    "CHCV" | u8 version=2 | u8 kind | u64 value count | u32 chunk count
+    | 32-byte context fingerprint | chunk count x (u32 length | chunk)
+
+A chunk carries up to N values (:attr:`CkksParams.values_per_ciphertext`), two per complex
+slot: value ``2j`` is the real part of slot ``j`` and value ``2j + 1`` its imaginary part
+(zero past an odd count). ``kind`` says what a chunk is:
+
+* :data:`KIND_UPLOAD` (1), a data owner's upload: a seeded chunk of
+  :mod:`cohort.crypto.ckks_seeded` (``c0`` and the seed ``c1`` expands from);
+* :data:`KIND_SUM` (2), a committee's sum: both polynomials, packed the same way;
+* :data:`KIND_SEAL` (0), a serialized TenSEAL CKKSVector (one SEAL ciphertext): what
+  TenSEAL itself writes, accepted as an input to a sum next to uploads.
+
+Both count filled slots, ``ceil(values / 2)``. Version 1 put one value per slot and had no
+kind.
 
 Contexts::
 
@@ -28,7 +41,12 @@ from cohort.errors import BadInputError
 VECTOR_MAGIC = b"CHCV"
 PUBLIC_MAGIC = b"CHPK"
 SECRET_MAGIC = b"CHSK"
-VERSION = 1
+VECTOR_VERSION = 2  # two values per slot, a kind byte
+KIND_SEAL = 0
+KIND_UPLOAD = 1
+KIND_SUM = 2
+_KINDS = {KIND_SEAL: "seal", KIND_UPLOAD: "upload", KIND_SUM: "sum"}
+CONTEXT_VERSION = 1
 KEY_ID_SIZE = 16
 MAX_CONTEXT_BYTES = 64 << 20  # a secret context at N=32768 stays far below this
 CHUNK_SLACK_BYTES = 4096  # TenSEAL + SEAL headers around one ciphertext
@@ -39,10 +57,15 @@ def max_chunk_bytes(params: CkksParams) -> int:
     return 16 * params.poly_modulus_degree + CHUNK_SLACK_BYTES
 
 
-def chunk_sizes(length: int, slots: int) -> list[int]:
+def chunk_sizes(length: int, params: CkksParams) -> list[int]:
     """How many values each chunk of a ``length``-value vector holds."""
-    full, rest = divmod(length, slots)
-    return [slots] * full + ([rest] if rest else [])
+    full, rest = divmod(length, params.values_per_ciphertext)
+    return [params.values_per_ciphertext] * full + ([rest] if rest else [])
+
+
+def slot_counts(length: int, params: CkksParams) -> list[int]:
+    """How many slots each chunk of a ``length``-value vector fills (its CKKSVector size)."""
+    return [-(-size // 2) for size in chunk_sizes(length, params)]
 
 
 @dataclass(frozen=True)
@@ -52,12 +75,14 @@ class VectorFrame:
     length: int
     fingerprint: bytes
     chunks: tuple[bytes, ...]
+    kind: int
 
     def to_bytes(self) -> bytes:
         return b"".join(
             (
                 VECTOR_MAGIC,
-                framing.u8(VERSION),
+                framing.u8(VECTOR_VERSION),
+                framing.u8(self.kind),
                 framing.u64(self.length),
                 framing.u32(len(self.chunks)),
                 self.fingerprint,
@@ -76,13 +101,16 @@ def parse_vector(
 ) -> VectorFrame:
     """Parse an EncryptedVector; BadInputError on malformed framing.
 
-    Checks, in order: magic and version, the value count (against ``length`` if given),
+    Checks, in order: magic, version and kind, the value count (against ``length`` if given),
     the chunk count, the context fingerprint (against ``fingerprint`` if given), then
     each chunk's length prefix and the absence of trailing bytes.
     """
     r = framing.Reader(blob, what)
     r.magic(VECTOR_MAGIC)
-    r.version(VERSION)
+    r.version(VECTOR_VERSION)
+    kind = r.u8("kind")
+    if kind not in _KINDS:
+        raise r.error(f"unknown kind {kind} (0 = SEAL, 1 = upload, 2 = sum)")
     count = r.u64("value count")
     chunk_count = r.u32("chunk count")
     fp = r.take(DIGEST_SIZE, "context fingerprint")
@@ -90,11 +118,12 @@ def parse_vector(
         raise r.error("holds no values")
     if length is not None and count != length:
         raise r.error(f"holds {count} values, expected {length}")
-    expected_chunks = -(-count // params.slots)
+    per_chunk = params.values_per_ciphertext
+    expected_chunks = -(-count // per_chunk)
     if chunk_count != expected_chunks:
         raise r.error(
             f"has {chunk_count} chunks, expected {expected_chunks} for {count} values "
-            f"at {params.slots} per chunk"
+            f"at {per_chunk} per chunk"
         )
     if fingerprint is not None and fp != fingerprint:
         raise r.error(
@@ -104,7 +133,7 @@ def parse_vector(
     limit = max_chunk_bytes(params)
     chunks = tuple(r.prefixed(f"chunk {i}", max_size=limit) for i in range(chunk_count))
     r.end()
-    return VectorFrame(length=count, fingerprint=fp, chunks=chunks)
+    return VectorFrame(length=count, fingerprint=fp, chunks=chunks, kind=kind)
 
 
 def encode_params(params: CkksParams) -> bytes:
@@ -145,7 +174,7 @@ class ContextFrame:
         return b"".join(
             (
                 self.magic,
-                framing.u8(VERSION),
+                framing.u8(CONTEXT_VERSION),
                 self.key_id,
                 encode_params(self.params),
                 framing.prefixed(self.tenseal_bytes),
@@ -158,7 +187,7 @@ def parse_context(data: bytes, *, magic: bytes, what: str) -> ContextFrame:
     if magic == PUBLIC_MAGIC and bytes(data[:4]) == SECRET_MAGIC:
         raise r.error("holds a secret key (this is a secret context; send public() instead)")
     r.magic(magic)
-    r.version(VERSION)
+    r.version(CONTEXT_VERSION)
     key_id = r.take(KEY_ID_SIZE, "key id")
     params = read_params(r)
     raw = r.prefixed("TenSEAL context", max_size=MAX_CONTEXT_BYTES)

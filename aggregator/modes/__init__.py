@@ -3,11 +3,8 @@ behind the interfaces of :mod:`.base`. Imports nothing above the aggregator."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from cohort.aggregator.modes.base import AggregationMode, ModeSpec, OpenedSum
 from cohort.aggregator.modes.ckks import (
-    KEPT_MAGIC,
     CkksMode,
     CkksSpec,
     context_fingerprint,
@@ -24,16 +21,14 @@ SUPPORTED_MODES: tuple[str, ...] = (CkksMode.name, MpcMode.name)
 def build_mode(
     spec: ModeSpec,
     *,
-    kept: Path | None = None,
     study_id: str = "",
     members: tuple[str, ...] = (),
     member_id: str = "",
     threshold: int = 0,
     prime: int = 0,
 ) -> AggregationMode:
-    """Build the mode a study asks for. Run by a committee member at configuration;
-    ``kept`` is a folder of the member's own for what CKKS keeps between acceptance and
-    aggregation (see :class:`CkksMode`; MPC keeps a running sum in memory instead). MPC
+    """Build the mode a study asks for. Run by a committee member at configuration. Both
+    modes keep a running sum per round in memory between acceptance and aggregation. MPC
     needs the study, the committee order, this member and the threshold and prime, all from
     the approved manifest.
 
@@ -46,7 +41,7 @@ def build_mode(
         context = CkksPublicContext.from_bytes(spec.public_context)
         if context.to_bytes() != spec.public_context:
             raise BadInputError("ckks: public context is not in canonical form")
-        return CkksMode(context, kept)
+        return CkksMode(context)
     if isinstance(spec, MpcSpec):
         scheme = ShamirScheme(members=len(members), threshold=threshold, prime=prime)
         return MpcMode(study_id=study_id, members=members, member_id=member_id, scheme=scheme)
@@ -54,7 +49,6 @@ def build_mode(
 
 
 __all__ = [
-    "KEPT_MAGIC",
     "SUPPORTED_MODES",
     "AggregationMode",
     "CkksMode",

@@ -9,16 +9,13 @@ against the manifest's dealer before it accepts the set-up.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import ClassVar
 
-import numpy as np
-
 from cohort.aggregator.modes.base import AggregationMode, ModeSpec, study_bytes
-from cohort.aggregator.modes.kept import KeptFiles
-from cohort.crypto.ckks import CkksPublicContext
+from cohort.crypto.ckks import CkksPublicContext, CkksSum
 from cohort.crypto.ckks import dealt_context_digest as ckks_dealt_digest
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import Identity, PublicIdentity, verify_signature
@@ -81,25 +78,33 @@ class CkksSpec(ModeSpec):
             ) from None
 
 
-KEPT_MAGIC = b"CHKD"  # a kept upload: magic | u64 value count | u32 chunks | 4 zero bytes
+@dataclass
+class _RunningSum:
+    """What one round's acceptances have added up: the homomorphic sum so far and the
+    payload hash of each sender's upload in it."""
+
+    total: CkksSum
+    length: int
+    keys: dict[str, bytes] = field(default_factory=dict)
 
 
 class CkksMode(AggregationMode):
     """Homomorphic sum of CKKS ciphertexts under one public context (no secret key).
 
-    With a ``kept`` folder, :meth:`accept` parses each upload once and writes its
-    coefficients (seeds expanded) to ``kept/<round>-<key hex>.coef``; :meth:`combine_kept`
-    sums those files with numpy instead of parsing the uploads again, and removes the
-    files of rounds up to the one it combined. The files are the member's own (written
-    atomically, size-checked on reading); one that is missing or of the wrong size is
-    replaced by parsing the stored upload, so a restart loses nothing.
+    :meth:`accept` parses and checks each upload once and adds its coefficients (seeds
+    expanded) to its round's running sum, so aggregating the usual client set (every
+    upload accepted) only finishes that sum, and memory is one ciphertext set per open
+    round whatever the number of hospitals. Only a sender's first upload counts there. Any
+    other client set, or payload hashes other than the store kept (a member restarted
+    mid-round, a copy replaced), is summed upload by upload from the member's store.
     """
 
     name: ClassVar[str] = "ckks"
 
-    def __init__(self, context: CkksPublicContext, kept: Path | None = None) -> None:
+    def __init__(self, context: CkksPublicContext) -> None:
         self._context = context
-        self._kept = None if kept is None else KeptFiles(kept, ".coef")
+        self._sums: dict[int, _RunningSum] = {}
+        self._lock = threading.Lock()
 
     @property
     def context(self) -> CkksPublicContext:
@@ -111,36 +116,20 @@ class CkksMode(AggregationMode):
     def accept(
         self, payload: bytes, *, length: int, round: int, key: bytes, sender: str = ""
     ) -> None:
+        """Check the upload and add it to ``round``'s running sum (its first from
+        ``sender``); whether the store kept that same upload is checked when the round is
+        summed (:meth:`combine_kept`)."""
         decoded = self._context.decode(payload, length=length)
-        if self._kept is None:
+        if not sender:
             return
-        coeffs = decoded.coeffs
-        header = KEPT_MAGIC + decoded.length.to_bytes(8, "big") + coeffs.shape[0].to_bytes(4, "big")
-        self._kept.write(round, key, header + bytes(4), coeffs.astype("<u8", copy=False))
-
-    def _read(self, round: int, key: bytes) -> tuple[int, np.ndarray] | None:
-        if self._kept is None:
-            return None
-        path = self._kept.path(round, key)
-        try:
-            with path.open("rb") as f:
-                header = f.read(20)
-                if len(header) != 20 or header[:4] != KEPT_MAGIC:
-                    return None
-                length = int.from_bytes(header[4:12], "big")
-                layout = self._context._layout
-                shape = (
-                    int.from_bytes(header[12:16], "big"),
-                    2,
-                    len(layout.primes),
-                    layout.poly_modulus_degree,
-                )
-                coeffs = np.fromfile(f, dtype="<u8")
-        except OSError:
-            return None
-        if coeffs.size != int(np.prod(shape)):
-            return None
-        return length, coeffs.reshape(shape)
+        with self._lock:
+            running = self._sums.get(round)
+            if running is None:
+                running = self._sums[round] = _RunningSum(self._context.accumulator(), length)
+            if sender in running.keys or running.length != length:
+                return
+            running.total.add_decoded(decoded.coeffs, decoded.length)
+            running.keys[sender] = key
 
     def combine_kept(
         self,
@@ -150,24 +139,29 @@ class CkksMode(AggregationMode):
         *,
         senders: Sequence[str] = (),
     ) -> bytes:
-        acc = self._context.accumulator()
-        for i, key in enumerate(keys):
-            kept = self._read(round, key)
-            if kept is None:
-                acc.add(load(i))
+        """The sum of the uploads from ``senders`` (payload hashes ``keys``): the running
+        sum when it holds exactly those uploads, otherwise each upload ``load(i)`` parsed
+        again, one at a time. Afterwards nothing is kept for rounds up to ``round``."""
+        if senders and len(senders) != len(keys):
+            raise BadInputError("ckks: one sender per upload to combine")
+        with self._lock:
+            running = self._sums.get(round)
+            wanted = dict(zip(senders, keys, strict=True))
+            if senders and running is not None and running.keys == wanted:
+                del self._sums[round]
+                result: bytes | None = running.total.finish()
             else:
-                acc.add_decoded(kept[1], kept[0])
-            del kept
-        if acc.count == 0:
-            raise BadInputError("ckks: nothing to combine (empty client set)")
-        result = acc.finish()
+                result = None
+        if result is None:
+            result = self.combine(load(i) for i in range(len(keys)))
         self.release(round)
         return result
 
     def release(self, round: int) -> None:
-        """Remove the kept files of rounds up to ``round``. Run by a committee member."""
-        if self._kept is not None:
-            self._kept.release(round)
+        """Forget the running sums of rounds up to ``round``. Run by a committee member."""
+        with self._lock:
+            for number in [n for n in self._sums if n <= round]:
+                del self._sums[number]
 
     def combine(self, payloads: Iterable[bytes]) -> bytes:
         """Stream ``payloads`` into one running sum (the size of one ciphertext)."""

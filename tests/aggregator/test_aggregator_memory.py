@@ -47,9 +47,9 @@ from cohort.crypto.identity import Identity
 from cohort.errors import BadInputError
 from cohort.federation.approval import Role, approve
 
-# 6 full chunks of 4096 slots under the default parameters: one (seeded) ciphertext is ~330 KB,
-# so the payloads of 300 hospitals held at once would be ~100 MB.
-MEMORY_LENGTH = 6 * 4096
+# 6 full chunks of 8192 values (two per slot) under the default parameters: one (seeded)
+# ciphertext is ~330 KB, so the payloads of 300 hospitals held at once would be ~100 MB.
+MEMORY_LENGTH = 6 * 8192
 SMALL, LARGE = 30, 300
 
 
@@ -192,7 +192,7 @@ def test_streamed_sum_refuses_mixed_lengths_and_empty() -> None:
     with pytest.raises(BadInputError, match="encrypted vector 1"):
         acc.add(WIDE.encrypt(np.zeros(11)))
     with pytest.raises(BadInputError, match="encrypted vector 1: chunk 0"):
-        acc.add(one[:-9] + b"\x00" * 9)
+        acc.add(one[:-7] + b"\xff" * 7)  # the last coefficient is not below the prime
     assert acc.count == 1  # a refused vector adds nothing
     acc.add(one)
     assert acc.finish() == public.add([zero, one])

@@ -4,7 +4,6 @@ each mode's own checks."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,38 +254,56 @@ def test_an_mpc_member_takes_only_its_own_share_of_its_studys_scheme() -> None:
         mode.check(SharePayload(other, LENGTH, second).to_bytes(), length=LENGTH)
 
 
-def test_ckks_kept_uploads_are_parsed_once_and_released(tmp_path: Path) -> None:
-    """accept writes each upload's coefficients once; combine_kept sums the files without
-    loading any upload (unless its file is gone or damaged) and removes them afterwards."""
+def test_ckks_uploads_are_parsed_once_into_a_running_sum() -> None:
+    """accept adds each upload to its round's running sum; combine_kept finishes that sum
+    without loading any upload when it holds exactly the client set, and otherwise sums the
+    stored uploads: a smaller set, a payload hash other than the one added, a restart."""
     spec = CkksSpec(_SECRET.public().to_bytes())
-    mode = build_mode(spec, kept=tmp_path / "kept")
     rng = np.random.default_rng(5)
-    length = 4096 + 11
+    length = 2 * 4096 + 11
     payloads = [_SECRET.encrypt(rng.normal(0, 1, length)) for _ in range(4)]
     keys = [tagged_hash(Tag.CKKS_CONTEXT, p) for p in payloads]
-    for rnd in (1, 2):
-        for payload, key in zip(payloads, keys, strict=True):
-            mode.accept(payload, length=length, round=rnd, key=key)
-    assert len(list((tmp_path / "kept").glob("*.coef"))) == 8
-    expected = build_mode(spec).combine(payloads)
+    senders = [f"owner-{i}" for i in range(4)]
+    plain = build_mode(spec)
     loaded: list[int] = []
 
     def load(i: int) -> bytes:
         loaded.append(i)
         return payloads[i]
 
-    assert mode.combine_kept(1, keys, load) == expected
+    def accepted(rounds: tuple[int, ...]) -> AggregationMode:
+        mode = build_mode(spec)
+        for rnd in rounds:
+            for payload, key, sender in zip(payloads, keys, senders, strict=True):
+                mode.accept(payload, length=length, round=rnd, key=key, sender=sender)
+        return mode
+
+    mode = accepted((1, 2))
+    # A second upload from a sender does not enter the sum.
+    mode.accept(payloads[0], length=length, round=1, key=keys[0], sender=senders[1])
+    assert mode.combine_kept(1, keys, load, senders=senders) == plain.combine(payloads)
     assert loaded == []
-    assert len(list((tmp_path / "kept").glob("*.coef"))) == 4  # round 1's files are gone
-    # A restarted member (a new mode over the same folder) finds round 2's files; a missing
-    # or truncated one is replaced by parsing the stored upload.
-    again = build_mode(spec, kept=tmp_path / "kept")
-    files = sorted((tmp_path / "kept").glob("*.coef"))
-    files[0].unlink()
-    files[1].write_bytes(files[1].read_bytes()[:-8])
-    assert again.combine_kept(2, keys, load) == expected
-    assert len(loaded) == 2  # only the two uploads whose files were spoilt
-    assert list((tmp_path / "kept").iterdir()) == []
+    # Round 1 is released; round 2's sum is still there.
+    assert mode.combine_kept(2, keys, load, senders=senders) == plain.combine(payloads)
+    assert loaded == []
+    # Round 2 was finished and dropped: asking again sums the stored uploads.
+    assert mode.combine_kept(2, keys, load, senders=senders) == plain.combine(payloads)
+    assert loaded == [0, 1, 2, 3]
+
+    loaded.clear()
+    smaller = accepted((3,)).combine_kept(3, keys[:3], load, senders=senders[:3])
+    assert smaller == plain.combine(payloads[:3])
+    assert loaded == [0, 1, 2]
+
+    loaded.clear()
+    swapped = [keys[0], keys[2], keys[2], keys[3]]  # the store kept another upload for owner-1
+    assert accepted((4,)).combine_kept(4, swapped, load, senders=senders) == plain.combine(payloads)
+    assert loaded == [0, 1, 2, 3]
+
+    loaded.clear()
+    restarted = build_mode(spec)  # nothing accepted since the restart
+    assert restarted.combine_kept(5, keys, load, senders=senders) == plain.combine(payloads)
+    assert loaded == [0, 1, 2, 3]
 
 
 def test_unknown_spec_is_a_config_error() -> None:

@@ -219,7 +219,7 @@ def test_the_upload_order_spreads_owners_over_the_committee() -> None:
 def _forged_payload(
     ckks: CkksSecretContext,
 ) -> Callable[[Relayer, FetchRequest, bytes], bytes]:
-    other = ckks.encrypt(np.full(LENGTH, 50.0))
+    other = ckks.encrypt(np.full(LENGTH, 25.0))
 
     def serve(member: Relayer, request: FetchRequest, honest: bytes) -> bytes:
         copy = CommitteeUpload.from_bytes(honest)

@@ -376,7 +376,7 @@ def test_the_committee_goes_on_when_a_member_is_down(served: Served, seal: SealF
 def test_the_committee_names_a_tampering_member(
     serve_committee: ServeFn, seal: SealFn, ckks: CkksSecretContext, plain_sum: Sum
 ) -> None:
-    _Tamperer.extra = ckks.encrypt(np.full(LENGTH, 50.0))
+    _Tamperer.extra = ckks.encrypt(np.full(LENGTH, 25.0))
     served = serve_committee({"member-3": _Tamperer})
     committee = served.committee
     assert committee.configure(served.signed, served.setup) == {}

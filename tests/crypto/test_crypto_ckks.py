@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from cohort.crypto import ckks_fastsum as fastsum
 from cohort.crypto import ckks_wire as wire
 from cohort.crypto.ckks import (
     DEFAULT_PARAMS,
@@ -21,6 +22,7 @@ from cohort.crypto.ckks import (
     CkksPublicContext,
     CkksSecretContext,
 )
+from cohort.crypto.ckks_tenseal import SlotDecryptor, load_chunk, pack_complex, unpack_complex
 from cohort.errors import BadInputError, ConfigError
 
 SECRET = CkksSecretContext.generate()
@@ -30,13 +32,14 @@ SMALL = CkksSecretContext.generate(
     CkksParams(poly_modulus_degree=4096, coeff_mod_bit_sizes=(49, 60), scale_bits=30)
 )
 SLOTS = DEFAULT_PARAMS.slots
+PER_CHUNK = DEFAULT_PARAMS.values_per_ciphertext  # two values per slot
 MAX_ABS = DEFAULT_PARAMS.max_abs
 GRID = DEFAULT_PARAMS.release_grid  # decrypt rounds to multiples of this (2**-16)
 NOISE = 2e-6  # per summand; measured max CKKS error of a fresh upload is ~1e-6 at 1M values
 TOL = GRID / 2 + NOISE
 
 RNG = np.random.default_rng(20240601)
-X = RNG.normal(0, 0.05, SLOTS + 100)
+X = RNG.normal(0, 0.05, PER_CHUNK + 101)
 BLOB = SECRET.encrypt(X)
 
 
@@ -46,7 +49,8 @@ BLOB = SECRET.encrypt(X)
 def test_default_params() -> None:
     DEFAULT_PARAMS.validate()
     assert SLOTS == 4096
-    assert MAX_ABS == 64.0
+    assert PER_CHUNK == 8192
+    assert MAX_ABS == 32.0
     assert sum(DEFAULT_PARAMS.coeff_mod_bit_sizes) <= HE_STANDARD_128_MAX_BITS[8192]
 
 
@@ -93,7 +97,8 @@ def test_round_trip() -> None:
 
 @given(
     length=st.one_of(
-        st.integers(1, 10), st.sampled_from([SLOTS - 1, SLOTS, SLOTS + 1, 2 * SLOTS + 7])
+        st.integers(1, 10),
+        st.sampled_from([SLOTS + 1, PER_CHUNK - 1, PER_CHUNK, PER_CHUNK + 1, 2 * PER_CHUNK + 7]),
     ),
     count=st.integers(1, 4),
     data=st.data(),
@@ -128,12 +133,45 @@ def test_weighted_mean_of_ten_updates_at_one_million() -> None:
     assert err < 2e-5  # noise ~4e-6 + rounding <= 2**-17: flags a regression early
 
 
-def test_headroom_for_max_summands() -> None:
-    """MAX_SUMMANDS uploads at +-max_abs sum without wrap-around."""
-    v = np.array([MAX_ABS, -MAX_ABS, 0.5, MAX_ABS])
+@pytest.mark.parametrize("pattern", ["mixed", "constant", "alternating", "random_signs"])
+def test_headroom_for_max_summands(pattern: str) -> None:
+    """MAX_SUMMANDS uploads at +-max_abs sum without wrap-around, also when both values of
+    every slot are at the bound (slot magnitude sqrt(2) * max_abs)."""
+    v = {
+        "mixed": np.array([MAX_ABS, -MAX_ABS, 0.5, MAX_ABS]),
+        "constant": np.full(PER_CHUNK, MAX_ABS),
+        "alternating": np.resize([MAX_ABS, MAX_ABS, -MAX_ABS, -MAX_ABS], PER_CHUNK),
+        "random_signs": MAX_ABS * np.random.default_rng(3).choice([-1.0, 1.0], PER_CHUNK),
+    }[pattern]
     blob = SECRET.encrypt(v)
     total = PUBLIC.add([blob] * MAX_SUMMANDS)
     np.testing.assert_allclose(SECRET.decrypt(total), v * MAX_SUMMANDS, atol=1e-3, rtol=0)
+
+
+@given(hnp.arrays(np.float64, st.integers(1, 40), elements=st.floats(-1e6, 1e6)))
+def test_complex_packing_round_trips(values: np.ndarray) -> None:
+    slots = pack_complex(values)
+    assert slots.size == -(-values.size // 2)
+    np.testing.assert_array_equal(slots.real, values[0::2])
+    np.testing.assert_array_equal(unpack_complex(slots, values.size), values)
+
+
+def test_two_values_per_slot_on_the_wire() -> None:
+    """Value 2j is slot j's real part, value 2j + 1 its imaginary part; a chunk holds N
+    values and its CKKSVector counts ceil(values / 2) slots."""
+    v = np.arange(1, PER_CHUNK + 4, dtype=np.float64) / 512
+    frame = wire.parse_vector(SECRET.encrypt(v), DEFAULT_PARAMS)
+    assert len(frame.chunks) == 2
+    assert wire.slot_counts(v.size, DEFAULT_PARAMS) == [SLOTS, 2]
+    assert frame.kind == wire.KIND_UPLOAD
+    summed = PUBLIC.add([SECRET.encrypt(v)])
+    assert wire.parse_vector(summed, DEFAULT_PARAMS).kind == wire.KIND_SUM
+    coeffs = PUBLIC.decode(summed).coeffs[1]
+    chunk = fastsum.encode_chunk(coeffs, PUBLIC._layout, None, size=2)  # as SEAL reads it
+    vec = load_chunk(SECRET._ctx, DEFAULT_PARAMS, chunk, where="chunk 1", size=2)
+    slots = SlotDecryptor(SECRET._ctx).decrypt(vec)[:3]
+    np.testing.assert_allclose(slots.real, [v[-3], v[-1], 0.0], atol=1e-5)
+    np.testing.assert_allclose(slots.imag, [v[-2], 0.0, 0.0], atol=1e-5)
 
 
 def test_add_is_deterministic() -> None:
@@ -170,7 +208,7 @@ def test_integer_input_and_exact_bound_accepted() -> None:
         (np.array([0.0, 1.0, np.nan]), "index 2 is NaN"),
         (np.array([np.inf, 0.0]), "index 0 is infinite"),
         (np.array([0.0, -np.inf]), "index 1 is infinite"),
-        (np.array([0.0, 1.0, MAX_ABS * 1.01, 1e9]), "index 2 exceeds max_abs 64"),
+        (np.array([0.0, 1.0, MAX_ABS * 1.01, 1e9]), "index 2 exceeds max_abs 32"),
         (np.zeros((2, 3)), r"1-D vector, got shape \(2, 3\)"),
         (np.zeros(0), "empty"),
         (np.array([1 + 2j]), "real numbers"),
@@ -216,7 +254,9 @@ def test_forged_fingerprint_with_foreign_chunks_rejected() -> None:
     """Chunks from another parameter set under our fingerprint do not deserialize."""
     foreign = SMALL.encrypt(np.ones(10))
     frame = wire.parse_vector(foreign, SMALL.params)
-    forged = wire.VectorFrame(length=10, fingerprint=PUBLIC.fingerprint(), chunks=frame.chunks)
+    forged = wire.VectorFrame(
+        length=10, fingerprint=PUBLIC.fingerprint(), chunks=frame.chunks, kind=frame.kind
+    )
     with pytest.raises(BadInputError, match="chunk 0"):
         PUBLIC.check(forged.to_bytes(), length=10)
 
@@ -225,7 +265,7 @@ def test_chunk_of_wrong_size_rejected() -> None:
     short = wire.parse_vector(SECRET.encrypt(np.ones(100)), DEFAULT_PARAMS).chunks[0]
     frame = wire.parse_vector(BLOB, DEFAULT_PARAMS)
     swapped = dataclasses.replace(frame, chunks=(short, frame.chunks[1])).to_bytes()
-    with pytest.raises(BadInputError, match="chunk 0 is not a 4096-value CKKS ciphertext"):
+    with pytest.raises(BadInputError, match="chunk 0 fills 50 slots, expected 4096"):
         PUBLIC.check(swapped, length=X.size)
     with pytest.raises(BadInputError, match="chunk 0"):
         PUBLIC.add([BLOB, swapped])
@@ -234,8 +274,14 @@ def test_chunk_of_wrong_size_rejected() -> None:
 def test_garbage_chunk_rejected() -> None:
     frame = wire.parse_vector(BLOB, DEFAULT_PARAMS)
     bad = dataclasses.replace(frame, chunks=(b"\x00" * 100, frame.chunks[1])).to_bytes()
-    with pytest.raises(BadInputError, match="chunk 0 does not deserialize"):
+    with pytest.raises(BadInputError, match="chunk 0 holds 100 bytes"):
         PUBLIC.check(bad, length=X.size)
+    as_seal = dataclasses.replace(frame, kind=wire.KIND_SEAL).to_bytes()  # the wrong kind
+    with pytest.raises(BadInputError, match="chunk 0 does not deserialize"):
+        PUBLIC.check(as_seal, length=X.size)
+    as_sum = dataclasses.replace(frame, kind=wire.KIND_SUM).to_bytes()
+    with pytest.raises(BadInputError, match="chunk 0 holds 49188 bytes, a sum chunk is 98308"):
+        PUBLIC.check(as_sum, length=X.size)
 
 
 def test_framing_errors_rejected() -> None:
@@ -244,8 +290,9 @@ def test_framing_errors_rejected() -> None:
         "trailing": BLOB + b"\x00",
         "bad magic": b"XXXX" + BLOB[4:],
         "version": BLOB[:4] + b"\x07" + BLOB[5:],
-        "chunks, expected 2": BLOB[:13] + struct.pack(">I", 3) + BLOB[17:],
-        "holds no values": BLOB[:5] + struct.pack(">Q", 0) + BLOB[13:],
+        "unknown kind 9": BLOB[:5] + b"\x09" + BLOB[6:],
+        "chunks, expected 2": BLOB[:14] + struct.pack(">I", 3) + BLOB[18:],
+        "holds no values": BLOB[:6] + struct.pack(">Q", 0) + BLOB[14:],
     }
     for message, blob in cases.items():
         with pytest.raises(BadInputError, match=message):
@@ -302,7 +349,8 @@ def test_public_context_holds_no_keys_and_cannot_decrypt() -> None:
     assert not ctx.has_secret_key()
     assert not ctx.has_galois_keys()
     assert not ctx.has_relin_keys()
-    chunk = wire.parse_vector(BLOB, DEFAULT_PARAMS).chunks[0]
+    coeffs = PUBLIC.decode(BLOB).coeffs[0]
+    chunk = fastsum.encode_chunk(coeffs, PUBLIC._layout, None, size=SLOTS)
     with pytest.raises(ValueError, match="secret"):
         ts.ckks_vector_from(ctx, chunk).decrypt()
     assert not hasattr(PUBLIC, "decrypt")

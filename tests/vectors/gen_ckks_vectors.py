@@ -131,7 +131,7 @@ FAILURES: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "wrong_prime_count": (
         {"primes": 2},
-        "chunk is not a 4096-value CKKS ciphertext under this context: 2 primes in its "
+        "chunk is not a 4096-slot CKKS ciphertext under this context: 2 primes in its "
         "modulus, expected 1",
     ),
     "wrong_seed_length": (
@@ -145,16 +145,16 @@ FAILURES: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "wrong_scale": (
         {"scale": 2.0**40},
-        "chunk is not a 4096-value CKKS ciphertext under this context: scale 2**40, expected 2**30",
+        "chunk is not a 4096-slot CKKS ciphertext under this context: scale 2**40, expected 2**30",
     ),
     "wrong_ring_dimension": (
         {"n": 4096},
-        "chunk is not a 4096-value CKKS ciphertext under this context: ring dimension "
+        "chunk is not a 4096-slot CKKS ciphertext under this context: ring dimension "
         "N=4096, expected 8192",
     ),
     "unreduced_coefficient": (
         {"unreduced": True},
-        "chunk is not a 4096-value CKKS ciphertext under this context: a coefficient is "
+        "chunk is not a 4096-slot CKKS ciphertext under this context: a coefficient is "
         "not reduced modulo prime 0",
     ),
 }
