@@ -134,7 +134,7 @@ class Deployment:
     def stored_payload(self, member_id: str, sender: str) -> int:
         with sqlite3.connect(self.homes[member_id] / "state.sqlite") as db:
             row = db.execute(
-                "SELECT length(payload) FROM uploads WHERE sender = ?", (sender,)
+                "SELECT payload_size FROM uploads WHERE sender = ?", (sender,)
             ).fetchone()
         assert row is not None, (member_id, sender)
         return int(row[0])
