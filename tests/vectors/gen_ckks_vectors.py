@@ -20,7 +20,6 @@ exactly; ``test_ckks_vectors.py`` checks that.
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import tenseal as ts
+import vectorkit
 
 from cohort.crypto import ckks_fastsum as fastsum
 from cohort.crypto.ckks import CkksSecretContext
@@ -220,13 +220,11 @@ def build_vectors() -> dict[str, Any]:
 
 
 def render() -> str:
-    return json.dumps(build_vectors(), indent=1) + "\n"
+    return vectorkit.render(build_vectors())
 
 
 def main() -> int:
-    OUTPUT.write_text(render())
-    print(f"wrote {OUTPUT}")
-    return 0
+    return vectorkit.write(OUTPUT, render())
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import vectorkit
+
 from cohort.crypto.identity import Identity
 from cohort.errors import CohortError
 from cohort.federation.manifest import (
@@ -226,9 +228,8 @@ def build() -> dict[str, Any]:
 
 
 def render() -> str:
-    return json.dumps(build(), indent=1, sort_keys=True) + "\n"
+    return vectorkit.render(build(), sort_keys=True)
 
 
 if __name__ == "__main__":
-    OUTPUT.write_text(render())
-    print(f"wrote {OUTPUT}", file=sys.stderr)
+    sys.exit(vectorkit.write(OUTPUT, render()))

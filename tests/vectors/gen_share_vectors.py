@@ -17,12 +17,12 @@ reason.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import vectorkit
 
 from cohort.crypto import framing
 from cohort.crypto.fixed_point import PRIME
@@ -178,13 +178,11 @@ def build_vectors() -> dict[str, Any]:
 
 
 def render() -> str:
-    return json.dumps(build_vectors(), indent=1) + "\n"
+    return vectorkit.render(build_vectors())
 
 
 def main() -> int:
-    OUTPUT.write_text(render())
-    print(f"wrote {OUTPUT}")
-    return 0
+    return vectorkit.write(OUTPUT, render())
 
 
 if __name__ == "__main__":

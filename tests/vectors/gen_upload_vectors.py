@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import vectorkit
 from nacl.public import Box, PrivateKey, PublicKey
 
 from cohort.crypto.envelope import build_envelope
@@ -315,13 +315,11 @@ def build_vectors() -> dict[str, Any]:
 
 
 def render() -> str:
-    return json.dumps(build_vectors(), indent=1) + "\n"
+    return vectorkit.render(build_vectors())
 
 
 def main() -> int:
-    OUTPUT.write_text(render())
-    print(f"wrote {OUTPUT}")
-    return 0
+    return vectorkit.write(OUTPUT, render())
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -11,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from vectorkit import load_generator
 
 from cohort.crypto import ckks_seeded as seeded
 from cohort.crypto.ckks import CkksSecretContext
@@ -23,13 +23,7 @@ LAYOUT = CkksSecretContext.generate(DEFAULT_PARAMS).public()._layout
 
 
 def _generator() -> ModuleType:
-    path = HERE / "gen_ckks_upload_vectors.py"
-    spec = importlib.util.spec_from_file_location("gen_ckks_upload_vectors", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_generator("gen_ckks_upload_vectors")
 
 
 def test_vectors_name_these_parameters() -> None:
@@ -43,7 +37,10 @@ BY_NAME = {v["name"]: v for v in VECTORS["vectors"]}
 def _chunk(vector: dict[str, Any]) -> bytes:
     if "chunk" in vector:
         return bytes.fromhex(vector["chunk"])
-    return _generator().apply_edit(bytes.fromhex(BY_NAME[vector["base"]]["chunk"]), vector["edit"])
+    edited: bytes = _generator().apply_edit(
+        bytes.fromhex(BY_NAME[vector["base"]]["chunk"]), vector["edit"]
+    )
+    return edited
 
 
 @pytest.mark.parametrize("vector", VECTORS["vectors"], ids=lambda v: v["name"])

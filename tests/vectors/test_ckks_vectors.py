@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -11,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from vectorkit import load_generator
 
 from cohort.crypto import ckks_fastsum as fastsum
 from cohort.crypto.ckks import CkksSecretContext
@@ -25,12 +25,7 @@ CODEC = seal_zstd()
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_ckks_vectors", HERE / "gen_ckks_vectors.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_generator("gen_ckks_vectors")
 
 
 def test_vectors_name_these_parameters() -> None:

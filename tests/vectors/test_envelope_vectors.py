@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from vectorkit import load_generator
 
 from cohort.crypto.envelope import Envelope, open_envelope
 from cohort.crypto.identity import Identity, PublicIdentity
@@ -21,14 +21,7 @@ ERRORS = {"BadInputError": BadInputError, "VerificationError": VerificationError
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "gen_envelope_vectors", HERE / "gen_envelope_vectors.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_generator("gen_envelope_vectors")
 
 
 def _identities() -> dict[str, Identity]:

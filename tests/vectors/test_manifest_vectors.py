@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from vectorkit import load_generator
 
 from cohort.errors import BadInputError, ConfigError, VerificationError
 from cohort.federation.manifest import SignedManifest
@@ -23,14 +23,7 @@ ERRORS = {
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "gen_manifest_vectors", HERE / "gen_manifest_vectors.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_generator("gen_manifest_vectors")
 
 
 def _raw(vector: dict[str, Any]) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -10,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from vectorkit import load_generator
 
 from cohort.crypto.fixed_point import PRIME
 from cohort.crypto.prg import share_domain
@@ -24,14 +24,7 @@ ERRORS = {"BadInputError": BadInputError}
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "gen_share_vectors", HERE / "gen_share_vectors.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_generator("gen_share_vectors")
 
 
 def _parse(vector: dict[str, Any]) -> SharePayload:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from vectorkit import load_generator
 
 from cohort.crypto.identity import Identity, PublicIdentity
 from cohort.crypto.upload import CommitteeUpload, UploadRefused, committee_address, open_upload
@@ -21,14 +21,7 @@ ERRORS = {"BadInputError": BadInputError, "UploadRefused": UploadRefused}
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "gen_upload_vectors", HERE / "gen_upload_vectors.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_generator("gen_upload_vectors")
 
 
 def _identities() -> dict[str, Identity]:
