@@ -14,13 +14,16 @@ object. Flower's own SuperNode polls the SuperLink every 3 s when idle and start
 ``flwr-clientapp`` process for each message (which imports torch, Opacus and TenSEAL);
 Cohort's default ``[hospital] clientapp = "warm"`` runs each message in a fork of a process
 that has the ClientApp (and what training imports on its first step) imported, installs a
-run's FAB once, and polls every ``[superlink] poll-interval`` (0.25 s);
+run's FAB once, and polls every ``[superlink] poll-interval`` (0.25 s) when idle, every 50
+ms for 3 s after a message or reply; its SuperNode announces each task to the runner on a
+pipe instead of being asked every 50 ms (:mod:`cohort.federation.supernode_loop`);
 :mod:`cohort.federation.flower_waits` shortens Flower's 1 s, 2 s, 4 s waits for message
-objects that have not arrived yet. ``cohort deploy local`` gives each co-located hospital one
-torch thread (``[hospital] threads = 1``), as the simulation gives each ClientApp one CPU.
-The coordinator times each phase of a round (summary.json, ``rounds[].phases``); the
-breakdown table below the figures comes from there. ``--clientapp both`` also runs Flower's
-plain SuperNode (``subprocess``) for the comparison.
+objects that have not arrived yet; each message's vector rides inside its config record, so
+a message is three content objects, not six (:mod:`cohort.federation.wire`). ``cohort deploy
+local`` gives each co-located hospital one torch thread (``[hospital] threads = 1``), as the
+simulation gives each ClientApp one CPU. The coordinator times each phase of a round
+(summary.json, ``rounds[].phases``); the breakdown table below the figures comes from there.
+``--clientapp both`` also runs Flower's plain SuperNode (``subprocess``) for the comparison.
 """
 
 from __future__ import annotations

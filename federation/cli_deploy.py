@@ -117,14 +117,28 @@ def _run_warm_node(argv: list[str], hospital: HospitalConfig) -> int:
     second (say, one to the whole process group, then this one's) would kill the node before
     it deactivates itself at the SuperLink, which then refuses the restarted node ("Failed to
     activate SuperNode"). If this process dies, the SuperNode notices within 0.2 s and stops.
+    The node tells the runner of each task it creates through a pipe
+    (:mod:`cohort.federation.supernode_loop`).
     """
     import signal
     import subprocess
 
-    node = subprocess.Popen(
-        [sys.executable, "-m", __name__, str(hospital.poll_interval_s), *argv[1:]],
-        start_new_session=True,
-    )
+    wake_read, wake_write = os.pipe()
+    try:
+        node = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                __name__,
+                str(hospital.poll_interval_s),
+                str(wake_write),
+                *argv[1:],
+            ],
+            start_new_session=True,
+            pass_fds=(wake_write,),
+        )
+    finally:
+        os.close(wake_write)
     stopping: list[int] = []
 
     def stop(signum: int, frame: object) -> None:
@@ -138,8 +152,10 @@ def _run_warm_node(argv: list[str], hospital: HospitalConfig) -> int:
             f"127.0.0.1:{hospital.node_port}",
             running=lambda: not stopping and node.poll() is None,
             threads=hospital.threads,
+            wake_fd=wake_read,
         )
     finally:
+        os.close(wake_read)
         if node.poll() is None:
             node.send_signal(signal.SIGTERM)
             try:  # within deploy local's 10 s before it kills this process group
@@ -152,49 +168,29 @@ def _run_warm_node(argv: list[str], hospital: HospitalConfig) -> int:
     return 0 if stopping else (node.returncode or 0)
 
 
-#: Flower 1.42's SuperNode's fixed idle sleep between requests to the SuperLink (seconds).
-FLOWER_IDLE_S = 3.0
-#: How often the SuperNode checks its own memory for a ClientApp's reply (Flower: 0.5 s).
-LOCAL_WAIT_S = 0.02
-
-
 def _supernode_main(args: list[str]) -> None:
-    """``flower-supernode ARGS[1:]`` in this process, idle poll shortened to ARGS[0] seconds.
+    """``flower-supernode ARGS[2:]`` in this process: idle poll ARGS[0] seconds, each task
+    announced on the pipe whose write end is file descriptor ARGS[1].
 
     Flower 1.42's SuperNode sleeps a fixed 3 s whenever the SuperLink has no message for it
-    (flwr/supernode/start_client_internal.py); every message then waits 1.5 s on average
-    before the node even sees it. It also checks its own in-memory state for the ClientApp's
-    reply, and for each reply object, every 0.5 s. The node loop's clock is swapped for one
-    whose idle sleep is capped at the configured ``[superlink] poll-interval`` and whose
-    local checks run every :data:`LOCAL_WAIT_S`; its object pushes and pulls are tuned by
+    and checks its own memory for the ClientApp's reply every 0.5 s;
+    :func:`~cohort.federation.supernode_loop.tune_supernode_loop` shortens both (see there)
+    and tells the runner of each task; its object pushes and pulls are tuned by
     :func:`~cohort.federation.flower_waits.tune_object_transfers`. Nothing else changes.
     """
-    import time
-
     from flwr.supercore.app_utils import start_parent_process_monitor
-    from flwr.supernode import start_client_internal
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     from cohort.federation.flower_waits import tune_object_transfers
+    from cohort.federation.supernode_loop import tune_supernode_loop
 
     start_parent_process_monitor(os.getppid())  # the runner gone: stop (SIGINT) gracefully
-    idle_s = float(args[0])
-    if getattr(start_client_internal, "time", None) is not time:
-        raise SystemExit("this flwr's SuperNode loop has no time module to shorten its poll")
+    try:
+        tune_supernode_loop(idle_s=float(args[0]), wake_fd=int(args[1]))
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
     tune_object_transfers()
-
-    class _ShortIdleClock:
-        def __getattr__(self, name: str) -> object:
-            return getattr(time, name)
-
-        @staticmethod
-        def sleep(seconds: float) -> None:
-            # Flower's idle poll (3 s) asks the SuperLink; its shorter sleeps (0.5 s) wait on
-            # this node's own memory for the ClientApp's reply.
-            time.sleep(min(seconds, idle_s if seconds >= FLOWER_IDLE_S else LOCAL_WAIT_S))
-
-    setattr(start_client_internal, "time", _ShortIdleClock())  # noqa: B010 (a module global)
-    sys.argv = ["flower-supernode", *args[1:]]
+    sys.argv = ["flower-supernode", *args[2:]]
     flower_supernode()
 
 

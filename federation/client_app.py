@@ -126,7 +126,7 @@ app = make_client_app(settings_from_node_config)
 
 # --------------------------------------------------------------------------- warm runner
 
-TASK_POLL_S = 0.05  # how often the runner asks its own SuperNode (on 127.0.0.1) for a task
+TASK_POLL_S = 0.05  # how often the runner asks its own SuperNode for a task, without a pipe
 _CHILD_STOP_S = 10.0
 # What a message imports only when it gets there (Opacus pulls in SciPy: ~1,300 modules,
 # 2-5 s here; torch's first optimizer step and Opacus's grad samplers pull in TorchDynamo
@@ -154,6 +154,7 @@ def serve_tasks(
     running: Callable[[], bool],
     poll_s: float = TASK_POLL_S,
     threads: int = 0,
+    wake_fd: int | None = None,
 ) -> None:
     """Run a SuperNode's ClientApp tasks (``flower-supernode --isolation process``).
 
@@ -163,8 +164,11 @@ def serve_tasks(
     SuperNode hands out runs in a fresh fork of it, through Flower's own ``run_clientapp``
     with that task's token, so a message costs no imports and nothing one message leaves in
     memory reaches the next. ``threads`` (>= 1) sets each task's torch threads; 0 leaves
-    torch's default (one per core). Returns once ``running()`` is false, after stopping the
-    children still at work.
+    torch's default (one per core). With ``wake_fd``, the read end of the pipe on which the
+    node announces each task it creates (:mod:`cohort.federation.supernode_loop`), the runner
+    asks for a task when a byte arrives (and every ``TASK_FALLBACK_S`` regardless); without
+    it, every ``poll_s``. Returns once ``running()`` is false, after stopping the children
+    still at work.
     """
     import importlib
     import signal
@@ -176,6 +180,7 @@ def serve_tasks(
     from flwr.supercore.runtime import RuntimeHttpClient
 
     from cohort.federation.flower_waits import tune_object_transfers
+    from cohort.federation.supernode_loop import wait_for_task
     from cohort.logs import fields, get_logger
 
     log = get_logger(__name__)
@@ -203,7 +208,9 @@ def serve_tasks(
                 children.add(_fork_task(runtime_api_address, response.token, threads))
                 log.info("clientapp task", extra=fields(task_id=response.task.task_id))
                 continue
-            time.sleep(poll_s)
+            if wake_fd is None or not wait_for_task(wake_fd):
+                wake_fd = None  # no pipe, or the node closed it: ask every poll_s
+                time.sleep(poll_s)
     finally:
         client.close()
         for pid in children:

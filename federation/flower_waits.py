@@ -2,7 +2,9 @@
 
 Run in the deployed ServerApp (the coordinator), in a hospital's SuperNode and in its warm
 ClientApp runner. Every Flower message travels as a message plus its content objects (one
-per record and array, six for a decrypt reply), each pushed and pulled with its own request.
+per record, array and array chunk: three for each of Cohort's messages, whose one vector
+rides inside the config record, see :mod:`cohort.federation.wire`), each pushed and pulled
+with its own request.
 
 * Waits. The receiving side is told about a message before all its objects have arrived: the
   SuperNode pulls a message from the SuperLink while the ServerApp is still pushing its
@@ -14,7 +16,7 @@ per record and array, six for a decrypt reply), each pushed and pulled with its 
   :data:`PULL_FIRST_S` doubling to :data:`PULL_MAX_S`, bounded by Flower's own deadline
   (``PULL_MAX_TIME``, 2 hours) in place of its try count (500 tries of up to 10 s).
 * Concurrency. Flower sends at most two object requests at a time, and no more than the
-  machine has cores (``get_num_workers``): on 2 cores a reply's six objects take three
+  machine has cores (``get_num_workers``): on 2 cores a message's three objects take two
   request round trips in a row. The requests wait on the network, not on a core; here up to
   :data:`OBJECTS_IN_FLIGHT` go at once whatever the core count.
 

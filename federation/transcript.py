@@ -2,8 +2,10 @@
 
 :class:`RecordingGrid` wraps Flower's ``Grid``: every reply the coordinator gets is described
 (sender, message type, each record's kind, keys and byte sizes; never the values) in a JSON
-Lines transcript. The claim "the coordinator never receives an individual update" can then
-be checked from the transcript of a real run instead of being taken on trust.
+Lines transcript; a vector carried inside a config record (:mod:`cohort.federation.wire`) is
+listed with the arrays, under the names its ArrayRecord would have. The claim "the
+coordinator never receives an individual update" can then be checked from the transcript of
+a real run instead of being taken on trust.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 
 from flwr.app import Message
 from flwr.serverapp import Grid
+
+from cohort.federation import wire
 
 
 def describe(message: Message) -> dict[str, Any]:
@@ -33,9 +37,17 @@ def describe(message: Message) -> dict[str, Any]:
     arrays = {}
     for name, array_record in content.array_records.items():
         arrays[name] = {key: int(array.numpy().size) for key, array in array_record.items()}
+    inline = wire.describe_vector(content)  # a vector inside the config record: an array
+    if inline is not None:
+        record, array, values = inline
+        arrays.setdefault(record, {})[array] = values
     configs = {}
     for name, config_record in content.config_records.items():
-        configs[name] = {key: _size(value) for key, value in config_record.items()}
+        configs[name] = {
+            key: _size(value)
+            for key, value in config_record.items()
+            if inline is None or key not in wire.VECTOR_KEYS
+        }
     metrics = {name: sorted(rec.keys()) for name, rec in content.metric_records.items()}
     entry.update({"arrays": arrays, "configs": configs, "metrics": metrics})
     return entry

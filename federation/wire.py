@@ -238,7 +238,21 @@ class DecryptReply(_Schema):
     signature: bytes
 
 
-# ---------------------------------------------------------------- arrays
+# ---------------------------------------------------------------- vectors
+#
+# A message's one flat float vector (the global model, a plaintext update in ``none`` mode, a
+# decrypted aggregate) travels as little-endian bytes inside the message's own config record,
+# beside the schema's fields: Flower moves each record and each array (and each array's
+# chunk) of a message as a separate object, one request each way through the SuperLink, so
+# an ArrayRecord would cost three more objects per message. A vector over
+# :data:`INLINE_VECTOR_MAX` bytes goes as an ArrayRecord, which Flower splits into chunks.
+# Either way the reader applies the same checks (1-D, length, every value finite).
+
+#: The config-record keys of an inline vector: its bytes and their NumPy dtype.
+VECTOR_KEYS = ("vector", "vector-dtype")
+#: Largest vector (bytes) carried inline; Flower's own array chunk is 5 MB.
+INLINE_VECTOR_MAX = 1 << 20
+_DTYPES: dict[str, np.dtype[Any]] = {"<f4": np.dtype("<f4"), "<f8": np.dtype("<f8")}
 
 
 def vector_record(vector: np.ndarray) -> ArrayRecord:
@@ -247,18 +261,44 @@ def vector_record(vector: np.ndarray) -> ArrayRecord:
 
 
 def put_vector(content: RecordDict, vector: np.ndarray) -> RecordDict:
-    content[_ARRAY_KEY] = vector_record(vector)
+    """Add ``vector`` to ``content`` (inline if 1-D float32/float64 and small); returns it."""
+    array = np.asarray(vector)
+    dtype = array.dtype.newbyteorder("<").str if array.dtype.kind == "f" else ""
+    if array.ndim != 1 or dtype not in _DTYPES or array.nbytes > INLINE_VECTOR_MAX:
+        content[_ARRAY_KEY] = vector_record(array)
+        return content
+    if _CONFIG_KEY not in content.config_records:
+        content[_CONFIG_KEY] = ConfigRecord()
+    record = content.config_records[_CONFIG_KEY]
+    record[VECTOR_KEYS[0]] = np.ascontiguousarray(array, dtype=_DTYPES[dtype]).tobytes()
+    record[VECTOR_KEYS[1]] = dtype
     return content
+
+
+def _raw_vector(content: RecordDict, message: str) -> np.ndarray:
+    config = content.config_records.get(_CONFIG_KEY)
+    inline = config is not None and VECTOR_KEYS[0] in config
+    if inline and _ARRAY_KEY in content.array_records:
+        raise BadInputError(f"{message}: message carries two vectors")
+    if not inline:
+        if _ARRAY_KEY not in content.array_records:
+            raise BadInputError(f"{message}: message carries no vector")
+        record = content.array_records[_ARRAY_KEY]
+        if _FLAT not in record:
+            raise BadInputError(f"{message}: array record has no '{_FLAT}' array")
+        return np.asarray(record[_FLAT].numpy())
+    assert config is not None
+    data, dtype = config[VECTOR_KEYS[0]], config.get(VECTOR_KEYS[1])
+    if not isinstance(data, bytes) or not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise BadInputError(f"{message}: vector must be bytes of dtype {' or '.join(_DTYPES)}")
+    if len(data) % _DTYPES[dtype].itemsize:
+        raise BadInputError(f"{message}: vector bytes are not whole {dtype} values")
+    return np.frombuffer(data, dtype=_DTYPES[dtype]).copy()
 
 
 def get_vector(content: RecordDict, *, message: str, length: int | None = None) -> np.ndarray:
     """Read the flat vector of a message; BadInputError on absence, wrong shape or NaN."""
-    if _ARRAY_KEY not in content.array_records:
-        raise BadInputError(f"{message}: message carries no array record")
-    record = content.array_records[_ARRAY_KEY]
-    if _FLAT not in record:
-        raise BadInputError(f"{message}: array record has no '{_FLAT}' array")
-    vector = np.asarray(record[_FLAT].numpy())
+    vector = _raw_vector(content, message)
     if vector.ndim != 1:
         raise BadInputError(f"{message}: expected a 1-D vector, got shape {vector.shape}")
     if length is not None and vector.shape[0] != length:
@@ -270,7 +310,21 @@ def get_vector(content: RecordDict, *, message: str, length: int | None = None) 
 
 
 def has_vector(content: RecordDict) -> bool:
-    return _ARRAY_KEY in content.array_records
+    config = content.config_records.get(_CONFIG_KEY)
+    return _ARRAY_KEY in content.array_records or (config is not None and VECTOR_KEYS[0] in config)
+
+
+def describe_vector(content: RecordDict) -> tuple[str, str, int] | None:
+    """(record, array, values) of the inline vector of ``content``, named as its ArrayRecord
+    would be; None when none is inline. Describes a message without decoding it
+    (:mod:`cohort.federation.transcript`); an undecodable vector counts 0 values."""
+    config = content.config_records.get(_CONFIG_KEY)
+    if config is None or VECTOR_KEYS[0] not in config:
+        return None
+    data, dtype = config[VECTOR_KEYS[0]], config.get(VECTOR_KEYS[1])
+    if not isinstance(data, bytes) or not isinstance(dtype, str) or dtype not in _DTYPES:
+        return _ARRAY_KEY, _FLAT, 0
+    return _ARRAY_KEY, _FLAT, len(data) // _DTYPES[dtype].itemsize
 
 
 def plaintext_hash(vector: np.ndarray) -> bytes:
