@@ -90,7 +90,7 @@ ISSUE_MEAN_ERROR_LIMIT = 1e-4  # released mean within 1e-4 at 10 updates of 1M v
 ISSUE9_GOALS = {
     "member_all_uploads_s": 0.3,
     "upload_ratio": 3.5,
-    "client_encrypt_s": 0.3,
+    "client_encrypt_only_s": 0.3,
     "owner_decrypt_s": 0.3,
 }
 TENSEAL_N = 8192  # TenSEAL's documented defaults for CKKS: the issue's reference path
@@ -466,7 +466,7 @@ def run_tenseal(inputs: Inputs, repeat: int) -> dict[str, Any]:
         "what": "TenSEAL defaults (N 8192, primes 60/40/40/60, scale 2^40, one value per "
         "slot): encrypt per client; a member deserializes, add_s and serializes the sum of "
         "all uploads; an owner decrypts",
-        "client_encrypt_s": {"median": median(encrypt_s), "samples": encrypt_s},
+        "client_encrypt_only_s": {"median": median(encrypt_s), "samples": encrypt_s},
         "member_all_uploads_s": {"median": median(member_s), "samples": member_s},
         "owner_decrypt_s": {"median": median(decrypt_s), "samples": decrypt_s},
         "upload_bytes_per_client": statistics.mean(upload_bytes),
@@ -494,6 +494,7 @@ def run_ckks(
     accept_per_member = [s for per_round in samples.accept_s for s in per_round]
     replicate_per_member = [s for per_round in samples.replicate_s for s in per_round]
     aggregate_per_member = [s for per_round in samples.aggregate_s for s in per_round]
+    encrypt_only = [e - q for e, q in zip(samples.encrypt_s, samples.quantize_s, strict=True)]
     all_uploads = [
         a + r + g
         for per_round in zip(
@@ -520,6 +521,11 @@ def run_ckks(
             "what": "weight + quantise + encrypt one update (median over clients and rounds)",
             "median": median(samples.encrypt_s),
             "samples": samples.encrypt_s,
+        },
+        "client_encrypt_only_s": {
+            "what": "encrypt one weighted, quantised update (issue 9's client figure)",
+            "median": median(encrypt_only),
+            "samples": encrypt_only,
         },
         "client_quantize_s": {"median": median(samples.quantize_s), "samples": samples.quantize_s},
         "client_upload_s": {
@@ -710,8 +716,8 @@ def issue9_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         row("bytes per upload (x float32)", "upload_ratio", ISSUE9_GOALS["upload_ratio"], ratio),
         row(
             "client: encrypt one update",
-            "client_encrypt_s",
-            ISSUE9_GOALS["client_encrypt_s"],
+            "client_encrypt_only_s",
+            ISSUE9_GOALS["client_encrypt_only_s"],
             fmt_s,
         ),
         row("owner: decrypt the sum", "owner_decrypt_s", ISSUE9_GOALS["owner_decrypt_s"], fmt_s),
