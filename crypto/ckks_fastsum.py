@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -242,37 +242,52 @@ def _check_reduced(coeffs: np.ndarray, layout: Layout, bad: str) -> None:
             raise BadInputError(f"{bad}: a coefficient is not reduced modulo prime {i}")
 
 
-def expand_uniform(seed: bytes, layout: Layout, codec: Codec) -> np.ndarray:
-    """SEAL's ``sample_poly_uniform`` from a Blake2xb stream keyed by ``seed``: the ``c1``
-    of a seeded ciphertext, ``(primes, N)`` uint64, reduced.
-
-    The stream's first ``8 * primes * N`` bytes are read as little-endian u64 words, row
-    ``j`` for prime ``j``; a word ``w >= 2**64 - 1 - ((2**64 - 1) mod q) - 1`` is rejected
-    and replaced by the next unused stream word (row by row, in index order, rejecting
-    again if need be); every word is then reduced mod ``q``. Rejections happen with
-    probability below ``q / 2**64`` (2**-16 for a 48-bit prime).
-    """
+def sample_uniform(draw: Callable[[int], np.ndarray], layout: Layout) -> np.ndarray:
+    """SEAL's ``sample_poly_uniform`` rule on the u64 word stream ``draw(count)`` (at least
+    its first ``count`` words, a fixed prefix whatever ``count``): ``(primes, N)`` uint64,
+    reduced. The stream's first ``primes * N`` words fill the rows (row ``j`` for prime
+    ``q_j``); a word ``w >= 2**64 - 1 - ((2**64 - 1) mod q) - 1`` is rejected and replaced
+    by the next unused word after them (row by row, in index order, rejecting again if need
+    be); every word is then reduced mod ``q``. Rejections happen with probability below
+    ``q / 2**64`` (2**-16 for a 48-bit prime). Used with SEAL's Blake2xb stream
+    (:func:`expand_uniform`) and with ChaCha20 (:mod:`cohort.crypto.ckks_seeded`)."""
     primes, n = len(layout.primes), layout.poly_modulus_degree
-    need = 8 * primes * n
-    blocks = -(-need // PRNG_BLOCK_BYTES) + 1  # one spare block for rejections
-    words = codec.prng_stream(seed, blocks * PRNG_BLOCK_BYTES).view("<u8")
-    out = words[: primes * n].reshape(primes, n).copy()
-    pos = primes * n
+    need = primes * n
+    words = draw(need + 64)  # a few spare words: a rejection is rare (below 2**-16 per word)
+    first = words[:need].reshape(primes, n)
+    out = np.empty((primes, n), dtype=np.uint64)
+    pos = need
     for j, prime in enumerate(layout.primes):
-        row = out[j]
+        q = np.uint64(prime)
         limit = U64_MAX - U64_MAX % prime - 1
-        for k in np.flatnonzero(row >= np.uint64(limit)):
+        rejected = np.flatnonzero(first[j] >= np.uint64(limit))
+        if rejected.size == 0:
+            np.remainder(first[j], q, out=out[j])
+            continue
+        row = first[j].copy()
+        for k in rejected:
             while True:
                 if pos >= words.size:
-                    blocks *= 2
-                    words = codec.prng_stream(seed, blocks * PRNG_BLOCK_BYTES).view("<u8")
+                    words = draw(2 * words.size)
                 word = int(words[pos])
                 pos += 1
                 if word < limit:
                     break
             row[k] = word
-        np.remainder(row, np.uint64(prime), out=row)
+        np.remainder(row, q, out=out[j])
     return out
+
+
+def expand_uniform(seed: bytes, layout: Layout, codec: Codec) -> np.ndarray:
+    """SEAL's ``sample_poly_uniform`` from a Blake2xb stream keyed by ``seed``: the ``c1``
+    of a SEAL-seeded ciphertext, ``(primes, N)`` uint64, reduced (:func:`sample_uniform`
+    over the stream's little-endian u64 words, drawn in whole 4096-byte blocks)."""
+
+    def draw(count: int) -> np.ndarray:
+        blocks = -(-8 * count // PRNG_BLOCK_BYTES)
+        return codec.prng_stream(seed, blocks * PRNG_BLOCK_BYTES).view("<u8")
+
+    return sample_uniform(draw, layout)
 
 
 def add_chunks(chunks: Iterable[np.ndarray], layout: Layout) -> np.ndarray:

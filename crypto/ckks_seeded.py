@@ -42,12 +42,11 @@ from __future__ import annotations
 
 import secrets
 import struct
-from collections.abc import Callable
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from cohort.crypto.ckks_fastsum import POLYS, U64_MAX, Layout
+from cohort.crypto.ckks_fastsum import POLYS, Layout, sample_uniform
 from cohort.errors import BadInputError
 
 SEED_BYTES = 32
@@ -71,36 +70,6 @@ def chacha20_words(seed: bytes, count: int) -> np.ndarray:
         raise ValueError(f"chacha20_words: a seed is {SEED_BYTES} bytes, got {len(seed)}")
     stream = Cipher(algorithms.ChaCha20(seed, _CHACHA_NONCE), mode=None).encryptor()
     return np.frombuffer(stream.update(bytes(8 * count)), dtype="<u8")
-
-
-def sample_uniform(draw: Callable[[int], np.ndarray], layout: Layout) -> np.ndarray:
-    """SEAL's ``sample_poly_uniform`` rule on the u64 word stream ``draw(count)`` (its first
-    ``count`` words, a fixed prefix whatever ``count``): ``(primes, N)`` uint64, reduced."""
-    primes, n = len(layout.primes), layout.poly_modulus_degree
-    need = primes * n
-    words = draw(need + 64)  # a few spare words: a rejection is rare (below 2**-16 per word)
-    first = words[:need].reshape(primes, n)
-    out = np.empty((primes, n), dtype=np.uint64)
-    pos = need
-    for j, prime in enumerate(layout.primes):
-        q = np.uint64(prime)
-        limit = U64_MAX - U64_MAX % prime - 1
-        rejected = np.flatnonzero(first[j] >= np.uint64(limit))
-        if rejected.size == 0:
-            np.remainder(first[j], q, out=out[j])
-            continue
-        row = first[j].copy()
-        for k in rejected:
-            while True:
-                if pos >= words.size:
-                    words = draw(2 * words.size)
-                word = int(words[pos])
-                pos += 1
-                if word < limit:
-                    break
-            row[k] = word
-        np.remainder(row, q, out=out[j])
-    return out
 
 
 def expand_c1(seed: bytes, layout: Layout) -> np.ndarray:

@@ -59,7 +59,7 @@ def test_sample_uniform_rejects_like_seal() -> None:
     def draw(count: int) -> np.ndarray:
         return stream[:count]
 
-    out = seeded.sample_uniform(draw, LAYOUT)
+    out = fastsum.sample_uniform(draw, LAYOUT)
     assert out.shape == (1, n)
     assert int(out[0, 3]) == 77
     assert int(out[0, 2]) == 12
