@@ -441,26 +441,18 @@ class MemberStore:
         """Mark the open ``round`` aggregated with its signed result; drop its uploads. The
         aggregate goes to its own file, like a payload: written and synced outside the lock,
         renamed into place (folder synced) once the row is known open, before it commits."""
-        folder = self._study_folder(study_id)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"aggregate-{round:010d}.bin"
-        tmp = folder / f"{name}.{secrets.token_hex(8)}.tmp"
-        _write_synced(tmp, aggregate)
-        try:
-            with self._tx() as db:
-                cursor = db.execute(
-                    "UPDATE rounds SET state = 'aggregated', client_set = ?, result = ?, "
-                    "aggregate_file = ?, aggregate_size = ? "
-                    "WHERE study_id = ? AND round = ? AND state = 'open'",
-                    (client_set, record, name, len(aggregate), study_id, round),
-                )
-                if cursor.rowcount != 1:
-                    raise RuntimeError(f"store: round {round} of {study_id[:16]} is not open")
-                self._drop_round_data(db, study_id, round)
-                os.replace(tmp, folder / name)
-                _sync_folder(folder)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with _Staged(self._study_folder(study_id), name, aggregate) as staged, self._tx() as db:
+            cursor = db.execute(
+                "UPDATE rounds SET state = 'aggregated', client_set = ?, result = ?, "
+                "aggregate_file = ?, aggregate_size = ? "
+                "WHERE study_id = ? AND round = ? AND state = 'open'",
+                (client_set, record, name, len(aggregate), study_id, round),
+            )
+            if cursor.rowcount != 1:
+                raise RuntimeError(f"store: round {round} of {study_id[:16]} is not open")
+            self._drop_round_data(db, study_id, round)
+            staged.place()
         self._drop_round_files(study_id, round)
 
     def confirm_once(self, study_id: str, round: int, aggregate_hash: bytes) -> bytes:
@@ -510,33 +502,19 @@ class MemberStore:
         and its folder synced, then the row committed."""
         nonce, signature = (None, None) if relay is None else (relay.nonce, relay.signature)
         folder, name = self._payload_path(study_id, round, sender, payload_hash)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = folder / f"{name}.{secrets.token_hex(8)}.tmp"
-        _write_synced(tmp, payload)
-        placed = False
-        try:
-            with self._tx() as db:
-                held = db.execute(
-                    "SELECT payload_file FROM uploads WHERE study_id = ? AND round = ? "
-                    "AND sender = ?",
-                    (study_id, round, sender),
-                ).fetchone()
-                if held is not None:
-                    return False
-                os.replace(tmp, folder / name)
-                placed = True
-                _sync_folder(folder)
-                db.execute(
-                    "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (study_id, round, sender, name, len(payload), payload_hash, nonce, signature),
-                )
-            return True
-        except BaseException:
-            if placed:
-                (folder / name).unlink(missing_ok=True)
-            raise
-        finally:
-            tmp.unlink(missing_ok=True)
+        with _Staged(folder, name, payload) as staged, self._tx() as db:
+            held = db.execute(
+                "SELECT payload_file FROM uploads WHERE study_id = ? AND round = ? AND sender = ?",
+                (study_id, round, sender),
+            ).fetchone()
+            if held is not None:
+                return False
+            staged.place()
+            db.execute(
+                "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (study_id, round, sender, name, len(payload), payload_hash, nonce, signature),
+            )
+        return True
 
     def relayable(self, study_id: str, round: int, sender: str) -> Relayable | None:
         """``sender``'s upload of ``round`` with what a copy needs, if it can be relayed."""
@@ -631,6 +609,33 @@ class MemberStore:
             (study_id, round),
         )
         return [(str(s), str(r), int(c)) for s, r, c in rows]
+
+
+class _Staged:
+    """``data`` written and synced to a temporary file in ``folder`` on entry (outside any
+    lock); :meth:`place` renames it to ``name`` and syncs the folder, inside the transaction
+    whose row names it, before that commits. On exit the temporary file is gone; if the
+    block raised after :meth:`place`, the placed file goes too (no row names it)."""
+
+    def __init__(self, folder: Path, name: str, data: bytes) -> None:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._final = folder / name
+        self._tmp = folder / f"{name}.{secrets.token_hex(8)}.tmp"
+        self._placed = False
+        _write_synced(self._tmp, data)
+
+    def __enter__(self) -> _Staged:
+        return self
+
+    def place(self) -> None:
+        os.replace(self._tmp, self._final)
+        self._placed = True
+        _sync_folder(self._final.parent)
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self._tmp.unlink(missing_ok=True)
+        if kind is not None and self._placed:
+            self._final.unlink(missing_ok=True)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
