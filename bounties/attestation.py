@@ -57,6 +57,7 @@ __all__ = [
     "ledger_hash",
     "ledger_lists",
     "recover_signer",
+    "roster_hash",
     "sign_attestation",
     "unreported_ledger_heads",
 ]
@@ -89,6 +90,19 @@ def contributors_hash(contributors: Sequence[str]) -> bytes:
     """keccak256(abi.encodePacked(address[])) over the canonical order of ``contributors``."""
     ordered = canonical_contributors(contributors)
     return keccak(b"".join(bytes.fromhex(a[2:]).rjust(32, b"\x00") for a in ordered))
+
+
+def roster_hash(owners: Iterable[str]) -> bytes:
+    """The contract's ``dataOwnersHash`` for a complete roster of ``owners`` (any order).
+
+    A keccak256 chain over the canonical (strictly increasing) order: h_0 = 32 zero bytes,
+    h_i = keccak256(abi.encode(h_{i-1}, owner_i)); it does not depend on how the roster was
+    split into registration batches. BadInputError on an empty roster or a duplicate.
+    """
+    head = bytes(32)
+    for owner in canonical_contributors(owners):
+        head = keccak(head + bytes.fromhex(owner[2:]).rjust(32, b"\x00"))
+    return head
 
 
 def epsilon_micro(epsilon: float) -> int:

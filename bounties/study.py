@@ -39,6 +39,7 @@ from cohort.bounties.attestation import (
     ledger_hash,
     ledger_lists,
     recover_signer,
+    roster_hash,
     sign_attestation,
 )
 from cohort.bounties.chain import ChainProvider, ErrorKinds
@@ -60,12 +61,18 @@ __all__ = [
     "load_artifact",
     "predict_address",
     "recover_signer",
+    "roster_hash",
     "sign_attestation",
 ]
 
 log = get_logger(__name__)
 
 ARTIFACT_NAME = "CohortStudy"
+
+#: Data owners per registration or settlement transaction: about 23,000 gas per owner
+#: registered and 26,000 per contributor credited, so a batch stays near 10M gas, a third of
+#: a 30M-gas block (docs/contract.md, "Gas").
+ROSTER_BATCH = 400
 
 #: Which Cohort error each custom error of the contract becomes. Tampering and
 #: authorization failures are VerificationError, malformed arguments BadInputError, calls
@@ -87,7 +94,10 @@ ERROR_KINDS: ErrorKinds = MappingProxyType(
         "RoundOutOfRange": BadInputError,
         "ZeroAddress": BadInputError,
         "DuplicateCommitteeMember": BadInputError,
-        "DuplicateDataOwner": BadInputError,
+        "DataOwnersNotAscending": BadInputError,
+        "RosterFull": BadInputError,
+        "EmptyBatch": BadInputError,
+        "SettlementOrder": BadInputError,
         "ZeroValue": BadInputError,
         "ZeroAggregateHash": BadInputError,
         "EmptyContributors": BadInputError,
@@ -99,6 +109,7 @@ ERROR_KINDS: ErrorKinds = MappingProxyType(
         "TransferFailed": ProtocolAbort,
         "Reentrancy": ProtocolAbort,
         "StudyNotFinished": ProtocolAbort,
+        "RosterIncomplete": ProtocolAbort,
     }
 )
 
@@ -215,6 +226,12 @@ class StudyContract:
         address the manifest names), VerificationError if the deployment would land, or
         landed, anywhere else. The contract validates the rosters and the quorum
         (BadInputError naming the rule).
+
+        The data owners go on the roster in canonical (ascending) order: the first
+        :data:`ROSTER_BATCH` in the deployment itself, the rest in ``registerDataOwners``
+        batches the sponsor sends right after, so any roster up to ``MAX_DATA_OWNERS`` fits
+        a 30M-gas block per transaction. The study accepts attestations once every owner is
+        registered.
         """
         artifact = load_artifact()
         factory = provider.web3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
@@ -235,7 +252,7 @@ class StudyContract:
                 f"time {now}"
             )
         members = [checksum_address(a, field="committee") for a in committee]
-        owners = [checksum_address(a, field="data_owners") for a in data_owners]
+        owners = sorted(_roster(data_owners, field="data_owners"), key=lambda a: int(a, 16))
         expected = None
         if expected_address is not None:
             expected = checksum_address(expected_address, field="expected_address")
@@ -245,8 +262,12 @@ class StudyContract:
                     f"expected_address: the sponsor's next deployment goes to {predicted}, "
                     f"not {expected} (nonce {provider.next_nonce(sponsor)})"
                 )
+        first, rest = owners[:ROSTER_BATCH], owners[ROSTER_BATCH:]
+        constructor = factory.constructor(
+            study_id, manifest_hash, members, quorum, first, len(owners), rounds, deadline
+        )
         receipt = provider.transact(
-            factory.constructor(study_id, manifest_hash, members, quorum, owners, rounds, deadline),
+            constructor,
             sender=sponsor,
             value=bounty_wei,
             action="deploy",
@@ -276,7 +297,16 @@ class StudyContract:
                 gas_used=receipt["gasUsed"],
             ),
         )
-        return cls(provider, address, deploy_block=int(receipt["blockNumber"]))
+        study = cls(provider, address, deploy_block=int(receipt["blockNumber"]))
+        for start in range(0, len(rest), ROSTER_BATCH):
+            batch = rest[start : start + ROSTER_BATCH]
+            study._transact("registerDataOwners", batch, sender=sponsor)
+        if rest:
+            log.info(
+                "data owners registered",
+                extra=fields(contract=address, data_owners=study.registered_data_owners()),
+            )
+        return study
 
     @classmethod
     def at(cls, provider: ChainProvider, address: str) -> StudyContract:
@@ -319,7 +349,24 @@ class StudyContract:
         return [str(a) for a in self._contract.functions.committee().call()]
 
     def data_owners(self) -> list[str]:
-        return [str(a) for a in self._contract.functions.dataOwners().call()]
+        """The registered roster in canonical (ascending) order, from its registration events."""
+        return [str(a) for e in self._logs("DataOwnersRegistered") for a in e["args"]["dataOwners"]]
+
+    def data_owner_count(self) -> int:
+        """Size of the roster, fixed at deployment."""
+        return int(self._contract.functions.dataOwnerCount().call())
+
+    def registered_data_owners(self) -> int:
+        """Data owners registered so far (``data_owner_count()`` once the roster is complete)."""
+        return int(self._contract.functions.registeredDataOwners().call())
+
+    def data_owners_hash(self) -> bytes:
+        """The contract's running roster hash (:func:`roster_hash` of the registered owners)."""
+        return bytes(self._contract.functions.dataOwnersHash().call())
+
+    def is_data_owner(self, account: str) -> bool:
+        account = checksum_address(account, field="account")
+        return bool(self._contract.functions.isDataOwner(account).call())
 
     def manifest_hash(self) -> bytes:
         """Hash of the study manifest this deployment is bound to."""
@@ -351,8 +398,10 @@ class StudyContract:
         first message of the study. Raises VerificationError naming the first field that
         differs, in the order: chain_id, code (the committed CohortStudy build),
         manifest_hash, committee, quorum, data_owners, rounds, then study_id and deadline
-        when given. Rosters compare as sets (the contract enforces membership only);
-        BadInputError if an expected roster lists an address twice.
+        when given. Rosters compare as sets (the contract enforces membership only); the
+        data-owner roster is checked through its size and the contract's roster hash, and
+        must be completely registered. BadInputError if an expected roster lists an address
+        twice.
         """
         manifest_hash = _bytes32(manifest_hash, field="manifest_hash")
         expected_committee = _roster(committee, field="committee")
@@ -376,7 +425,7 @@ class StudyContract:
         onchain_quorum = self.quorum()
         if onchain_quorum != quorum:
             raise VerificationError(f"quorum: the contract has {onchain_quorum}, not {quorum}")
-        _same_roster("data_owners", self.data_owners(), expected_owners)
+        self._verify_data_owners(expected_owners)
         onchain_rounds = self.rounds()
         if onchain_rounds != rounds:
             raise VerificationError(f"rounds: the contract has {onchain_rounds}, not {rounds}")
@@ -398,6 +447,25 @@ class StudyContract:
             extra=fields(contract=self._address, manifest_hash=manifest_hash.hex()),
         )
 
+    def _verify_data_owners(self, expected: set[str]) -> None:
+        count = self.data_owner_count()
+        registered = self.registered_data_owners()
+        if count != len(expected):
+            raise VerificationError(
+                f"data_owners: the contract's roster has {count} owners, "
+                f"the manifest lists {len(expected)}"
+            )
+        if registered != count:
+            raise VerificationError(
+                f"data_owners: only {registered} of the contract's {count} owners are "
+                "registered; the study accepts no attestation until all are"
+            )
+        if self.data_owners_hash() != roster_hash(expected):
+            _same_roster("data_owners", self.data_owners(), expected)
+            raise VerificationError(  # pragma: no cover - the events contradict the hash
+                "data_owners: the contract's roster hash differs from the manifest's roster"
+            )
+
     # ------------------------------------------------------------------ sponsor
 
     def fund(self, *, sponsor: str, amount_wei: int) -> None:
@@ -409,9 +477,20 @@ class StudyContract:
 
         Allowed once the final round (``rounds()``) is finalized or the chain's time has
         reached ``deadline()``; before that ProtocolAbort("settle rejected:
-        StudyNotFinished(...)").
+        StudyNotFinished(...)"). The contract credits contributors in ascending batches
+        (:data:`ROSTER_BATCH` per transaction); the contributors are every finalized round's,
+        from the ``RoundFinalized`` events. A settlement interrupted between batches resumes
+        where the contract stopped.
         """
-        receipt = self._transact("settle", sender=sponsor)
+        contributors = sorted(
+            {a for r in self.finalized_events() for a in r.contributors}, key=lambda a: int(a, 16)
+        )
+        done = int(self._contract.functions.settledContributors().call())
+        pending = contributors[done:]
+        batches = [pending[i : i + ROSTER_BATCH] for i in range(0, len(pending), ROSTER_BATCH)]
+        for batch in batches[:-1]:
+            self._transact("settle", batch, sender=sponsor)
+        receipt = self._transact("settle", batches[-1] if batches else [], sender=sponsor)
         (event,) = self._events_in(receipt, "Settled")
         log.info(
             "study settled",
@@ -584,7 +663,12 @@ class StudyContract:
         return int(self._contract.functions.bounty().call())
 
     def is_settled(self) -> bool:
+        """Whether settlement has completed (every contributor credited)."""
         return bool(self._contract.functions.settled().call())
+
+    def is_settling(self) -> bool:
+        """Whether settlement has begun: funding and attestation are closed from then on."""
+        return bool(self._contract.functions.settling().call())
 
     # ------------------------------------------------------------------ audit
 

@@ -334,7 +334,7 @@ def simulate(
         str,
         typer.Option(
             help="The hospitals' records: demo (the breast-cancer split, up to ~20 hospitals) "
-            "or synthetic (seeded synthetic records, up to 256 hospitals: scale runs)."
+            "or synthetic (seeded synthetic records, up to 1,024 hospitals: scale runs)."
         ),
     ] = "demo",
     csv: Annotated[

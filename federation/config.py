@@ -23,9 +23,9 @@ from cohort.files import write_atomic
 
 __all__ = ["DATA_SOURCES", "DpSettings", "SecureMode", "StudyConfig", "write_json"]
 
-#: The study contract's data-owner roster limit (``MAX_DATA_OWNERS`` in CohortStudy.sol):
-#: settlement loops over the owners, so their number is bounded to fit a block.
-MAX_DATA_OWNERS = 256
+#: The study contract's data-owner roster limit (``MAX_DATA_OWNERS`` in CohortStudy.sol): a
+#: finalizing attestation touches every contributor and must fit one transaction's gas cap.
+MAX_DATA_OWNERS = 1024
 
 #: Where simulated hospitals' records come from: the breast-cancer demo split, seeded
 #: synthetic records (any number of hospitals; scale runs), or one CSV file per hospital

@@ -11,6 +11,11 @@ pragma solidity 0.8.28;
 /// and every contributor earns one accepted contribution. When the study ends the sponsor
 /// settles: each data owner is credited `bounty * contributions / totalContributions` and
 /// withdraws it (pull payments).
+/// @dev No transaction loops over the whole data-owner roster, so a study of thousands of
+/// hospitals fits real block gas limits: the roster is registered in ascending batches (the
+/// first in the constructor) up to the `dataOwnerCount` fixed at deployment, and settlement
+/// credits the contributors in ascending batches. One storage slot per data owner holds its
+/// roster flag and contribution count.
 /// @dev Committee members sign off-chain (EIP-191 personal-sign over `attestationDigest`), so
 /// they need no funds: anyone, usually the coordinator, relays the signature and pays gas.
 /// The digest binds the chain id, this contract's address and the study id, so a signature
@@ -27,8 +32,10 @@ contract CohortStudy {
     /// @notice Largest committee the contract accepts (bounds per-attestation work).
     uint256 public constant MAX_COMMITTEE = 64;
 
-    /// @notice Largest data-owner roster the contract accepts (bounds the settlement loop).
-    uint256 public constant MAX_DATA_OWNERS = 256;
+    /// @notice Largest data-owner roster the contract accepts: a finalizing attestation
+    /// touches every contributor (about 10,500 gas each; 10.9M for 1,024) and must stay under
+    /// EIP-7825's per-transaction cap of 2^24 (16.7M) gas.
+    uint256 public constant MAX_DATA_OWNERS = 1024;
 
     /// @dev secp256k1n / 2: signatures with a larger `s` are malleable twins and rejected.
     uint256 private constant HALF_CURVE_ORDER =
@@ -40,6 +47,18 @@ contract CohortStudy {
     error InvalidCommitteeSize(uint256 size);
     /// @notice The data-owner roster is empty or longer than MAX_DATA_OWNERS.
     error InvalidDataOwnerCount(uint256 count);
+    /// @notice The roster already holds `dataOwnerCount` owners; `extra` more were sent.
+    error RosterFull(uint256 count, uint256 extra);
+    /// @notice Only `registered` of the `count` data owners are registered yet.
+    error RosterIncomplete(uint256 registered, uint256 count);
+    /// @notice Data owners are registered in strictly increasing address order, across
+    /// batches; the owner at `index` of this batch breaks it (so no owner is listed twice).
+    error DataOwnersNotAscending(uint256 index);
+    /// @notice A registration or settlement batch is empty.
+    error EmptyBatch();
+    /// @notice Settlement credits contributors in strictly increasing address order, each
+    /// once; the entry at `index` of this batch breaks the order or has no contribution.
+    error SettlementOrder(uint256 index);
     /// @notice Quorum must satisfy committeeSize / 2 < quorum <= committeeSize.
     error InvalidQuorum(uint256 quorum, uint256 committeeSize);
     /// @notice The study id must not be zero.
@@ -54,13 +73,11 @@ contract CohortStudy {
     error ZeroAddress();
     /// @notice An address appears twice in the committee roster.
     error DuplicateCommitteeMember(address member);
-    /// @notice An address appears twice in the data-owner roster.
-    error DuplicateDataOwner(address owner);
     /// @notice A call that must carry ether carried none.
     error ZeroValue();
     /// @notice The caller is not the sponsor.
     error NotSponsor(address caller);
-    /// @notice The study has been settled; no more funding or attestations.
+    /// @notice Settlement has begun (or completed): no more funding or attestations.
     error StudyAlreadySettled();
     /// @notice The signature is not 65 bytes long.
     error InvalidSignatureLength(uint256 length);
@@ -100,11 +117,14 @@ contract CohortStudy {
         address indexed sponsor,
         address[] committee,
         uint256 quorum,
-        address[] dataOwners,
+        uint256 dataOwnerCount,
         uint256 rounds,
         uint256 deadline,
         uint256 bounty
     );
+    /// @notice These data owners joined the roster (ascending); `registered` are listed now,
+    /// and `rosterHash` is the running roster hash after them (see dataOwnersHash()).
+    event DataOwnersRegistered(address[] dataOwners, uint256 registered, bytes32 rosterHash);
     /// @notice The sponsor added `amount` wei; `bounty` is the new total.
     event Funded(address indexed sponsor, uint256 amount, uint256 bounty);
     /// @notice `member` attested `aggregateHash` for `round`; `votes` members now agree on it.
@@ -149,6 +169,8 @@ contract CohortStudy {
     uint256 public immutable quorum;
     /// @notice Hash of the signed study manifest every party approved (never zero).
     bytes32 public immutable manifestHash;
+    /// @notice Size of the data-owner roster, fixed at deployment.
+    uint256 public immutable dataOwnerCount;
     /// @notice Number of rounds in the manifest; rounds are numbered 1..rounds.
     uint256 public immutable rounds;
     /// @notice Unix time (seconds) from which settle() no longer waits for the final round.
@@ -156,23 +178,45 @@ contract CohortStudy {
 
     /// @notice Total wei escrowed for the study (constructor value plus every fund()).
     uint256 public bounty;
-    /// @notice Whether settle() has run.
+    // Settlement progress shares one slot: the last contributor credited (each batch
+    // continues strictly above it), how many are credited, and the two flags.
+    /// @notice Whether settlement has completed (every contributor credited).
     bool public settled;
+    /// @notice Whether settlement has begun: no more funding or attestations from then on.
+    bool public settling;
+    /// @notice Contributors credited so far by settle() batches.
+    uint64 public settledContributors;
+    address private _lastSettled;
     /// @notice Number of rounds finalized so far.
     uint256 public finalizedRounds;
     /// @notice Sum of every data owner's accepted contributions.
     uint256 public totalContributions;
-    /// @notice Accepted contributions (finalized rounds it contributed to) per data owner.
-    mapping(address owner => uint256 count) public contributions;
+    /// @notice Data owners with at least one accepted contribution.
+    uint256 public contributorCount;
+    /// @notice Data owners registered so far (dataOwnerCount once the roster is complete).
+    uint64 public registeredDataOwners;
+    /// @dev The last registered owner (one slot with the count): each registration batch
+    /// continues strictly above it.
+    address private _lastRegistered;
+    /// @notice keccak256 chain over the registered owners in ascending order:
+    /// h_0 = 0, h_i = keccak256(abi.encode(h_{i-1}, owner_i)). Anyone holding the manifest's
+    /// roster recomputes it to check the registered roster without reading it back.
+    bytes32 public dataOwnersHash;
+    /// @dev Wei credited to contributors so far; the rest of the bounty is the sponsor's.
+    uint256 private _paid;
     /// @notice Wei an account may withdraw (set by settle(), cleared by withdraw()).
     mapping(address account => uint256 amount) public credit;
     /// @notice Whether an address is on the committee.
     mapping(address account => bool member) public isCommitteeMember;
-    /// @notice Whether an address is a registered data owner.
-    mapping(address account => bool owner) public isDataOwner;
 
+    /// @dev One slot per data owner: listed flag and accepted contributions.
+    struct Owner {
+        bool listed;
+        uint64 contributions;
+    }
+
+    mapping(address account => Owner state) private _owners;
     address[] private _committee;
-    address[] private _dataOwners;
 
     /// @dev A round is finalized exactly when its aggregateHash is non-zero (attest() refuses
     /// a zero hash), which saves a storage slot per round.
@@ -195,7 +239,7 @@ contract CohortStudy {
     }
 
     modifier notSettled() {
-        if (settled) revert StudyAlreadySettled();
+        if (settling) revert StudyAlreadySettled();
         _;
     }
 
@@ -213,7 +257,9 @@ contract CohortStudy {
     /// @param manifestHash_ Non-zero hash of the approved study manifest.
     /// @param committee_ Distinct, non-zero committee member addresses (1..MAX_COMMITTEE).
     /// @param quorum_ Members needed to finalize: more than half the committee, at most all.
-    /// @param dataOwners_ Distinct, non-zero data-owner addresses (1..MAX_DATA_OWNERS).
+    /// @param dataOwners_ The first data owners, strictly increasing non-zero addresses (may
+    /// be all of them; the rest follow through registerDataOwners).
+    /// @param dataOwnerCount_ Size of the whole roster, 1..MAX_DATA_OWNERS.
     /// @param rounds_ The manifest's number of rounds, at least 1.
     /// @param deadline_ Unix seconds, after this block's timestamp: settle() stops waiting.
     constructor(
@@ -222,6 +268,7 @@ contract CohortStudy {
         address[] memory committee_,
         uint256 quorum_,
         address[] memory dataOwners_,
+        uint256 dataOwnerCount_,
         uint256 rounds_,
         uint256 deadline_
     ) payable {
@@ -234,8 +281,9 @@ contract CohortStudy {
         if (quorum_ == 0 || quorum_ > size || 2 * quorum_ <= size) {
             revert InvalidQuorum(quorum_, size);
         }
-        uint256 owners = dataOwners_.length;
-        if (owners == 0 || owners > MAX_DATA_OWNERS) revert InvalidDataOwnerCount(owners);
+        if (dataOwnerCount_ == 0 || dataOwnerCount_ > MAX_DATA_OWNERS) {
+            revert InvalidDataOwnerCount(dataOwnerCount_);
+        }
 
         for (uint256 i = 0; i < size; ++i) {
             address member = committee_[i];
@@ -243,33 +291,27 @@ contract CohortStudy {
             if (isCommitteeMember[member]) revert DuplicateCommitteeMember(member);
             isCommitteeMember[member] = true;
         }
-        for (uint256 i = 0; i < owners; ++i) {
-            address owner = dataOwners_[i];
-            if (owner == address(0)) revert ZeroAddress();
-            if (isDataOwner[owner]) revert DuplicateDataOwner(owner);
-            isDataOwner[owner] = true;
-        }
-
         studyId = studyId_;
         sponsor = msg.sender;
         quorum = quorum_;
         manifestHash = manifestHash_;
         rounds = rounds_;
         deadline = deadline_;
+        dataOwnerCount = dataOwnerCount_;
         bounty = msg.value;
         _committee = committee_;
-        _dataOwners = dataOwners_;
         emit StudyCreated(
             studyId_,
             manifestHash_,
             msg.sender,
             committee_,
             quorum_,
-            dataOwners_,
+            dataOwnerCount_,
             rounds_,
             deadline_,
             msg.value
         );
+        if (dataOwners_.length > 0) _register(dataOwners_, dataOwnerCount_);
     }
 
     // ------------------------------------------------------------------ sponsor
@@ -282,30 +324,54 @@ contract CohortStudy {
         emit Funded(msg.sender, msg.value, total);
     }
 
-    /// @notice Close the study and credit every payout. Sponsor only, once, and only when
-    /// the final round (`rounds`) is finalized or `deadline` has been reached.
+    /// @notice Add the next data owners to the roster. Sponsor only, before settlement,
+    /// until `dataOwnerCount` are listed. Each batch continues the strictly increasing
+    /// address order, so the roster is canonical and no owner can be listed twice.
+    function registerDataOwners(address[] calldata owners) external onlySponsor notSettled {
+        _register(owners, dataOwnerCount);
+    }
+
+    /// @notice Settle the study: credit the next `contributors` and, once every contributor
+    /// is credited, the rest of the bounty to the sponsor. Sponsor only; the first call needs
+    /// the final round (`rounds`) finalized or `deadline` reached, and stops funding and
+    /// attestation. Calls continue the strictly increasing address order over the data
+    /// owners with contributions (contributorCount in all); a study with none settles with
+    /// an empty list.
     /// @dev Data owner i gets bounty * contributions[i] / totalContributions (rounded down);
     /// the sponsor gets the rounding dust, or the whole bounty if no round was finalized.
-    function settle() external onlySponsor notSettled {
-        if (_rounds[rounds].aggregateHash == bytes32(0) && block.timestamp < deadline) {
-            revert StudyNotFinished(rounds, deadline, block.timestamp);
+    function settle(address[] calldata contributors) external onlySponsor {
+        if (settled) revert StudyAlreadySettled();
+        if (!settling) {
+            if (_rounds[rounds].aggregateHash == bytes32(0) && block.timestamp < deadline) {
+                revert StudyNotFinished(rounds, deadline, block.timestamp);
+            }
+            settling = true;
         }
-        settled = true;
+        uint256 n = contributors.length;
+        uint256 done = settledContributors;
+        if (n == 0 && done < contributorCount) revert EmptyBatch();
         uint256 total = totalContributions;
         uint256 pool = bounty;
-        uint256 paid = 0;
-        if (total > 0) {
-            uint256 owners = _dataOwners.length;
-            for (uint256 i = 0; i < owners; ++i) {
-                address owner = _dataOwners[i];
-                uint256 share = (pool * contributions[owner]) / total;
-                if (share > 0) {
-                    credit[owner] += share;
-                    paid += share;
-                    emit Credited(owner, share);
-                }
+        uint256 paid = _paid;
+        address previous = _lastSettled;
+        for (uint256 i = 0; i < n; ++i) {
+            address owner = contributors[i];
+            uint256 count = _owners[owner].contributions;
+            if (owner <= previous || count == 0) revert SettlementOrder(i);
+            previous = owner;
+            uint256 share = (pool * count) / total;
+            if (share > 0) {
+                credit[owner] += share;
+                paid += share;
+                emit Credited(owner, share);
             }
         }
+        done += n;
+        _lastSettled = previous;
+        settledContributors = uint64(done);
+        _paid = paid;
+        if (done < contributorCount) return;
+        settled = true;
         uint256 rest = pool - paid;
         if (rest > 0) {
             credit[sponsor] += rest;
@@ -336,6 +402,9 @@ contract CohortStudy {
     ) external notSettled returns (bool finalizedNow) {
         if (round == 0 || round > rounds) revert RoundOutOfRange(round, rounds);
         if (aggregateHash == bytes32(0)) revert ZeroAggregateHash();
+        if (registeredDataOwners < dataOwnerCount) {
+            revert RosterIncomplete(registeredDataOwners, dataOwnerCount);
+        }
         bytes32 contributorsHash = _checkContributors(contributors);
         uint256 count = _vote(
             round,
@@ -366,11 +435,16 @@ contract CohortStudy {
         uint256[] calldata epsilonsMicro
     ) private {
         uint256 n = contributors.length;
+        uint256 first = 0;
         for (uint256 i = 0; i < n; ++i) {
-            contributions[contributors[i]] += 1;
+            Owner storage owner = _owners[contributors[i]];
+            uint64 count = owner.contributions;
+            if (count == 0) ++first;
+            owner.contributions = count + 1;
             emit LedgerHead(round, contributors[i], heads[i], epsilonsMicro[i]);
         }
         totalContributions += n;
+        contributorCount += first;
     }
 
     /// @dev Recover the signer, check it may vote on `round`, count its vote; returns how
@@ -471,12 +545,39 @@ contract CohortStudy {
         return _committee;
     }
 
-    /// @notice The data-owner roster in deployment order.
-    function dataOwners() external view returns (address[] memory) {
-        return _dataOwners;
+    /// @notice Whether an address is a registered data owner.
+    function isDataOwner(address account) external view returns (bool) {
+        return _owners[account].listed;
+    }
+
+    /// @notice Accepted contributions (finalized rounds it contributed to) of `owner`.
+    function contributions(address owner) external view returns (uint256) {
+        return _owners[owner].contributions;
     }
 
     // ------------------------------------------------------------------ internals
+
+    function _register(address[] memory owners, uint256 count) private {
+        uint256 n = owners.length;
+        if (n == 0) revert EmptyBatch();
+        uint256 registered = registeredDataOwners;
+        if (n > count - registered) revert RosterFull(count, n - (count - registered));
+        address previous = _lastRegistered;
+        bytes32 rosterHash = dataOwnersHash;
+        for (uint256 i = 0; i < n; ++i) {
+            address owner = owners[i];
+            if (owner == address(0)) revert ZeroAddress();
+            if (owner <= previous) revert DataOwnersNotAscending(i);
+            previous = owner;
+            _owners[owner].listed = true;
+            rosterHash = keccak256(abi.encode(rosterHash, owner));
+        }
+        registered += n;
+        registeredDataOwners = uint64(registered);
+        _lastRegistered = previous;
+        dataOwnersHash = rosterHash;
+        emit DataOwnersRegistered(owners, registered, rosterHash);
+    }
 
     function _checkContributors(address[] calldata contributors) private view returns (bytes32) {
         uint256 n = contributors.length;
@@ -485,7 +586,7 @@ contract CohortStudy {
         for (uint256 i = 0; i < n; ++i) {
             address current = contributors[i];
             if (i > 0 && current <= previous) revert ContributorsNotCanonical(i);
-            if (!isDataOwner[current]) revert NotDataOwner(current);
+            if (!_owners[current].listed) revert NotDataOwner(current);
             previous = current;
         }
         return keccak256(abi.encodePacked(contributors));

@@ -37,9 +37,11 @@ from cohort.bounties.study import (
     create_address,
     load_artifact,
     predict_address,
+    roster_hash,
     sign_attestation,
 )
 from cohort.errors import BadInputError, ConfigError, ProtocolAbort, VerificationError
+from cohort.federation.config import MAX_DATA_OWNERS
 
 ROOT = Path(__file__).resolve().parents[2]
 ETHER = 10**18
@@ -56,7 +58,7 @@ OUTSIDER_KEY = keccak(text="cohort-test/outsider")
 RPC_KEYS = [keccak(text=f"cohort-test/rpc-account/{i}") for i in range(10)]
 
 # Measured on both providers (docs/contract.md); ceilings catch accidental regressions.
-GAS_CEILINGS = {"deploy": 2_000_000, "attest": 290_000, "settle": 200_000, "withdraw": 50_000}
+GAS_CEILINGS = {"deploy": 2_400_000, "attest": 290_000, "settle": 200_000, "withdraw": 50_000}
 
 
 @dataclass
@@ -262,7 +264,11 @@ class StudyContractSuite:
         assert study.sponsor() == world.sponsor
         assert study.quorum() == 2
         assert study.committee() == world.members
-        assert study.data_owners() == world.owners
+        assert study.data_owners() == canonical_contributors(world.owners)
+        assert study.data_owner_count() == study.registered_data_owners() == 4
+        assert study.data_owners_hash() == roster_hash(world.owners)
+        assert all(study.is_data_owner(o) for o in world.owners)
+        assert not study.is_data_owner(world.outsider)
         assert study.bounty_wei() == world.bounty
         assert world.provider.balance(study.address) == world.bounty
         assert study.finalized_rounds() == 0
@@ -312,14 +318,15 @@ class StudyContractSuite:
         accounts = provider.accounts()
         members = [Account.from_key(k).address for k in MEMBER_KEYS]
         zero = "0x" + "00" * 20
-        many_owners = [Account.from_key(keccak(text=f"o{i}")).address for i in range(257)]
+        too_many = range(MAX_DATA_OWNERS + 1)
+        many_owners = [Account.from_key(keccak(text=f"o{i}")).address for i in too_many]
         cases: list[tuple[bytes, list[str], list[str], str]] = [
             (STUDY_ID, [*members[:2], members[0]], accounts[2:4], r"DuplicateCommitteeMember\("),
             (STUDY_ID, [*members[:2], zero], accounts[2:4], r"ZeroAddress\(\)"),
-            (STUDY_ID, members, [accounts[2], accounts[2]], r"DuplicateDataOwner\("),
+            (STUDY_ID, members, [accounts[2], accounts[2].lower()], r"data_owners: .* twice"),
             (STUDY_ID, members, [accounts[2], zero], r"ZeroAddress\(\)"),
             (STUDY_ID, members, [], r"InvalidDataOwnerCount\(0\)"),
-            (STUDY_ID, members, many_owners, r"InvalidDataOwnerCount\(257\)"),
+            (STUDY_ID, members, many_owners, rf"InvalidDataOwnerCount\({MAX_DATA_OWNERS + 1}\)"),
             (bytes(32), members, accounts[2:4], r"ZeroStudyId\(\)"),
         ]
         for study_id, committee, owners, error in cases:
@@ -359,7 +366,12 @@ class StudyContractSuite:
         assert args["sponsor"] == world.sponsor
         assert (args["rounds"], args["deadline"], args["bounty"]) == (5, deadline, world.bounty)
         assert list(args["committee"]) == world.members
-        assert list(args["dataOwners"]) == world.owners
+        assert args["dataOwnerCount"] == len(world.owners)
+        (registered,) = study.contract.events.DataOwnersRegistered().get_logs(
+            from_block=event["blockNumber"], to_block=event["blockNumber"]
+        )
+        assert list(registered["args"]["dataOwners"]) == canonical_contributors(world.owners)
+        assert registered["args"]["rosterHash"] == roster_hash(world.owners)
         assert args["quorum"] == 2
         # manifestHash is an indexed topic: an auditor finds the study by its manifest alone.
         other = keccak(text="another manifest")
@@ -411,8 +423,9 @@ class StudyContractSuite:
             ),
         ]
         for (study_id, manifest, rounds, deadline), error in cases:
+            owners = canonical_contributors(accounts[2:4])
             constructor = factory.constructor(
-                study_id, manifest, members, 2, accounts[2:4], rounds, deadline
+                study_id, manifest, members, 2, owners, len(owners), rounds, deadline
             )
             with pytest.raises(BadInputError, match=f"deploy rejected: {error}"):
                 provider.transact(constructor, sender=accounts[0], error_kinds=ERROR_KINDS)
@@ -519,6 +532,7 @@ class StudyContractSuite:
             ({"quorum": 3}, "quorum"),
             ({"data_owners": world.owners[:3]}, "data_owners"),
             ({"data_owners": [*world.owners, stranger]}, "data_owners"),
+            ({"data_owners": [*world.owners[:3], stranger]}, "data_owners"),  # same size
             ({"rounds": ROUNDS + 1}, "rounds"),
             ({"study_id": keccak(text="other study")}, "study_id"),
             ({"deadline": world.study.deadline() + 1}, "deadline"),
@@ -529,6 +543,10 @@ class StudyContractSuite:
         for change, field in changes:
             with pytest.raises(VerificationError, match=rf"^{field}: "):
                 world.study.verify_binding(**{**terms, **change})
+        with pytest.raises(
+            VerificationError, match=rf"missing: {stranger}; not in the manifest: {world.owners[3]}"
+        ):
+            world.study.verify_binding(**{**terms, "data_owners": [*world.owners[:3], stranger]})
         with pytest.raises(VerificationError, match=r"^code: "):
             StudyContract(world.provider, world.outsider).verify_binding(**terms)
         with pytest.raises(BadInputError, match=r"committee: .* listed twice"):
@@ -844,7 +862,144 @@ class StudyContractSuite:
             world.attest(0, round=1, contributors=[world.owners[0], world.outsider])
         assert world.attest(0, round=1, contributors=world.owners[::-1]) is False
 
+    # -------------------------------------------------------------- data-owner roster
+
+    def test_roster_is_registered_in_ascending_batches(self, provider: ChainProvider) -> None:
+        accounts = provider.accounts()
+        sponsor, outsider = accounts[0], accounts[6]
+        owners = canonical_contributors(accounts[2:6])
+        members = [Account.from_key(k).address for k in MEMBER_KEYS]
+        factory = provider.web3.eth.contract(abi=load_artifact()["abi"], bytecode=ARTIFACT_BYTECODE)
+        constructor = factory.constructor(
+            STUDY_ID, MANIFEST_HASH, members, 2, owners[:2], 4, ROUNDS, deadline_in(provider)
+        )
+        receipt = provider.transact(constructor, sender=sponsor, error_kinds=ERROR_KINDS)
+        assert receipt["contractAddress"] is not None
+        study = StudyContract.at(provider, receipt["contractAddress"])
+        terms: dict[str, Any] = {
+            "manifest_hash": MANIFEST_HASH,
+            "chain_id": provider.chain_id,
+            "committee": members,
+            "quorum": 2,
+            "data_owners": owners,
+            "rounds": ROUNDS,
+        }
+        assert (study.registered_data_owners(), study.data_owner_count()) == (2, 4)
+        with pytest.raises(VerificationError, match=r"^data_owners: only 2 of the contract's 4"):
+            study.verify_binding(**terms)
+        world = World(provider, study, sponsor, accounts[1], owners, outsider, members, 0)
+        with pytest.raises(ProtocolAbort, match=r"attestation rejected: RosterIncomplete\(2, 4\)"):
+            world.attest(0, round=1, contributors=owners[:2])
+
+        def register(batch: list[str], sender: str = sponsor) -> None:
+            fn = study.contract.functions.registerDataOwners(batch)
+            provider.transact(fn, sender=sender, error_kinds=ERROR_KINDS)
+
+        rejected = [
+            ([owners[2]], outsider, rf"NotSponsor\({outsider}\)"),
+            ([owners[0]], sponsor, r"DataOwnersNotAscending\(0\)"),  # below the last one
+            ([owners[1]], sponsor, r"DataOwnersNotAscending\(0\)"),  # already listed
+            ([owners[2], owners[2]], sponsor, r"DataOwnersNotAscending\(1\)"),
+            ([owners[3], owners[2]], sponsor, r"DataOwnersNotAscending\(1\)"),
+            ([owners[2], owners[3], outsider], sponsor, r"RosterFull\(4, 1\)"),
+            ([], sponsor, r"EmptyBatch\(\)"),
+        ]
+        for batch, sender, error in rejected:
+            with pytest.raises((BadInputError, VerificationError), match=error):
+                register(batch, sender)
+        assert study.registered_data_owners() == 2
+        register(owners[2:])
+        assert study.data_owners() == owners
+        assert study.data_owners_hash() == roster_hash(owners)
+        study.verify_binding(**terms)
+        with pytest.raises(BadInputError, match=r"RosterFull\(4, 1\)"):
+            register([outsider])
+        assert world.attest(0, round=1, contributors=owners) is False
+        assert world.attest(1, round=1, contributors=owners) is True
+
+    def test_largest_roster_fits_the_transaction_gas_cap(self, provider: ChainProvider) -> None:
+        """MAX_DATA_OWNERS owners: registration, a round that finalizes with every one of
+        them, and settlement, each transaction under EIP-7825's 2^24 gas."""
+        accounts = provider.accounts()
+        owners = [
+            Account.from_key(keccak(text=f"roster/{i}")).address for i in range(MAX_DATA_OWNERS)
+        ]
+        members = [Account.from_key(k).address for k in MEMBER_KEYS]
+        start = provider.web3.eth.block_number
+        bounty = 10**18 + 7
+        study = StudyContract.deploy(
+            provider,
+            sponsor=accounts[0],
+            study_id=STUDY_ID,
+            committee=members,
+            quorum=2,
+            data_owners=owners,
+            bounty_wei=bounty,
+            manifest_hash=MANIFEST_HASH,
+            rounds=1,
+            deadline=deadline_in(provider),
+        )
+        study.verify_binding(
+            manifest_hash=MANIFEST_HASH,
+            chain_id=provider.chain_id,
+            committee=members,
+            quorum=2,
+            data_owners=owners[::-1],
+            rounds=1,
+        )
+        world = World(provider, study, accounts[0], accounts[1], owners, accounts[6], members, 0)
+        assert world.attest(0, round=1, contributors=owners) is False
+        assert world.attest(1, round=1, contributors=owners) is True
+        study.settle(sponsor=accounts[0])
+        share = bounty // len(owners)
+        payouts = study.payouts()
+        assert all(payouts[o] == share for o in owners)
+        assert payouts[accounts[0]] == bounty - share * len(owners)
+        used = gas_of_blocks(provider, after_block=start)
+        assert len(used) > 6  # deploy + registrations, 2 votes, several settle batches
+        assert max(used) < 2**24, used
+
     # -------------------------------------------------------------- settlement
+
+    def test_settlement_runs_in_ascending_batches(self, provider: ChainProvider) -> None:
+        world = deploy_world(provider, rounds=1)
+        study, sponsor = world.study, world.sponsor
+        contributors = canonical_contributors(world.owners[:3])
+        idle = next(o for o in world.owners if o not in contributors)
+        world.attest(0, round=1, contributors=contributors)
+        world.attest(1, round=1, contributors=contributors)
+
+        def settle(batch: list[str]) -> None:
+            fn = study.contract.functions.settle(batch)
+            provider.transact(fn, sender=sponsor, error_kinds=ERROR_KINDS)
+
+        for batch, error in [
+            (contributors[1::-1], r"SettlementOrder\(1\)"),
+            ([idle], r"SettlementOrder\(0\)"),  # no contribution
+            ([], r"EmptyBatch\(\)"),
+        ]:
+            with pytest.raises(BadInputError, match=error):
+                settle(batch)
+        assert not study.is_settling()
+        settle(contributors[:1])
+        assert study.is_settling()
+        assert not study.is_settled()
+        # Settlement has begun: the pool is fixed and no round or owner can be added.
+        with pytest.raises(ProtocolAbort, match=r"attestation rejected: StudyAlreadySettled"):
+            world.attest(2, round=1, contributors=contributors)
+        with pytest.raises(ProtocolAbort, match=r"fund rejected: StudyAlreadySettled"):
+            study.fund(sponsor=sponsor, amount_wei=1)
+        register = study.contract.functions.registerDataOwners([world.outsider])
+        with pytest.raises(ProtocolAbort, match=r"StudyAlreadySettled"):
+            provider.transact(register, sender=sponsor, error_kinds=ERROR_KINDS)
+        with pytest.raises(BadInputError, match=r"SettlementOrder\(0\)"):
+            settle(contributors[:1])  # credited once only
+        study.settle(sponsor=sponsor)  # resumes after the first contributor
+        share = world.bounty // 3
+        assert study.payouts() == dict.fromkeys(contributors, share)
+        assert study.is_settled()
+        with pytest.raises(ProtocolAbort, match=r"StudyAlreadySettled\(\)"):
+            study.settle(sponsor=sponsor)
 
     @pytest.mark.parametrize("bounty", [6 * ETHER, 10**18 + 5])
     def test_settle_credits_in_proportion_and_dust_to_sponsor(
@@ -1008,12 +1163,24 @@ class StudyContractSuite:
             assert key.hex() not in text
 
 
+def gas_of_blocks(provider: ChainProvider, *, after_block: int) -> list[int]:
+    """Gas used by every transaction mined after ``after_block``."""
+    w3 = provider.web3
+    used = []
+    for number in range(after_block + 1, w3.eth.block_number + 1):
+        for tx in w3.eth.get_block(number, full_transactions=True)["transactions"]:
+            assert not isinstance(tx, bytes)
+            used.append(int(w3.eth.get_transaction_receipt(tx["hash"])["gasUsed"]))
+    return used
+
+
 def gas_profile(world: World) -> dict[str, int]:
     """Gas used by each step of a 3-member, 4-owner study (used for docs/contract.md)."""
     provider, study = world.provider, world.study
     factory = provider.web3.eth.contract(abi=study.contract.abi, bytecode=ARTIFACT_BYTECODE)
+    owners = canonical_contributors(world.owners)
     constructor = factory.constructor(
-        STUDY_ID, MANIFEST_HASH, world.members, 2, world.owners, 1, deadline_in(provider)
+        STUDY_ID, MANIFEST_HASH, world.members, 2, owners, len(owners), 1, deadline_in(provider)
     )
     used = {"deploy": provider.transact(constructor, sender=world.sponsor)["gasUsed"]}
     contributors = world.owners[:3]
@@ -1028,9 +1195,8 @@ def gas_profile(world: World) -> dict[str, int]:
     used["attest_first"], used["attest_finalizing"], used["attest_late"] = gas
     # The world's final round (ROUNDS) is not finalized: settlement waits for the deadline.
     provider.advance_time(seconds=study.deadline() - provider.latest_timestamp())
-    used["settle"] = provider.transact(study.contract.functions.settle(), sender=world.sponsor)[
-        "gasUsed"
-    ]
+    settle = study.contract.functions.settle(canonical_contributors(contributors))
+    used["settle"] = provider.transact(settle, sender=world.sponsor)["gasUsed"]
     used["withdraw"] = provider.transact(
         study.contract.functions.withdraw(), sender=world.owners[0]
     )["gasUsed"]

@@ -18,8 +18,8 @@ def test_defaults_match_the_issue() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"clients": 1}, "clients must be in 2..256"),
-        ({"clients": 257}, "pays at most 256 data owners"),
+        ({"clients": 1}, "clients must be in 2..1024"),
+        ({"clients": 1025}, "pays at most 1024 data owners"),
         ({"rounds": 0}, "rounds must be >= 1"),
         ({"committee": 3, "quorum": 1}, "quorum must be a strict majority"),
         ({"committee": 3, "quorum": 4}, "quorum must be a strict majority"),
