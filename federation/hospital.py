@@ -123,10 +123,7 @@ def _load_dataset(
             index = int(rest)
         except ValueError:
             raise BadInputError(f"data {data!r}: expected {kind}:<index>") from None
-        if kind == "demo":
-            hospitals, _ = demo_split(num_hospitals=demo[0], seed=demo[1], alpha=demo[2])
-        else:
-            hospitals, _ = synthetic_split(num_hospitals=demo[0], seed=demo[1])
+        hospitals = _split(kind, demo)
         if not 0 <= index < len(hospitals):
             raise BadInputError(f"data {data!r}: index out of range 0..{len(hospitals) - 1}")
         return hospitals[index]
@@ -134,6 +131,17 @@ def _load_dataset(
     if normalizer is None:
         return dataset
     return Normalizer.from_dict(json.loads(normalizer)).apply(dataset)
+
+
+@functools.lru_cache(maxsize=2)
+def _split(kind: str, demo: tuple[int, int, float]) -> tuple[Dataset, ...]:
+    """Every hospital's part of the demo or synthetic split, built once per process: the
+    owners that share a process (a ClientApp actor runs many) each take their own part."""
+    if kind == "demo":
+        hospitals, _ = demo_split(num_hospitals=demo[0], seed=demo[1], alpha=demo[2])
+    else:
+        hospitals, _ = synthetic_split(num_hospitals=demo[0], seed=demo[1])
+    return tuple(hospitals)
 
 
 def enroll(settings: HospitalSettings, request: wire.EnrollRequest) -> wire.EnrollReply:

@@ -18,6 +18,7 @@ Imports nothing above :mod:`cohort.crypto` (committee members load it without to
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import os
@@ -354,10 +355,20 @@ class Manifest:
     # ---------------------------------------------------------------- lookups
 
     def owner(self, party_id: str) -> OwnerEntry | None:
-        return next((o for o in self.owners if o.party_id == party_id), None)
+        return self._owners_by_id.get(party_id)
 
     def member(self, member_id: str) -> CommitteeEntry | None:
-        return next((m for m in self.committee if m.member_id == member_id), None)
+        return self._members_by_id.get(member_id)
+
+    @functools.cached_property
+    def _owners_by_id(self) -> dict[str, OwnerEntry]:
+        # Built once per (frozen) manifest: a lookup per owner and message stays O(1) with
+        # thousands of owners. Party ids are unique (checked on construction).
+        return {o.party_id: o for o in self.owners}
+
+    @functools.cached_property
+    def _members_by_id(self) -> dict[str, CommitteeEntry]:
+        return {m.member_id: m for m in self.committee}
 
     @property
     def owner_ids(self) -> tuple[str, ...]:
@@ -411,6 +422,12 @@ class Manifest:
         ).encode("utf-8")
 
     def digest(self) -> bytes:
+        return self._digest
+
+    @functools.cached_property
+    def _digest(self) -> bytes:
+        # Computed once per (frozen) manifest: the canonical encoding of thousands of owners
+        # is re-read by every message handler that asks for the study id.
         return tagged_hash(Tag.MANIFEST, self.canonical())
 
     @property
@@ -549,6 +566,13 @@ def _signature_digest(manifest_hash: bytes) -> bytes:
     return tagged_hash(Tag.MANIFEST_SIGNATURE, manifest_hash)
 
 
+#: Signed manifests this process parsed and verified, by their exact bytes (oldest dropped
+#: first): every data-owner message re-reads its approved manifest, whose roster holds every
+#: owner, so a study's owners in one process would otherwise re-parse it per message.
+_VERIFIED: dict[bytes, SignedManifest] = {}
+_VERIFIED_MAX = 8
+
+
 @dataclass(frozen=True)
 class SignedManifest:
     """A manifest with the sponsor's Ed25519 signature over its hash."""
@@ -584,7 +608,15 @@ class SignedManifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, where: str = "manifest") -> SignedManifest:
-        """Parse and verify; BadInputError (malformed) or VerificationError (bad signature)."""
+        """Parse and verify; BadInputError (malformed) or VerificationError (bad signature).
+
+        Parsing and verifying is a function of the bytes alone: bytes that parsed and verified
+        before in this process give the same (immutable) result again without redoing it.
+        """
+        key = bytes(data)
+        known = _VERIFIED.get(key)
+        if known is not None:
+            return known
         try:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError):
@@ -598,6 +630,9 @@ class SignedManifest:
             raise BadInputError(f"{where}: {exc}") from None
         signed = cls(manifest, signature)
         signed.verify()
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.pop(next(iter(_VERIFIED)), None)
+        _VERIFIED[key] = signed
         return signed
 
     def save(self, path: Path) -> None:
