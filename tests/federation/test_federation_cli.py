@@ -69,7 +69,7 @@ def no_study(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_simulate_rejects_bad_options_before_starting_anything(tmp_path: Path) -> None:
     out = tmp_path / "run"
     for args, needle in [
-        (["--clients", "1"], "clients must be in 2..256"),
+        (["--clients", "1"], "clients must be in 2..1024"),
         (["--committee", "3", "--quorum", "1"], "quorum must be a strict majority"),
         (["--secure", "paillier"], "is not one of: ckks, none"),
         (["--epsilon", "0"], "--epsilon must be a finite number > 0"),
