@@ -49,6 +49,7 @@ LedgerHeads = Mapping[str, tuple[bytes, int]]
 __all__ = [
     "ATTESTATION_TYPEHASH",
     "LedgerHeads",
+    "ascending",
     "attestation_digest",
     "canonical_contributors",
     "checksum_address",
@@ -70,6 +71,12 @@ def checksum_address(value: str, *, field: str) -> ChecksumAddress:
     return to_checksum_address(value)
 
 
+def ascending(addresses: Iterable[str]) -> list[str]:
+    """Checksummed addresses sorted as 160-bit numbers: the order the contract demands of
+    contributors, roster registration and settlement batches (no duplicate check)."""
+    return sorted(addresses, key=lambda a: int(a, 16))
+
+
 def canonical_contributors(addresses: Iterable[str]) -> list[str]:
     """Contributors in the order the contract demands: strictly increasing as 160-bit numbers.
 
@@ -79,7 +86,7 @@ def canonical_contributors(addresses: Iterable[str]) -> list[str]:
     checksummed: list[str] = [checksum_address(a, field="contributors") for a in addresses]
     if not checksummed:
         raise BadInputError("contributors: at least one data owner is required")
-    ordered = sorted(checksummed, key=lambda a: int(a, 16))
+    ordered = ascending(checksummed)
     for previous, current in itertools.pairwise(ordered):
         if previous == current:
             raise BadInputError(f"contributors: {current} is listed twice")

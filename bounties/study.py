@@ -32,6 +32,7 @@ from web3.utils.address import get_create_address
 from cohort.bounties.attestation import (
     ATTESTATION_TYPEHASH,
     LedgerHeads,
+    ascending,
     attestation_digest,
     canonical_contributors,
     checksum_address,
@@ -70,8 +71,8 @@ log = get_logger(__name__)
 ARTIFACT_NAME = "CohortStudy"
 
 #: Data owners per registration or settlement transaction: about 23,000 gas per owner
-#: registered and 26,000 per contributor credited, so a batch stays near 10M gas, a third of
-#: a 30M-gas block (docs/contract.md, "Gas").
+#: registered and 27,000 per contributor credited, so a batch stays near 11M gas, under
+#: EIP-7825's per-transaction cap of 2^24 (docs/contract.md, "Large rosters").
 ROSTER_BATCH = 400
 
 #: Which Cohort error each custom error of the contract becomes. Tampering and
@@ -229,9 +230,9 @@ class StudyContract:
 
         The data owners go on the roster in canonical (ascending) order: the first
         :data:`ROSTER_BATCH` in the deployment itself, the rest in ``registerDataOwners``
-        batches the sponsor sends right after, so any roster up to ``MAX_DATA_OWNERS`` fits
-        a 30M-gas block per transaction. The study accepts attestations once every owner is
-        registered.
+        batches the sponsor sends right after, so with any roster up to ``MAX_DATA_OWNERS``
+        every transaction stays under EIP-7825's 2^24 gas. The study accepts attestations
+        once every owner is registered.
         """
         artifact = load_artifact()
         factory = provider.web3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
@@ -252,7 +253,7 @@ class StudyContract:
                 f"time {now}"
             )
         members = [checksum_address(a, field="committee") for a in committee]
-        owners = sorted(_roster(data_owners, field="data_owners"), key=lambda a: int(a, 16))
+        owners = ascending(_roster(data_owners, field="data_owners"))
         expected = None
         if expected_address is not None:
             expected = checksum_address(expected_address, field="expected_address")
@@ -482,9 +483,7 @@ class StudyContract:
         from the ``RoundFinalized`` events. A settlement interrupted between batches resumes
         where the contract stopped.
         """
-        contributors = sorted(
-            {a for r in self.finalized_events() for a in r.contributors}, key=lambda a: int(a, 16)
-        )
+        contributors = ascending({a for r in self.finalized_events() for a in r.contributors})
         done = int(self._contract.functions.settledContributors().call())
         pending = contributors[done:]
         batches = [pending[i : i + ROSTER_BATCH] for i in range(0, len(pending), ROSTER_BATCH)]
