@@ -47,6 +47,7 @@ from cohort.errors import BadInputError, CohortError
 from cohort.federation.certs import load_cert_key
 from cohort.files import PUBLIC, write_atomic
 from cohort.logs import configure, fields, get_logger
+from cohort.memory import keep_freed_memory
 
 log = get_logger("cohort.aggregator")
 
@@ -153,6 +154,7 @@ def _print_identity(keys: MemberKeys | MemberIdentity, fingerprint: bytes, addre
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure(args.log_level)
+    keep_freed_memory()  # uploads' megabyte buffers reuse mapped pages (cohort.memory)
     workdir: Path = args.workdir
     try:
         workdir.mkdir(mode=0o700, parents=True, exist_ok=True)

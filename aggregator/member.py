@@ -75,7 +75,7 @@ from cohort.aggregator.records import (
     study_id_bytes,
 )
 from cohort.aggregator.replication import Fetcher, FetchRequest, UploadReceipt
-from cohort.aggregator.store import STATE_FILE, MemberStore, RelayFields
+from cohort.aggregator.store import STATE_FILE, Kept, MemberStore, RelayFields
 from cohort.bounties.attestation import attestation_digest, sign_attestation
 from cohort.clients.ledger_commitment import attested_heads, select_commitments
 from cohort.crypto import upload as committee_upload
@@ -500,10 +500,10 @@ class CommitteeMember:
         )
 
     def _store_upload(self, upload: Upload, study: _Study, payload: bytes) -> None:
-        """Burn the nonce (the upload is authentic), check the payload for the mode, and
-        store it under the lock, re-checking the round (it may have moved meanwhile)."""
-        if not self._store.burn_nonce(study.study_id, upload.nonce):
-            raise Rejected(Reason.REPLAYED_NONCE, "upload nonce was seen before")
+        """Check the payload for the mode and store it with its nonce burned, in one store
+        transaction that re-checks the round (it may have closed meanwhile). Concurrent
+        uploads are checked and written in parallel; only that transaction is serialised.
+        An authentic upload that fails the mode check has its nonce burned all the same."""
         try:
             study.mode.accept(
                 payload,
@@ -513,26 +513,29 @@ class CommitteeMember:
                 sender=upload.sender,
             )
         except BadInputError as exc:
+            self._store.burn_nonce(study.study_id, upload.nonce)
             raise Rejected(Reason.MODE_CHECK_FAILED, str(exc)) from exc
         relay = None
         if isinstance(upload, CommitteeUpload):
             relay = RelayFields(upload.nonce, upload.signature)
-        with self._lock:
-            state = self._store.round_state(study.study_id)
-            if state.open_round != upload.round:
-                raise Rejected(Reason.ROUND_NOT_OPEN, f"round {upload.round} closed meanwhile")
-            if not self._store.add_upload(
-                study.study_id,
-                upload.round,
-                upload.sender,
-                payload,
-                upload.payload_hash,
-                relay=relay,
-            ):
-                raise Rejected(
-                    Reason.DUPLICATE_SENDER,
-                    f"{upload.sender!r} already uploaded for round {upload.round}; first kept",
-                )
+        kept = self._store.add_upload(
+            study.study_id,
+            upload.round,
+            upload.sender,
+            payload,
+            upload.payload_hash,
+            relay=relay,
+            nonce=upload.nonce,
+        )
+        if kept is Kept.ROUND_CLOSED:
+            raise Rejected(Reason.ROUND_NOT_OPEN, f"round {upload.round} closed meanwhile")
+        if kept is Kept.REPLAYED_NONCE:
+            raise Rejected(Reason.REPLAYED_NONCE, "upload nonce was seen before")
+        if kept is Kept.DUPLICATE_SENDER:
+            raise Rejected(
+                Reason.DUPLICATE_SENDER,
+                f"{upload.sender!r} already uploaded for round {upload.round}; first kept",
+            )
 
     # -- members: copies of uploads (cohort.aggregator.member_copies) ---------------------
 

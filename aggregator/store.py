@@ -32,14 +32,18 @@ dropping a round unlinks its files instead of walking every overflow page.
 Write-ahead log, ``synchronous=FULL``: a transaction the member acted on is on disk before
 it answers. One connection guarded by a lock (the gRPC server calls from several threads);
 an exclusive ``flock`` on ``state.sqlite.lock`` stops a second process from opening the same
-work directory. The store checks nothing about the protocol; the member does.
+work directory. The store checks only what must be atomic with keeping an upload (its
+round is open, its nonce unburned, its sender new); the member checks the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
+import errno
 import fcntl
 import hashlib
+import mmap
 import os
 import secrets
 import sqlite3
@@ -55,6 +59,9 @@ from cohort.errors import BadInputError, ConfigError
 STATE_FILE = "state.sqlite"
 SCHEMA_VERSION = "3"  # 3: payloads in files beside the database (2 kept them in the rows)
 PAYLOADS_DIR = "payloads"
+#: Where a finished or abandoned round's payload files go (renamed: instant) to be unlinked
+#: off the caller's path (unlinking a 6 MB file frees its blocks: about 2 ms each here).
+DROPPED_DIR = "payloads-dropped"
 _U64 = 8
 
 _UPLOADS = """
@@ -122,6 +129,15 @@ CREATE TABLE IF NOT EXISTS copy_failures (
 """
 
 
+class Kept(enum.Enum):
+    """What :meth:`MemberStore.add_upload` did with an upload."""
+
+    KEPT = "kept"
+    ROUND_CLOSED = "round_closed"  # the round is not (or no longer) open
+    REPLAYED_NONCE = "replayed_nonce"  # the upload's nonce was burned before
+    DUPLICATE_SENDER = "duplicate_sender"  # the sender has an upload of the round: first kept
+
+
 @dataclass(frozen=True)
 class RoundState:
     """Where one study's rounds stand: the open round (if any) and the highest opened."""
@@ -182,6 +198,9 @@ class MemberStore:
             self._db.executescript(_SCHEMA + _UPLOADS + ";")
             self._payloads = path.parent / PAYLOADS_DIR
             self._payloads.mkdir(mode=0o700, exist_ok=True)
+            self._dropped = path.parent / DROPPED_DIR
+            self._dropped.mkdir(mode=0o700, exist_ok=True)
+            self._janitor = _Janitor(self._dropped)
             self._check_version()
             self._sweep_payloads()
         except sqlite3.DatabaseError as exc:
@@ -288,14 +307,20 @@ class MemberStore:
         return data
 
     def _drop_round_files(self, study_id: str, round: int) -> None:
-        """Unlink ``round``'s payload files; run after the transaction that deleted their
-        rows committed (a crash in between leaves files that the next open removes)."""
+        """Move ``round``'s payload files out of the study's folder (renames) and have them
+        unlinked in the background; run after the transaction that deleted their rows
+        committed (a crash in between leaves files that the next open removes)."""
         folder = self._study_folder(study_id)
         for path in folder.glob(f"{round:010d}-*.bin"):
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                path.rename(self._dropped / f"{folder.name}-{path.name}")
+        self._janitor.wake()
 
     def _sweep_payloads(self) -> None:
-        """Remove payload files no row names, and stray temporaries (a crash mid-write)."""
+        """Remove payload files no row names, stray temporaries (a crash mid-write) and
+        dropped files a previous run had not unlinked yet."""
+        for path in self._dropped.iterdir():
+            path.unlink(missing_ok=True)
         named = {
             (str(s), str(f))
             for s, f in self._db.execute(
@@ -313,6 +338,8 @@ class MemberStore:
                     path.unlink(missing_ok=True)
 
     def close(self) -> None:
+        """Close the database and release the work directory, once dropped files are gone."""
+        self._janitor.stop()
         with self._lock:
             if self._flock >= 0:
                 self._db.close()
@@ -493,28 +520,49 @@ class MemberStore:
         payload_hash: bytes,
         *,
         relay: RelayFields | None = None,
-    ) -> bool:
-        """Keep ``sender``'s payload for ``round``; False if it already has one. ``relay``
+        nonce: bytes | None = None,
+    ) -> Kept:
+        """Keep ``sender``'s payload for the open ``round``, burning ``nonce`` (the
+        upload's) with it; :class:`Kept` says whether it was kept or why not. ``relay``
         (the owner's nonce and signature) makes it relayable to other members.
 
         The payload is written and synced to a temporary file outside the store lock (other
-        uploads go on meanwhile); under it the row is checked, the file renamed into place
-        and its folder synced, then the row committed."""
-        nonce, signature = (None, None) if relay is None else (relay.nonce, relay.signature)
+        uploads go on meanwhile); under it, in one transaction, the round is checked open,
+        the nonce burned (it stays burned if the sender already has an upload), the
+        sender's row checked absent, the file renamed into place and its folder synced, and
+        the row committed."""
+        signature = None if relay is None else relay.signature
         folder, name = self._payload_path(study_id, round, sender, payload_hash)
         with _Staged(folder, name, payload) as staged, self._tx() as db:
+            if (
+                db.execute(
+                    "SELECT 1 FROM rounds WHERE study_id = ? AND round = ? AND state = 'open'",
+                    (study_id, round),
+                ).fetchone()
+                is None
+            ):
+                return Kept.ROUND_CLOSED
+            if nonce is not None:
+                burned = db.execute(
+                    "INSERT OR IGNORE INTO nonces VALUES (?, ?)", (study_id, nonce)
+                ).rowcount
+                if burned != 1:
+                    return Kept.REPLAYED_NONCE
             held = db.execute(
                 "SELECT payload_file FROM uploads WHERE study_id = ? AND round = ? AND sender = ?",
                 (study_id, round, sender),
             ).fetchone()
             if held is not None:
-                return False
+                return Kept.DUPLICATE_SENDER
             staged.place()
             db.execute(
                 "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (study_id, round, sender, name, len(payload), payload_hash, nonce, signature),
-            )
-        return True
+                (
+                    study_id, round, sender, name, len(payload), payload_hash,
+                    None if relay is None else relay.nonce, signature,
+                ),
+            )  # fmt: skip
+        return Kept.KEPT
 
     def relayable(self, study_id: str, round: int, sender: str) -> Relayable | None:
         """``sender``'s upload of ``round`` with what a copy needs, if it can be relayed."""
@@ -611,6 +659,51 @@ class MemberStore:
         return [(str(s), str(r), int(c)) for s, r, c in rows]
 
 
+class _Janitor:
+    """Unlinks whatever lands in ``folder`` on its own daemon thread, started on the first
+    :meth:`wake`; :meth:`stop` unlinks what is left and waits for the thread."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._stopping:
+                self._empty()
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="member-store-janitor", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join()
+        self._empty()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            self._empty()
+            if self._stopping:
+                return
+
+    def _empty(self) -> None:
+        for path in self._folder.iterdir():
+            path.unlink(missing_ok=True)
+
+
 class _Staged:
     """``data`` written and synced to a temporary file in ``folder`` on entry (outside any
     lock); :meth:`place` renames it to ``name`` and syncs the folder, inside the transaction
@@ -638,16 +731,63 @@ class _Staged:
             self._final.unlink(missing_ok=True)
 
 
+#: Payloads from this size on are written with O_DIRECT (see _write_synced).
+DIRECT_MIN = 1 << 20
+_ALIGN = 4096  # O_DIRECT's alignment of buffer, offset and length (a page: any device's)
+_direct_buffers = threading.local()
+
+
 def _write_synced(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new private file at ``path`` and sync it to disk."""
+    """Write ``data`` to a new private file at ``path`` and sync it to disk.
+
+    A payload of :data:`DIRECT_MIN` bytes or more is written with ``O_DIRECT`` from a
+    page-aligned buffer of the calling thread, bypassing the page cache: measured on this
+    project's machine, a 6 MB payload takes 7 ms to write and sync that way against 16 ms
+    through the page cache (whose cost is allocating 1,500 cache pages per upload). The
+    length is rounded up to whole pages (the slack zeroed) and the file truncated to its
+    true size before the sync. A file system without ``O_DIRECT`` (tmpfs, some network
+    file systems) refuses it with EINVAL; the file is then written through the cache."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        if len(data) < DIRECT_MIN or not _write_direct(fd, data):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_direct(fd: int, data: bytes) -> bool:
+    """Write ``data`` to the empty file ``fd`` with O_DIRECT; False (the file left empty,
+    O_DIRECT off) where the file system refuses it."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return False
+    size = -(-len(data) // _ALIGN) * _ALIGN
+    buffer: mmap.mmap | None = getattr(_direct_buffers, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        if buffer is not None:
+            buffer.close()
+        buffer = _direct_buffers.buffer = mmap.mmap(-1, size)  # anonymous: page-aligned
+    buffer[: len(data)] = data
+    buffer[len(data) : size] = bytes(size - len(data))  # no stale bytes in the last page
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    with memoryview(buffer) as whole, whole[:size] as view:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | direct)
+            written = 0
+            while written < size:
+                written += os.pwrite(fd, view[written:], written)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            os.ftruncate(fd, 0)
+            return False
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    os.ftruncate(fd, len(data))
+    return True
 
 
 def _sync_folder(folder: Path) -> None:

@@ -18,6 +18,7 @@ contributor order, as each contributor signed them to the committee.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -66,8 +67,20 @@ __all__ = [
 
 def checksum_address(value: str, *, field: str) -> ChecksumAddress:
     """EIP-55 form of ``value``; BadInputError naming ``field`` if it is not an address."""
-    if not isinstance(value, str) or not is_address(value):
+    if not isinstance(value, str) or not _is_address(value):
         raise BadInputError(f"{field}: {value!r} is not a 20-byte hex address")
+    return _checksummed(value)
+
+
+# A member checksums every contributor of every round it attests (thousands of Keccak
+# hashes per round at a large roster): the same few addresses each time, so remembered.
+@functools.lru_cache(maxsize=8192)
+def _is_address(value: str) -> bool:
+    return bool(is_address(value))
+
+
+@functools.lru_cache(maxsize=8192)
+def _checksummed(value: str) -> ChecksumAddress:
     return to_checksum_address(value)
 
 

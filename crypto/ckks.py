@@ -126,11 +126,28 @@ class CkksPublicContext:
         """:meth:`check` ``blob`` and return its coefficients, parsed once (uint64
         ``(chunks, 2, primes, N)``, reduced, seeds expanded). Run by a committee member at
         acceptance; :meth:`CkksSum.add_decoded` sums them without parsing again."""
+        layout = self._layout
+        uniform = wire.uniform_chunks(
+            blob,
+            self.params,
+            kind=wire.KIND_UPLOAD,
+            chunk_bytes=seeded.chunk_size(layout),
+            what=what,
+            length=length,
+            fingerprint=self._fingerprint,
+        )
+        if uniform is not None:  # an upload, as every data owner sends: parsed in place
+            count, rows = uniform
+            sizes = wire.slot_counts(count, self.params)
+            coeffs = seeded.decode_chunks(rows, layout, sizes=sizes, what=what)
+            return DecodedVector(length=count, coeffs=coeffs)
         frame = wire.parse_vector(
             blob, self.params, what=what, length=length, fingerprint=self._fingerprint
         )
         sizes = wire.slot_counts(frame.length, self.params)
-        layout = self._layout
+        if frame.kind == wire.KIND_UPLOAD:
+            coeffs = seeded.decode_chunks(frame.chunks, layout, sizes=sizes, what=what)
+            return DecodedVector(length=frame.length, coeffs=coeffs)
         out = np.empty(
             (len(sizes), fastsum.POLYS, len(layout.primes), layout.poly_modulus_degree),
             dtype=np.uint64,
@@ -244,16 +261,13 @@ class CkksSum:
         if self._length is None:
             raise BadInputError("add: no encrypted vectors to sum")
         ctx = self._context
-        out = tuple(
-            seeded.encode_sum_chunk(size, acc.finish(), ctx._layout)
-            for acc, size in zip(self._chunks, self._sizes, strict=True)
-        )
+        total = np.stack([acc.finish() for acc in self._chunks])
         self._chunks = []
         length, self._length = self._length, None
-        frame = wire.VectorFrame(
-            length=length, fingerprint=ctx.fingerprint(), chunks=out, kind=wire.KIND_SUM
+        header = wire.vector_header(
+            kind=wire.KIND_SUM, length=length, chunks=len(total), fingerprint=ctx.fingerprint()
         )
-        return frame.to_bytes()
+        return header + seeded.encode_sum_chunks(self._sizes, total, ctx._layout)
 
 
 class CkksSecretContext:

@@ -40,13 +40,16 @@ member a copy instead of a compression.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from cohort.crypto.ckks_fastsum import POLYS, Layout, sample_uniform
+from cohort.crypto.ckks_fastsum import POLYS, U64_MAX, Layout, sample_uniform
 from cohort.errors import BadInputError
 
 SEED_BYTES = 32
@@ -66,10 +69,26 @@ def chunk_size(layout: Layout) -> int:
 
 def chacha20_words(seed: bytes, count: int) -> np.ndarray:
     """The first ``count`` little-endian u64 words of the ChaCha20 keystream under ``seed``."""
+    words = np.empty(count, dtype="<u8")
+    chacha20_into(seed, words)
+    return words
+
+
+def chacha20_into(seed: bytes, words: np.ndarray) -> None:
+    """Fill the contiguous little-endian u64 array ``words`` with the first words of the
+    ChaCha20 keystream under ``seed`` (no intermediate copy)."""
     if len(seed) != SEED_BYTES:
         raise ValueError(f"chacha20_words: a seed is {SEED_BYTES} bytes, got {len(seed)}")
     stream = Cipher(algorithms.ChaCha20(seed, _CHACHA_NONCE), mode=None).encryptor()
-    return np.frombuffer(stream.update(bytes(8 * count)), dtype="<u8")
+    target = memoryview(words.view(np.uint8).data)  # numpy's buffer, written in place
+    stream.update_into(_zeros(words.nbytes), target)  # zeros XOR keystream
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros(size: int) -> bytes:
+    """``size`` zero bytes, the plaintext whose encryption is the keystream (cached: a
+    member expands thousands of seeds of the same length)."""
+    return bytes(size)
 
 
 def expand_c1(seed: bytes, layout: Layout) -> np.ndarray:
@@ -171,6 +190,74 @@ def decode_chunk(data: bytes, layout: Layout, *, size: int, where: str) -> np.nd
     return out
 
 
+def decode_chunks(
+    chunks: Sequence[bytes] | np.ndarray, layout: Layout, *, sizes: Sequence[int], what: str
+) -> np.ndarray:
+    """:func:`decode_chunk` of every chunk of one upload at once: ``(chunks, 2, primes, N)``
+    uint64, bit for bit what decoding them one by one gives.
+
+    ``chunks`` is the chunks' bytes, or (no copy) a ``(chunks, chunk_size)`` uint8 array of
+    them (:func:`cohort.crypto.ckks_wire.uniform_chunks`). A member decodes every upload it
+    takes, and an upload at 1M values has 123 chunks, so this works on the whole upload per
+    step (one unpack and one reduction per prime over all chunks, each chunk's ChaCha20
+    stream written straight into one array) instead of paying Python's per-call overhead
+    and a copy for each chunk. The rare chunk whose stream has a rejected word (a word has
+    probability ``(2**64 mod q) / 2**64 < q / 2**64`` of it) is expanded again by
+    :func:`expand_c1`, which applies the rejection rule. BadInputError names ``what``, the
+    first faulty chunk and the fault, as :func:`decode_chunk` does (every chunk's length
+    and slot count are checked before any coefficient)."""
+    expected = chunk_size(layout)
+    if isinstance(chunks, np.ndarray):
+        raw = chunks
+        if raw.ndim != 2 or raw.shape[1] != expected or raw.dtype != np.uint8:
+            raise ValueError(f"decode_chunks: chunks of shape {raw.shape}, not (n, {expected})")
+    else:
+        for i, data in enumerate(chunks):
+            if len(data) != expected:
+                raise BadInputError(
+                    f"{what}: chunk {i} holds {len(data)} bytes, an upload chunk is {expected}"
+                )
+        raw = np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(len(chunks), expected)
+    count = raw.shape[0]
+    if count != len(sizes):
+        raise ValueError(f"decode_chunks: {count} chunks, {len(sizes)} slot counts")
+    slots = np.ascontiguousarray(raw[:, : HEADER.size]).view("<u4")[:, 0]
+    wrong = np.flatnonzero(slots != np.asarray(sizes, dtype=np.uint32))
+    if wrong.size:
+        i = int(wrong[0])
+        raise BadInputError(f"{what}: chunk {i} fills {int(slots[i])} slots, expected {sizes[i]}")
+    primes, n = len(layout.primes), layout.poly_modulus_degree
+    out = np.empty((count, POLYS, primes, n), dtype=np.uint64)
+    at = HEADER.size + SEED_BYTES
+    for j, (prime, width) in enumerate(zip(layout.primes, coeff_bytes(layout), strict=True)):
+        size = n * width
+        buf = np.zeros((count, size + 8), dtype=np.uint8)
+        buf[:, :size] = raw[:, at : at + size]
+        window = np.ndarray((count, n), dtype="<u8", buffer=buf, strides=(size + 8, width))
+        row = np.bitwise_and(window, np.uint64((1 << (8 * width)) - 1), out=out[:, 0, j])
+        high = row.max(axis=1)
+        if int(high.max()) >= prime:
+            first = int(np.flatnonzero(high >= np.uint64(prime))[0])
+            raise BadInputError(
+                f"{what}: chunk {first}: a coefficient is not reduced modulo prime {j}"
+            )
+        at += size
+    need = primes * n
+    words = np.empty((count, need), dtype="<u8")
+    seeds = [raw[i, HEADER.size : HEADER.size + SEED_BYTES].tobytes() for i in range(count)]
+    for i, seed in enumerate(seeds):
+        chacha20_into(seed, words[i])
+    first_words = words.reshape(count, primes, n)
+    redo = np.zeros(count, dtype=bool)
+    for j, prime in enumerate(layout.primes):
+        limit = np.uint64(U64_MAX - U64_MAX % prime - 1)
+        redo |= (first_words[:, j, :] >= limit).any(axis=1)
+        np.remainder(first_words[:, j, :], np.uint64(prime), out=out[:, 1, j, :])
+    for again in np.flatnonzero(redo).tolist():
+        out[again, 1] = expand_c1(seeds[again], layout)
+    return out
+
+
 def sum_chunk_size(layout: Layout) -> int:
     """The exact size of one sum chunk under ``layout``."""
     return HEADER.size + POLYS * layout.poly_modulus_degree * sum(coeff_bytes(layout))
@@ -179,6 +266,56 @@ def sum_chunk_size(layout: Layout) -> int:
 def encode_sum_chunk(slots: int, coeffs: np.ndarray, layout: Layout) -> bytes:
     """A sum chunk of ``slots`` filled slots from reduced ``coeffs`` ``(2, primes, N)``."""
     return b"".join((HEADER.pack(slots), *_pack(coeffs[0], layout), *_pack(coeffs[1], layout)))
+
+
+def _pieces(width: int) -> list[tuple[int, np.dtype[Any]]]:
+    """A ``width``-byte little-endian field as whole-word pieces: (byte offset, dtype)."""
+    out: list[tuple[int, np.dtype[Any]]] = []
+    at = 0
+    for size in (8, 4, 2, 1):
+        if width - at >= size:
+            out.append((at, np.dtype(f"<u{size}")))
+            at += size
+    return out
+
+
+def encode_sum_chunks(sizes: Sequence[int], coeffs: np.ndarray, layout: Layout) -> bytes:
+    """Every sum chunk of one vector, each behind its u32 big-endian length prefix (the
+    chunk part of an EncryptedVector): the concatenation of ``framing.prefixed(
+    encode_sum_chunk(size, coeffs[i]))``, built in one array instead of chunk by chunk.
+
+    ``coeffs`` is ``(chunks, 2, primes, N)``, reduced. Each prime's coefficients are
+    written as a packed record of whole-word pieces (6 bytes: a u32 and a u16), which numpy
+    fills one truncating cast per piece over the whole vector."""
+    count = coeffs.shape[0]
+    if count != len(sizes):
+        raise ValueError(f"encode_sum_chunks: {count} chunks, {len(sizes)} slot counts")
+    chunk = sum_chunk_size(layout)
+    out = np.empty((count, 4 + chunk), dtype=np.uint8)
+    out[:, :4] = np.frombuffer(chunk.to_bytes(4, "big"), dtype=np.uint8)
+    out[:, 4 : 4 + HEADER.size] = (
+        np.asarray(sizes, dtype="<u4").view(np.uint8).reshape(count, HEADER.size)
+    )
+    at = 4 + HEADER.size
+    n = layout.poly_modulus_degree
+    for poly in range(POLYS):
+        for j, width in enumerate(coeff_bytes(layout)):
+            pieces = _pieces(width)
+            record = np.dtype(
+                {
+                    "names": [f"p{k}" for k in range(len(pieces))],
+                    "formats": [dtype for _, dtype in pieces],
+                    "offsets": [offset for offset, _ in pieces],
+                    "itemsize": width,
+                }
+            )
+            target = out[:, at : at + n * width].view(record)
+            row = coeffs[:, poly, j, :]
+            for k, (offset, dtype) in enumerate(pieces):
+                shifted = row >> np.uint64(8 * offset) if offset else row
+                target[f"p{k}"] = shifted.astype(dtype, casting="unsafe")  # low bytes
+            at += n * width
+    return out.tobytes()
 
 
 def decode_sum_chunk(data: bytes, layout: Layout, *, size: int, where: str) -> np.ndarray:

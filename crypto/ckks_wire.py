@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from cohort.crypto import framing
 from cohort.crypto.ckks_params import CkksParams
 from cohort.crypto.hashing import DIGEST_SIZE
@@ -78,34 +80,34 @@ class VectorFrame:
     kind: int
 
     def to_bytes(self) -> bytes:
-        return b"".join(
-            (
-                VECTOR_MAGIC,
-                framing.u8(VECTOR_VERSION),
-                framing.u8(self.kind),
-                framing.u64(self.length),
-                framing.u32(len(self.chunks)),
-                self.fingerprint,
-                *(framing.prefixed(chunk) for chunk in self.chunks),
-            )
+        header = vector_header(
+            kind=self.kind,
+            length=self.length,
+            chunks=len(self.chunks),
+            fingerprint=self.fingerprint,
         )
+        return b"".join((header, *(framing.prefixed(chunk) for chunk in self.chunks)))
 
 
-def parse_vector(
-    blob: bytes,
-    params: CkksParams,
-    *,
-    what: str = "encrypted vector",
-    length: int | None = None,
-    fingerprint: bytes | None = None,
-) -> VectorFrame:
-    """Parse an EncryptedVector; BadInputError on malformed framing.
+def vector_header(*, kind: int, length: int, chunks: int, fingerprint: bytes) -> bytes:
+    """An EncryptedVector's bytes before its first chunk's length prefix."""
+    return b"".join(
+        (
+            VECTOR_MAGIC,
+            framing.u8(VECTOR_VERSION),
+            framing.u8(kind),
+            framing.u64(length),
+            framing.u32(chunks),
+            fingerprint,
+        )
+    )
 
-    Checks, in order: magic, version and kind, the value count (against ``length`` if given),
-    the chunk count, the context fingerprint (against ``fingerprint`` if given), then
-    each chunk's length prefix and the absence of trailing bytes.
-    """
-    r = framing.Reader(blob, what)
+
+def _read_header(
+    r: framing.Reader, params: CkksParams, length: int | None, fingerprint: bytes | None
+) -> tuple[int, int, int, bytes]:
+    """An EncryptedVector's header, checked as :func:`parse_vector` says: kind, value
+    count, chunk count and context fingerprint."""
     r.magic(VECTOR_MAGIC)
     r.version(VECTOR_VERSION)
     kind = r.u8("kind")
@@ -130,6 +132,53 @@ def parse_vector(
             f"made under another CKKS context (fingerprint {fp[:8].hex()}, "
             f"expected {fingerprint[:8].hex()})"
         )
+    return kind, count, chunk_count, fp
+
+
+def uniform_chunks(
+    blob: bytes,
+    params: CkksParams,
+    *,
+    kind: int,
+    chunk_bytes: int,
+    what: str = "encrypted vector",
+    length: int | None = None,
+    fingerprint: bytes | None = None,
+) -> tuple[int, np.ndarray] | None:
+    """:func:`parse_vector` without copying, for a vector of ``kind`` whose chunks are all
+    ``chunk_bytes`` long (every upload is): its value count and its chunks as a read-only
+    ``(chunks, chunk_bytes)`` uint8 view of ``blob``. The header is checked as
+    :func:`parse_vector` checks it (BadInputError); None if the rest is not exactly such
+    chunks (another kind, another length prefix, trailing or missing bytes), for
+    :func:`parse_vector` to name the fault."""
+    r = framing.Reader(blob, what)
+    got, count, chunk_count, _ = _read_header(r, params, length, fingerprint)
+    stride = 4 + chunk_bytes
+    if got != kind or r.remaining != chunk_count * stride:
+        return None
+    start = len(blob) - r.remaining
+    rows = np.frombuffer(blob, dtype=np.uint8, offset=start).reshape(chunk_count, stride)
+    if not bool((rows[:, :4].view(">u4")[:, 0] == chunk_bytes).all()):
+        return None
+    return count, rows[:, 4:]
+
+
+def parse_vector(
+    blob: bytes,
+    params: CkksParams,
+    *,
+    what: str = "encrypted vector",
+    length: int | None = None,
+    fingerprint: bytes | None = None,
+) -> VectorFrame:
+    """Parse an EncryptedVector; BadInputError on malformed framing.
+
+    Checks, in order: magic, version and kind, the value count (against ``length`` if given),
+    the chunk count, the context fingerprint (against ``fingerprint`` if given), then
+    each chunk's length prefix and the absence of trailing bytes.
+    """
+    r = framing.Reader(blob, what)
+    kind, count, chunk_count, fp = _read_header(r, params, length, fingerprint)
     limit = max_chunk_bytes(params)
     chunks = tuple(r.prefixed(f"chunk {i}", max_size=limit) for i in range(chunk_count))
     r.end()

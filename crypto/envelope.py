@@ -7,14 +7,18 @@ signature covers::
     tagged_hash(Tag.ENVELOPE, study_id, u64(round), sender, recipient, payload_hash, nonce)
 
 with ``payload_hash = tagged_hash(Tag.PAYLOAD, payload)`` over the plain payload, which is
-sealed (SealedBox) to the member's box key. The signature does not cover the sealed bytes:
-the payload hash, checked after unsealing, binds them instead.
+sealed to the member's box key (:func:`~cohort.crypto.identity.seal_to`: RFC 9180 HPKE base
+mode, DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / AES-256-GCM). The signature does not cover
+the sealed bytes: the payload hash, checked after unsealing, binds them instead.
 
 Wire framing (big-endian)::
 
-    "CHEV" | u8 version=1 | u32-prefixed study_id (UTF-8) | u32-prefixed round (u64)
+    "CHEV" | u8 version=2 | u32-prefixed study_id (UTF-8) | u32-prefixed round (u64)
     | u32-prefixed sender | u32-prefixed recipient | u32-prefixed payload_hash (32)
     | u32-prefixed nonce (16) | u64-prefixed sealed_payload | u32-prefixed signature (64)
+
+Version 2 seals with HPKE; version 1 sealed with libsodium's SealedBox (XSalsa20-Poly1305)
+and is refused by :meth:`Envelope.from_bytes` ("unsupported version 1, expected 2").
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from cohort.crypto import framing
 from cohort.crypto.hashing import DIGEST_SIZE, Tag, tagged_hash
 from cohort.crypto.identity import (
     MAX_PARTY_ID_BYTES,
+    SEAL_OVERHEAD,
     SIGNATURE_SIZE,
     Identity,
     PublicIdentity,
@@ -37,9 +42,11 @@ from cohort.crypto.identity import (
 from cohort.errors import BadInputError, VerificationError
 
 MAGIC = b"CHEV"
-VERSION = 1
+VERSION = 2  # 2: payload sealed with HPKE (1: nacl SealedBox)
 NONCE_SIZE = 16
-SEALED_BOX_OVERHEAD = 48  # ephemeral X25519 key (32) + Poly1305 tag (16)
+# What a seal adds (48 bytes): the HPKE encapsulated key, an ephemeral X25519 public key
+# (32), and the AES-256-GCM tag (16).
+SEALED_BOX_OVERHEAD = SEAL_OVERHEAD
 MAX_STUDY_ID_BYTES = 256
 MAX_SEALED_PAYLOAD = 1 << 40
 

@@ -1,9 +1,16 @@
-"""Party identities: an Ed25519 signing key and an X25519 box key per party (PyNaCl).
+"""Party identities: an Ed25519 signing key and an X25519 box key per party.
 
 Every party (data owner, committee member, coordinator) holds one :class:`Identity` in its
 key store and publishes its :class:`PublicIdentity`. Data owners sign envelopes and seal
 payloads to committee members; members verify signatures and unseal. Secret keys never
 leave an :class:`Identity`: not in ``repr``, logs or exception messages.
+
+Keys and signatures are PyNaCl (libsodium); so is :meth:`Identity.box_to` (nacl ``Box``).
+Sealing (:func:`seal_to`, :meth:`Identity.unseal`) is RFC 9180 HPKE in base mode from
+``cryptography``: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, ``info`` =
+:data:`SEAL_INFO`, no AAD, one message per encapsulation. A seal is
+``enc (32, the ephemeral X25519 public key) || AES-256-GCM ciphertext || tag (16)``:
+:data:`SEAL_OVERHEAD` bytes longer than the plaintext.
 """
 
 from __future__ import annotations
@@ -16,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 from nacl.exceptions import CryptoError
-from nacl.public import Box, PrivateKey, PublicKey, SealedBox
+from nacl.public import Box, PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 from cohort.crypto.hashing import Tag, tagged_hash
@@ -29,6 +39,14 @@ SIGNATURE_SIZE = 64
 SEED_SIZE = 32
 MAX_PARTY_ID_BYTES = 128
 KEY_STORE_FORMAT = "cohort-identity/v1"
+
+# Sealing: RFC 9180 HPKE base mode. Changing any of these changes every seal: bump
+# SEAL_INFO and the wire versions of cohort.crypto.envelope and cohort.crypto.upload.
+SEAL_SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+SEAL_INFO = b"cohort/seal/v2"  # HPKE info: names the construction; v1 was nacl SealedBox
+SEAL_ENC_SIZE = 32  # the encapsulated key: an ephemeral X25519 public key
+SEAL_TAG_SIZE = 16  # AES-256-GCM tag
+SEAL_OVERHEAD = SEAL_ENC_SIZE + SEAL_TAG_SIZE
 
 
 def check_party_id(party_id: object, field: str = "party_id") -> str:
@@ -106,12 +124,14 @@ class Identity:
     ``repr`` and ``str`` show the party id and public fingerprint only.
     """
 
-    __slots__ = ("_box", "_public", "_signing", "party_id")
+    __slots__ = ("_box", "_public", "_seal_key", "_signing", "party_id")
 
     def __init__(self, party_id: str, signing_key: SigningKey, box_key: PrivateKey) -> None:
         self.party_id = check_party_id(party_id)
         self._signing = signing_key
         self._box = box_key
+        # The same X25519 secret as cryptography's key type, for unsealing (secret).
+        self._seal_key = x25519.X25519PrivateKey.from_private_bytes(bytes(box_key.encode()))
         self._public = PublicIdentity(
             party_id=self.party_id,
             sign_key=bytes(signing_key.verify_key.encode()),
@@ -142,6 +162,10 @@ class Identity:
 
     __str__ = __repr__
 
+    def __reduce__(self) -> tuple[type[Identity], tuple[str, SigningKey, PrivateKey]]:
+        # Copy and pickle rebuild from the nacl keys (cryptography's key is not picklable).
+        return (type(self), (self.party_id, self._signing, self._box))
+
     def sign(self, message: bytes) -> bytes:
         """Detached 64-byte Ed25519 signature over ``message``."""
         return bytes(self._signing.sign(message).signature)
@@ -163,10 +187,16 @@ class Identity:
             ) from None
 
     def unseal(self, ciphertext: bytes) -> bytes:
-        """Open a :func:`seal_to` ciphertext (nacl SealedBox); VerificationError if it fails."""
+        """Open a :func:`seal_to` ciphertext (HPKE base mode, :data:`SEAL_INFO`).
+
+        VerificationError if it does not open: sealed to another key or with another
+        ``info``, tampered, truncated, shorter than :data:`SEAL_OVERHEAD`, or not bytes.
+        """
+        if not isinstance(ciphertext, bytes) or len(ciphertext) < SEAL_OVERHEAD:
+            raise VerificationError(f"sealed box does not open for {self.party_id}")
         try:
-            return bytes(SealedBox(self._box).decrypt(ciphertext))
-        except (CryptoError, TypeError):
+            return SEAL_SUITE.decrypt(ciphertext, self._seal_key, info=SEAL_INFO)
+        except (InvalidTag, ValueError, TypeError):
             raise VerificationError(f"sealed box does not open for {self.party_id}") from None
 
     def save(self, path: Path) -> None:
@@ -238,8 +268,17 @@ def verify_signature(signer: PublicIdentity, message: bytes, signature: bytes) -
 
 
 def seal_to(recipient: PublicIdentity, plaintext: bytes) -> bytes:
-    """Anonymous encryption to ``recipient`` (nacl SealedBox); run by data owners."""
+    """Anonymous encryption to ``recipient``'s box key; run by data owners and by members
+    relaying a copy. RFC 9180 HPKE base mode (see the module docstring): a fresh ephemeral
+    key per call, :data:`SEAL_OVERHEAD` bytes longer than ``plaintext``.
+
+    BadInputError if the box key is not usable (a low-order point such as all zeros: the
+    X25519 shared secret would be all zeros) or ``plaintext`` is not bytes.
+    """
+    if not isinstance(plaintext, bytes):
+        raise BadInputError("seal: plaintext must be bytes")
     try:
-        return bytes(SealedBox(PublicKey(recipient.box_key)).encrypt(plaintext))
-    except CryptoError:
+        public_key = x25519.X25519PublicKey.from_public_bytes(recipient.box_key)
+        return SEAL_SUITE.encrypt(plaintext, public_key, info=SEAL_INFO)
+    except ValueError:
         raise BadInputError(f"box key of {recipient.party_id} is not usable") from None

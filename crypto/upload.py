@@ -2,9 +2,9 @@
 
 A data owner runs :func:`build_upload` once per round and sends the result to one member;
 members hand each other copies (:mod:`cohort.aggregator.replication`). A copy keeps every
-signed field and the signature; only the seal changes: the payload travels sealed
-(SealedBox) to whichever member holds that copy, so each hop is readable by its recipient
-alone. The Ed25519 signature covers::
+signed field and the signature; only the seal changes: the payload travels sealed (RFC 9180
+HPKE base mode, :func:`~cohort.crypto.identity.seal_to`) to whichever member holds that
+copy, so each hop is readable by its recipient alone. The Ed25519 signature covers::
 
     tagged_hash(Tag.COMMITTEE_UPLOAD, study_id, u64(round), sender, committee, payload_hash,
                 nonce)
@@ -17,9 +17,12 @@ so neither kind's signature verifies as the other.
 
 Wire framing (big-endian)::
 
-    "CHCU" | u8 version=1 | u32-prefixed study_id (UTF-8) | u32-prefixed round (u64)
+    "CHCU" | u8 version=2 | u32-prefixed study_id (UTF-8) | u32-prefixed round (u64)
     | u32-prefixed sender | u32-prefixed committee (32) | u32-prefixed payload_hash (32)
     | u32-prefixed nonce (16) | u64-prefixed sealed_payload | u32-prefixed signature (64)
+
+Version 2 seals with HPKE; version 1 sealed with libsodium's SealedBox (XSalsa20-Poly1305)
+and is refused by :meth:`CommitteeUpload.from_bytes` ("unsupported version 1, expected 2").
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from cohort.crypto.identity import (
 from cohort.errors import BadInputError, VerificationError
 
 MAGIC = b"CHCU"
-VERSION = 1
+VERSION = 2  # 2: payload sealed with HPKE (1: nacl SealedBox)
 
 
 def committee_address(members: Sequence[PublicIdentity]) -> bytes:

@@ -201,6 +201,7 @@ def test_streamed_sum_refuses_mixed_lengths_and_empty() -> None:
 def test_store_streams_payloads_in_the_asked_order(tmp_path: Path) -> None:
     store = MemberStore(tmp_path / STATE_FILE)
     try:
+        store.open_round("s", 1, None)
         for sender in ("b", "a", "c"):
             store.add_upload("s", 1, sender, sender.encode() * 3, b"h")
         stream = store.iter_payloads("s", 1, ["a", "c", "b"])

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from cohort.aggregator.store import PAYLOADS_DIR, STATE_FILE, MemberStore, RelayFields
+from cohort.aggregator.store import (
+    DROPPED_DIR,
+    PAYLOADS_DIR,
+    STATE_FILE,
+    Kept,
+    MemberStore,
+    RelayFields,
+)
 from cohort.errors import ConfigError
 
 STUDY = "ab" * 32
@@ -21,11 +28,14 @@ def _files(home: Path) -> list[str]:
 def test_payloads_live_in_private_files_and_go_with_their_round(tmp_path: Path) -> None:
     store = MemberStore(tmp_path / STATE_FILE)
     try:
+        store.open_round(STUDY, 1, None)
         relay = RelayFields(b"n" * 24, b"s" * 64)
-        assert store.add_upload(STUDY, 1, "hospital-a", b"A" * 1000, b"\x01" * 32, relay=relay)
-        assert store.add_upload(STUDY, 1, "hospital-b", b"B" * 10, b"\x02" * 32)
+        kept = store.add_upload(STUDY, 1, "hospital-a", b"A" * 1000, b"\x01" * 32, relay=relay)
+        assert kept is Kept.KEPT
+        assert store.add_upload(STUDY, 1, "hospital-b", b"B" * 10, b"\x02" * 32) is Kept.KEPT
         # A second payload from a sender is refused and leaves no file behind.
-        assert not store.add_upload(STUDY, 1, "hospital-a", b"X" * 7, b"\x03" * 32)
+        again = store.add_upload(STUDY, 1, "hospital-a", b"X" * 7, b"\x03" * 32)
+        assert again is Kept.DUPLICATE_SENDER
         files = list((tmp_path / PAYLOADS_DIR).rglob("*.bin"))
         assert len(files) == 2
         assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
@@ -35,18 +45,62 @@ def test_payloads_live_in_private_files_and_go_with_their_round(tmp_path: Path) 
         assert copy.payload == b"A" * 1000
         assert store.relayable(STUDY, 1, "hospital-b") is None  # not relayable: no owner fields
         assert store.payloads(STUDY, 1, ["hospital-b", "hospital-a"]) == [b"B" * 10, b"A" * 1000]
-        store.open_round(STUDY, 1, None)
         store.open_round(STUDY, 2, None)  # round 1 is abandoned: its files go
         assert _files(tmp_path) == []
-        assert store.add_upload(STUDY, 2, "hospital-a", b"C" * 5, b"\x04" * 32)
+        assert store.add_upload(STUDY, 2, "hospital-a", b"C" * 5, b"\x04" * 32) is Kept.KEPT
         store.finish_round(STUDY, 2, client_set=b"c", record="{}", aggregate=b"agg")
         assert _files(tmp_path) == ["aggregate-0000000002.bin"]  # the uploads are dropped
     finally:
         store.close()
 
 
+def test_an_upload_is_kept_only_in_its_open_round_and_burns_its_nonce(tmp_path: Path) -> None:
+    """The checks that must be atomic with keeping an upload: open round, nonce, sender."""
+    store = MemberStore(tmp_path / STATE_FILE)
+    try:
+        assert store.add_upload(STUDY, 1, "a", b"A", b"\x01" * 32) is Kept.ROUND_CLOSED
+        store.open_round(STUDY, 1, None)
+        assert store.add_upload(STUDY, 2, "a", b"A", b"\x01" * 32) is Kept.ROUND_CLOSED
+        assert store.add_upload(STUDY, 1, "a", b"A", b"\x01" * 32, nonce=b"n1") is Kept.KEPT
+        assert store.nonce_seen(STUDY, b"n1")
+        # the same nonce again, from another sender: refused, and nothing is kept for "b"
+        assert store.add_upload(STUDY, 1, "b", b"B", b"\x02" * 32, nonce=b"n1") is (
+            Kept.REPLAYED_NONCE
+        )
+        assert store.senders(STUDY, 1) == ("a",)
+        # a second upload of "a" under a fresh nonce: refused, but its nonce stays burned
+        duplicate = store.add_upload(STUDY, 1, "a", b"C", b"\x03" * 32, nonce=b"n2")
+        assert duplicate is Kept.DUPLICATE_SENDER
+        assert store.nonce_seen(STUDY, b"n2")
+        store.open_round(STUDY, 2, None)  # round 1 abandoned: an upload for it is refused
+        assert store.add_upload(STUDY, 1, "c", b"C", b"\x04" * 32, nonce=b"n3") is (
+            Kept.ROUND_CLOSED
+        )
+        assert not store.nonce_seen(STUDY, b"n3")
+        assert _files(tmp_path) == []
+    finally:
+        store.close()
+
+
+def test_a_rounds_files_are_unlinked_off_the_callers_path(tmp_path: Path) -> None:
+    """Finishing a round moves its files aside at once; they are unlinked in the background,
+    and whatever is still there at close, or at the next open after a crash, goes too."""
+    store = MemberStore(tmp_path / STATE_FILE)
+    store.open_round(STUDY, 1, None)
+    for sender in ("a", "b", "c"):
+        store.add_upload(STUDY, 1, sender, sender.encode() * 1000, sender.encode() * 32)
+    store.finish_round(STUDY, 1, client_set=b"c", record="{}", aggregate=b"agg")
+    assert _files(tmp_path) == ["aggregate-0000000001.bin"]  # at once, before any unlink
+    store.close()
+    assert list((tmp_path / DROPPED_DIR).iterdir()) == []
+    (tmp_path / DROPPED_DIR / "left-by-a-crash.bin").write_bytes(b"x")
+    MemberStore(tmp_path / STATE_FILE).close()
+    assert list((tmp_path / DROPPED_DIR).iterdir()) == []
+
+
 def test_orphaned_and_half_written_files_are_swept_at_open(tmp_path: Path) -> None:
     store = MemberStore(tmp_path / STATE_FILE)
+    store.open_round(STUDY, 1, None)
     store.add_upload(STUDY, 1, "hospital-a", b"A" * 100, b"\x01" * 32)
     store.close()
     kept = _files(tmp_path)
@@ -66,6 +120,7 @@ def test_orphaned_and_half_written_files_are_swept_at_open(tmp_path: Path) -> No
 def test_a_damaged_payload_file_is_named(tmp_path: Path) -> None:
     store = MemberStore(tmp_path / STATE_FILE)
     try:
+        store.open_round(STUDY, 1, None)
         store.add_upload(STUDY, 1, "hospital-a", b"A" * 100, b"\x01" * 32)
         (path,) = (tmp_path / PAYLOADS_DIR).rglob("*.bin")
         path.write_bytes(b"A" * 99)
@@ -82,6 +137,7 @@ def test_schema_2_state_is_migrated_with_its_payloads(tmp_path: Path) -> None:
     """A member upgraded mid-round keeps the uploads it had accepted."""
     path = tmp_path / STATE_FILE
     store = MemberStore(path)
+    store.open_round(STUDY, 1, None)
     store.add_upload(STUDY, 1, "hospital-a", b"A" * 100, b"\x01" * 32)
     store.close()
     for f in (tmp_path / PAYLOADS_DIR).rglob("*.bin"):

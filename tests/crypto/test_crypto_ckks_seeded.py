@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from cohort.crypto import ckks_fastsum as fastsum
 from cohort.crypto import ckks_seeded as seeded
 from cohort.crypto import ckks_wire as wire
+from cohort.crypto import framing
 from cohort.crypto.ckks import DEFAULT_PARAMS, CkksParams, CkksSecretContext
 from cohort.errors import BadInputError
 
@@ -99,6 +100,68 @@ def test_bad_chunk_named(edit: object, reason: str) -> None:
         seeded.decode_chunk(edit(chunk), LAYOUT, size=17, where="chunk")  # type: ignore[operator]
 
 
+REJECTING = b"\x01" * 32  # seeds whose stream the test below edits to hold rejected words
+
+
+def _stream_with_rejections(layout: fastsum.Layout) -> object:
+    """chacha20_into, except that under REJECTING the stream holds a rejected word in every
+    row (a real seed with one is rarer than one in 200 for these primes)."""
+    real = seeded.chacha20_into
+    n = layout.poly_modulus_degree
+
+    def into(seed: bytes, words: np.ndarray) -> None:
+        real(seed, words)
+        if seed == REJECTING:
+            for j, q in enumerate(layout.primes):
+                words[j * n + 5] = fastsum.U64_MAX - fastsum.U64_MAX % q - 1 + j  # rejected
+
+    return into
+
+
+@pytest.mark.parametrize("secret", [SECRET, WIDE], ids=["48-bit", "60-bit"])
+def test_decoding_a_whole_upload_equals_decoding_its_chunks(
+    secret: CkksSecretContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """decode_chunks (the member's path) is bit for bit decode_chunk per chunk, also for
+    chunks whose c1 stream has a rejected word (expanded again by the rejection rule)."""
+    layout = secret.public()._layout
+    monkeypatch.setattr(seeded, "chacha20_into", _stream_with_rejections(layout))
+    rejected = seeded.expand_c1(REJECTING, layout)
+    n = layout.poly_modulus_degree
+    spare = seeded.chacha20_words(REJECTING, len(layout.primes) * n + 64)[len(layout.primes) * n :]
+    for j, q in enumerate(layout.primes):  # the rejected word was replaced by a spare one
+        assert int(rejected[j, 5]) == int(spare[j]) % q
+    rng = np.random.default_rng(7)
+    shape = (len(layout.primes), layout.poly_modulus_degree)
+    seeds = [REJECTING, bytes(32), bytes(range(32)), REJECTING]
+    sizes = [17, 4096, 1, 300]
+    chunks = []
+    for seed, size in zip(seeds, sizes, strict=True):
+        c0 = np.stack([rng.integers(0, q, size=shape[1], dtype=np.uint64) for q in layout.primes])
+        c0[:, 0] = [q - 1 for q in layout.primes]  # the largest reduced coefficient
+        chunks.append(seeded.encode_chunk(size, seed, c0, layout))
+    whole = seeded.decode_chunks(chunks, layout, sizes=sizes, what="upload")
+    assert whole.shape == (4, fastsum.POLYS, *shape)
+    for i, (chunk, size) in enumerate(zip(chunks, sizes, strict=True)):
+        one = seeded.decode_chunk(chunk, layout, size=size, where="chunk")
+        assert np.array_equal(whole[i], one), f"chunk {i}"
+
+
+def test_decoding_a_whole_upload_names_the_first_bad_chunk() -> None:
+    c0 = np.zeros((1, LAYOUT.poly_modulus_degree), dtype=np.uint64)
+    good = seeded.encode_chunk(17, bytes(32), c0, LAYOUT)
+    unreduced = good[:36] + b"\xff" * 6 + good[42:]
+    sizes = [17, 17, 17]
+    with pytest.raises(BadInputError, match="upload: chunk 1: a coefficient is not reduced"):
+        seeded.decode_chunks([good, unreduced, unreduced], LAYOUT, sizes=sizes, what="upload")
+    with pytest.raises(BadInputError, match="upload: chunk 2 holds 49182 bytes"):
+        seeded.decode_chunks([good, good, good[:-6]], LAYOUT, sizes=sizes, what="upload")
+    with pytest.raises(BadInputError, match="upload: chunk 0 fills 17 slots, expected 16"):
+        seeded.decode_chunks([good, good], LAYOUT, sizes=[16, 17], what="upload")
+    with pytest.raises(ValueError, match="2 chunks, 3 slot counts"):
+        seeded.decode_chunks([good, good], LAYOUT, sizes=sizes, what="upload")
+
+
 @pytest.mark.parametrize("secret", [SECRET, WIDE], ids=["48-bit", "60-bit"])
 def test_rebased_upload_decrypts_to_the_values(secret: CkksSecretContext) -> None:
     """The re-based ciphertext decrypts (SEAL's decryptor) to what SEAL encrypted, and its
@@ -153,3 +216,57 @@ def test_a_committee_sum_is_packed_and_smaller_than_seals() -> None:
     seal = fastsum.encode_chunk(public.decode(summed).coeffs[0], LAYOUT, public._codec, size=4096)
     assert len(frame.chunks[0]) < len(seal)  # 6 bytes a coefficient beat zstd of 8
     np.testing.assert_array_equal(SECRET.decrypt(summed), np.full(3 * 8192, 0.5))
+
+
+def test_an_upload_is_parsed_in_place_and_anything_else_by_the_full_parser() -> None:
+    """wire.uniform_chunks views an upload's chunks without copying them, exactly the
+    chunks parse_vector copies out; any other framing is left to parse_vector's errors."""
+    public = SECRET.public()
+    blob = SECRET.encrypt(np.linspace(-1, 1, 9000))
+    size = seeded.chunk_size(LAYOUT)
+    found = wire.uniform_chunks(blob, public.params, kind=wire.KIND_UPLOAD, chunk_bytes=size)
+    assert found is not None
+    count, rows = found
+    frame = wire.parse_vector(blob, public.params)
+    assert count == frame.length == 9000
+    assert [row.tobytes() for row in rows] == list(frame.chunks)
+    assert not rows.flags.writeable  # a view of the bytes
+    for bad in (blob + b"\x00", blob[:-1]):
+        got = wire.uniform_chunks(bad, public.params, kind=wire.KIND_UPLOAD, chunk_bytes=size)
+        assert got is None
+    with pytest.raises(BadInputError, match="1 trailing bytes"):
+        public.decode(blob + b"\x00")
+    with pytest.raises(BadInputError, match="truncated in chunk 1"):
+        public.decode(blob[:-1])
+    assert wire.uniform_chunks(blob, public.params, kind=wire.KIND_SUM, chunk_bytes=size) is None
+    relabelled = bytearray(blob)
+    relabelled[-size - 4 : -size] = (size - 1).to_bytes(4, "big")  # a chunk's length prefix
+    assert (
+        wire.uniform_chunks(
+            bytes(relabelled), public.params, kind=wire.KIND_UPLOAD, chunk_bytes=size
+        )
+        is None
+    )
+    with pytest.raises(BadInputError):
+        public.decode(bytes(relabelled))
+
+
+@pytest.mark.parametrize("secret", [SECRET, WIDE], ids=["48-bit", "60-bit"])
+def test_a_whole_sum_is_encoded_as_its_chunks_one_by_one(secret: CkksSecretContext) -> None:
+    """encode_sum_chunks (one array for the vector) is byte for byte the length-prefixed
+    encode_sum_chunk of each chunk, whatever the primes' byte widths (6; 8 and 7 here)."""
+    layout = secret.public()._layout
+    rng = np.random.default_rng(3)
+    count, n = 5, layout.poly_modulus_degree
+    coeffs = np.empty((count, fastsum.POLYS, len(layout.primes), n), dtype=np.uint64)
+    for j, q in enumerate(layout.primes):
+        coeffs[:, :, j, :] = rng.integers(0, q, size=(count, fastsum.POLYS, n), dtype=np.uint64)
+        coeffs[0, 0, j, 0] = q - 1
+    sizes = [4096, 4096, 7, 1, 300]
+    expected = b"".join(
+        framing.prefixed(seeded.encode_sum_chunk(size, coeffs[i], layout))
+        for i, size in enumerate(sizes)
+    )
+    assert seeded.encode_sum_chunks(sizes, coeffs, layout) == expected
+    with pytest.raises(ValueError, match="5 chunks, 4 slot counts"):
+        seeded.encode_sum_chunks(sizes[:4], coeffs, layout)

@@ -40,7 +40,7 @@ def test_round_trip() -> None:
     parsed = Envelope.from_bytes(WIRE)
     assert parsed == ENV
     assert parsed.to_bytes() == WIRE
-    assert WIRE[:5] == b"CHEV\x01"
+    assert WIRE[:5] == b"CHEV\x02"
     assert _open(parsed) == PAYLOAD
 
 
@@ -187,8 +187,11 @@ def test_trailing_bytes_rejected() -> None:
 def test_bad_magic_and_version_rejected() -> None:
     with pytest.raises(BadInputError, match="bad magic"):
         Envelope.from_bytes(b"XXEV" + WIRE[4:])
-    with pytest.raises(BadInputError, match="unsupported version 2"):
-        Envelope.from_bytes(WIRE[:4] + b"\x02" + WIRE[5:])
+    assert WIRE[4] == 2  # version 2: HPKE seal
+    with pytest.raises(BadInputError, match="unsupported version 1, expected 2"):
+        Envelope.from_bytes(WIRE[:4] + b"\x01" + WIRE[5:])  # the SealedBox format
+    with pytest.raises(BadInputError, match="unsupported version 3"):
+        Envelope.from_bytes(WIRE[:4] + b"\x03" + WIRE[5:])
 
 
 def _frame(**fields: bytes) -> bytes:
@@ -204,7 +207,7 @@ def _frame(**fields: bytes) -> bytes:
         "signature": ENV.signature,
     }
     values.update(fields)
-    out = b"CHEV\x01"
+    out = b"CHEV\x02"
     for name, value in values.items():
         fmt = ">Q" if name == "sealed_payload" else ">I"
         out += struct.pack(fmt, len(value)) + value
@@ -237,7 +240,7 @@ def test_bad_field_sizes_named(fields: dict[str, bytes], message: str) -> None:
 
 
 def test_huge_declared_length_is_truncation_not_allocation() -> None:
-    data = b"CHEV\x01" + struct.pack(">I", 2**32 - 1)
+    data = b"CHEV\x02" + struct.pack(">I", 2**32 - 1)
     with pytest.raises(BadInputError, match="study_id has 4294967295 bytes"):
         Envelope.from_bytes(data)
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cohort.crypto.identity import (
+    SEAL_INFO,
+    SEAL_OVERHEAD,
+    SEAL_SUITE,
     Identity,
     PublicIdentity,
     seal_to,
@@ -22,6 +30,19 @@ from cohort.errors import BadInputError, VerificationError
 ALICE = Identity.generate("h1", seed=bytes(range(32)))
 BOB = Identity.generate("m1", seed=bytes(range(1, 33)))
 EVE = Identity.generate("m2", seed=bytes(range(2, 34)))
+
+
+def _box_secret(identity: Identity) -> bytes:
+    """The raw X25519 box secret, read back from the key store written to a temp dir."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "identity.json"
+        identity.save(path)
+        return bytes.fromhex(json.loads(path.read_text())["box_secret"])
+
+
+def _no_chain(exc: BaseException) -> bool:
+    """True if ``exc`` shows no traceback chain (no cause; no context, or ``from None``)."""
+    return exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__)
 
 
 def _secret_hexes(identity: Identity, tmp_path: Path) -> list[str]:
@@ -152,6 +173,82 @@ def test_unusable_box_key_is_bad_input() -> None:
         seal_to(zero, b"x")
     with pytest.raises(BadInputError, match="box key of z"):
         ALICE.box_to(zero, b"x")
+
+
+# Low-order X25519 points (and a non-canonical encoding of one): the shared secret would be
+# all zeros whatever the ephemeral key, so a seal to them would be readable by anyone.
+LOW_ORDER_POINTS = [
+    bytes(32),
+    b"\x01" + bytes(31),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes(31) + b"\x80",
+]
+
+
+@pytest.mark.parametrize("point", LOW_ORDER_POINTS, ids=lambda p: p[:4].hex())
+def test_seal_to_a_low_order_key_is_bad_input(point: bytes) -> None:
+    low = PublicIdentity(party_id="low", sign_key=ALICE.public.sign_key, box_key=point)
+    with pytest.raises(BadInputError, match="box key of low is not usable") as info:
+        seal_to(low, b"x")
+    assert _no_chain(info.value)
+
+
+def test_seal_is_hpke_with_48_bytes_overhead() -> None:
+    for size in (0, 1, 1000):
+        sealed = seal_to(BOB.public, bytes(size))
+        assert len(sealed) == size + SEAL_OVERHEAD == size + 48
+    # each seal has a fresh ephemeral key: the first 32 bytes (HPKE enc) differ
+    assert seal_to(BOB.public, b"p")[:32] != seal_to(BOB.public, b"p")[:32]
+    # the seal is what cryptography's HPKE base mode opens, with SEAL_INFO and BOB's key
+    secret = x25519.X25519PrivateKey.from_private_bytes(_box_secret(BOB))
+    assert SEAL_SUITE.decrypt(seal_to(BOB.public, b"p"), secret, info=SEAL_INFO) == b"p"
+    recipient = x25519.X25519PublicKey.from_public_bytes(BOB.public.box_key)
+    assert BOB.unseal(SEAL_SUITE.encrypt(b"q", recipient, info=SEAL_INFO)) == b"q"
+
+
+def test_a_seal_with_another_info_or_suite_does_not_open() -> None:
+    recipient = x25519.X25519PublicKey.from_public_bytes(BOB.public.box_key)
+    for info in (b"cohort/seal/v1", b"", SEAL_INFO + b"\x00"):
+        sealed = SEAL_SUITE.encrypt(b"secret", recipient, info=info)
+        with pytest.raises(VerificationError, match="sealed box does not open for m1"):
+            BOB.unseal(sealed)
+    other_suite = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.CHACHA20_POLY1305)
+    with pytest.raises(VerificationError, match="sealed box does not open for m1"):
+        BOB.unseal(other_suite.encrypt(b"secret", recipient, info=SEAL_INFO))
+
+
+def test_truncated_or_mistyped_seal_is_refused() -> None:
+    sealed = seal_to(BOB.public, b"secret")
+    for bad in (b"", sealed[:1], sealed[:32], sealed[:47], sealed[:-1], sealed[1:]):
+        with pytest.raises(VerificationError, match="sealed box does not open for m1") as info:
+            BOB.unseal(bad)
+        assert _no_chain(info.value)
+    assert BOB.unseal(seal_to(BOB.public, b"")) == b""
+    for mistyped in (bytearray(sealed), memoryview(sealed), sealed.hex(), None, 48):
+        with pytest.raises(VerificationError, match="sealed box does not open for m1"):
+            BOB.unseal(mistyped)  # type: ignore[arg-type]
+
+
+def test_seal_of_non_bytes_is_bad_input() -> None:
+    with pytest.raises(BadInputError, match="plaintext must be bytes"):
+        seal_to(BOB.public, "text")  # type: ignore[arg-type]
+
+
+@given(plaintext=st.binary(max_size=4096))
+@settings(max_examples=50, deadline=None)
+def test_unseal_inverts_seal_to(plaintext: bytes) -> None:
+    sealed = seal_to(BOB.public, plaintext)
+    assert len(sealed) == len(plaintext) + SEAL_OVERHEAD
+    assert BOB.unseal(sealed) == plaintext
+
+
+def test_identity_copy_and_pickle_keep_the_seal_key() -> None:
+    for clone in (copy.deepcopy(BOB), pickle.loads(pickle.dumps(BOB))):
+        assert clone.public == BOB.public
+        assert clone.unseal(seal_to(BOB.public, b"p")) == b"p"
 
 
 # --- public identities ------------------------------------------------------------------------

@@ -88,3 +88,12 @@ def test_neither_kind_parses_or_verifies_as_the_other() -> None:
     swapped = dataclasses.replace(upload, nonce=envelope.nonce, signature=envelope.signature)
     with pytest.raises(UploadRefused, match="signature does not verify"):
         _open(swapped, MEMBERS[0])
+
+
+def test_an_upload_of_the_sealedbox_format_is_refused_by_its_version() -> None:
+    wire = build_upload(
+        OWNER, COMMITTEE, COMMITTEE[0], study_id=STUDY, round=2, payload=PAYLOAD
+    ).to_bytes()
+    assert wire[4] == 2  # version 2: HPKE seal
+    with pytest.raises(BadInputError, match="unsupported version 1, expected 2"):
+        CommitteeUpload.from_bytes(wire[:4] + b"\x01" + wire[5:])

@@ -5,10 +5,10 @@ Run from the repository root::
     python tests/vectors/gen_envelope_vectors.py
 
 Everything is deterministic: identities come from fixed seeds, nonces are fixed, and the
-sealed payloads are made with fixed ephemeral keys by :func:`deterministic_seal`, which
-follows libsodium's ``crypto_box_seal`` construction byte for byte (so ordinary
-``SealedBox`` decryption opens them). A rerun reproduces the file exactly; the test
-``test_envelope_vectors.py`` checks that.
+sealed payloads are RFC 9180 HPKE base-mode seals (what ``seal_to`` makes) with fixed
+ephemeral keys, by ``hpkekit.deterministic_seal``: the RFC's construction written out in
+test code, and every seal it makes is opened by ``cryptography``'s HPKE before it is used.
+A rerun reproduces the file exactly; the test ``test_envelope_vectors.py`` checks that.
 
 Each vector names the receiver's expectations (recipient, sender, study, round) and either
 ``"success": true`` with the payload, or ``"success": false`` with the error type and the
@@ -18,16 +18,15 @@ exact reason the implementation must give.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any
 
+import hpkekit
 import vectorkit
-from nacl.public import Box, PrivateKey, PublicKey
 
 from cohort.crypto.envelope import Envelope, build_envelope, open_envelope
-from cohort.crypto.identity import Identity, PublicIdentity
+from cohort.crypto.identity import SEAL_INFO, Identity
 from cohort.errors import CohortError
 
 OUTPUT = Path(__file__).with_name("envelope_vectors.json")
@@ -55,10 +54,14 @@ EXPECTED_FAILURES: dict[str, tuple[str, str]] = {
         "VerificationError",
         "sealed payload does not open for recipient m1",
     ),
+    "tampered_seal": ("VerificationError", "sealed payload does not open for recipient m1"),
+    "seal_other_info": ("VerificationError", "sealed payload does not open for recipient m1"),
+    "truncated_seal": ("VerificationError", "sealed payload does not open for recipient m1"),
     "truncated": ("BadInputError", "envelope: truncated in signature: needs 64 bytes, 63 left"),
     "trailing_bytes": ("BadInputError", "envelope: 1 trailing bytes after the last field"),
     "bad_magic": ("BadInputError", "envelope: bad magic b'CHEX', expected b'CHEV'"),
-    "bad_version": ("BadInputError", "envelope: unsupported version 2, expected 1"),
+    "old_version": ("BadInputError", "envelope: unsupported version 1, expected 2"),
+    "bad_version": ("BadInputError", "envelope: unsupported version 3, expected 2"),
     "bad_nonce_size": ("BadInputError", "envelope: nonce has 15 bytes, expected 16"),
 }
 
@@ -67,17 +70,23 @@ def identities() -> dict[str, Identity]:
     return {pid: Identity.generate(pid, seed=bytes([b]) * 32) for pid, b in SEEDS.items()}
 
 
-def deterministic_seal(recipient: PublicIdentity, plaintext: bytes, ephemeral_seed: int) -> bytes:
-    """libsodium crypto_box_seal with a fixed ephemeral key (test vectors only).
-
-    sealed = epk || crypto_box(plaintext, nonce=BLAKE2b-192(epk || rpk), epk_secret, rpk).
-    The BLAKE2b call is libsodium's nonce derivation, not a Cohort hash.
-    """
-    ephemeral = PrivateKey(bytes([ephemeral_seed]) * 32)
-    epk = bytes(ephemeral.public_key.encode())
-    nonce = hashlib.blake2b(epk + recipient.box_key, digest_size=24).digest()
-    box = Box(ephemeral, PublicKey(recipient.box_key))
-    return epk + bytes(box.encrypt(plaintext, nonce).ciphertext)
+def deterministic_seal(
+    ids: dict[str, Identity],
+    recipient: str,
+    plaintext: bytes,
+    ephemeral_seed: int,
+    *,
+    info: bytes = SEAL_INFO,
+) -> bytes:
+    """``seal_to(ids[recipient].public, plaintext)`` with a fixed ephemeral key: RFC 9180
+    HPKE base mode (``hpkekit``), checked to open with ``cryptography``'s HPKE."""
+    return hpkekit.deterministic_seal(
+        ids[recipient].public,
+        plaintext,
+        ephemeral_seed,
+        recipient_secret=hpkekit.box_secret(bytes([SEEDS[recipient]]) * 32),
+        info=info,
+    )
 
 
 def _envelope(
@@ -99,7 +108,7 @@ def _envelope(
         payload=payload,
         nonce=bytes([nonce_byte]) * 16,
     )
-    sealed = deterministic_seal(ids[recipient].public, payload, ephemeral_seed)
+    sealed = deterministic_seal(ids, recipient, payload, ephemeral_seed)
     return dataclasses.replace(env, sealed_payload=sealed)
 
 
@@ -120,7 +129,7 @@ def _cases(ids: dict[str, Identity]) -> list[tuple[str, str, bytes, dict[str, An
             "tampered_payload",
             "sealed payload replaced by a sealing of other bytes to the same member",
             dataclasses.replace(
-                valid, sealed_payload=deterministic_seal(ids["m1"].public, b"forged", 0xE2)
+                valid, sealed_payload=deterministic_seal(ids, "m1", b"forged", 0xE2)
             ).to_bytes(),
             {},
         ),
@@ -173,14 +182,44 @@ def _cases(ids: dict[str, Identity]) -> list[tuple[str, str, bytes, dict[str, An
             "sealed_to_other_member",
             "signed for m1 but the payload is sealed to m2",
             dataclasses.replace(
-                valid, sealed_payload=deterministic_seal(ids["m2"].public, PAYLOAD, 0xE8)
+                valid, sealed_payload=deterministic_seal(ids, "m2", PAYLOAD, 0xE8)
             ).to_bytes(),
+            {},
+        ),
+        (
+            "tampered_seal",
+            "one bit of the AES-GCM tag of the valid seal flipped",
+            dataclasses.replace(
+                valid,
+                sealed_payload=valid.sealed_payload[:-1] + bytes([valid.sealed_payload[-1] ^ 1]),
+            ).to_bytes(),
+            {},
+        ),
+        (
+            "seal_other_info",
+            "payload sealed to m1 with HPKE info b'cohort/seal/v1' instead of SEAL_INFO",
+            dataclasses.replace(
+                valid,
+                sealed_payload=deterministic_seal(ids, "m1", PAYLOAD, 0xE9, info=b"cohort/seal/v1"),
+            ).to_bytes(),
+            {},
+        ),
+        (
+            "truncated_seal",
+            "the valid seal without its last byte (the length prefix still matches)",
+            dataclasses.replace(valid, sealed_payload=valid.sealed_payload[:-1]).to_bytes(),
             {},
         ),
         ("truncated", "last byte missing", wire[:-1], {}),
         ("trailing_bytes", "one byte after the signature", wire + b"\x00", {}),
         ("bad_magic", "magic CHEX", b"CHEX" + wire[4:], {}),
-        ("bad_version", "version 2", wire[:4] + b"\x02" + wire[5:], {}),
+        (
+            "old_version",
+            "version 1, the format whose payload was sealed with libsodium's SealedBox",
+            wire[:4] + b"\x01" + wire[5:],
+            {},
+        ),
+        ("bad_version", "version 3", wire[:4] + b"\x03" + wire[5:], {}),
         (
             "bad_nonce_size",
             "nonce length prefix says 15",

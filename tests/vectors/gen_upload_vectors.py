@@ -7,10 +7,10 @@ Run from the repository root::
 A committee upload (:mod:`cohort.crypto.upload`) is signed by a data owner for the whole
 committee and sealed to the member that holds it; a copy relayed to another member keeps the
 signature and is sealed anew. Everything here is deterministic: identities come from fixed
-seeds, nonces are fixed, and seals use fixed ephemeral keys (:func:`deterministic_seal`,
-libsodium's ``crypto_box_seal`` construction byte for byte, as in
-``gen_envelope_vectors.py``). A rerun reproduces the file exactly; ``test_upload_vectors.py``
-checks that.
+seeds, nonces are fixed, and seals are RFC 9180 HPKE base-mode seals (what ``seal_to``
+makes) with fixed ephemeral keys (:func:`deterministic_seal`, by ``hpkekit`` as in
+``gen_envelope_vectors.py``; every seal is opened by ``cryptography``'s HPKE before it is
+used). A rerun reproduces the file exactly; ``test_upload_vectors.py`` checks that.
 
 Each vector names the receiver's expectations (holder, sender, committee, study, round) and
 either ``"success": true`` with the payload, or ``"success": false`` with the error type,
@@ -20,16 +20,15 @@ the exact reason and, for a failed check, which check (:class:`~cohort.crypto.up
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any
 
+import hpkekit
 import vectorkit
-from nacl.public import Box, PrivateKey, PublicKey
 
 from cohort.crypto.envelope import build_envelope
-from cohort.crypto.identity import Identity, PublicIdentity
+from cohort.crypto.identity import SEAL_INFO, Identity
 from cohort.crypto.upload import (
     CommitteeUpload,
     UploadRefused,
@@ -80,6 +79,8 @@ EXPECTED_FAILURES: dict[str, tuple[str, str, str]] = {
         "sealed payload does not open for holder m1",
         "seal",
     ),
+    "tampered_seal": ("UploadRefused", "sealed payload does not open for holder m1", "seal"),
+    "seal_other_info": ("UploadRefused", "sealed payload does not open for holder m1", "seal"),
     "truncated": (
         "BadInputError",
         "committee upload: truncated in signature: needs 64 bytes, 63 left",
@@ -95,7 +96,8 @@ EXPECTED_FAILURES: dict[str, tuple[str, str, str]] = {
         "committee upload: bad magic b'CHEV', expected b'CHCU'",
         "",
     ),
-    "bad_version": ("BadInputError", "committee upload: unsupported version 2, expected 1", ""),
+    "old_version": ("BadInputError", "committee upload: unsupported version 1, expected 2", ""),
+    "bad_version": ("BadInputError", "committee upload: unsupported version 3, expected 2", ""),
     "bad_nonce_size": ("BadInputError", "committee upload: nonce has 15 bytes, expected 16", ""),
 }
 
@@ -104,17 +106,23 @@ def identities() -> dict[str, Identity]:
     return {pid: Identity.generate(pid, seed=bytes([b]) * 32) for pid, b in SEEDS.items()}
 
 
-def deterministic_seal(recipient: PublicIdentity, plaintext: bytes, ephemeral_seed: int) -> bytes:
-    """libsodium crypto_box_seal with a fixed ephemeral key (test vectors only).
-
-    sealed = epk || crypto_box(plaintext, nonce=BLAKE2b-192(epk || rpk), epk_secret, rpk).
-    The BLAKE2b call is libsodium's nonce derivation, not a Cohort hash.
-    """
-    ephemeral = PrivateKey(bytes([ephemeral_seed]) * 32)
-    epk = bytes(ephemeral.public_key.encode())
-    nonce = hashlib.blake2b(epk + recipient.box_key, digest_size=24).digest()
-    box = Box(ephemeral, PublicKey(recipient.box_key))
-    return epk + bytes(box.encrypt(plaintext, nonce).ciphertext)
+def deterministic_seal(
+    ids: dict[str, Identity],
+    recipient: str,
+    plaintext: bytes,
+    ephemeral_seed: int,
+    *,
+    info: bytes = SEAL_INFO,
+) -> bytes:
+    """``seal_to(ids[recipient].public, plaintext)`` with a fixed ephemeral key: RFC 9180
+    HPKE base mode (``hpkekit``), checked to open with ``cryptography``'s HPKE."""
+    return hpkekit.deterministic_seal(
+        ids[recipient].public,
+        plaintext,
+        ephemeral_seed,
+        recipient_secret=hpkekit.box_secret(bytes([SEEDS[recipient]]) * 32),
+        info=info,
+    )
 
 
 def _committee(ids: dict[str, Identity], members: tuple[str, ...] = COMMITTEE) -> list[Any]:
@@ -142,7 +150,7 @@ def _upload(
         payload=payload,
         nonce=bytes([nonce_byte]) * 16,
     )
-    sealed = deterministic_seal(ids[holder].public, payload, ephemeral_seed)
+    sealed = deterministic_seal(ids, holder, payload, ephemeral_seed)
     return dataclasses.replace(upload, sealed_payload=sealed)
 
 
@@ -151,14 +159,14 @@ def _cases(ids: dict[str, Identity]) -> list[tuple[str, str, bytes, dict[str, An
     valid = _upload(ids)
     wire = valid.to_bytes()
     relayed = dataclasses.replace(
-        valid, sealed_payload=deterministic_seal(ids["m2"].public, PAYLOAD, 0xF9)
+        valid, sealed_payload=deterministic_seal(ids, "m2", PAYLOAD, 0xF9)
     )
     envelope = dataclasses.replace(
         build_envelope(
             ids["h1"], ids["m1"].public, study_id=STUDY, round=ROUND, payload=PAYLOAD,
             nonce=valid.nonce,
         ),
-        sealed_payload=deterministic_seal(ids["m1"].public, PAYLOAD, 0xF8),
+        sealed_payload=deterministic_seal(ids, "m1", PAYLOAD, 0xF8),
     )  # fmt: skip
     return [
         ("valid", "h1's upload for the committee {m1, m2}, held by m1", wire, {}),
@@ -178,7 +186,7 @@ def _cases(ids: dict[str, Identity]) -> list[tuple[str, str, bytes, dict[str, An
             "tampered_payload",
             "sealed payload replaced by a sealing of other bytes to the same holder",
             dataclasses.replace(
-                valid, sealed_payload=deterministic_seal(ids["m1"].public, b"forged", 0xF2)
+                valid, sealed_payload=deterministic_seal(ids, "m1", b"forged", 0xF2)
             ).to_bytes(),
             {},
         ),
@@ -239,10 +247,34 @@ def _cases(ids: dict[str, Identity]) -> list[tuple[str, str, bytes, dict[str, An
             relayed.to_bytes(),
             {},
         ),
+        (
+            "tampered_seal",
+            "one bit of the AES-GCM tag of the valid seal flipped",
+            dataclasses.replace(
+                valid,
+                sealed_payload=valid.sealed_payload[:-1] + bytes([valid.sealed_payload[-1] ^ 1]),
+            ).to_bytes(),
+            {},
+        ),
+        (
+            "seal_other_info",
+            "payload sealed to m1 with HPKE info b'cohort/seal/v1' instead of SEAL_INFO",
+            dataclasses.replace(
+                valid,
+                sealed_payload=deterministic_seal(ids, "m1", PAYLOAD, 0xFA, info=b"cohort/seal/v1"),
+            ).to_bytes(),
+            {},
+        ),
         ("truncated", "last byte missing", wire[:-1], {}),
         ("trailing_bytes", "one byte after the signature", wire + b"\x00", {}),
         ("per_member_envelope", "a per-member envelope (CHEV)", envelope.to_bytes(), {}),
-        ("bad_version", "version 2", wire[:4] + b"\x02" + wire[5:], {}),
+        (
+            "old_version",
+            "version 1, the format whose payload was sealed with libsodium's SealedBox",
+            wire[:4] + b"\x01" + wire[5:],
+            {},
+        ),
+        ("bad_version", "version 3", wire[:4] + b"\x03" + wire[5:], {}),
         (
             "bad_nonce_size",
             "nonce length prefix says 15",
