@@ -12,7 +12,9 @@ member, the ClientApp actors (Ray workers) and Ray's own daemons. Writes
 Figures the issues name: 200 hospitals complete 3 rounds with peak memory under 8 GB (issue
 6); 100, 300 and 1,000 hospitals at 100k parameters, time per round, member and coordinator
 peak memory, 1,000 hospitals completing 3 rounds on 2 cores with every process under 4 GB
-(issue 9). The default runs 100, 200, 300 and 1,000; the study contract's roster holds at
+(issue 9). The default runs 100, 200, 300 and 1,000; ``--keep`` keeps the rows of
+``scale.json`` for the counts not run now (each row says when it was measured). The study
+contract's roster holds at
 most 1,024 data owners (``MAX_DATA_OWNERS``: a finalizing attestation counts every contributor
 in one transaction, docs/contract.md "Large rosters").
 """
@@ -122,6 +124,7 @@ def one(clients: int, *, rounds: int, seed: int) -> dict[str, Any]:
         "wall_s": round(wall, 1),
         "peak_gib": {role: round(kib / gib, 3) for role, kib in sorted(sampler.peaks.items())},
         "max_process_gib": round(max(p for _, p in sampler.processes.values()) / gib, 3),
+        "measured": time.strftime("%Y-%m-%d"),
     }
 
 
@@ -130,8 +133,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         f"`{MODEL}` (100,202 parameters), CKKS, k=3, synthetic records, {os.cpu_count()} cores",
         "",
         "| hospitals | rounds done | median round | included per round | coordinator peak | "
-        "member peak | ClientApp actor peak | largest process | accuracy |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "member peak | ClientApp actor peak | largest process | accuracy | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         times = sorted(r["round_seconds"])
@@ -141,7 +144,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['clients']} | {len(r['round_seconds'])}/{r['rounds']} | {median:.1f} s | "
             f"{', '.join(map(str, r['included']))} | {peak.get('coordinator', 0):.2f} GiB | "
             f"{peak.get('member', 0):.2f} GiB | {peak.get('clientapp', 0):.2f} GiB | "
-            f"{r['max_process_gib']:.2f} GiB | {r['accuracy']:.4f} |"
+            f"{r['max_process_gib']:.2f} GiB | {r['accuracy']:.4f} | "
+            f"{r.get('measured', 'earlier')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -152,11 +156,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep scale.json's rows for other client counts"
+    )
     args = parser.parse_args()
-    rows = []
+    kept: list[dict[str, Any]] = []
+    if args.keep and (RESULTS / "scale.json").exists():
+        old = json.loads((RESULTS / "scale.json").read_text())["rows"]
+        kept = [r for r in old if r["clients"] not in args.clients]
+    rows = list(kept)
     for clients in args.clients:
         rows.append(one(clients, rounds=args.rounds, seed=args.seed))
-        print(json.dumps(rows[-1]), flush=True)
+        rows.sort(key=lambda r: int(r["clients"]))
+        print(json.dumps(next(r for r in rows if r["clients"] == clients)), flush=True)
         if not args.no_write:
             RESULTS.mkdir(exist_ok=True)
             result = {

@@ -28,7 +28,7 @@ import hpkekit
 import vectorkit
 
 from cohort.crypto.envelope import build_envelope
-from cohort.crypto.identity import SEAL_INFO, Identity
+from cohort.crypto.identity import Identity
 from cohort.crypto.upload import (
     CommitteeUpload,
     UploadRefused,
@@ -107,22 +107,10 @@ def identities() -> dict[str, Identity]:
 
 
 def deterministic_seal(
-    ids: dict[str, Identity],
-    recipient: str,
-    plaintext: bytes,
-    ephemeral_seed: int,
-    *,
-    info: bytes = SEAL_INFO,
+    ids: dict[str, Identity], recipient: str, plaintext: bytes, ephemeral_seed: int, **kw: Any
 ) -> bytes:
-    """``seal_to(ids[recipient].public, plaintext)`` with a fixed ephemeral key: RFC 9180
-    HPKE base mode (``hpkekit``), checked to open with ``cryptography``'s HPKE."""
-    return hpkekit.deterministic_seal(
-        ids[recipient].public,
-        plaintext,
-        ephemeral_seed,
-        recipient_secret=hpkekit.box_secret(bytes([SEEDS[recipient]]) * 32),
-        info=info,
-    )
+    """``seal_to(ids[recipient].public, plaintext)`` with a fixed ephemeral key (hpkekit)."""
+    return hpkekit.seal_for_seeded(ids, SEEDS, recipient, plaintext, ephemeral_seed, **kw)
 
 
 def _committee(ids: dict[str, Identity], members: tuple[str, ...] = COMMITTEE) -> list[Any]:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cohort.crypto.hashing import Tag, tagged_hash
-from cohort.crypto.identity import SEAL_INFO, SEAL_SUITE, PublicIdentity
+from cohort.crypto.identity import SEAL_INFO, SEAL_SUITE, Identity, PublicIdentity
 
 KEM_ID = 0x0020  # DHKEM(X25519, HKDF-SHA256)
 KDF_ID = 0x0001  # HKDF-SHA256
@@ -146,3 +147,23 @@ def deterministic_seal(
     if SEAL_SUITE.decrypt(sealed, private_key, info=info) != plaintext:
         raise RuntimeError("cryptography's HPKE opened a vector seal to other bytes")
     return sealed
+
+
+def seal_for_seeded(
+    ids: Mapping[str, Identity],
+    seeds: Mapping[str, int],
+    recipient: str,
+    plaintext: bytes,
+    ephemeral_seed: int,
+    *,
+    info: bytes = SEAL_INFO,
+) -> bytes:
+    """:func:`deterministic_seal` to ``ids[recipient]``, an identity a generator made with
+    ``Identity.generate(recipient, seed=bytes([seeds[recipient]]) * 32)``."""
+    return deterministic_seal(
+        ids[recipient].public,
+        plaintext,
+        ephemeral_seed,
+        recipient_secret=box_secret(bytes([seeds[recipient]]) * 32),
+        info=info,
+    )
