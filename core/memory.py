@@ -13,7 +13,10 @@ of falling back between rounds; it does not grow with the number of uploads (a m
 handles one upload per worker thread at a time).
 
 Only glibc is tuned; on any other C library this does nothing. Called once at start by the
-member (``python -m cohort.aggregator``), by the ``cohort`` executable and by the benches.
+member (``python -m cohort.aggregator``, which ``cohort committee serve`` runs) and by
+``bench/round.py``, where it was measured to help. Not by a hospital's node, whose warm
+ClientApp runner forks a child per message: a parent that keeps its freed heap gives each
+fork more pages to share copy-on-write, and nothing was measured there to gain.
 """
 
 from __future__ import annotations

@@ -43,7 +43,6 @@ from cohort.federation.cli_common import warn as _warn
 from cohort.federation.cli_data import data_app
 from cohort.federation.cli_keys import keys_app
 from cohort.federation.cli_study import study_app
-from cohort.memory import keep_freed_memory
 
 if TYPE_CHECKING:
     pass
@@ -529,7 +528,6 @@ def unfinalized_reasons(summary: Mapping[str, Any]) -> list[str] | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``cohort`` executable: command-line mistakes are one line too (exit 2)."""
-    keep_freed_memory()  # members and hospitals move megabyte buffers (cohort.memory)
     try:
         code = app(args=argv, prog_name="cohort", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
