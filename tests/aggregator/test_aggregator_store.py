@@ -3,12 +3,16 @@ row that names them, dropped with their round, swept when orphaned, migrated fro
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from cohort.aggregator.store import (
+    DIRECT_MIN,
     DROPPED_DIR,
     PAYLOADS_DIR,
     STATE_FILE,
@@ -201,3 +205,31 @@ def test_an_aggregate_is_kept_in_a_file_across_restarts(tmp_path: Path) -> None:
         assert _files(tmp_path) == ["aggregate-0000000001.bin"]  # not swept: a row names it
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("where", ["work directory", "tmpfs"])
+def test_a_large_payload_file_holds_exactly_its_bytes(tmp_path: Path, where: str) -> None:
+    """A payload past DIRECT_MIN is written with O_DIRECT where the file system allows it
+    (rounded up to whole pages, then truncated) and through the page cache where it does
+    not (tmpfs refuses O_DIRECT): either way its file holds exactly the payload, mode 0600."""
+    home = tmp_path
+    if where == "tmpfs":
+        shm = Path("/dev/shm")
+        if not shm.is_dir() or not os.access(shm, os.W_OK):
+            pytest.skip("no writable /dev/shm")
+        home = Path(tempfile.mkdtemp(dir=shm))
+    store = MemberStore(home / STATE_FILE)
+    try:
+        store.open_round(STUDY, 1, None)
+        sizes = (DIRECT_MIN, DIRECT_MIN + 1, DIRECT_MIN + 4095, 3 * DIRECT_MIN + 17)
+        payloads = {f"h{i}": os.urandom(size) for i, size in enumerate(sizes)}
+        for sender, data in payloads.items():
+            assert store.add_upload(STUDY, 1, sender, data, sender.encode() * 16) is Kept.KEPT
+        assert store.payloads(STUDY, 1, list(payloads)) == list(payloads.values())
+        files = list((home / PAYLOADS_DIR).rglob("*.bin"))
+        assert sorted(f.stat().st_size for f in files) == sorted(sizes)
+        assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    finally:
+        store.close()
+        if where == "tmpfs":
+            shutil.rmtree(home)
