@@ -67,21 +67,17 @@ __all__ = [
 
 def checksum_address(value: str, *, field: str) -> ChecksumAddress:
     """EIP-55 form of ``value``; BadInputError naming ``field`` if it is not an address."""
-    if not isinstance(value, str) or not _is_address(value):
+    checksummed = _checksummed(value) if isinstance(value, str) else None
+    if checksummed is None:
         raise BadInputError(f"{field}: {value!r} is not a 20-byte hex address")
-    return _checksummed(value)
+    return checksummed
 
 
 # A member checksums every contributor of every round it attests (thousands of Keccak
 # hashes per round at a large roster): the same few addresses each time, so remembered.
 @functools.lru_cache(maxsize=8192)
-def _is_address(value: str) -> bool:
-    return bool(is_address(value))
-
-
-@functools.lru_cache(maxsize=8192)
-def _checksummed(value: str) -> ChecksumAddress:
-    return to_checksum_address(value)
+def _checksummed(value: str) -> ChecksumAddress | None:
+    return to_checksum_address(value) if is_address(value) else None
 
 
 def ascending(addresses: Iterable[str]) -> list[str]:
