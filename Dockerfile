@@ -4,13 +4,15 @@
 # sponsor's one-shot steps. Installs what `make setup` installs, without the dev tools:
 # the CPU build of torch, the project with requirements/constraints.txt, CrypTen --no-deps.
 # Nothing is installed at run time (pip has no index, Flower's runtime dependency
-# installation is off) and the processes run as the unprivileged user `cohort`.
+# installation is off), nothing reports usage (Flower's telemetry is off, see
+# core/offline.py) and the processes run as the unprivileged user `cohort`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
+    FLWR_TELEMETRY_ENABLED=0 \
     VIRTUAL_ENV=/opt/venv
 
 RUN python -m venv /opt/venv

@@ -29,11 +29,13 @@ simulation gives each ClientApp one CPU. The coordinator times each phase of a r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -76,25 +78,129 @@ def _phases(summary: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _deploy(args: argparse.Namespace, clientapp: str, out: Path) -> dict[str, Any]:
+#: Which party a process of ``cohort deploy local`` is, by a part of its command line; the
+#: first that matches. A hospital's ClientApp forks are counted in its runner (``cohort
+#: node start``) once the runner has reaped them.
+ROLES = (
+    ("flower-superlink", "SuperLink"),
+    ("flwr-serverapp", "coordinator (ServerApp)"),
+    ("cohort.federation.cli_deploy", "hospital SuperNodes"),
+    ("node start", "hospital ClientApps (runner and its forks)"),
+    ("cohort.aggregator", "committee members"),
+    ("committee serve", "committee members"),
+    ("anvil", "chain (anvil)"),
+)
+SAMPLE_S = 0.25
+
+
+def _cpu_seconds(pid: str) -> float | None:
+    """utime + stime of the process and of its reaped children, in seconds."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _role(pid: str) -> str | None:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return next((role for part, role in ROLES if part in argv), None)
+
+
+Sample = tuple[float, dict[str, tuple[str, float]]]  # (time, {pid: (role, cpu seconds)})
+
+
+def sample_roles() -> Sample:
+    """Every running process of a known role, with its CPU seconds so far."""
+    now = time.time()
+    found: dict[str, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        role = _role(entry.name)
+        cpu = _cpu_seconds(entry.name) if role else None
+        if role and cpu is not None:
+            found[entry.name] = (role, cpu)
+    return now, found
+
+
+def cpu_per_round(samples: list[Sample], start: float, end: float, rounds: int) -> dict[str, float]:
+    """CPU seconds per round of each role between ``start`` and ``end`` (``rounds`` whole
+    rounds): each process's growth from the sample nearest ``start`` to the last sample it
+    appears in before ``end``; a process that started in between counts from zero."""
+    inside = [s for s in samples if start <= s[0] <= end]
+    if not inside or rounds < 1:
+        return {}
+    first = min(samples, key=lambda s: abs(s[0] - start))[1]
+    last: dict[str, tuple[str, float]] = {}
+    for _, found in inside:
+        last.update(found)
+    per_role: dict[str, float] = {}
+    for pid, (role, cpu) in last.items():
+        before = first[pid][1] if pid in first and first[pid][0] == role else 0.0
+        per_role[role] = per_role.get(role, 0.0) + max(0.0, cpu - before)
+    return {role: round(cpu / rounds, 3) for role, cpu in sorted(per_role.items())}
+
+
+def _round_openings(out: Path) -> list[float]:
+    """When member-1 opened each round (its JSON log lines), oldest first."""
+    try:
+        lines = (out / "logs" / "member-1.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    opened = []
+    for line in lines:
+        if '"msg": "round opened"' in line:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                opened.append(float(json.loads(line)["ts"]))
+    return sorted(opened)
+
+
+def _deploy(
+    args: argparse.Namespace, clientapp: str, superlink_state: str, out: Path
+) -> dict[str, Any]:
+    samples: list[Sample] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(SAMPLE_S):
+            samples.append(sample_roles())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started = time.perf_counter()
-    summary = deploy_local(
-        LocalPlan(
-            hospitals=args.hospitals,
-            members=args.members,
-            rounds=args.rounds,
-            seed=args.seed,
-            secure=SecureMode.parse(args.secure),
-            clientapp=clientapp,
-        ),
-        out,
-    )
+    try:
+        summary = deploy_local(
+            LocalPlan(
+                hospitals=args.hospitals,
+                members=args.members,
+                rounds=args.rounds,
+                seed=args.seed,
+                secure=SecureMode.parse(args.secure),
+                clientapp=clientapp,
+                superlink_state=superlink_state,
+            ),
+            out,
+        )
+    finally:
+        stop.set()
+        sampler.join()
     rounds = _rounds(summary)
+    opened = _round_openings(out)
+    # from the second round's opening to the last one's: every round but the first (warm-up)
+    # and the last (whose end has no opening after it)
+    cpu = cpu_per_round(samples, opened[1], opened[-1], len(opened) - 2) if len(opened) > 2 else {}
     return {
         "clientapp": clientapp,
+        "superlink_state": superlink_state,
         "round_seconds": rounds,
         "median_round_s": statistics.median(rounds),
         "median_phase_s": _phases(summary),
+        "cpu_s_per_round": cpu,
         "accuracy": summary["final_accuracy"],
         "wall_s": round(time.perf_counter() - started, 1),
     }
@@ -102,8 +208,13 @@ def _deploy(args: argparse.Namespace, clientapp: str, out: Path) -> dict[str, An
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     runners = ["warm", "subprocess"] if args.clientapp == "both" else [args.clientapp]
+    states = ["memory", "file"] if args.superlink_state == "both" else [args.superlink_state]
+    plans = [(runners[0], state) for state in states] + [(r, states[0]) for r in runners[1:]]
     with tempfile.TemporaryDirectory(prefix="cohort-bench-deploy-") as tmp:
-        deployments = [_deploy(args, r, Path(tmp) / f"deploy-{r}") for r in runners]
+        deployments = [
+            _deploy(args, runner, state, Path(tmp) / f"deploy-{runner}-{state}")
+            for runner, state in plans
+        ]
         started = time.perf_counter()
         simulated = run_study(
             StudyConfig(
@@ -150,11 +261,19 @@ def _row(name: str, r: dict[str, Any]) -> str:
     )
 
 
+def _label(d: dict[str, Any]) -> str:
+    """A deployment's settings: its hospitals' ClientApp runner, the SuperLink's state."""
+    return f"{d['clientapp']}, {d.get('superlink_state', 'file')} state"
+
+
+def _deployments(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [result["deployment"], *result.get("other_deployments", [])]
+
+
 def phase_table(result: dict[str, Any]) -> list[str]:
     """Median seconds per phase of a round, one column per runtime."""
-    d, s = result["deployment"], result["simulation"]
-    runs = [(f"deployment ({d['clientapp']})", d)]
-    runs += [(f"deployment ({o['clientapp']})", o) for o in result.get("other_deployments", [])]
+    s = result["simulation"]
+    runs = [(f"deployment ({_label(d)})", d) for d in _deployments(result)]
     runs.append(("simulation", s))
     if not all("median_phase_s" in r for _, r in runs):
         return []
@@ -170,6 +289,26 @@ def phase_table(result: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def cpu_table(result: dict[str, Any]) -> list[str]:
+    """CPU seconds per round of each party, one column per deployment."""
+    runs = [d for d in _deployments(result) if d.get("cpu_s_per_round")]
+    if not runs:
+        return []
+    roles = sorted({role for d in runs for role in d["cpu_s_per_round"]})
+    lines = [
+        "CPU seconds per round of each party's processes (all rounds but the first and the "
+        "last, sampled from /proc every 0.25 s):",
+        "",
+        "| party | " + " | ".join(f"deployment ({_label(d)})" for d in runs) + " |",
+        "|---" * (len(runs) + 1) + "|",
+    ]
+    for role in roles:
+        cells = " | ".join(f"{d['cpu_s_per_round'].get(role, 0.0):.2f}" for d in runs)
+        lines.append(f"| {role} | {cells} |")
+    totals = " | ".join(f"**{sum(d['cpu_s_per_round'].values()):.2f}**" for d in runs)
+    return [*lines, f"| all | {totals} |", ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     d, s = result["deployment"], result["simulation"]
     c = result["config"]
@@ -181,11 +320,8 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "| runtime | median round | rounds | final accuracy | whole run |",
             "|---|---|---|---|---|",
-            _row(f"deployment (`cohort deploy local`, clientapp {d['clientapp']})", d),
-            *(
-                _row(f"deployment (clientapp {o['clientapp']})", o)
-                for o in result.get("other_deployments", [])
-            ),
+            _row(f"deployment (`cohort deploy local`, {_label(d)})", d),
+            *(_row(f"deployment ({_label(o)})", o) for o in result.get("other_deployments", [])),
             f"| simulation (`cohort simulate`) | {s['median_round_s']:.1f} s | "
             f"{', '.join(f'{x:.1f}' for x in s['round_seconds'])} s | {s['accuracy']:.4f} | "
             f"{s['wall_s']:.0f} s |",
@@ -196,6 +332,7 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             *([f"Load average (1, 5, 15 min) at the end: {load}.", ""] if load else []),
             *phase_table(result),
+            *cpu_table(result),
         ]
     )
 
@@ -204,7 +341,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hospitals", type=int, default=3)
     parser.add_argument("--members", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--secure", default="ckks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -212,6 +349,12 @@ def main() -> None:
         choices=["warm", "subprocess", "both"],
         default="warm",
         help="the hospitals' [hospital] clientapp; both: warm, then Flower's subprocess",
+    )
+    parser.add_argument(
+        "--superlink-state",
+        choices=["memory", "file", "both"],
+        default="both",
+        help="cohort deploy local --superlink-state; both: memory (the figure), then file",
     )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()

@@ -336,7 +336,17 @@ class RpcChain(ChainProvider):
             raise BadInputError(
                 f"request_timeout_s: must be positive seconds, got {request_timeout_s}"
             )
-        web3 = Web3(HTTPProvider(url, request_kwargs={"timeout": request_timeout_s}))
+        # The chain id is asked for by web3's validation before every call and transaction
+        # (two requests of three for a contract read); it is remembered per provider, and
+        # nothing else is: every read and receipt goes to the node.
+        web3 = Web3(
+            HTTPProvider(
+                url,
+                request_kwargs={"timeout": request_timeout_s},
+                cache_allowed_requests=True,
+                cacheable_requests={RPCEndpoint("eth_chainId")},
+            )
+        )
         super().__init__(web3, private_keys=private_keys, receipt_timeout_s=receipt_timeout_s)
         self.url = url
         if not web3.is_connected():

@@ -623,6 +623,18 @@ class StudyContract:
             return None
         return bytes(state.finalizedContributorsHash(round).call())
 
+    def finalized(self, round: int) -> tuple[bytes, bytes] | None:
+        """(aggregate hash, contributors hash) ``round`` was finalized with, or None if it is
+        not final: three reads, where the two methods above take four. A round finalizes
+        once and never changes afterwards, so the reads need no common block."""
+        state = self._contract.functions
+        if not state.isFinalized(round).call():
+            return None
+        return (
+            bytes(state.finalizedHash(round).call()),
+            bytes(state.finalizedContributorsHash(round).call()),
+        )
+
     def is_finalized(self, round: int) -> bool:
         return bool(self._contract.functions.isFinalized(round).call())
 

@@ -15,6 +15,9 @@ from cohort.errors import (
     ProtocolAbort,
     VerificationError,
 )
+from cohort.offline import keep_flower_offline
+
+keep_flower_offline()
 
 __version__ = "0.1.0"
 

@@ -155,12 +155,13 @@ def check_finalized(
         if owner is None:
             raise VerificationError(f"round {round}: {cid!r} is not in the study's roster")
         payouts.append(owner.payout_address)
-    final = contract.finalized_hash(round)
+    final = contract.finalized(round)
     if final is None:
         raise VerificationError(f"round {round}: the study contract has not finalized it")
-    if final != aggregate_hash:
+    final_aggregate, final_contributors = final
+    if final_aggregate != aggregate_hash:
         raise VerificationError(f"round {round}: the study contract finalized another aggregate")
-    if contract.finalized_contributors_hash(round) != contributors_hash(payouts):
+    if final_contributors != contributors_hash(payouts):
         raise VerificationError(
             f"round {round}: the study contract finalized another set of contributors"
         )

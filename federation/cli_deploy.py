@@ -315,6 +315,14 @@ def deploy_local_command(
     ] = None,
     epsilon: Annotated[float, typer.Option(help="Per-hospital (epsilon, delta) budget.")] = 3.0,
     seed: Annotated[int, typer.Option(help="Seed of the demo split, model and noise.")] = 0,
+    superlink_state: Annotated[
+        str,
+        typer.Option(
+            help="Where the SuperLink keeps runs, registered nodes and messages: memory "
+            "(Flower's default, for as long as this topology runs) or file (SQLite in "
+            "OUT/superlink/state.db, as a long-lived SuperLink runs it; slower)."
+        ),
+    ] = "memory",
 ) -> None:
     """Start the whole topology on 127.0.0.1 and run one study through `flwr run`.
 
@@ -335,6 +343,7 @@ def deploy_local_command(
             quorum=quorum,
             epsilon=epsilon,
             seed=seed,
+            superlink_state=superlink_state,
         )
     except (CohortError, ValueError) as exc:
         _fail(str(exc), code=2)

@@ -213,6 +213,23 @@ def run_commands(
         raise ProtocolAbort(f"{name} failed: {last}")
 
 
+#: Where ``cohort deploy local``'s SuperLink keeps its runs, registered nodes and message
+#: objects. ``memory``: Flower's own default, in the SuperLink's process, for exactly as long
+#: as the local topology lives (it never restarts the SuperLink). ``file``: SQLite in
+#: OUT/superlink/state.db, as a long-lived SuperLink should run (docs/guides/sponsor.md):
+#: it survives a restart of the SuperLink, at the price of SQLAlchemy and SQLite work in
+#: every request (on the 2-core reference machine about 1 CPU-second per round of the
+#: 3-hospital study, against 0.5 with ``memory``; bench/deploy.py measures both).
+SUPERLINK_STATES = ("memory", "file")
+
+
+def superlink_database(state: str, folder: Path) -> str:
+    """``flower-superlink --database`` for ``state`` (one of :data:`SUPERLINK_STATES`)."""
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+
+    return FLWR_IN_MEMORY_DB_NAME if state == "memory" else str(folder / "state.db")
+
+
 @dataclass(frozen=True)
 class LocalPlan:
     """What ``cohort deploy local`` runs."""
@@ -229,6 +246,7 @@ class LocalPlan:
     bounty_wei: int = 10**18
     model: str = "mlp"
     clientapp: str = "warm"  # each hospital.toml's [hospital] clientapp
+    superlink_state: str = "memory"  # one of SUPERLINK_STATES
 
     def __post_init__(self) -> None:
         if self.hospitals < 2:
@@ -241,6 +259,11 @@ class LocalPlan:
             raise ConfigError(f"--min-clients must be in 2..{self.hospitals}")
         if not self.epsilon > 0:
             raise ConfigError(f"--epsilon must be > 0, got {self.epsilon}")
+        if self.superlink_state not in SUPERLINK_STATES:
+            raise ConfigError(
+                f"--superlink-state must be one of {', '.join(SUPERLINK_STATES)}, "
+                f"got {self.superlink_state!r}"
+            )
         if self.clientapp not in CLIENTAPP_RUNNERS:
             raise ConfigError(
                 f"--clientapp must be one of {', '.join(CLIENTAPP_RUNNERS)}, got {self.clientapp!r}"
@@ -680,7 +703,7 @@ class LocalDeployment:
                 str(certs / "superlink-key.pem"),
                 "--enable-supernode-auth",
                 "--database",
-                str(out / "superlink" / "state.db"),
+                superlink_database(plan.superlink_state, out / "superlink"),
                 "--disable-runtime-dependency-installation",
                 "--host",
                 "127.0.0.1",

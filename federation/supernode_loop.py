@@ -15,8 +15,12 @@ a task for it, pulls the message's objects and waits for the ClientApp's reply:
   object, every 0.5 s; here every :data:`LOCAL_WAIT_S`.
 * Tasks. The runner used to ask the node for a task every 50 ms, from its first second to
   its last (three idle hospitals' nodes and runners used 22% of a core on a 2-core machine,
-  5% without it); here the node writes one byte to a pipe whenever it creates a task, and
-  the runner asks when the byte arrives (:func:`wait_for_task`).
+  5% without it); here the node writes one byte to a pipe once it holds a whole message,
+  and the runner asks when the byte arrives (:func:`wait_for_task`). Flower creates the
+  task before it pulls the message's objects from the SuperLink; a byte written then had
+  the ClientApp fork start while the objects were still on their way, and the fork asked
+  its node for them every 10 to 100 ms, some fifteen requests per message on the
+  hospital's own cores. The byte follows the objects and the node's receipt confirmation.
 
 Nothing else changes: the same requests to the SuperLink, with the same TLS and node
 authentication, the same objects, and the same checks.
@@ -35,8 +39,10 @@ from typing import Any
 FLOWER_IDLE_S = 3.0
 #: How often the SuperNode checks its own memory for a ClientApp's reply (Flower: 0.5 s).
 LOCAL_WAIT_S = 0.02
-#: The node's poll while a study is under way: after a message or a reply (seconds).
-ACTIVE_POLL_S = 0.05
+#: The node's poll while a study is under way: after a message or a reply (seconds). Each
+#: poll is a SuperLink request (TLS, node authentication, a state lookup), from every node:
+#: the most frequent kind of SuperLink request in a round (bench/deploy.py, at 0.05 s).
+ACTIVE_POLL_S = 0.1
 #: How long after its last message or reply the node polls every :data:`ACTIVE_POLL_S`.
 ACTIVE_S = 3.0
 #: The runner asks its node for a task at least this often, byte or not (seconds).
@@ -65,27 +71,36 @@ class _NodeClock:
             time.sleep(self.idle_s)
 
 
-class _TellingState:
-    """The node's state, writing one byte to ``wake_fd`` for each task it creates."""
+def _announce(wake_fd: int) -> None:
+    """One byte on ``wake_fd``: a whole message is in, its task waits for the runner."""
+    # A full pipe already holds a byte the runner has not read: nothing is lost.
+    with contextlib.suppress(BlockingIOError, BrokenPipeError):
+        os.write(wake_fd, b"t")
 
-    def __init__(self, state: Any, wake_fd: int) -> None:
-        self._state = state
-        self._wake_fd = wake_fd
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._state, name)
+def _receiving(
+    pull: Callable[..., Any], clock: _NodeClock, wake_fd: int | None
+) -> Callable[..., Any]:
+    """Flower's ``_pull_and_store_message``, then the byte and the fast polls.
 
-    def create_task(self, *args: Any, **kwargs: Any) -> Any:
-        task_id = self._state.create_task(*args, **kwargs)
-        if task_id is not None:
-            # A full pipe already holds a byte the runner has not read: nothing is lost.
-            with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                os.write(self._wake_fd, b"t")
-        return task_id
+    Flower's function returns the run id once the message, its task and all its objects are
+    stored and their receipt confirmed (or an error reply stored in place of a task); None
+    when nothing came in or the objects could not be pulled.
+    """
+
+    def pull_and_store(**kwargs: Any) -> Any:
+        run_id = pull(**kwargs)
+        if run_id is not None:
+            clock.active()
+            if wake_fd is not None:
+                _announce(wake_fd)
+        return run_id
+
+    return pull_and_store
 
 
 def tune_supernode_loop(*, idle_s: float, wake_fd: int | None) -> None:
-    """Shorten the loop's sleeps and, with ``wake_fd``, announce each task on that pipe.
+    """Shorten the loop's sleeps and, with ``wake_fd``, announce each whole message there.
 
     Swaps ``flwr.supernode.start_client_internal``'s ``time`` for a clock with the sleeps of
     the module doc, and wraps its ``_pull_and_store_message`` (which receives a message and
@@ -105,14 +120,6 @@ def tune_supernode_loop(*, idle_s: float, wake_fd: int | None) -> None:
     if wake_fd is not None:
         os.set_blocking(wake_fd, False)
 
-    def pull_and_store(**kwargs: Any) -> Any:
-        if wake_fd is not None and "state" in kwargs:
-            kwargs["state"] = _TellingState(kwargs["state"], wake_fd)
-        run_id = pull(**kwargs)
-        if run_id is not None:
-            clock.active()
-        return run_id
-
     def push_replies(**kwargs: Any) -> None:
         try:
             push(**kwargs)
@@ -120,7 +127,7 @@ def tune_supernode_loop(*, idle_s: float, wake_fd: int | None) -> None:
             clock.active()
 
     setattr(loop, "time", clock)  # noqa: B010 (module globals)
-    setattr(loop, "_pull_and_store_message", pull_and_store)  # noqa: B010
+    setattr(loop, "_pull_and_store_message", _receiving(pull, clock, wake_fd))  # noqa: B010
     setattr(loop, "_push_messages", push_replies)  # noqa: B010
 
 

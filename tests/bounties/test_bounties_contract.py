@@ -23,6 +23,7 @@ from anvilkit import running_anvil
 from eth_abi.abi import encode
 from eth_account import Account
 from eth_utils.crypto import keccak
+from web3 import HTTPProvider
 
 from cohort.bounties import study as study_module
 from cohort.bounties.attestation import SECP256K1_N, ledger_lists
@@ -591,8 +592,10 @@ class StudyContractSuite:
             )
             == 1
         )
+        assert world.study.finalized(1) is None
         assert world.attest(1, round=1) is True
         assert world.study.finalized_hash(1) == AGG_A
+        assert world.study.finalized(1) == (AGG_A, contributors_hash(world.owners[:3]))
         assert world.study.is_finalized(1)
         assert world.study.finalized_rounds() == 1
         assert [world.study.contributions(o) for o in world.owners] == [1, 1, 1, 0]
@@ -1232,6 +1235,29 @@ class TestAnvilRpcChain(StudyContractSuite):
     @classmethod
     def provider(cls, anvil_url: str) -> ChainProvider:
         return RpcChain(anvil_url, private_keys=RPC_KEYS)
+
+    def test_a_finalized_read_is_three_calls_and_the_chain_id_is_asked_once(
+        self, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """What an owner asks its chain before it decrypts: web3's validation wanted the
+        chain id twice per call (14 requests per check); the provider remembers it."""
+        world.attest(0, round=1)
+        world.attest(1, round=1)
+        provider = world.provider.web3.provider
+        assert isinstance(provider, HTTPProvider)
+        asked: list[str] = []
+        send = provider._make_request  # what goes out to the node, after web3's cache
+
+        def recorded(method: Any, request_data: bytes) -> Any:
+            asked.append(str(method))
+            return send(method, request_data)
+
+        monkeypatch.setattr(provider, "_make_request", recorded)
+        for _ in range(3):
+            assert world.study.finalized(1) == (AGG_A, contributors_hash(world.owners[:3]))
+        assert asked.count("eth_call") == 9
+        assert asked.count("eth_chainId") <= 1
+        assert set(asked) <= {"eth_call", "eth_chainId"}
 
 
 def test_create_address_vectors() -> None:

@@ -180,11 +180,14 @@ def test_deployed_mpc_study_finalizes_and_matches_the_simulation(
     """``cohort deploy local --secure mpc``: shares to members that are separate processes,
     the norm check as CrypTen parties between them, the sum attested on anvil."""
     monkeypatch.setenv("COHORT_LOG_LEVEL", "INFO")  # the members' logs show their checks
-    plan = LocalPlan(hospitals=3, members=3, rounds=2, seed=SEED, secure=SecureMode.MPC)
+    plan = LocalPlan(
+        hospitals=3, members=3, rounds=2, seed=SEED, secure=SecureMode.MPC, superlink_state="file"
+    )
     with LocalDeployment(plan, tmp_path / "deploy") as d:
         d.start()
         summary = d.launch()
         study = tomllib.loads(d.study_config.read_text(encoding="utf-8"))
+    assert (d.out / "superlink" / "state.db").is_file()  # the SuperLink's SQLite state
     assert summary["runtime"] == "deployment"
     assert summary["config"]["secure"] == "mpc"
     assert summary["config"]["mpc"]["threshold"] == 2

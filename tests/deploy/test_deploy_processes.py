@@ -139,3 +139,15 @@ def test_a_warm_node_stops_its_supernode_gracefully(tmp_path: Path, to_group: bo
         for pid in [node.pid, *map(int, children)]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def test_the_superlink_keeps_its_state_in_memory_or_in_a_file(tmp_path: Path) -> None:
+    """``--superlink-state``: Flower's in-memory state by default, SQLite on request (the
+    MPC deployment test runs a whole study on it); anything else is refused by name."""
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+
+    assert dl.LocalPlan().superlink_state == "memory"
+    assert dl.superlink_database("memory", tmp_path) == FLWR_IN_MEMORY_DB_NAME
+    assert dl.superlink_database("file", tmp_path) == str(tmp_path / "state.db")
+    with pytest.raises(ConfigError, match=r"--superlink-state must be one of memory, file"):
+        dl.LocalPlan(superlink_state="disk")

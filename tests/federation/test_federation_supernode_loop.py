@@ -1,5 +1,5 @@
 """The warm node's SuperNode loop (cohort.federation.supernode_loop): its sleeps, the byte it
-writes for each task, and the runner's wait for that byte. Flower's own loop module is
+writes for each whole message, and the runner's wait for that byte. Flower's own loop module is
 changed only in a fresh interpreter, so that nothing leaks into the other tests."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cohort.federation.supernode_loop import (
     ACTIVE_POLL_S,
     LOCAL_WAIT_S,
     _NodeClock,
-    _TellingState,
+    _receiving,
     wait_for_task,
 )
 
@@ -39,33 +39,55 @@ def test_the_node_polls_fast_only_while_a_study_is_under_way(
     assert clock.perf_counter is time.perf_counter  # everything else: time's
 
 
-class _State:
-    def __init__(self, task_id: int | None) -> None:
-        self.task_id = task_id
-        self.node_id = 7
-
-    def create_task(self, **kwargs: Any) -> int | None:
-        return self.task_id
-
-
-def test_each_created_task_is_announced_and_the_runner_wakes_for_it() -> None:
+def test_a_message_is_announced_once_it_is_whole_and_the_runner_wakes_for_it() -> None:
+    """Flower's receive returns once the message, its task and all its objects are stored
+    and confirmed: the byte follows it, never precedes it, and nothing received, nothing."""
     read, write = os.pipe()
     try:
         os.set_blocking(write, False)
         assert wait_for_task(read, timeout_s=0.01) is True  # nothing yet: ask anyway
-        assert _TellingState(_State(None), write).create_task(run_id=1) is None
-        assert _TellingState(_State(5), write).node_id == 7  # the rest is the node's state
-        assert _TellingState(_State(5), write).create_task(run_id=1) == 5
-        assert _TellingState(_State(6), write).create_task(run_id=1) == 6
-        assert os.read(read, 10) == b"tt"  # one byte per task, none for a failed one
+        seen_during_receive: list[bytes] = []
+
+        def receive(run_id: int | None) -> Any:
+            def pull(**kwargs: Any) -> int | None:
+                os.set_blocking(read, False)
+                try:
+                    seen_during_receive.append(os.read(read, 10))
+                except BlockingIOError:
+                    seen_during_receive.append(b"")
+                assert kwargs == {"state": "the node's state"}  # passed on untouched
+                return run_id
+
+            return _receiving(pull, _NodeClock(idle_s=0.25), write)
+
+        assert receive(None)(state="the node's state") is None  # nothing came in
+        assert receive(5)(state="the node's state") == 5
+        assert receive(6)(state="the node's state") == 6
+        # while run 6 is received, the only byte there is run 5's: none for nothing, and
+        # none for a message before its receive returned
+        assert seen_during_receive == [b"", b"", b"t"]
+        assert os.read(read, 10) == b"t"  # run 6's
+        os.set_blocking(read, True)
+        flood = receive(8)
         for _ in range(70_000):  # more than a pipe holds: never blocks, never raises
-            _TellingState(_State(8), write).create_task(run_id=1)
+            flood(state="the node's state")
         assert wait_for_task(read, timeout_s=1.0) is True
     finally:
         os.close(write)
     while wait_for_task(read, timeout_s=1.0):  # the rest, then the node's end is closed
         pass
     os.close(read)
+
+
+def test_receiving_a_message_starts_the_fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    clock = _NodeClock(idle_s=0.25)
+    _receiving(lambda **_: None, clock, None)()
+    clock.sleep(3)
+    _receiving(lambda **_: 4, clock, None)()
+    clock.sleep(3)
+    assert slept == [0.25, ACTIVE_POLL_S]
 
 
 def test_tuning_replaces_flowers_sleep_and_wraps_its_receive_and_send() -> None:
