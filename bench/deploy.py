@@ -14,9 +14,9 @@ object. Flower's own SuperNode polls the SuperLink every 3 s when idle and start
 ``flwr-clientapp`` process for each message (which imports torch, Opacus and TenSEAL);
 Cohort's default ``[hospital] clientapp = "warm"`` runs each message in a fork of a process
 that has the ClientApp (and what training imports on its first step) imported, installs a
-run's FAB once, and polls every ``[superlink] poll-interval`` (0.25 s) when idle, every 50
-ms for 3 s after a message or reply; its SuperNode announces each task to the runner on a
-pipe instead of being asked every 50 ms (:mod:`cohort.federation.supernode_loop`);
+run's FAB once, and polls every ``[superlink] poll-interval`` (0.25 s) when idle, every
+0.1 s for 3 s after a message or reply; its SuperNode tells the runner of each whole
+message on a pipe instead of being asked every 50 ms (:mod:`cohort.federation.supernode_loop`);
 :mod:`cohort.federation.flower_waits` shortens Flower's 1 s, 2 s, 4 s waits for message
 objects that have not arrived yet; each message's vector rides inside its config record, so
 a message is three content objects, not six (:mod:`cohort.federation.wire`). ``cohort deploy
@@ -24,6 +24,13 @@ local`` gives each co-located hospital one torch thread (``[hospital] threads = 
 simulation gives each ClientApp one CPU. The coordinator times each phase of a round
 (summary.json, ``rounds[].phases``); the breakdown table below the figures comes from there.
 ``--clientapp both`` also runs Flower's plain SuperNode (``subprocess``) for the comparison.
+
+Every process shares this machine's cores, so a deployed round's time is mostly CPU: the
+bench samples ``/proc`` every 0.25 s during each deployment and reports each party's CPU
+seconds per round (every round but the first, which warms up, and the last). The figure's
+deployment keeps the SuperLink's state in memory, as ``cohort deploy local`` does by
+default; ``--superlink-state both`` (the default) also runs it on SQLite (``file``), as a
+long-lived SuperLink runs it, for the comparison.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cohort.federation.config import DpSettings, StudyConfig
 from cohort.federation.deploy_local import LocalPlan, deploy_local
@@ -79,8 +86,8 @@ def _phases(summary: dict[str, Any]) -> dict[str, float]:
 
 
 #: Which party a process of ``cohort deploy local`` is, by a part of its command line; the
-#: first that matches. A hospital's ClientApp forks are counted in its runner (``cohort
-#: node start``) once the runner has reaped them.
+#: first that matches. A hospital's ClientApp forks are counted in their runner (``cohort
+#: node start``), whose reaped children's CPU time the kernel adds to its own.
 ROLES = (
     ("flower-superlink", "SuperLink"),
     ("flwr-serverapp", "coordinator (ServerApp)"),
@@ -93,56 +100,61 @@ ROLES = (
 SAMPLE_S = 0.25
 
 
-def _cpu_seconds(pid: str) -> float | None:
-    """utime + stime of the process and of its reaped children, in seconds."""
+class Proc(NamedTuple):
+    role: str
+    argv: bytes
+    parent: str
+    cpu_s: float  # its own and its reaped children's user + system time
+
+
+Sample = tuple[float, dict[str, Proc]]  # (time, {pid: process})
+
+
+def _proc(pid: str) -> Proc | None:
     try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def _role(pid: str) -> str | None:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except (OSError, UnicodeDecodeError):
+    text = argv.replace(b"\0", b" ").decode(errors="replace")
+    role = next((role for part, role in ROLES if part in text), None)
+    if role is None:
         return None
-    return next((role for part, role in ROLES if part in argv), None)
-
-
-Sample = tuple[float, dict[str, tuple[str, float]]]  # (time, {pid: (role, cpu seconds)})
+    fields = stat[stat.rindex(")") + 2 :].split()
+    cpu = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return Proc(role, argv, fields[1], cpu)
 
 
 def sample_roles() -> Sample:
     """Every running process of a known role, with its CPU seconds so far."""
     now = time.time()
-    found: dict[str, tuple[str, float]] = {}
+    found: dict[str, Proc] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        role = _role(entry.name)
-        cpu = _cpu_seconds(entry.name) if role else None
-        if role and cpu is not None:
-            found[entry.name] = (role, cpu)
+        if entry.name.isdigit() and (proc := _proc(entry.name)) is not None:
+            found[entry.name] = proc
     return now, found
 
 
 def cpu_per_round(samples: list[Sample], start: float, end: float, rounds: int) -> dict[str, float]:
     """CPU seconds per round of each role between ``start`` and ``end`` (``rounds`` whole
     rounds): each process's growth from the sample nearest ``start`` to the last sample it
-    appears in before ``end``; a process that started in between counts from zero."""
+    appears in before ``end``; a process that started in between counts from zero. A fork
+    (the same command line as its parent's) is left out: its time reaches its parent's once
+    the parent reaps it, and counting both would count it twice."""
     inside = [s for s in samples if start <= s[0] <= end]
     if not inside or rounds < 1:
         return {}
     first = min(samples, key=lambda s: abs(s[0] - start))[1]
-    last: dict[str, tuple[str, float]] = {}
+    last: dict[str, Proc] = {}
     for _, found in inside:
-        last.update(found)
+        for pid, proc in found.items():
+            parent = found.get(proc.parent)
+            if parent is None or parent.argv != proc.argv:
+                last[pid] = proc
     per_role: dict[str, float] = {}
-    for pid, (role, cpu) in last.items():
-        before = first[pid][1] if pid in first and first[pid][0] == role else 0.0
-        per_role[role] = per_role.get(role, 0.0) + max(0.0, cpu - before)
+    for pid, proc in last.items():
+        before = first[pid].cpu_s if pid in first and first[pid].argv == proc.argv else 0.0
+        per_role[proc.role] = per_role.get(proc.role, 0.0) + max(0.0, proc.cpu_s - before)
     return {role: round(cpu / rounds, 3) for role, cpu in sorted(per_role.items())}
 
 

@@ -218,8 +218,8 @@ def run_commands(
 #: as the local topology lives (it never restarts the SuperLink). ``file``: SQLite in
 #: OUT/superlink/state.db, as a long-lived SuperLink should run (docs/guides/sponsor.md):
 #: it survives a restart of the SuperLink, at the price of SQLAlchemy and SQLite work in
-#: every request (on the 2-core reference machine about 1 CPU-second per round of the
-#: 3-hospital study, against 0.5 with ``memory``; bench/deploy.py measures both).
+#: every request (on the 2-core reference machine the SuperLink took 2.3 CPU seconds per
+#: round of the 3-hospital study, against 0.7 with ``memory``; bench/deploy.py measures both).
 SUPERLINK_STATES = ("memory", "file")
 
 

@@ -1,0 +1,45 @@
+"""bench/deploy.py's CPU accounting per party: forks counted once, through their parent."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_deploy", ROOT / "bench" / "deploy.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_per_round_counts_each_process_once_and_forks_through_their_runner() -> None:
+    bench = _bench()
+    runner = bench.Proc("hospital ClientApps", b"cohort\0node\0start", "1", 0.0)
+    link = bench.Proc("SuperLink", b"flower-superlink", "1", 0.0)
+
+    def at(proc: Any, cpu: float) -> Any:
+        return proc._replace(cpu_s=cpu)
+
+    fork = runner._replace(parent="10")  # same command line, child of the runner (pid 10)
+    node = bench.Proc("hospital SuperNodes", b"python\0-m\0cohort.federation.cli_deploy", "10", 0)
+    samples = [
+        (0.0, {"10": at(runner, 5.0), "20": at(link, 7.0)}),  # before the window
+        (1.0, {"10": at(runner, 5.5), "20": at(link, 7.5)}),  # the window opens
+        (2.0, {"10": at(runner, 5.6), "20": at(link, 8.5), "11": at(fork, 0.4)}),
+        # the fork was reaped: its 0.7 s are in the runner's time now; a SuperNode started
+        (3.0, {"10": at(runner, 6.4), "20": at(link, 9.5), "30": at(node, 0.2)}),
+        (9.0, {"10": at(runner, 99.0), "20": at(link, 99.0)}),  # after the window
+    ]
+    got = bench.cpu_per_round(samples, 1.0, 3.0, 2)
+    assert got == {
+        "SuperLink": 1.0,  # (9.5 - 7.5) / 2
+        "hospital ClientApps": 0.45,  # (6.4 - 5.5) / 2, the fork once
+        "hospital SuperNodes": 0.1,  # from zero: it started inside the window
+    }
+    assert bench.cpu_per_round(samples, 20.0, 30.0, 2) == {}  # no sample inside
