@@ -616,17 +616,10 @@ class StudyContract:
             return None
         return bytes(state.finalizedHash(round).call())
 
-    def finalized_contributors_hash(self, round: int) -> bytes | None:
-        """keccak256 of the contributors ``round`` was finalized with, or None if not final."""
-        state = self._contract.functions
-        if not state.isFinalized(round).call():
-            return None
-        return bytes(state.finalizedContributorsHash(round).call())
-
     def finalized(self, round: int) -> tuple[bytes, bytes] | None:
         """(aggregate hash, contributors hash) ``round`` was finalized with, or None if it is
-        not final: three reads, where the two methods above take four. A round finalizes
-        once and never changes afterwards, so the reads need no common block."""
+        not final: three reads. A round finalizes once and never changes afterwards, so the
+        reads need no common block."""
         state = self._contract.functions
         if not state.isFinalized(round).call():
             return None
