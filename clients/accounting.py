@@ -28,6 +28,7 @@ from typing import Any
 
 from typing_extensions import TypeIs
 
+from cohort.clients import rdp_orders
 from cohort.errors import BadInputError, ConfigError
 from cohort.files import write_atomic
 
@@ -228,17 +229,20 @@ _DISK_MEMO: Path | None = None
 
 
 def use_disk_memo(directory: Path | None) -> None:
-    """Also keep calibrations and PRV epsilons as files in ``directory`` (None: memory only).
+    """Also keep calibrations, PRV epsilons and the per-step RDP vectors of
+    :mod:`cohort.clients.rdp_orders` as files in ``directory`` (None: memory only).
 
     Set by a data owner's ClientApp to a folder of its own work directory. On Flower's
     Deployment Engine every message runs in a fresh ClientApp process, which would otherwise
-    re-run the PRV calibration (seconds) every round. The values are pure functions of their
+    re-run the PRV calibration (seconds) every round and the PRV domain's RDP bound (most
+    of a budget guard's time) every message. The values are pure functions of their
     arguments, each file records the arguments it answers, and whatever the files say, the
     ledger records the DP events themselves: ``cohort ledger`` and ``cohort audit`` recompute
     every epsilon from those, without this memo.
     """
     global _DISK_MEMO
     _DISK_MEMO = directory
+    rdp_orders.use_folder(directory)
 
 
 def _memo_path(key: str) -> Path | None:
@@ -292,6 +296,7 @@ def _prv_epsilon_uncached(history: tuple[tuple[float, float, int], ...], delta: 
     # fresh process per message (most of which never account).
     from opacus.accountants import PRVAccountant
 
+    rdp_orders.install()  # the PRV domain's RDP bound, once per mechanism
     accountant = PRVAccountant()
     accountant.history = list(history)  # the state, restored from the recorded events
     with warnings.catch_warnings():
@@ -342,6 +347,7 @@ def calibrate_noise_multiplier(
 def _calibrate(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
     from opacus.accountants.utils import get_noise_multiplier
 
+    rdp_orders.install()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
