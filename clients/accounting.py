@@ -17,7 +17,6 @@ What happened is kept apart from how it is counted (as in Google's dp_accounting
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import warnings
@@ -28,9 +27,8 @@ from typing import Any
 
 from typing_extensions import TypeIs
 
-from cohort.clients import rdp_orders
+from cohort.clients import memo_files, rdp_orders
 from cohort.errors import BadInputError, ConfigError
-from cohort.files import write_atomic
 
 ACCOUNTANT = "prv"
 #: The one mechanism a :class:`DpEvent` describes: a Gaussian on a Poisson subsample.
@@ -225,8 +223,6 @@ def accountant_history(events: Iterable[DpEvent]) -> tuple[tuple[float, float, i
 
 # --------------------------------------------------------------------------- disk memo
 
-_DISK_MEMO: Path | None = None
-
 
 def use_disk_memo(directory: Path | None) -> None:
     """Also keep calibrations, PRV epsilons and the per-step RDP vectors of
@@ -240,47 +236,16 @@ def use_disk_memo(directory: Path | None) -> None:
     ledger records the DP events themselves: ``cohort ledger`` and ``cohort audit`` recompute
     every epsilon from those, without this memo.
     """
-    global _DISK_MEMO
-    _DISK_MEMO = directory
-    rdp_orders.use_folder(directory)
-
-
-def _memo_path(key: str) -> Path | None:
-    if _DISK_MEMO is None:
-        return None
-    return _DISK_MEMO / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
-
-
-def _memo_get(key: str) -> float | None:
-    path = _memo_path(key)
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    value = data.get("value") if isinstance(data, dict) and data.get("key") == key else None
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
-
-
-def _memo_put(key: str, value: float) -> None:
-    path = _memo_path(key)
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps({"key": key, "value": value}).encode("utf-8"))
-    except OSError:
-        pass  # a memo, not a record: recomputed next time
+    memo_files.use(directory)
 
 
 def _memoised(name: str, compute: Callable[[], float], *args: object) -> float:
     key = json.dumps([name, *args])
-    cached = _memo_get(key)
-    if cached is not None:
-        return cached
+    cached = memo_files.get(key)
+    if isinstance(cached, int | float) and math.isfinite(cached):
+        return float(cached)
     value = compute()
-    _memo_put(key, value)
+    memo_files.put(key, value)
     return value
 
 

@@ -22,31 +22,24 @@ from the ledger's events regardless.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cohort.files import write_atomic
+from cohort.clients import memo_files
 
 #: Per-step RDP vectors kept in memory (one per mechanism and order list).
 _MAX_KEPT = 256
 
 _lock = threading.Lock()
 _kept: dict[tuple[float, float, tuple[float, ...]], np.ndarray] = {}
-_folder: Path | None = None
+#: File names of the vectors in the memo folder start with this.
+_PREFIX = "rdp-"
 _installed = False
-
-
-def use_folder(folder: Path | None) -> None:
-    """Also keep the vectors as files in ``folder`` (None: in memory only)."""
-    global _folder
-    _folder = folder
 
 
 def per_step(
@@ -76,24 +69,8 @@ def _key_text(key: tuple[float, float, tuple[float, ...]]) -> str:
     return json.dumps(["rdp-per-step", key[0], key[1], list(key[2])])
 
 
-def _path(text: str) -> Path | None:
-    if _folder is None:
-        return None
-    return _folder / f"rdp-{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
-
-
 def _read(key: tuple[float, float, tuple[float, ...]]) -> np.ndarray | None:
-    text = _key_text(key)
-    path = _path(text)
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("key") != text:
-        return None
-    values = data.get("rdp")
+    values = memo_files.get(_key_text(key), prefix=_PREFIX)
     if (
         not isinstance(values, list)
         or len(values) != len(key[2])
@@ -104,16 +81,7 @@ def _read(key: tuple[float, float, tuple[float, ...]]) -> np.ndarray | None:
 
 
 def _write(key: tuple[float, float, tuple[float, ...]], vector: np.ndarray) -> None:
-    text = _key_text(key)
-    path = _path(text)
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        body = {"key": text, "rdp": [float(v) for v in vector]}
-        write_atomic(path, json.dumps(body).encode("utf-8"))
-    except OSError:
-        pass  # a cache, not a record: computed again next time
+    memo_files.put(_key_text(key), [float(v) for v in vector], prefix=_PREFIX)
 
 
 def install() -> None:
@@ -161,4 +129,4 @@ def forget() -> None:
         _kept.clear()
 
 
-__all__ = ["forget", "install", "per_step", "use_folder"]
+__all__ = ["forget", "install", "per_step"]

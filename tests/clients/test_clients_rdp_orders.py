@@ -24,7 +24,6 @@ def _fresh() -> Iterator[None]:
     rdp_orders.forget()
     accounting._prv_epsilon.cache_clear()
     yield
-    rdp_orders.use_folder(None)
     accounting.use_disk_memo(None)
     rdp_orders.forget()
     accounting._prv_epsilon.cache_clear()
@@ -94,7 +93,7 @@ def test_the_folder_answers_later_and_a_bad_file_is_computed_again(tmp_path: Pat
         calls.append(alpha)
         return float(_opacus()._compute_rdp(q, sigma, alpha))
 
-    rdp_orders.use_folder(tmp_path)
+    accounting.use_disk_memo(tmp_path)
     first = rdp_orders.per_step(0.125, 1.4, orders, compute)
     assert len(calls) == 20
     (path,) = tmp_path.iterdir()
@@ -105,9 +104,9 @@ def test_the_folder_answers_later_and_a_bad_file_is_computed_again(tmp_path: Pat
     bad = [
         "not json",
         json.dumps({**record, "key": record["key"].replace("1.4", "9.9")}),  # another question
-        json.dumps({**record, "rdp": record["rdp"][:-1]}),  # wrong length
-        json.dumps({**record, "rdp": [-1.0] * 20}),  # RDP is never negative
-        json.dumps({**record, "rdp": ["0.1"] * 20}),
+        json.dumps({**record, "value": record["value"][:-1]}),  # wrong length
+        json.dumps({**record, "value": [-1.0] * 20}),  # RDP is never negative
+        json.dumps({**record, "value": ["0.1"] * 20}),
     ]
     for text in bad:
         path.write_text(text)
