@@ -31,6 +31,12 @@ seconds per round (every round but the first, which warms up, and the last). The
 deployment keeps the SuperLink's state in memory, as ``cohort deploy local`` does by
 default; ``--superlink-state both`` (the default) also runs it on SQLite (``file``), as a
 long-lived SuperLink runs it, for the comparison.
+
+The default study's model is the demo's small MLP (about a thousand parameters), where a
+round is mostly message handling. ``--model mlp:1024,1024 --results deploy_1m`` runs the same
+comparison at about 1.1M parameters, the size of the upload figure; ``--results`` names the
+output files. It shows whether the deployment's extra time is a fixed cost per message (the
+ratio falls as the model grows) or grows with the bytes each message carries (it does not).
 """
 
 from __future__ import annotations
@@ -195,6 +201,7 @@ def _deploy(
                 secure=SecureMode.parse(args.secure),
                 clientapp=clientapp,
                 superlink_state=superlink_state,
+                model=args.model,
             ),
             out,
         )
@@ -237,6 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 seed=args.seed,
                 secure=SecureMode.parse(args.secure),
                 dp=DpSettings(epsilon=3.0),
+                model=args.model,
             ),
             Path(tmp) / "simulate",
         )
@@ -260,9 +268,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "accuracy": simulated["final_accuracy"],
             "wall_s": round(simulate_wall, 1),
         },
+        "parameters": parameter_count(args.model),
         "ratio_median_round": round(d["median_round_s"] / s_median, 2) if s_median else None,
         "accuracy_difference": abs(d["accuracy"] - simulated["final_accuracy"]),
     }
+
+
+def parameter_count(model: str) -> int:
+    """The number of parameters of ``model`` on the demo data (30 features, 2 classes)."""
+    from cohort.clients.model import build_model
+
+    return sum(p.numel() for p in build_model(model, in_features=30, num_classes=2).parameters())
 
 
 def _row(name: str, r: dict[str, Any]) -> str:
@@ -328,7 +344,8 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"{c['hospitals']} hospitals, {c['members']} members, {c['rounds']} rounds, "
-            f"{c['secure']}, seed {c['seed']}, {result['machine']['cpus']} cores",
+            f"{c['secure']}, model {c.get('model', 'mlp')} ({result.get('parameters', '?')} "
+            f"parameters), seed {c['seed']}, {result['machine']['cpus']} cores",
             "",
             "| runtime | median round | rounds | final accuracy | whole run |",
             "|---|---|---|---|---|",
@@ -357,6 +374,16 @@ def main() -> None:
     parser.add_argument("--secure", default="ckks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--model",
+        default="mlp",
+        help="the study's model, e.g. mlp:1024,1024 (about 1.1M parameters)",
+    )
+    parser.add_argument(
+        "--results",
+        default="deploy",
+        help="file stem under bench/results (deploy.json, deploy.md)",
+    )
+    parser.add_argument(
         "--clientapp",
         choices=["warm", "subprocess", "both"],
         default="warm",
@@ -375,8 +402,8 @@ def main() -> None:
     print(text)
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "deploy.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / "deploy.md").write_text(text)
+        (RESULTS / f"{args.results}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (RESULTS / f"{args.results}.md").write_text(text)
 
 
 if __name__ == "__main__":

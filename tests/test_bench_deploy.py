@@ -43,3 +43,10 @@ def test_cpu_per_round_counts_each_process_once_and_forks_through_their_runner()
         "hospital SuperNodes": 0.1,  # from zero: it started inside the window
     }
     assert bench.cpu_per_round(samples, 20.0, 30.0, 2) == {}  # no sample inside
+
+
+def test_parameter_count_is_the_models_weights_and_biases_on_the_demo_shape() -> None:
+    bench = _bench()
+    wide = (30 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 2 + 2)
+    assert bench.parameter_count("mlp:1024,1024") == wide
+    assert bench.parameter_count("logreg") == 30 * 2 + 2
