@@ -37,6 +37,12 @@ round is mostly message handling. ``--model mlp:1024,1024 --results deploy_1m`` 
 comparison at about 1.1M parameters, the size of the upload figure; ``--results`` names the
 output files. It shows whether the deployment's extra time is a fixed cost per message (the
 ratio falls as the model grows) or grows with the bytes each message carries (it does not).
+
+This machine's speed drifts between runs (a shared host: the same deployment's median round
+has differed by half from one run to the next), more than by the deployment's own changes.
+``--repeat N`` runs N pairs, each the figure's deployment and then the simulation, pools each
+runtime's rounds for the tables, and reports each pair's ratio of median rounds; the figure
+is the median of those ratios, so that each ratio compares two runs of the same moment.
 """
 
 from __future__ import annotations
@@ -76,19 +82,59 @@ def _rounds(summary: dict[str, Any]) -> list[float]:
     return [float(r["seconds"]) for r in summary["rounds"]]
 
 
-def _phases(summary: dict[str, Any]) -> dict[str, float]:
-    """Median seconds per phase over the rounds, as the coordinator timed them; ``other``
-    is the rest of each round."""
+def _round_phases(summary: dict[str, Any]) -> list[dict[str, float]]:
+    """Seconds per phase of each round, as the coordinator timed them; ``other`` is the
+    rest of the round."""
     per_round = []
     for r in summary["rounds"]:
         phases = {k: float(v) for k, v in r.get("phases", {}).items()}
         phases["other"] = max(0.0, float(r["seconds"]) - sum(phases.values()))
         per_round.append(phases)
+    return per_round
+
+
+def _median_phases(per_round: list[dict[str, float]]) -> dict[str, float]:
+    """Median seconds of each phase over ``per_round``."""
     return {
         name: round(statistics.median(p.get(name, 0.0) for p in per_round), 3)
         for name in PHASE_NAMES
         if per_round
     }
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One runtime's runs as one: their rounds pooled (median round and phases over all of
+    them), CPU per round averaged over the runs that measured it, wall times summed."""
+    first = runs[0]
+    rounds = [x for r in runs for x in r["round_seconds"]]
+    phases = [p for r in runs for p in r.get("phase_rounds", [])]
+    measured = [r["cpu_s_per_round"] for r in runs if r.get("cpu_s_per_round")]
+    roles = sorted({role for cpu in measured for role in cpu})
+    merged = {
+        **first,
+        "runs": len(runs),
+        "round_seconds": rounds,
+        "median_round_s": statistics.median(rounds),
+        "median_phase_s": _median_phases(phases) if phases else first.get("median_phase_s", {}),
+        "phase_rounds": phases,
+        "accuracies": [r["accuracy"] for r in runs],
+        "wall_s": round(sum(r["wall_s"] for r in runs), 1),
+    }
+    if "cpu_s_per_round" in first:
+        merged["cpu_s_per_round"] = {
+            role: round(sum(cpu.get(role, 0.0) for cpu in measured) / len(measured), 3)
+            for role in roles
+        }
+    return merged
+
+
+def pair_ratios(deployed: list[dict[str, Any]], simulated: list[dict[str, Any]]) -> list[float]:
+    """Each repeat's deployed median round over the simulated median round run next to it."""
+    return [
+        round(d["median_round_s"] / s["median_round_s"], 2)
+        for d, s in zip(deployed, simulated, strict=True)
+        if s["median_round_s"]
+    ]
 
 
 #: Which party a process of ``cohort deploy local`` is, by a part of its command line; the
@@ -218,7 +264,8 @@ def _deploy(
         "superlink_state": superlink_state,
         "round_seconds": rounds,
         "median_round_s": statistics.median(rounds),
-        "median_phase_s": _phases(summary),
+        "median_phase_s": _median_phases(_round_phases(summary)),
+        "phase_rounds": _round_phases(summary),
         "cpu_s_per_round": cpu,
         "accuracy": summary["final_accuracy"],
         "wall_s": round(time.perf_counter() - started, 1),
@@ -229,29 +276,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runners = ["warm", "subprocess"] if args.clientapp == "both" else [args.clientapp]
     states = ["memory", "file"] if args.superlink_state == "both" else [args.superlink_state]
     plans = [(runners[0], state) for state in states] + [(r, states[0]) for r in runners[1:]]
+    # Repeat r runs the figure's deployment and then the simulation, so that each pair
+    # shares the machine's state of the moment; the other deployments run in repeat 0 only.
+    figure: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    simulations: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cohort-bench-deploy-") as tmp:
-        deployments = [
-            _deploy(args, runner, state, Path(tmp) / f"deploy-{runner}-{state}")
-            for runner, state in plans
-        ]
-        started = time.perf_counter()
-        simulated = run_study(
-            StudyConfig(
-                clients=args.hospitals,
-                rounds=args.rounds,
-                committee=args.members,
-                quorum=args.members // 2 + 1,
-                seed=args.seed,
-                secure=SecureMode.parse(args.secure),
-                dp=DpSettings(epsilon=3.0),
-                model=args.model,
-            ),
-            Path(tmp) / "simulate",
-        )
-        simulate_wall = time.perf_counter() - started
-    s_rounds = _rounds(simulated)
-    s_median = statistics.median(s_rounds)
-    d = deployments[0]
+        for repeat in range(args.repeat):
+            for i, (runner, state) in enumerate(plans if repeat == 0 else plans[:1]):
+                out = Path(tmp) / f"deploy-{runner}-{state}-{repeat}"
+                (others if i else figure).append(_deploy(args, runner, state, out))
+            simulations.append(_simulate(args, Path(tmp) / f"simulate-{repeat}"))
+    d, s = pooled(figure), pooled(simulations)
+    ratios = pair_ratios(figure, simulations)
     return {
         "machine": {
             "cpus": os.cpu_count(),
@@ -260,17 +297,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "config": vars(args),
         "deployment": d,
-        "other_deployments": deployments[1:],
-        "simulation": {
-            "round_seconds": s_rounds,
-            "median_round_s": s_median,
-            "median_phase_s": _phases(simulated),
-            "accuracy": simulated["final_accuracy"],
-            "wall_s": round(simulate_wall, 1),
-        },
+        "other_deployments": others,
+        "simulation": s,
         "parameters": parameter_count(args.model),
-        "ratio_median_round": round(d["median_round_s"] / s_median, 2) if s_median else None,
-        "accuracy_difference": abs(d["accuracy"] - simulated["final_accuracy"]),
+        "pair_ratios": ratios,
+        "ratio_median_round": statistics.median(ratios) if ratios else None,
+        "accuracy_difference": max(abs(a - b) for a in d["accuracies"] for b in s["accuracies"]),
+    }
+
+
+def _simulate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    simulated = run_study(
+        StudyConfig(
+            clients=args.hospitals,
+            rounds=args.rounds,
+            committee=args.members,
+            quorum=args.members // 2 + 1,
+            seed=args.seed,
+            secure=SecureMode.parse(args.secure),
+            dp=DpSettings(epsilon=3.0),
+            model=args.model,
+        ),
+        out,
+    )
+    rounds = _rounds(simulated)
+    return {
+        "round_seconds": rounds,
+        "median_round_s": statistics.median(rounds),
+        "median_phase_s": _median_phases(_round_phases(simulated)),
+        "phase_rounds": _round_phases(simulated),
+        "accuracy": simulated["final_accuracy"],
+        "wall_s": round(time.perf_counter() - started, 1),
     }
 
 
@@ -355,6 +413,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{', '.join(f'{x:.1f}' for x in s['round_seconds'])} s | {s['accuracy']:.4f} | "
             f"{s['wall_s']:.0f} s |",
             "",
+            *_repeats(result),
             f"Deployed / simulated median round: **{result['ratio_median_round']}x** "
             "(goal: at most 1.5x); accuracy difference "
             f"{result['accuracy_difference']:.4f} (goal: at most 0.01).",
@@ -364,6 +423,19 @@ def markdown(result: dict[str, Any]) -> str:
             *cpu_table(result),
         ]
     )
+
+
+def _repeats(result: dict[str, Any]) -> list[str]:
+    """The per-pair ratios, when the bench ran more than one pair."""
+    ratios = result.get("pair_ratios", [])
+    if len(ratios) < 2:
+        return []
+    return [
+        f"{len(ratios)} pairs (the deployment, then the simulation), rounds pooled above; "
+        f"each pair's ratio of median rounds: {', '.join(f'{r:.2f}x' for r in ratios)}; "
+        "the figure is their median.",
+        "",
+    ]
 
 
 def main() -> None:
@@ -395,8 +467,17 @@ def main() -> None:
         default="both",
         help="cohort deploy local --superlink-state; both: memory (the figure), then file",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="pairs of (deployment, simulation) run one after the other; the figure is the "
+        "median of the pairs' ratios (this machine's speed drifts between runs)",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
     result = run(args)
     text = markdown(result)
     print(text)

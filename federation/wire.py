@@ -213,7 +213,11 @@ class TrainReceipt(_Schema):
 
 @dataclass(frozen=True)
 class DecryptRequest(_Schema):
-    """Coordinator -> a data owner of S: the quorum-backed aggregate of client set S."""
+    """Coordinator -> a data owner of S: the quorum-backed aggregate of client set S.
+
+    ``return_vector`` false asks for the signed hash of the plaintext only: the owner that
+    checks another's decryption need not send the whole sum back (it changes only what the
+    reply carries, never what the owner checks before it decrypts)."""
 
     MESSAGE: ClassVar[str] = DECRYPT
     study_id: str
@@ -223,6 +227,7 @@ class DecryptRequest(_Schema):
     aggregate_hash: bytes
     member_ids: tuple[str, ...]
     member_signatures: tuple[bytes, ...]
+    return_vector: bool = True
 
 
 @dataclass(frozen=True)
@@ -310,6 +315,7 @@ def get_vector(content: RecordDict, *, message: str, length: int | None = None) 
 
 
 def has_vector(content: RecordDict) -> bool:
+    """Whether ``content`` carries a vector (inline or as an array record), checked or not."""
     config = content.config_records.get(_CONFIG_KEY)
     return _ARRAY_KEY in content.array_records or (config is not None and VECTOR_KEYS[0] in config)
 

@@ -50,3 +50,38 @@ def test_parameter_count_is_the_models_weights_and_biases_on_the_demo_shape() ->
     wide = (30 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 2 + 2)
     assert bench.parameter_count("mlp:1024,1024") == wide
     assert bench.parameter_count("logreg") == 30 * 2 + 2
+
+
+def _run(rounds: list[float], accuracy: float, cpu: dict[str, float] | None = None) -> Any:
+    run: dict[str, Any] = {
+        "round_seconds": rounds,
+        "median_round_s": sorted(rounds)[len(rounds) // 2],
+        "phase_rounds": [{"train": x / 2, "decrypt": x / 4} for x in rounds],
+        "accuracy": accuracy,
+        "wall_s": 10.0,
+    }
+    if cpu is not None:
+        run["cpu_s_per_round"] = cpu
+    return run
+
+
+def test_pooled_runs_share_their_rounds_and_average_their_cpu() -> None:
+    bench = _bench()
+    first = _run([5.0, 2.0, 2.2], 0.9, {"SuperLink": 1.0, "SuperNodes": 0.5})
+    second = _run([4.0, 3.0, 3.4], 0.9, {"SuperLink": 2.0})
+    got = bench.pooled([first, second])
+    assert got["runs"] == 2
+    assert got["round_seconds"] == [5.0, 2.0, 2.2, 4.0, 3.0, 3.4]
+    assert got["median_round_s"] == 3.2  # of the six rounds, not of the two medians
+    assert got["median_phase_s"]["train"] == 1.6
+    assert got["cpu_s_per_round"] == {"SuperLink": 1.5, "SuperNodes": 0.25}
+    assert got["accuracies"] == [0.9, 0.9]
+    assert got["wall_s"] == 20.0
+
+
+def test_pair_ratios_compare_each_deployment_with_the_simulation_run_next_to_it() -> None:
+    bench = _bench()
+    deployed = [_run([2.0, 2.0, 2.0], 0.9), _run([4.0, 4.0, 4.0], 0.9)]
+    simulated = [_run([1.0, 1.0, 1.0], 0.9), _run([2.5, 2.5, 2.5], 0.9)]
+    # pooled, the medians would give 3.0 / 1.75 = 1.71x; pair by pair it is 2.0x and 1.6x
+    assert bench.pair_ratios(deployed, simulated) == [2.0, 1.6]

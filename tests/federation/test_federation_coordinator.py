@@ -23,11 +23,13 @@ LIE = TRUE + 1.0
 
 
 class Table(CkksCoordinator):
-    """Answers decryption requests from ``answers`` (party -> vector or None)."""
+    """Answers decryption requests from ``answers`` (party -> vector or None); a party asked
+    for its hash only answers with the hash."""
 
     answers: dict[str, np.ndarray | None]
     asked: list[str]
     batches: list[list[str]]
+    checks: list[str]
 
     def _decrypt_some(
         self,
@@ -35,11 +37,16 @@ class Table(CkksCoordinator):
         node_of: Mapping[str, int],
         rnd: int,
         request: wire.DecryptRequest,
-    ) -> dict[str, tuple[bytes, np.ndarray]]:
+        *,
+        hash_only: Sequence[str] = (),
+    ) -> dict[str, tuple[bytes, np.ndarray | None]]:
         self.asked.extend(parties)
         self.batches.append(list(parties))
+        self.checks.extend(hash_only)
         return {
-            p: (wire.plaintext_hash(v), v) for p in parties if (v := self.answers[p]) is not None
+            p: (wire.plaintext_hash(v), None if p in hash_only else v)
+            for p in parties
+            if (v := self.answers[p]) is not None
         }
 
 
@@ -49,6 +56,7 @@ def _coordinator(answers: dict[str, np.ndarray | None]) -> Table:
     table.answers = answers
     table.asked = []
     table.batches = []
+    table.checks = []
     return table
 
 
@@ -80,6 +88,7 @@ def test_two_agreeing_decryptions_are_enough() -> None:
     assert wrong == []
     assert table.asked == ["h2", "h3"]
     assert table.batches == [["h2", "h3"]]  # one message round trip, not two
+    assert table.checks == ["h3"]  # the second owner sends its signed hash, not the sum
 
 
 def test_a_lying_decryptor_is_outvoted_and_named() -> None:
@@ -93,3 +102,33 @@ def test_a_lying_decryptor_is_outvoted_and_named() -> None:
 def test_no_two_agreeing_decryptions_skip_the_round() -> None:
     with pytest.raises(ProtocolAbort, match="no two data owners"):
         _run({"h1": TRUE + 2, "h2": LIE, "h3": TRUE})
+
+
+def test_when_the_first_owner_fails_the_sum_comes_from_the_third() -> None:
+    table, (total, agreed, wrong) = _run({"h1": TRUE, "h2": None, "h3": TRUE})
+    np.testing.assert_array_equal(total, TRUE)
+    assert sorted(agreed) == ["h1", "h3"]  # h3 checked by hash, h1 sent the sum
+    assert wrong == []
+    assert table.checks == ["h3"]
+
+
+def test_a_lying_checker_is_outvoted_by_the_third_owner() -> None:
+    table, (total, agreed, wrong) = _run({"h1": TRUE, "h2": TRUE, "h3": LIE})
+    np.testing.assert_array_equal(total, TRUE)
+    assert sorted(agreed) == ["h1", "h2"]
+    assert wrong == ["h3"]
+    assert table.checks == ["h3"]  # h1 is asked for the sum
+
+
+def test_a_lone_checker_is_asked_again_for_the_sum() -> None:
+    table, (total, agreed, wrong) = _run({"h1": None, "h2": None, "h3": TRUE})
+    np.testing.assert_array_equal(total, TRUE)
+    assert agreed == ["h3"]
+    assert wrong == []
+    assert table.batches == [["h2", "h3"], ["h1"], ["h3"]]
+    assert table.checks == ["h3"]  # only the first time
+
+
+def test_the_coordinator_never_takes_a_sum_without_one_owner_sending_it() -> None:
+    with pytest.raises(ProtocolAbort, match="no two data owners"):
+        _run({"h1": None, "h2": None, "h3": None})

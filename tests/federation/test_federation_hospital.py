@@ -204,6 +204,41 @@ def test_decrypt_opens_a_quorum_signed_aggregate_and_signs_what_it_returns(
     np.testing.assert_array_equal(vector, vector2)
 
 
+def test_the_coordinator_takes_a_checking_owners_hash_and_checks_any_sum_it_sends(
+    study: Study, ready: dict[str, np.ndarray]
+) -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from cohort.federation.modes.ckks.coordinator import CkksCoordinator
+
+    ids = ("hospital-1", "hospital-2", "hospital-3")
+    request = _decrypt_request(study, ids, study.members[:2], ready)
+    reply, vector = hospital.decrypt(study.owners[2], request)
+    coordinator = CkksCoordinator(
+        cast(Any, SimpleNamespace(manifest=study.manifest)), cast(Any, None)
+    )
+
+    def check(content: object, **kw: bool) -> tuple[bytes, np.ndarray | None]:
+        return coordinator._check_decryption("hospital-3", 1, request, cast(Any, content), **kw)
+
+    # Asked for its hash only: the signed hash is the answer.
+    assert check(reply.to_record(), vector=False) == (reply.plain_hash, None)
+    # Asked for the sum and sent none.
+    with pytest.raises(BadInputError, match="carries no vector"):
+        check(reply.to_record())
+    # A sum sent anyway is held to the signed hash, asked for or not.
+    for kw in ({}, {"vector": False}):
+        with pytest.raises(VerificationError, match="does not match its signed hash"):
+            check(wire.put_vector(reply.to_record(), vector + 1.0), **kw)
+    total = check(wire.put_vector(reply.to_record(), vector), vector=False)[1]
+    assert total is not None
+    np.testing.assert_array_equal(total, vector)
+    # Another owner's signed reply does not pass as this one's.
+    with pytest.raises(VerificationError):
+        coordinator._check_decryption("hospital-2", 1, request, reply.to_record(), vector=False)
+
+
 def test_decrypt_refuses_lone_ciphertexts_and_foreign_signers(
     study: Study, ready: dict[str, np.ndarray]
 ) -> None:

@@ -9,6 +9,7 @@ never receives an individual update in any form.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -187,27 +188,42 @@ class CkksCoordinator(CoordinatorMode):
         node_of: Mapping[str, int],
         rnd: int,
         request: wire.DecryptRequest,
-    ) -> dict[str, tuple[bytes, np.ndarray]]:
-        """Ask ``parties`` to decrypt at once; each answer with its signature and hash checked."""
+        *,
+        hash_only: Sequence[str] = (),
+    ) -> dict[str, tuple[bytes, np.ndarray | None]]:
+        """Ask ``parties`` to decrypt at once; each answer with its signature and hash checked.
+
+        The parties in ``hash_only`` return the signed hash of their plaintext and no vector
+        (None in the answer): enough to check another owner's decryption.
+        """
         nodes = [node_of[p] for p in parties]
-        record = request.to_record()
-        replies = self.host.send(nodes, wire.DECRYPT, [record] * len(nodes), group=f"decrypt-{rnd}")
+        checking = dataclasses.replace(request, return_vector=False).to_record()
+        full = request.to_record()
+        records = [checking if p in hash_only else full for p in parties]
+        replies = self.host.send(nodes, wire.DECRYPT, records, group=f"decrypt-{rnd}")
         answers = {}
         for party in parties:
             reply = replies.get(node_of[party])
             if reply is None:
                 continue
             try:
-                answers[party] = self._check_decryption(party, rnd, request, reply.content)
+                answers[party] = self._check_decryption(
+                    party, rnd, request, reply.content, vector=party not in hash_only
+                )
             except (BadInputError, VerificationError) as exc:
                 log.warning("decryption rejected", extra=fields(party=party, reason=str(exc)))
         return answers
 
     def _check_decryption(
-        self, party: str, rnd: int, request: wire.DecryptRequest, content: RecordDict
-    ) -> tuple[bytes, np.ndarray]:
+        self,
+        party: str,
+        rnd: int,
+        request: wire.DecryptRequest,
+        content: RecordDict,
+        *,
+        vector: bool = True,
+    ) -> tuple[bytes, np.ndarray | None]:
         answer = wire.DecryptReply.from_record(content)
-        vector = wire.get_vector(content, message=wire.DECRYPT, length=None)
         entry = self.manifest.owner(party)
         assert entry is not None
         digest = wire.decryption_digest(
@@ -217,9 +233,15 @@ class CkksCoordinator(CoordinatorMode):
             plain_hash=answer.plain_hash,
         )
         verify_signature(entry.identity, digest, answer.signature)
-        if wire.plaintext_hash(vector) != answer.plain_hash or answer.party_id != party:
+        if answer.party_id != party:
+            raise VerificationError(f"decryption by {party} claims to be by {answer.party_id}")
+        if not vector and not wire.has_vector(content):
+            return answer.plain_hash, None
+        # asked for the sum, or sent it anyway: either way it must match the signed hash
+        plain = wire.get_vector(content, message=wire.DECRYPT, length=None)
+        if wire.plaintext_hash(plain) != answer.plain_hash:
             raise VerificationError(f"decryption by {party} does not match its signed hash")
-        return answer.plain_hash, vector.astype(np.float64)
+        return answer.plain_hash, plain.astype(np.float64)
 
     def decrypt_request(
         self, rnd: int, client_set: Sequence[str], decision: QuorumDecision
@@ -250,17 +272,20 @@ class CkksCoordinator(CoordinatorMode):
         order = client_set[start:] + client_set[:start]
         answers: dict[bytes, list[str]] = {}
         vectors: dict[bytes, np.ndarray] = {}
-        # The first two owners decrypt in parallel (one message round trip); further owners,
-        # one at a time, only when those two disagree or one of them fails.
+        # The first two owners decrypt in parallel (one message round trip), the second
+        # returning only its signed hash; further owners, one at a time and with the sum,
+        # only when those two disagree or one of them fails. Two agreeing owners therefore
+        # always include one that sent the sum.
         batches = [order[:2], *([p] for p in order[2:])]
         for batch in batches:
-            got = self._decrypt_some(batch, node_of, rnd, request)
+            got = self._decrypt_some(batch, node_of, rnd, request, hash_only=batch[1:])
             for party in batch:
                 if party not in got:
                     continue
                 plain_hash, vector = got[party]
                 answers.setdefault(plain_hash, []).append(party)
-                vectors.setdefault(plain_hash, vector)
+                if vector is not None:
+                    vectors.setdefault(plain_hash, vector)
             agreed_hash = next((h for h, ps in answers.items() if len(ps) >= 2), None)
             if agreed_hash is not None:
                 agreed = answers[agreed_hash]
@@ -270,6 +295,11 @@ class CkksCoordinator(CoordinatorMode):
                 return vectors[agreed_hash], agreed, wrong
         if len(answers) == 1:
             ((plain_hash, agreed),) = answers.items()
-            log.warning("decryption unchecked: one owner answered", extra=fields(round=rnd))
-            return vectors[plain_hash], agreed, []
+            if plain_hash not in vectors:  # the one answer was a check: ask it for the sum
+                again = self._decrypt_some(agreed[:1], node_of, rnd, request).get(agreed[0])
+                if again is not None and again[0] == plain_hash and again[1] is not None:
+                    vectors[plain_hash] = again[1]
+            if plain_hash in vectors:
+                log.warning("decryption unchecked: one owner answered", extra=fields(round=rnd))
+                return vectors[plain_hash], agreed, []
         raise ProtocolAbort("no two data owners of the client set agree on the decryption")
