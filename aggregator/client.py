@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from cohort.aggregator.aggregate_fetch import AggregateFetch
 from cohort.aggregator.control import SignedControl
 from cohort.aggregator.member import (
     AggregateResult,
@@ -224,6 +225,15 @@ class MemberClient:
         request); returns ``CommitteeUpload.to_bytes()`` sealed to the requester."""
         reply = self._call("Fetch", request.to_proto(), self._upload_timeout)
         return bytes(reply.upload)
+
+    # -- data owners -------------------------------------------------------------------
+
+    def fetch_aggregate(self, request: AggregateFetch) -> bytes:
+        """Ask this member for its aggregate of a round. Called by a data owner of the
+        client set (signed request); returns the ciphertext, unchecked: the owner holds it
+        to the hash a quorum signed."""
+        reply = self._call("FetchAggregate", request.to_proto(), self._upload_timeout)
+        return bytes(reply.aggregate)
 
     def aggregate(self, control: SignedControl) -> AggregateResult:
         """Send a signed Aggregate; returns the member's signed result."""

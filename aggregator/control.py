@@ -87,6 +87,8 @@ class Refusal(enum.StrEnum):
     WRONG_RESPONDER = "wrong_responder"
     BAD_FETCH_SIGNATURE = "bad_fetch_signature"
     NOT_HELD = "not_held"
+    # FetchAggregate (data owner to member): why a member refused to hand over an aggregate.
+    NOT_IN_CLIENT_SET = "not_in_client_set"
 
     def error(self, detail: str) -> CohortError:
         """The Cohort error for this refusal, its message ``"<code>: <detail>"``."""
@@ -126,6 +128,7 @@ _REFUSAL_ERRORS: dict[Refusal, type[CohortError]] = {
     Refusal.WRONG_RESPONDER: VerificationError,
     Refusal.BAD_FETCH_SIGNATURE: VerificationError,
     Refusal.NOT_HELD: ProtocolAbort,
+    Refusal.NOT_IN_CLIENT_SET: VerificationError,
 }
 
 

@@ -37,7 +37,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cohort.aggregator.aggregate_fetch as aggregate_fetch
 import cohort.aggregator.member_copies as member_copies
+from cohort.aggregator.aggregate_fetch import AggregateFetch
 from cohort.aggregator.control import AggregateBody as _AggregateBody
 from cohort.aggregator.control import (
     ConfigureBody,
@@ -543,6 +545,11 @@ class CommitteeMember:
         """Hand another member this member's copy of one upload (Fetch RPC); see
         :func:`cohort.aggregator.member_copies.hand_over`."""
         return member_copies.hand_over(self, self._studies.get(request.study_id), request)
+
+    def fetch_aggregate(self, request: AggregateFetch) -> bytes:
+        """Hand a data owner of the client set this member's aggregate of a round
+        (FetchAggregate RPC); see :func:`cohort.aggregator.aggregate_fetch.hand_over`."""
+        return aggregate_fetch.hand_over(self, self._studies.get(request.study_id), request)
 
     def replicate(self, control: SignedControl) -> Replication:
         """Fetch the open round's uploads this member lacks (signed Replicate); see

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from cohort.aggregator.aggregate_fetch import AggregateFetch
 from cohort.aggregator.control import SignedControl
 from cohort.aggregator.member import (
     AggregateResult,
@@ -363,6 +364,17 @@ class CommitteeServicer(pb_grpc.CommitteeServicer):
             return pb.FetchReply(upload=self._member.fetch(FetchRequest.from_proto(request)))
 
         return self._run(context, "Fetch", body)
+
+    def FetchAggregate(  # noqa: N802
+        self, request: pb.AggregateFetch, context: Any
+    ) -> pb.AggregateFetchReply:
+        """Data owner of the client set (signed): the round's aggregate, to decrypt."""
+
+        def body() -> pb.AggregateFetchReply:
+            fetch = AggregateFetch.from_proto(request)
+            return pb.AggregateFetchReply(aggregate=self._member.fetch_aggregate(fetch))
+
+        return self._run(context, "FetchAggregate", body)
 
     def Aggregate(self, request: pb.SignedControl, context: Any) -> pb.AggregateReply:  # noqa: N802
         """Coordinator (signed): aggregate the agreed client set and sign."""

@@ -55,6 +55,7 @@ class Tag(bytes, enum.Enum):
     UPLOAD_RECEIPT = b"cohort/v1/upload-receipt"
     UPLOAD_ORDER = b"cohort/v1/upload-order"
     FETCH = b"cohort/v1/fetch"
+    AGGREGATE_FETCH = b"cohort/v1/aggregate-fetch"
     LEDGER_COMMITMENT = b"cohort/v1/ledger-commitment"
     SHARE_SEED = b"cohort/v1/share-seed"
     MPC_TERMS = b"cohort/v1/mpc-terms"

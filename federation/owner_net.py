@@ -2,7 +2,8 @@
 
 Run by the data owner (inside Cohort's ClientApp), in every secure mode that has a
 committee: :func:`reachable_members` before any budget is spent, :func:`upload` for each
-signed upload, sealed to the member it goes to, with the member's signed receipt checked.
+signed upload, sealed to the member it goes to, with the member's signed receipt checked,
+and :func:`fetch_aggregate` for a large aggregate to decrypt, held to the quorum's hash.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from cohort.aggregator.aggregate_fetch import AggregateFetch
 from cohort.aggregator.client import MemberClient
 from cohort.aggregator.committee import MemberRef
 from cohort.aggregator.replication import UploadReceipt, upload_order
@@ -18,7 +20,7 @@ from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import Identity
 from cohort.crypto.tls import ChannelTls
 from cohort.crypto.upload import build_upload
-from cohort.errors import CohortError
+from cohort.errors import CohortError, VerificationError
 from cohort.federation.manifest import CommitteeEntry, Manifest
 from cohort.logs import fields, get_logger
 
@@ -128,9 +130,51 @@ def upload_to(
     return Delivered(member_id, verdict.receipt)
 
 
+def fetch_aggregate(
+    identity: Identity,
+    manifest: Manifest,
+    *,
+    round: int,
+    members: Sequence[str],
+    aggregate_hash: bytes,
+) -> bytes:
+    """The aggregate of ``round`` from the first of ``members`` (those that signed it) whose
+    bytes hash to ``aggregate_hash``, asked one at a time over the manifest's TLS pin
+    (:mod:`cohort.aggregator.aggregate_fetch`). A member that refuses, is down or hands over
+    other bytes is logged by name and the next one is asked; VerificationError when none
+    hands over the signed aggregate."""
+    for member_id in members:
+        entry = manifest.member(member_id)
+        if entry is None:
+            continue
+        request = AggregateFetch.sign(
+            identity, study_id=manifest.study_id, round=round, responder=member_id
+        )
+        try:
+            with MemberClient(entry.endpoint, tls=member_tls(manifest, entry)) as client:
+                blob = client.fetch_aggregate(request)
+        except CohortError as exc:
+            log.warning(
+                "aggregate not handed over",
+                extra=fields(member=member_id, round=round, reason=str(exc)),
+            )
+            continue
+        if tagged_hash(Tag.AGGREGATE, blob) != aggregate_hash:
+            log.warning(
+                "member handed over an aggregate that is not the one a quorum signed",
+                extra=fields(member=member_id, round=round),
+            )
+            continue
+        return blob
+    raise VerificationError(
+        f"decrypt round {round}: no member that signed the aggregate handed it over"
+    )
+
+
 __all__ = [
     "LIVENESS_TIMEOUT_S",
     "Delivered",
+    "fetch_aggregate",
     "member_tls",
     "reachable_members",
     "upload",

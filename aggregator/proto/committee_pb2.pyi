@@ -871,3 +871,57 @@ class FetchReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FetchReply: _TypeAlias = FetchReply  # noqa: Y015
+
+@_typing.final
+class AggregateFetch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STUDY_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    RESPONDER_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    study_id: _builtins.str
+    round: _builtins.int
+    owner: _builtins.str
+    """party id of the asking data owner"""
+    responder: _builtins.str
+    """member id of the member asked"""
+    signature: _builtins.bytes
+    """64 bytes, by the owner's manifest key"""
+    def __init__(
+        self,
+        *,
+        study_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        owner: _builtins.str = ...,
+        responder: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "responder", b"responder", "round", b"round", "signature", b"signature", "study_id", b"study_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregateFetch: _TypeAlias = AggregateFetch  # noqa: Y015
+
+@_typing.final
+class AggregateFetchReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGREGATE_FIELD_NUMBER: _builtins.int
+    aggregate: _builtins.bytes
+    """the stored aggregate; the owner checks it against the quorum's hash"""
+    def __init__(
+        self,
+        *,
+        aggregate: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate", b"aggregate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregateFetchReply: _TypeAlias = AggregateFetchReply  # noqa: Y015

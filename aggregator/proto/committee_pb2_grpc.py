@@ -70,6 +70,11 @@ class CommitteeStub:
                 request_serializer=committee__pb2.SignedControl.SerializeToString,
                 response_deserializer=committee__pb2.AggregateReply.FromString,
                 _registered_method=True)
+        self.FetchAggregate = channel.unary_unary(
+                '/cohort.committee.v1.Committee/FetchAggregate',
+                request_serializer=committee__pb2.AggregateFetch.SerializeToString,
+                response_deserializer=committee__pb2.AggregateFetchReply.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/cohort.committee.v1.Committee/Status',
                 request_serializer=committee__pb2.SignedControl.SerializeToString,
@@ -144,6 +149,14 @@ class CommitteeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchAggregate(self, request, context):
+        """Data owner of a round's client set (AggregateFetch signed by the owner's manifest key):
+        the round's aggregate ciphertext this member signed, for the owner to decrypt (CKKS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """Coordinator (signed, body StatusBody): where a study stands, who uploaded this round.
         """
@@ -204,6 +217,11 @@ def add_CommitteeServicer_to_server(servicer, server):
                     servicer.Aggregate,
                     request_deserializer=committee__pb2.SignedControl.FromString,
                     response_serializer=committee__pb2.AggregateReply.SerializeToString,
+            ),
+            'FetchAggregate': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchAggregate,
+                    request_deserializer=committee__pb2.AggregateFetch.FromString,
+                    response_serializer=committee__pb2.AggregateFetchReply.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -411,6 +429,33 @@ class Committee:
             '/cohort.committee.v1.Committee/Aggregate',
             committee__pb2.SignedControl.SerializeToString,
             committee__pb2.AggregateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchAggregate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.committee.v1.Committee/FetchAggregate',
+            committee__pb2.AggregateFetch.SerializeToString,
+            committee__pb2.AggregateFetchReply.FromString,
             options,
             channel_credentials,
             insecure,

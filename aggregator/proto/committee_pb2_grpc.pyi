@@ -69,6 +69,10 @@ class CommitteeStub:
     """
     Aggregate: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.AggregateReply]
     """Coordinator (signed, body AggregateBody): combine the client set's uploads and sign."""
+    FetchAggregate: _grpc.UnaryUnaryMultiCallable[_committee_pb2.AggregateFetch, _committee_pb2.AggregateFetchReply]
+    """Data owner of a round's client set (AggregateFetch signed by the owner's manifest key):
+    the round's aggregate ciphertext this member signed, for the owner to decrypt (CKKS).
+    """
     Status: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.StatusReply]
     """Coordinator (signed, body StatusBody): where a study stands, who uploaded this round."""
     Validate: _grpc.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.ValidateReply]
@@ -107,6 +111,10 @@ class CommitteeAsyncStub(CommitteeStub):
     """
     Aggregate: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.AggregateReply]  # type: ignore[assignment]
     """Coordinator (signed, body AggregateBody): combine the client set's uploads and sign."""
+    FetchAggregate: _aio.UnaryUnaryMultiCallable[_committee_pb2.AggregateFetch, _committee_pb2.AggregateFetchReply]  # type: ignore[assignment]
+    """Data owner of a round's client set (AggregateFetch signed by the owner's manifest key):
+    the round's aggregate ciphertext this member signed, for the owner to decrypt (CKKS).
+    """
     Status: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.StatusReply]  # type: ignore[assignment]
     """Coordinator (signed, body StatusBody): where a study stands, who uploaded this round."""
     Validate: _aio.UnaryUnaryMultiCallable[_committee_pb2.SignedControl, _committee_pb2.ValidateReply]  # type: ignore[assignment]
@@ -184,6 +192,16 @@ class CommitteeServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_committee_pb2.AggregateReply, _abc.Awaitable[_committee_pb2.AggregateReply]]:
         """Coordinator (signed, body AggregateBody): combine the client set's uploads and sign."""
+
+    @_abc_1.abstractmethod
+    def FetchAggregate(
+        self,
+        request: _committee_pb2.AggregateFetch,
+        context: _ServicerContext,
+    ) -> _typing.Union[_committee_pb2.AggregateFetchReply, _abc.Awaitable[_committee_pb2.AggregateFetchReply]]:
+        """Data owner of a round's client set (AggregateFetch signed by the owner's manifest key):
+        the round's aggregate ciphertext this member signed, for the owner to decrypt (CKKS).
+        """
 
     @_abc_1.abstractmethod
     def Status(

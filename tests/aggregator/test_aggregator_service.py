@@ -555,3 +555,85 @@ def test_a_fetch_over_the_wire_needs_a_committee_member_s_signature(
         client.fetch(request(member_2, sender="hospital-d"))
     with pytest.raises(BadInputError, match=Refusal.MALFORMED_FETCH.value):
         client.fetch(dataclasses.replace(request(member_2), study_id="not a study"))
+
+
+def test_an_owner_of_the_client_set_fetches_the_signed_aggregate_over_the_wire(
+    served: Served, seal: SealFn, owners: dict[str, Owner]
+) -> None:
+    from cohort.aggregator.aggregate_fetch import AggregateFetch
+
+    committee = served.committee
+    committee.configure(served.signed, served.setup)
+    committee.open_round(1)
+    _upload_all(served, seal)
+    client = served.client("member-1")
+    owner = owners["hospital-a"].identity
+
+    def request(signer: Identity, **changes: Any) -> AggregateFetch:
+        terms: dict[str, Any] = {"round": 1, "responder": "member-1"}
+        terms.update(changes)
+        return AggregateFetch.sign(signer, study_id=served.study_id, **terms)
+
+    with pytest.raises(ProtocolAbort, match=Refusal.NOT_AGGREGATED.value):
+        client.fetch_aggregate(request(owner))  # before the round is aggregated
+    client_set = ("hospital-a", "hospital-b")
+    results, errors = committee.aggregate_all(1, client_set)
+    assert errors == {}
+    decision = committee.decide(results, round=1, client_ids=client_set)
+    assert client.fetch_aggregate(request(owner)) == decision.aggregate
+    # hospital-c uploaded but is not in S: the sum of S is not its to decrypt
+    with pytest.raises(VerificationError, match=Refusal.NOT_IN_CLIENT_SET.value):
+        client.fetch_aggregate(request(owners["hospital-c"].identity))
+    mallory = Identity.generate("mallory", seed=b"\x66" * 32)
+    with pytest.raises(BadInputError, match=Refusal.NOT_IN_ROSTER.value):
+        client.fetch_aggregate(request(mallory))
+    impostor = dataclasses.replace(request(mallory), owner="hospital-a")
+    with pytest.raises(VerificationError, match=Refusal.BAD_FETCH_SIGNATURE.value):
+        client.fetch_aggregate(impostor)
+    with pytest.raises(VerificationError, match=Refusal.WRONG_RESPONDER.value):
+        client.fetch_aggregate(request(owner, responder="member-3"))
+    with pytest.raises(ProtocolAbort, match=Refusal.NOT_AGGREGATED.value):
+        client.fetch_aggregate(request(owner, round=2))
+    with pytest.raises(BadInputError, match=Refusal.MALFORMED_FETCH.value):
+        client.fetch_aggregate(dataclasses.replace(request(owner), study_id="not a study"))
+
+
+def test_the_owner_takes_only_the_quorum_s_aggregate_and_names_who_did_not_hand_it_over(
+    served: Served, seal: SealFn, owners: dict[str, Owner], caplog: pytest.LogCaptureFixture
+) -> None:
+    from cohort.federation.owner_net import fetch_aggregate
+
+    committee = served.committee
+    committee.configure(served.signed, served.setup)
+    committee.open_round(1)
+    _upload_all(served, seal)
+    results, _ = committee.aggregate_all(1, IDS)
+    decision = committee.decide(results, round=1, client_ids=IDS)
+    served.servers["member-1"].stop(grace=None)
+    owner, manifest = owners["hospital-b"].identity, served.signed.manifest
+
+    def fetch(members: Sequence[str], aggregate_hash: bytes) -> bytes:
+        return fetch_aggregate(
+            owner, manifest, round=1, members=members, aggregate_hash=aggregate_hash
+        )
+
+    # member-1 is down, "nobody" is not in the committee: member-2 hands it over
+    caplog.clear()
+    got = fetch(["member-1", "nobody", "member-2"], decision.aggregate_hash)
+    assert got == decision.aggregate
+    assert [
+        r.__dict__.get("fields", {}).get("member")
+        for r in caplog.records
+        if r.levelname == "WARNING"
+    ] == ["member-1"]
+    # bytes that are not what the quorum signed are refused, from every member, by name
+    caplog.clear()
+    with pytest.raises(VerificationError, match="no member that signed the aggregate"):
+        fetch(["member-2", "member-3"], b"\x00" * 32)
+    named = [
+        r.__dict__.get("fields", {}).get("member")
+        for r in caplog.records
+        if r.levelname == "WARNING"
+    ]
+    assert named == ["member-2", "member-3"]
+    assert all("not the one a quorum signed" in r.getMessage() for r in caplog.records[-2:])

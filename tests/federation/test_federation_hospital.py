@@ -239,6 +239,39 @@ def test_the_coordinator_takes_a_checking_owners_hash_and_checks_any_sum_it_send
         coordinator._check_decryption("hospital-2", 1, request, reply.to_record(), vector=False)
 
 
+def test_a_large_aggregate_is_fetched_only_after_every_check_and_held_to_its_hash(
+    study: Study, ready: dict[str, np.ndarray]
+) -> None:
+    ids = ("hospital-1", "hospital-2", "hospital-3")
+    full = _decrypt_request(study, ids, study.members[:2], ready)
+    named = dataclasses.replace(full, aggregate=b"")  # as the coordinator sends a large one
+    asked: list[dict[str, object]] = []
+
+    def fetch(identity: Identity, manifest: object, **terms: object) -> bytes:
+        asked.append(terms)
+        return full.aggregate
+
+    _, expected = hospital.decrypt(study.owners[2], full)
+    _, vector = ckks_owner.decrypt(study.owners[2], named, fetch=fetch)
+    np.testing.assert_array_equal(vector, expected)
+    assert asked == [
+        {
+            "round": 1,
+            "members": full.member_ids,
+            "aggregate_hash": full.aggregate_hash,
+        }
+    ]
+    # a request that fails a check fetches nothing
+    asked.clear()
+    lone = dataclasses.replace(named, member_ids=(), member_signatures=())
+    with pytest.raises(VerificationError, match="committee signatures"):
+        ckks_owner.decrypt(study.owners[2], lone, fetch=fetch)
+    assert asked == []
+    # whatever the fetch returns, the owner decrypts only bytes with the signed hash
+    with pytest.raises(VerificationError, match="aggregate does not match its hash"):
+        ckks_owner.decrypt(study.owners[2], named, fetch=lambda *a, **k: full.aggregate[:-1])
+
+
 def test_decrypt_refuses_lone_ciphertexts_and_foreign_signers(
     study: Study, ready: dict[str, np.ndarray]
 ) -> None:

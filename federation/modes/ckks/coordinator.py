@@ -35,6 +35,13 @@ from cohort.logs import fields, get_logger
 
 log = get_logger(__name__)
 
+#: Largest aggregate (bytes) the coordinator hands the decrypting owners itself. A larger
+#: one (a 1M-parameter CKKS sum is about 6 MB) would cross the coordinator, the SuperLink,
+#: the owner's SuperNode and its ClientApp once per owner: the request names its hash and
+#: the owners fetch it from the members that signed it
+#: (:mod:`cohort.aggregator.aggregate_fetch`).
+RELAY_AGGREGATE_MAX = 1 << 20
+
 
 class CkksCoordinator(CoordinatorMode):
     name: ClassVar[SecureMode] = SecureMode.CKKS
@@ -251,7 +258,7 @@ class CkksCoordinator(CoordinatorMode):
             study_id=self.manifest.study_id,
             round=rnd,
             client_ids=tuple(client_set),
-            aggregate=decision.aggregate,
+            aggregate=decision.aggregate if len(decision.aggregate) <= RELAY_AGGREGATE_MAX else b"",
             aggregate_hash=decision.aggregate_hash,
             member_ids=tuple(decision.signatures),
             member_signatures=tuple(decision.signatures.values()),

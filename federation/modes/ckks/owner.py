@@ -10,7 +10,7 @@ committee (:class:`CkksOwner`); :func:`decrypt` opens a quorum-signed aggregate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -27,7 +27,7 @@ from cohort.federation import wire
 from cohort.federation.approval import check_finalized
 from cohort.federation.manifest import CommitteeEntry, Manifest, SecureMode
 from cohort.federation.modes.base import Delivery, OwnerMode
-from cohort.federation.owner_net import reachable_members, upload
+from cohort.federation.owner_net import fetch_aggregate, reachable_members, upload
 from cohort.federation.owner_study import check_round, study_of
 from cohort.logs import fields, get_logger
 
@@ -171,8 +171,15 @@ def install_key(
     return wire.InstallKeyReply(party_id=identity.party_id, fingerprint=fingerprint)
 
 
+#: How a decrypting owner gets an aggregate the request left out (:func:`fetch_aggregate`).
+AggregateSource = Callable[..., bytes]
+
+
 def decrypt(
-    settings: HospitalSettings, request: wire.DecryptRequest
+    settings: HospitalSettings,
+    request: wire.DecryptRequest,
+    *,
+    fetch: AggregateSource = fetch_aggregate,
 ) -> tuple[wire.DecryptReply, np.ndarray]:
     """Decrypt an aggregate, and only an aggregate, at most one per round.
 
@@ -184,6 +191,12 @@ def decrypt(
     for the round (one result per round, whoever signs what). Before decrypting it durably
     records the round's aggregate and refuses any other aggregate for that round later. The
     reply signs the hash of what it returns, so a wrong decryption is attributable.
+
+    A request without the ciphertext (a large one, see
+    :data:`cohort.federation.modes.ckks.coordinator.RELAY_AGGREGATE_MAX`) names its hash
+    only: after every check above but the hash, the owner fetches the bytes from the members
+    that signed it (``fetch``, :func:`~cohort.federation.owner_net.fetch_aggregate`), and
+    takes only bytes with that hash.
     """
     identity, manifest = study_of(settings, request.study_id)
     check_round(manifest, request.round, "decrypt")
@@ -205,7 +218,10 @@ def decrypt(
         raise VerificationError(
             f"decrypt round {request.round}: this owner is not in the client set"
         )
-    if tagged_hash(Tag.AGGREGATE, request.aggregate) != request.aggregate_hash:
+    if (
+        request.aggregate
+        and tagged_hash(Tag.AGGREGATE, request.aggregate) != request.aggregate_hash
+    ):
         raise VerificationError(f"decrypt round {request.round}: aggregate does not match its hash")
     _check_quorum_signatures(manifest, request)
     if settings.policy.chain_url is not None:
@@ -222,7 +238,16 @@ def decrypt(
         client_set_hash=client_set_hash(tuple(sorted(ids))),
         aggregate_hash=request.aggregate_hash,
     )
-    vector = settings.keystore.load_ckks(manifest.study_id).decrypt(request.aggregate)
+    aggregate = request.aggregate or fetch(
+        identity,
+        manifest,
+        round=request.round,
+        members=request.member_ids,
+        aggregate_hash=request.aggregate_hash,
+    )
+    if tagged_hash(Tag.AGGREGATE, aggregate) != request.aggregate_hash:
+        raise VerificationError(f"decrypt round {request.round}: aggregate does not match its hash")
+    vector = settings.keystore.load_ckks(manifest.study_id).decrypt(aggregate)
     plain_hash = wire.plaintext_hash(vector)
     signature = identity.sign(
         wire.decryption_digest(
