@@ -301,7 +301,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "simulation": s,
         "parameters": parameter_count(args.model),
         "pair_ratios": ratios,
-        "ratio_median_round": statistics.median(ratios) if ratios else None,
+        "ratio_median_round": round(statistics.median(ratios), 2) if ratios else None,
         "accuracy_difference": max(abs(a - b) for a in d["accuracies"] for b in s["accuracies"]),
     }
 
