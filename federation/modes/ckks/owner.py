@@ -194,9 +194,11 @@ def decrypt(
 
     A request without the ciphertext (a large one, see
     :data:`cohort.federation.modes.ckks.coordinator.RELAY_AGGREGATE_MAX`) names its hash
-    only: after every check above but the hash, the owner fetches the bytes from the members
-    that signed it (``fetch``, :func:`~cohort.federation.owner_net.fetch_aggregate`), and
-    takes only bytes with that hash.
+    only: after the round, client set, quorum and chain checks the owner fetches the bytes
+    from the members that signed it (``fetch``, by default
+    :func:`~cohort.federation.owner_net.fetch_aggregate`, which checks each member's bytes
+    to choose among them). Relayed or fetched, the owner itself checks the bytes against
+    ``aggregate_hash`` before anything is recorded or decrypted.
     """
     identity, manifest = study_of(settings, request.study_id)
     check_round(manifest, request.round, "decrypt")
@@ -218,11 +220,6 @@ def decrypt(
         raise VerificationError(
             f"decrypt round {request.round}: this owner is not in the client set"
         )
-    if (
-        request.aggregate
-        and tagged_hash(Tag.AGGREGATE, request.aggregate) != request.aggregate_hash
-    ):
-        raise VerificationError(f"decrypt round {request.round}: aggregate does not match its hash")
     _check_quorum_signatures(manifest, request)
     if settings.policy.chain_url is not None:
         check_finalized(
@@ -232,12 +229,6 @@ def decrypt(
             client_ids=request.client_ids,
             aggregate_hash=request.aggregate_hash,
         )
-    settings.keystore.record_decryption(
-        manifest.study_id,
-        request.round,
-        client_set_hash=client_set_hash(tuple(sorted(ids))),
-        aggregate_hash=request.aggregate_hash,
-    )
     aggregate = request.aggregate or fetch(
         identity,
         manifest,
@@ -247,6 +238,12 @@ def decrypt(
     )
     if tagged_hash(Tag.AGGREGATE, aggregate) != request.aggregate_hash:
         raise VerificationError(f"decrypt round {request.round}: aggregate does not match its hash")
+    settings.keystore.record_decryption(
+        manifest.study_id,
+        request.round,
+        client_set_hash=client_set_hash(tuple(sorted(ids))),
+        aggregate_hash=request.aggregate_hash,
+    )
     vector = settings.keystore.load_ckks(manifest.study_id).decrypt(aggregate)
     plain_hash = wire.plaintext_hash(vector)
     signature = identity.sign(
