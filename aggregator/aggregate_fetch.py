@@ -107,20 +107,17 @@ class AggregateFetch:
         return cls(msg.study_id, msg.round, msg.owner, msg.responder, msg.signature)
 
 
-def hand_over(member: CommitteeMember, study: _Study | None, request: AggregateFetch) -> bytes:
+def hand_over(member: CommitteeMember, study: _Study, request: AggregateFetch) -> bytes:
     """The aggregate this member stored as its signed result of ``request.round``.
 
-    Refused unless the study is configured here (``not_configured``) in a mode whose result
-    is the aggregate (``unsupported_mode``: an MPC member holds a partial), the owner is in
-    the study's roster (``not_in_roster``), the request names this member
+    ``study`` is one this member is configured for (:meth:`CommitteeMember.configured`
+    refuses others, ``not_configured``). Refused unless its mode's result is the aggregate
+    (``unsupported_mode``: an MPC member holds a partial), the owner is in the study's
+    roster (``not_in_roster``), the request names this member
     (``wrong_responder``) and is signed by the owner's manifest key (``bad_fetch_signature``),
     the round was aggregated here (``not_aggregated``) and the owner is in that result's
     client set (``not_in_client_set``).
     """
-    if study is None:
-        raise Refusal.NOT_CONFIGURED.error(
-            f"member {member.member_id} is not configured for study {request.study_id[:16]}"
-        )
     if study.mode.partial:
         raise Refusal.UNSUPPORTED_MODE.error(
             f"study {study.study_id[:16]} holds partial results, not an aggregate"

@@ -248,13 +248,18 @@ class CommitteeMember:
 
     # -- control: verification -----------------------------------------------------------
 
-    def _verified(self, control: SignedControl, kind: ControlKind) -> _Study:
-        """A configured study's call: signature by its coordinator, then a fresh counter."""
-        study = self._studies.get(control.study_id)
+    def configured(self, study_id: str) -> _Study:
+        """The study this member is configured for (``not_configured`` otherwise)."""
+        study = self._studies.get(study_id)
         if study is None:
             raise Refusal.NOT_CONFIGURED.error(
-                f"member {self.member_id} is not configured for study {control.study_id[:16]}"
+                f"member {self.member_id} is not configured for study {study_id[:16]}"
             )
+        return study
+
+    def _verified(self, control: SignedControl, kind: ControlKind) -> _Study:
+        """A configured study's call: signature by its coordinator, then a fresh counter."""
+        study = self.configured(control.study_id)
         control.verify(recipient=self.member_id, coordinator=study.manifest.coordinator, kind=kind)
         self._advance(control)
         return study
@@ -544,12 +549,12 @@ class CommitteeMember:
     def fetch(self, request: FetchRequest) -> bytes:
         """Hand another member this member's copy of one upload (Fetch RPC); see
         :func:`cohort.aggregator.member_copies.hand_over`."""
-        return member_copies.hand_over(self, self._studies.get(request.study_id), request)
+        return member_copies.hand_over(self, self.configured(request.study_id), request)
 
     def fetch_aggregate(self, request: AggregateFetch) -> bytes:
         """Hand a data owner of the client set this member's aggregate of a round
         (FetchAggregate RPC); see :func:`cohort.aggregator.aggregate_fetch.hand_over`."""
-        return aggregate_fetch.hand_over(self, self._studies.get(request.study_id), request)
+        return aggregate_fetch.hand_over(self, self.configured(request.study_id), request)
 
     def replicate(self, control: SignedControl) -> Replication:
         """Fetch the open round's uploads this member lacks (signed Replicate); see

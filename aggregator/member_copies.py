@@ -32,21 +32,18 @@ log = get_logger(__name__)
 FETCH_WORKERS = 4
 
 
-def hand_over(member: CommitteeMember, study: _Study | None, request: FetchRequest) -> bytes:
+def hand_over(member: CommitteeMember, study: _Study, request: FetchRequest) -> bytes:
     """This member's copy of one upload, for the member that asks (Fetch RPC) while it runs
     :func:`replicate`.
 
-    Refused unless the study is configured here (``not_configured``), the requester is
-    in the manifest's committee (``unknown_requester``), the request names this member
+    ``study`` is one this member is configured for (:meth:`CommitteeMember.configured`
+    refuses others, ``not_configured``). Refused unless the requester is in the manifest's
+    committee (``unknown_requester``), the request names this member
     (``wrong_responder``) and is signed by the requester's manifest key
     (``bad_fetch_signature``), the round is the open one (``round_not_open``) and this
     member holds a relayable upload of that sender (``not_held``). The copy carries the
     owner's signed fields and signature, its payload sealed to the requester.
     """
-    if study is None:
-        raise Refusal.NOT_CONFIGURED.error(
-            f"member {member.member_id} is not configured for study {request.study_id[:16]}"
-        )
     requester = study.manifest.member(request.requester)
     if requester is None:
         raise Refusal.UNKNOWN_REQUESTER.error(

@@ -204,8 +204,10 @@ class CkksCoordinator(CoordinatorMode):
         (None in the answer): enough to check another owner's decryption.
         """
         nodes = [node_of[p] for p in parties]
-        checking = dataclasses.replace(request, return_vector=False).to_record()
         full = request.to_record()
+        checking = (
+            dataclasses.replace(request, return_vector=False).to_record() if hash_only else full
+        )
         records = [checking if p in hash_only else full for p in parties]
         replies = self.host.send(nodes, wire.DECRYPT, records, group=f"decrypt-{rnd}")
         answers = {}
