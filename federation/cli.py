@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -88,14 +89,20 @@ def _root(
         ),
     ] = False,
     log_level: Annotated[
-        str,
-        typer.Option(help=f"Log level for Cohort's JSON logs on stderr: {', '.join(LOG_LEVELS)}."),
-    ] = "WARNING",
+        str | None,
+        typer.Option(
+            help=f"Log level for Cohort's JSON logs on stderr: {', '.join(LOG_LEVELS)} "
+            "(default: $COHORT_LOG_LEVEL, else WARNING)."
+        ),
+    ] = None,
 ) -> None:
     from cohort.logs import configure
 
+    source = "--log-level"
+    if log_level is None:
+        source, log_level = "COHORT_LOG_LEVEL", os.environ.get("COHORT_LOG_LEVEL", "WARNING")
     if log_level.upper() not in LOG_LEVELS:
-        _fail(f"--log-level {log_level!r} is not one of: {', '.join(LOG_LEVELS)}", code=2)
+        _fail(f"{source} {log_level!r} is not one of: {', '.join(LOG_LEVELS)}", code=2)
     configure(log_level.upper())
 
 

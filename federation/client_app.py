@@ -16,6 +16,7 @@ key store, own epsilon cap) come from the SuperNode, never from the coordinator:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from flwr.clientapp import ClientApp
 from cohort.errors import BadInputError
 from cohort.federation import hospital, wire
 from cohort.federation.policy import HospitalPolicy
+from cohort.logs import fields
 
 SettingsResolver = Callable[[Context], hospital.HospitalSettings]
 
@@ -183,7 +185,7 @@ def serve_tasks(
 
     from cohort.federation.flower_waits import tune_object_transfers
     from cohort.federation.supernode_loop import wait_for_task
-    from cohort.logs import fields, get_logger
+    from cohort.logs import get_logger
 
     log = get_logger(__name__)
     for name in WARM_IMPORTS:
@@ -200,7 +202,7 @@ def serve_tasks(
     children: set[int] = set()
     try:
         while running():
-            children = {pid for pid in children if os.waitpid(pid, os.WNOHANG) == (0, 0)}
+            children = {pid for pid in children if not _reaped(pid, log)}
             try:
                 response = client.AcquireTask(request)
             except Exception:  # the node is starting or stopping: ask again
@@ -226,6 +228,26 @@ def serve_tasks(
                 if os.waitpid(pid, os.WNOHANG) == (0, 0):
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
+
+
+def _reaped(pid: int, log: logging.Logger) -> bool:
+    """True once task fork ``pid`` has exited, logging its exit code, its CPU seconds and
+    its minor page faults (the pages it copied from the runner or newly touched)."""
+    done, status, usage = os.wait4(pid, os.WNOHANG)
+    if not done:
+        return False
+    code = os.waitstatus_to_exitcode(status)
+    log.log(
+        logging.INFO if code == 0 else logging.WARNING,
+        "clientapp task finished",
+        extra=fields(
+            pid=pid,
+            exit_code=code,
+            cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
+            page_faults=usage.ru_minflt,
+        ),
+    )
+    return True
 
 
 #: Under the node's FLWR_HOME: one file per FAB (named by its SHA-256) this node installed.

@@ -152,6 +152,10 @@ def test_deployed_study_survives_a_dead_member_and_a_coordinator_crash(
         ledgers = list((d.out / h).glob("ledger-*.json"))
         assert len(ledgers) == 1
         assert sorted(_ledger_rounds(ledgers[0])) == list(range(1, ROUNDS + 1))  # charged once
+        # the node's runner logs each message's task (COHORT_LOG_LEVEL reaches `cohort node`)
+        node_log = (d.logs / f"{h}.log").read_text(encoding="utf-8", errors="replace")
+        tasks = re.findall(r'"msg": "clientapp task finished".*"exit_code": (-?\d+)', node_log)
+        assert tasks.count("0") >= ROUNDS, f"{h}: finished tasks {tasks}"
 
     # the guides show every command the deployment ran (and test_deploy_guides that each
     # guide command parses)

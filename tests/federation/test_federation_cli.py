@@ -106,6 +106,25 @@ def test_unknown_log_level_lists_the_valid_ones(tmp_path: Path) -> None:
     assert "DEBUG, INFO, WARNING, ERROR, CRITICAL" in line
 
 
+@pytest.mark.usefixtures("no_study")
+def test_the_log_level_comes_from_the_environment_unless_the_flag_names_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``cohort deploy local`` relies on: its processes get COHORT_LOG_LEVEL=INFO."""
+    import logging
+
+    monkeypatch.setenv("COHORT_LOG_LEVEL", "info")
+    runner.invoke(app, ["simulate", "--out", str(tmp_path / "a")])
+    assert logging.getLogger("cohort").level == logging.INFO
+    runner.invoke(app, ["--log-level", "ERROR", "simulate", "--out", str(tmp_path / "b")])
+    assert logging.getLogger("cohort").level == logging.ERROR
+
+    monkeypatch.setenv("COHORT_LOG_LEVEL", "chatty")
+    result = runner.invoke(app, ["simulate", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2
+    assert "COHORT_LOG_LEVEL 'chatty' is not one of" in one_line_error(result)
+
+
 def _summary(*, finalized: int) -> dict[str, Any]:
     """What run_study returns (federation/simulate.py build_summary), for two rounds."""
     rounds = [
