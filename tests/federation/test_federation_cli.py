@@ -113,16 +113,23 @@ def test_the_log_level_comes_from_the_environment_unless_the_flag_names_one(
     """What ``cohort deploy local`` relies on: its processes get COHORT_LOG_LEVEL=INFO."""
     import logging
 
-    monkeypatch.setenv("COHORT_LOG_LEVEL", "info")
-    runner.invoke(app, ["simulate", "--out", str(tmp_path / "a")])
-    assert logging.getLogger("cohort").level == logging.INFO
-    runner.invoke(app, ["--log-level", "ERROR", "simulate", "--out", str(tmp_path / "b")])
-    assert logging.getLogger("cohort").level == logging.ERROR
+    root = logging.getLogger("cohort")
+    level, handlers, propagate = root.level, list(root.handlers), root.propagate
+    try:
+        monkeypatch.setenv("COHORT_LOG_LEVEL", "info")
+        runner.invoke(app, ["simulate", "--out", str(tmp_path / "a")])
+        assert root.level == logging.INFO
+        runner.invoke(app, ["--log-level", "ERROR", "simulate", "--out", str(tmp_path / "b")])
+        assert root.level == logging.ERROR
 
-    monkeypatch.setenv("COHORT_LOG_LEVEL", "chatty")
-    result = runner.invoke(app, ["simulate", "--out", str(tmp_path / "c")])
-    assert result.exit_code == 2
-    assert "COHORT_LOG_LEVEL 'chatty' is not one of" in one_line_error(result)
+        monkeypatch.setenv("COHORT_LOG_LEVEL", "chatty")
+        result = runner.invoke(app, ["simulate", "--out", str(tmp_path / "c")])
+        assert result.exit_code == 2
+        assert "COHORT_LOG_LEVEL 'chatty' is not one of" in one_line_error(result)
+    finally:  # as it was, for the tests after this one
+        root.setLevel(level)
+        root.handlers[:] = handlers
+        root.propagate = propagate
 
 
 def _summary(*, finalized: int) -> dict[str, Any]:
