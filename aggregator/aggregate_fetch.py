@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING
 from cohort.aggregator.control import Refusal, check_study_hex
 from cohort.aggregator.proto import committee_pb2 as pb
 from cohort.aggregator.records import AggregateResult
+from cohort.aggregator.replication import verify_fetch_signature
 from cohort.crypto import framing
 from cohort.crypto.hashing import Tag, tagged_hash
-from cohort.crypto.identity import SIGNATURE_SIZE, Identity, PublicIdentity, verify_signature
-from cohort.errors import BadInputError, VerificationError
+from cohort.crypto.identity import Identity, PublicIdentity
+from cohort.errors import BadInputError
 from cohort.logs import fields, get_logger
 
 if TYPE_CHECKING:
@@ -77,14 +78,9 @@ class AggregateFetch:
     def verify(self, owner: PublicIdentity) -> None:
         """Run by the member: signed by ``owner``, the manifest's key for ``self.owner``
         (``bad_fetch_signature`` otherwise)."""
-        if len(self.signature) != SIGNATURE_SIZE:
-            raise Refusal.BAD_FETCH_SIGNATURE.error("the aggregate request is not signed")
-        try:
-            verify_signature(owner, self.digest(), self.signature)
-        except VerificationError:
-            raise Refusal.BAD_FETCH_SIGNATURE.error(
-                f"aggregate request is not signed by {self.owner[:64]!r}'s manifest key"
-            ) from None
+        verify_fetch_signature(
+            owner, self.digest(), self.signature, request="aggregate", name=self.owner[:64]
+        )
 
     def to_proto(self) -> pb.AggregateFetch:
         return pb.AggregateFetch(

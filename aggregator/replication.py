@@ -128,6 +128,22 @@ def fetch_digest(
     )
 
 
+def verify_fetch_signature(
+    signer: PublicIdentity, digest: bytes, signature: bytes, *, request: str, name: str
+) -> None:
+    """A request for bytes a member stores (another member's copy, the round's aggregate)
+    is signed over ``digest`` by ``signer``, the manifest's key for ``name``;
+    ``bad_fetch_signature`` otherwise. ``request`` ("fetch", "aggregate") names the kind."""
+    if len(signature) != SIGNATURE_SIZE:
+        raise Refusal.BAD_FETCH_SIGNATURE.error(f"the {request} request is not signed")
+    try:
+        verify_signature(signer, digest, signature)
+    except VerificationError:
+        raise Refusal.BAD_FETCH_SIGNATURE.error(
+            f"{request} request is not signed by {name!r}'s manifest key"
+        ) from None
+
+
 @dataclass(frozen=True, repr=False)
 class FetchRequest:
     """One member asking another for its copy of ``sender``'s upload of ``round``.
@@ -173,14 +189,9 @@ class FetchRequest:
     def verify(self, requester: PublicIdentity) -> None:
         """Run by the responder: signed by ``requester``, the manifest's key for
         ``self.requester`` (``bad_fetch_signature`` otherwise)."""
-        if len(self.signature) != SIGNATURE_SIZE:
-            raise Refusal.BAD_FETCH_SIGNATURE.error("the fetch request is not signed")
-        try:
-            verify_signature(requester, self.digest(), self.signature)
-        except VerificationError:
-            raise Refusal.BAD_FETCH_SIGNATURE.error(
-                f"fetch request is not signed by {self.requester!r}'s manifest key"
-            ) from None
+        verify_fetch_signature(
+            requester, self.digest(), self.signature, request="fetch", name=self.requester
+        )
 
     def to_proto(self) -> pb.FetchRequest:
         return pb.FetchRequest(
