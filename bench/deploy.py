@@ -23,6 +23,11 @@ a message is three content objects, not six (:mod:`cohort.federation.wire`). ``c
 local`` gives each co-located hospital one torch thread (``[hospital] threads = 1``), as the
 simulation gives each ClientApp one CPU. The coordinator times each phase of a round
 (summary.json, ``rounds[].phases``); the breakdown table below the figures comes from there.
+The hop table follows each train and decrypt message from the coordinator's send to its
+collected reply: the coordinator's ``rounds[].exchanges`` (when it sent each message and had
+every reply, when each owner created its reply) and, deployed, each hospital's own log
+lines at INFO (its SuperNode's ``message pulled`` and ``reply pushed``, its ClientApp's
+``message handled``), all on this host's clock (:func:`exchange_hops`).
 ``--clientapp both`` also runs Flower's plain SuperNode (``subprocess``) for the comparison.
 
 Every process shares this machine's cores, so a deployed round's time is mostly CPU: the
@@ -78,6 +83,111 @@ PHASE_NAMES = {
 }
 
 
+#: The hops of one message exchange, per owner, from the parties' own log lines at INFO
+#: (the SuperNode's ``message pulled`` and ``reply pushed``, the ClientApp's ``message
+#: handled``) and the coordinator's ``rounds[].exchanges``; every party on this host's clock.
+HOP_NAMES = {
+    "poll": "the coordinator sends it; the SuperNode's next poll finds it",
+    "pull": "the SuperNode pulls the message and its objects",
+    "task": "the runner's fork starts the handler (fork, Flower's runtime requests)",
+    "handler": "**the handler** (the owner's own work)",
+    "reply": "the reply reaches the SuperNode and the SuperLink",
+    "collect": "the coordinator's next pull collects the last reply",
+    "answered": "sent until the owner's reply is created (per owner)",
+    "exchange": "the whole exchange, sent to every reply in",
+}
+#: The rows the coordinator's summary alone gives, in the simulation too.
+SUMMARY_HOPS = ("answered", "exchange")
+HOP_LINES = ("message pulled", "message handled", "reply pushed")
+EXCHANGES = {"train": "train", "query.decrypt": "decrypt"}
+
+
+def hospital_events(log: Path) -> list[dict[str, Any]]:
+    """The hop log lines of one hospital's log (``cohort deploy local``'s
+    OUT/logs/hospital-N.log), oldest first; other lines are skipped."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    events = []
+    for line in lines:
+        if not line.startswith("{"):
+            continue
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict) and event.get("msg") in HOP_LINES:
+                events.append(event)
+    return sorted(events, key=lambda e: float(e["ts"]))
+
+
+def _handled_at(events: list[dict[str, Any]], message: str) -> tuple[int, dict[str, Any]] | None:
+    for i, e in enumerate(events):
+        if e["msg"] == "message handled" and e.get("message") == message:
+            return i, e
+    return None
+
+
+def exchange_hops(
+    summary: dict[str, Any], hospitals: list[list[dict[str, Any]]] | None = None
+) -> dict[str, dict[str, list[float]]]:
+    """Seconds of each hop (:data:`HOP_NAMES`) of every train and decrypt exchange in every
+    round but the first (which warms up): {exchange: {hop: [samples]}}.
+
+    ``hospitals``: each hospital's :func:`hospital_events`; None (the simulation) gives the
+    :data:`SUMMARY_HOPS` alone. A node handles one message at a time, so the message an owner
+    handled was the one its node pulled last before and its reply the next one pushed after.
+    """
+    hops: dict[str, dict[str, list[float]]] = {}
+    for rnd in summary["rounds"][1:]:
+        for ex in rnd.get("exchanges", []):
+            name = EXCHANGES.get(ex["type"])
+            if name is None or not ex["replies"]:
+                continue
+            got = hops.setdefault(name, {})
+            sent, collected = float(ex["sent_at"]), float(ex["collected_at"])
+            got.setdefault("exchange", []).append(collected - sent)
+            pushed_last = None
+            for reply in ex["replies"]:
+                got.setdefault("answered", []).append(float(reply["replied_at"]) - sent)
+                for events in hospitals or []:
+                    found = _handled_at(events, reply["message"])
+                    if found is None:
+                        continue
+                    i, handled = found
+                    start, end = (
+                        float(handled["started"]),
+                        float(handled["started"]) + float(handled["seconds"]),
+                    )
+                    pulls = [e for e in events[:i] if e["msg"] == "message pulled"]
+                    pushes = [e for e in events[i + 1 :] if e["msg"] == "reply pushed"]
+                    if not pulls or not pushes:
+                        continue
+                    pulled, pushed = pulls[-1], float(pushes[0]["ts"])
+                    pull_end = float(pulled["started"]) + float(pulled["seconds"])
+                    for hop, value in (
+                        ("poll", float(pulled["started"]) - sent),
+                        ("pull", float(pulled["seconds"])),
+                        ("task", start - pull_end),
+                        ("handler", end - start),
+                        ("reply", pushed - end),
+                    ):
+                        got.setdefault(hop, []).append(value)
+                    pushed_last = pushed if pushed_last is None else max(pushed_last, pushed)
+            if pushed_last is not None:
+                got.setdefault("collect", []).append(collected - pushed_last)
+    return hops
+
+
+def merge_hops(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """The runs' hop samples pooled."""
+    merged: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for name, hops in run.get("hop_samples", {}).items():
+            for hop, values in hops.items():
+                merged.setdefault(name, {}).setdefault(hop, []).extend(values)
+    return merged
+
+
 def _rounds(summary: dict[str, Any]) -> list[float]:
     return [float(r["seconds"]) for r in summary["rounds"]]
 
@@ -117,6 +227,7 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "median_round_s": statistics.median(rounds),
         "median_phase_s": _median_phases(phases) if phases else first.get("median_phase_s", {}),
         "phase_rounds": phases,
+        "hop_samples": merge_hops(runs),
         "accuracies": [r["accuracy"] for r in runs],
         "wall_s": round(sum(r["wall_s"] for r in runs), 1),
     }
@@ -266,6 +377,10 @@ def _deploy(
         "median_round_s": statistics.median(rounds),
         "median_phase_s": _median_phases(_round_phases(summary)),
         "phase_rounds": _round_phases(summary),
+        "hop_samples": exchange_hops(
+            summary,
+            [hospital_events(log) for log in sorted((out / "logs").glob("hospital-*.log"))],
+        ),
         "cpu_s_per_round": cpu,
         "accuracy": summary["final_accuracy"],
         "wall_s": round(time.perf_counter() - started, 1),
@@ -327,6 +442,7 @@ def _simulate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "median_round_s": statistics.median(rounds),
         "median_phase_s": _median_phases(_round_phases(simulated)),
         "phase_rounds": _round_phases(simulated),
+        "hop_samples": exchange_hops(simulated),
         "accuracy": simulated["final_accuracy"],
         "wall_s": round(time.perf_counter() - started, 1),
     }
@@ -371,6 +487,37 @@ def phase_table(result: dict[str, Any]) -> list[str]:
     ]
     for key, label in PHASE_NAMES.items():
         cells = " | ".join(f"{r['median_phase_s'].get(key, 0.0):.2f}" for _, r in runs)
+        lines.append(f"| {label} | {cells} |")
+    return [*lines, ""]
+
+
+def _hop_cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} ({max(values):.2f})"
+
+
+def hop_table(result: dict[str, Any]) -> list[str]:
+    """Median (and longest) seconds of each hop of a train and a decrypt exchange, for the
+    figure's deployment and the simulation."""
+    d, s = result["deployment"].get("hop_samples"), result["simulation"].get("hop_samples")
+    if not d:
+        return []
+    columns = [
+        (f"{label}, {runtime}", (hops or {}).get(label, {}))
+        for label in EXCHANGES.values()
+        for runtime, hops in (("deployment", d), ("simulation", s))
+    ]
+    lines = [
+        "One message exchange hop by hop (all rounds but the first; median, longest in "
+        "brackets, in seconds; per owner unless named), from the coordinator's "
+        "`rounds[].exchanges` and, deployed, each hospital's log lines at INFO:",
+        "",
+        "| step | " + " | ".join(c for c, _ in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for hop, label in HOP_NAMES.items():
+        cells = " | ".join(_hop_cell(hops.get(hop, [])) for _, hops in columns)
         lines.append(f"| {label} | {cells} |")
     return [*lines, ""]
 
@@ -420,6 +567,7 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             *([f"Load average (1, 5, 15 min) at the end: {load}.", ""] if load else []),
             *phase_table(result),
+            *hop_table(result),
             *cpu_table(result),
         ]
     )

@@ -136,6 +136,7 @@ def _run_warm_node(argv: list[str], hospital: HospitalConfig) -> int:
             ],
             start_new_session=True,
             pass_fds=(wake_write,),
+            env={**os.environ, "COHORT_LOG_LEVEL": _log_level()},
         )
     finally:
         os.close(wake_write)
@@ -168,6 +169,15 @@ def _run_warm_node(argv: list[str], hospital: HospitalConfig) -> int:
     return 0 if stopping else (node.returncode or 0)
 
 
+def _log_level() -> str:
+    """This process's ``cohort`` log level by name, for the SuperNode child to log at."""
+    import logging
+
+    from cohort.logs import ROOT
+
+    return logging.getLevelName(logging.getLogger(ROOT).getEffectiveLevel())
+
+
 def _supernode_main(args: list[str]) -> None:
     """``flower-supernode ARGS[2:]`` in this process: idle poll ARGS[0] seconds, each task
     announced on the pipe whose write end is file descriptor ARGS[1].
@@ -183,7 +193,9 @@ def _supernode_main(args: list[str]) -> None:
 
     from cohort.federation.flower_waits import tune_object_transfers
     from cohort.federation.supernode_loop import tune_supernode_loop
+    from cohort.logs import configure
 
+    configure()  # at the runner's level (COHORT_LOG_LEVEL, set by _run_warm_node)
     start_parent_process_monitor(os.getppid())  # the runner gone: stop (SIGINT) gracefully
     try:
         tune_supernode_loop(idle_s=float(args[0]), wake_fd=int(args[1]))

@@ -16,8 +16,10 @@ key store, own epsilon cap) come from the SuperNode, never from the coordinator:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,12 @@ from flwr.clientapp import ClientApp
 from cohort.errors import BadInputError
 from cohort.federation import hospital, wire
 from cohort.federation.policy import HospitalPolicy
-from cohort.logs import fields
+from cohort.logs import fields, get_logger
 
 SettingsResolver = Callable[[Context], hospital.HospitalSettings]
+Handler = Callable[[Message, Context], Message]
+
+log = get_logger(__name__)
 
 
 _POLICY_KEYS = ("epsilon-cap", "delta", "min-clients", "modes", "noise-seed", "chain-url")
@@ -81,22 +86,57 @@ def _with_memo(resolve: SettingsResolver) -> SettingsResolver:
     return settings
 
 
+def _traced(handler: Handler) -> Handler:
+    """``handler``, logging one ``message handled`` line per message at INFO: its type, its
+    id (the coordinator's reply names it), when the handler started and how long it ran.
+
+    With the SuperNode's ``message pulled`` and ``reply pushed`` lines
+    (:mod:`cohort.federation.supernode_loop`) and the coordinator's ``rounds[].exchanges``
+    they time each hop of a message exchange (``bench/deploy.py``). Ids and times only.
+    """
+
+    @functools.wraps(handler)
+    def traced(msg: Message, context: Context) -> Message:
+        started = time.time()
+        ok = False
+        try:
+            reply = handler(msg, context)
+            ok = True
+            return reply
+        finally:
+            log.info(
+                "message handled",
+                extra=fields(
+                    type=msg.metadata.message_type,
+                    message=msg.metadata.message_id,
+                    started=round(started, 3),
+                    seconds=round(time.time() - started, 3),
+                    ok=ok,
+                ),
+            )
+
+    return traced
+
+
 def make_client_app(resolve: SettingsResolver) -> ClientApp:
     """Build the ClientApp; ``resolve`` gives the owner's local settings for a node."""
     app = ClientApp()
     resolve = _with_memo(resolve)
 
     @app.query("enroll")
+    @_traced
     def _enroll(msg: Message, context: Context) -> Message:
         reply = hospital.enroll(resolve(context), wire.EnrollRequest.from_record(msg.content))
         return Message(reply.to_record(), reply_to=msg)
 
     @app.query("keygen")
+    @_traced
     def _keygen(msg: Message, context: Context) -> Message:
         reply = hospital.keygen(resolve(context), wire.KeygenRequest.from_record(msg.content))
         return Message(reply.to_record(), reply_to=msg)
 
     @app.query("install_key")
+    @_traced
     def _install_key(msg: Message, context: Context) -> Message:
         reply = hospital.install_key(
             resolve(context), wire.InstallKeyRequest.from_record(msg.content)
@@ -104,6 +144,7 @@ def make_client_app(resolve: SettingsResolver) -> ClientApp:
         return Message(reply.to_record(), reply_to=msg)
 
     @app.train()
+    @_traced
     def _train(msg: Message, context: Context) -> Message:
         instruction = wire.TrainInstruction.from_record(msg.content)
         global_model = wire.get_vector(msg.content, message=wire.TRAIN)
@@ -114,6 +155,7 @@ def make_client_app(resolve: SettingsResolver) -> ClientApp:
         return Message(content, reply_to=msg)
 
     @app.query("decrypt")
+    @_traced
     def _decrypt(msg: Message, context: Context) -> Message:
         request = wire.DecryptRequest.from_record(msg.content)
         reply, vector = hospital.decrypt(resolve(context), request)
@@ -185,9 +227,7 @@ def serve_tasks(
 
     from cohort.federation.flower_waits import tune_object_transfers
     from cohort.federation.supernode_loop import wait_for_task
-    from cohort.logs import get_logger
 
-    log = get_logger(__name__)
     for name in WARM_IMPORTS:
         importlib.import_module(name)
     tune_object_transfers()  # inherited by every task's fork

@@ -27,9 +27,10 @@ update in any form; :mod:`cohort.federation.transcript` records what it did rece
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,9 @@ class RoundRecord:
     #: Seconds the coordinator spent in each step of the round (:data:`PHASES`); the rest
     #: of ``seconds`` is its own bookkeeping.
     phases: dict[str, float] = field(default_factory=dict)
+    #: The round's message exchanges, in order (:func:`exchange_record`): when the
+    #: coordinator sent each, when every reply was in, and when each owner created its reply.
+    exchanges: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -151,6 +155,7 @@ class Coordinator:
     _weight_unit: int = field(default=1, repr=False)
     _released: int = field(default=0, repr=False)  # owners in this round's released sum
     _phases: dict[str, float] = field(default_factory=dict, repr=False)  # this round's
+    _exchanges: list[dict[str, Any]] = field(default_factory=list, repr=False)  # this round's
 
     @property
     def manifest(self) -> Manifest:
@@ -182,7 +187,9 @@ class Coordinator:
             Message(content=c, dst_node_id=n, message_type=message_type, group_id=group)
             for n, c in zip(node_ids, contents, strict=True)
         ]
+        sent_at = time.time()
         replies = self.grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S)
+        self._exchanges.append(exchange_record(message_type, sent_at, time.time(), replies))
         by_node: dict[int, Message] = {}
         for reply in replies:
             src = reply.metadata.src_node_id
@@ -302,6 +309,7 @@ class Coordinator:
         started = time.perf_counter()
         self._released = 0
         self._phases = {}
+        self._exchanges = []
         try:
             session.global_vec, record = self._round(rnd, session)
         except ProtocolAbort as exc:
@@ -310,6 +318,7 @@ class Coordinator:
             return False
         record.seconds = round(time.perf_counter() - started, 3)
         record.phases = {p: round(self._phases[p], 3) for p in PHASES if p in self._phases}
+        record.exchanges = self._exchanges
         record.client_level = client_level_record(
             self.manifest, self.outcome.rounds, rnd, released=self._released
         )
@@ -544,6 +553,37 @@ def error_reason(raw: str) -> str:
     return (lines[-1] if lines else raw)[:500]
 
 
+def exchange_record(
+    message_type: str, sent_at: float, collected_at: float, replies: Iterable[Message]
+) -> dict[str, Any]:
+    """One message exchange as ``rounds[].exchanges`` lists it (Unix seconds).
+
+    ``sent_at``: just before the coordinator sent the messages; ``collected_at``: once every
+    reply was in (or the wait ended). Each reply that is not an error names its node, the
+    message it answers (the id the owner's ``message handled`` log line names) and when the
+    owner created it (the reply's own metadata, the owner's clock: a timing aid, not
+    evidence; a value that is not a finite time is left out).
+    """
+    listed = []
+    for reply in replies:
+        created = reply.metadata.created_at
+        if reply.has_error() or not (isinstance(created, float) and math.isfinite(created)):
+            continue
+        listed.append(
+            {
+                "node": str(reply.metadata.src_node_id),
+                "message": reply.metadata.reply_to_message_id,
+                "replied_at": round(created, 3),
+            }
+        )
+    return {
+        "type": message_type,
+        "sent_at": round(sent_at, 3),
+        "collected_at": round(collected_at, 3),
+        "replies": listed,
+    }
+
+
 __all__ = [
     "PHASES",
     "ClientRecord",
@@ -554,4 +594,5 @@ __all__ = [
     "choose_client_set",
     "client_level_record",
     "error_reason",
+    "exchange_record",
 ]

@@ -24,6 +24,11 @@ a task for it, pulls the message's objects and waits for the ClientApp's reply:
 
 Nothing else changes: the same requests to the SuperLink, with the same TLS and node
 authentication, the same objects, and the same checks.
+
+At INFO the node logs ``message pulled`` (when the poll that found a message started, and
+how long pulling it and its objects took) and ``reply pushed`` (once the reply and its
+objects are at the SuperLink); with the ClientApp's ``message handled`` line they time each
+hop of a message exchange (``bench/deploy.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ import select
 import time
 from collections.abc import Callable
 from typing import Any
+
+from cohort.logs import fields, get_logger
+
+log = get_logger(__name__)
 
 #: Flower 1.42's SuperNode's fixed idle sleep between requests to the SuperLink (seconds).
 FLOWER_IDLE_S = 3.0
@@ -89,9 +98,14 @@ def _receiving(
     """
 
     def pull_and_store(**kwargs: Any) -> Any:
+        started = time.time()
         run_id = pull(**kwargs)
         if run_id is not None:
             clock.active()
+            log.info(
+                "message pulled",
+                extra=fields(started=round(started, 3), seconds=round(time.time() - started, 3)),
+            )
             if wake_fd is not None:
                 _announce(wake_fd)
         return run_id
@@ -122,7 +136,8 @@ def tune_supernode_loop(*, idle_s: float, wake_fd: int | None) -> None:
 
     def push_replies(**kwargs: Any) -> None:
         try:
-            push(**kwargs)
+            push(**kwargs)  # waits for the ClientApp's reply, then pushes it
+            log.info("reply pushed")
         finally:
             clock.active()
 

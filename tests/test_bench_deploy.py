@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,99 @@ def test_pair_ratios_compare_each_deployment_with_the_simulation_run_next_to_it(
     simulated = [_run([1.0, 1.0, 1.0], 0.9), _run([2.5, 2.5, 2.5], 0.9)]
     # pooled, the medians would give 3.0 / 1.75 = 1.71x; pair by pair it is 2.0x and 1.6x
     assert bench.pair_ratios(deployed, simulated) == [2.0, 1.6]
+
+
+def _summary_with_exchanges() -> dict[str, Any]:
+    def train(sent: float, replies: list[tuple[str, float]], collected: float) -> Any:
+        return {
+            "type": "train",
+            "sent_at": sent,
+            "collected_at": collected,
+            "replies": [{"node": "1", "message": m, "replied_at": t} for m, t in replies],
+        }
+
+    return {
+        "rounds": [
+            {"exchanges": [train(0.0, [("warm-up", 5.0)], 6.0)]},  # round 1: left out
+            {
+                "exchanges": [
+                    train(10.0, [("a", 10.8), ("b", 10.9)], 11.2),
+                    {
+                        "type": "query.keygen",
+                        "sent_at": 11.3,
+                        "collected_at": 11.4,
+                        "replies": [{"node": "1", "message": "k", "replied_at": 11.35}],
+                    },
+                ]
+            },
+        ]
+    }
+
+
+def _event(msg: str, ts: float, **extra: Any) -> str:
+    return json.dumps({"ts": ts, "msg": msg, **extra})
+
+
+def test_exchange_hops_follow_one_message_through_each_hospitals_log(tmp_path: Path) -> None:
+    bench = _bench()
+    log_a = tmp_path / "hospital-1.log"
+    log_a.write_text(
+        "\n".join(
+            [
+                "Flower's own text line",
+                _event("message pulled", 10.15, started=10.05, seconds=0.1),
+                _event(
+                    "message handled", 10.8, type="train", message="a", started=10.3, seconds=0.5
+                ),
+                "{not json",
+                _event("reply pushed", 10.95),
+                _event("message pulled", 12.0, started=11.9, seconds=0.1),  # a later message
+            ]
+        )
+    )
+    log_b = tmp_path / "hospital-2.log"
+    log_b.write_text(
+        "\n".join(
+            [
+                _event("reply pushed", 9.0),  # the previous round's
+                _event("message pulled", 10.2, started=10.1, seconds=0.1),
+                _event(
+                    "message handled", 10.9, type="train", message="b", started=10.4, seconds=0.5
+                ),
+                _event("reply pushed", 11.1),
+            ]
+        )
+    )
+    events = [bench.hospital_events(log_a), bench.hospital_events(log_b)]
+    assert len(events[0]) == 4
+    hops = bench.exchange_hops(_summary_with_exchanges(), events)
+    assert set(hops) == {"train"}  # keygen is not a round's exchange; round 1 warms up
+    got = {hop: [round(v, 3) for v in values] for hop, values in hops["train"].items()}
+    assert got == {
+        "exchange": [1.2],
+        "answered": [0.8, 0.9],
+        "poll": [0.05, 0.1],
+        "pull": [0.1, 0.1],
+        "task": [0.15, 0.2],
+        "handler": [0.5, 0.5],
+        "reply": [0.15, 0.2],
+        "collect": [0.1],  # after the last reply reached the SuperLink (11.1)
+    }
+    # the simulation: the coordinator's summary alone
+    assert set(bench.exchange_hops(_summary_with_exchanges())["train"]) == {"exchange", "answered"}
+    assert bench.hospital_events(tmp_path / "missing.log") == []
+
+
+def test_the_hop_table_shows_the_deployment_and_the_simulation_side_by_side() -> None:
+    bench = _bench()
+    result = {
+        "deployment": {"hop_samples": {"train": {"handler": [0.4, 0.2, 0.3]}}},
+        "simulation": {"hop_samples": {"train": {"answered": [0.1]}}},
+    }
+    table = "\n".join(bench.hop_table(result))
+    assert "| step | train, deployment | train, simulation | decrypt, deployment |" in table
+    assert "| **the handler** (the owner's own work) | 0.30 (0.40) | - | - | - |" in table
+    assert bench.merge_hops([result["deployment"], result["deployment"]]) == {
+        "train": {"handler": [0.4, 0.2, 0.3, 0.4, 0.2, 0.3]}
+    }
+    assert bench.hop_table({"deployment": {}, "simulation": {}}) == []

@@ -148,6 +148,7 @@ def test_deployed_study_survives_a_dead_member_and_a_coordinator_crash(
     )
     assert summary["chain"]["finalized_rounds"] == ROUNDS
     assert summary["chain"]["settled"]
+    handled: set[str] = set()
     for h in ("hospital-1", "hospital-2", "hospital-3"):
         ledgers = list((d.out / h).glob("ledger-*.json"))
         assert len(ledgers) == 1
@@ -156,6 +157,15 @@ def test_deployed_study_survives_a_dead_member_and_a_coordinator_crash(
         node_log = (d.logs / f"{h}.log").read_text(encoding="utf-8", errors="replace")
         tasks = re.findall(r'"msg": "clientapp task finished".*"exit_code": (-?\d+)', node_log)
         assert tasks.count("0") >= ROUNDS, f"{h}: finished tasks {tasks}"
+        # ... and the hops of each message (bench/deploy.py's table): pulled, handled, pushed
+        for line in ("message pulled", "reply pushed"):
+            assert node_log.count(f'"msg": "{line}"') >= ROUNDS, f"{h}: few {line!r} lines"
+        handled |= set(re.findall(r'"msg": "message handled".*?"message": "(\w+)"', node_log))
+    replied = {
+        x["message"] for r in summary["rounds"] for e in r["exchanges"] for x in e["replies"]
+    }
+    assert replied, "the summary lists no replies"
+    assert replied <= handled, f"replies no hospital logged: {sorted(replied - handled)}"
 
     # the guides show every command the deployment ran (and test_deploy_guides that each
     # guide command parses)

@@ -1,4 +1,5 @@
-"""The CKKS coordinator's decryption check in isolation: a lying decryptor is outvoted and named.
+"""The CKKS coordinator's decryption check in isolation: a lying decryptor is outvoted and named;
+and what the coordinator records of each message exchange (``rounds[].exchanges``).
 
 The Flower messages are replaced by a table of what each owner answers (a unit test of the
 agreement rule; the end-to-end and adversarial suites run the real runtime).
@@ -6,7 +7,9 @@ agreement rule; the end-to-end and adversarial suites run the real runtime).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
@@ -15,6 +18,7 @@ import pytest
 from cohort.aggregator.quorum import QuorumDecision
 from cohort.errors import ProtocolAbort
 from cohort.federation import wire
+from cohort.federation.coordinator import exchange_record
 from cohort.federation.modes.ckks.coordinator import CkksCoordinator
 
 STUDY = "ab" * 32
@@ -132,3 +136,27 @@ def test_a_lone_checker_is_asked_again_for_the_sum() -> None:
 def test_the_coordinator_never_takes_a_sum_without_one_owner_sending_it() -> None:
     with pytest.raises(ProtocolAbort, match="no two data owners"):
         _run({"h1": None, "h2": None, "h3": None})
+
+
+def _reply(node: int, answers: str, created: float, *, error: bool = False) -> Any:
+    """What exchange_record reads of a Flower reply (its metadata and whether it is an error)."""
+    metadata = SimpleNamespace(src_node_id=node, reply_to_message_id=answers, created_at=created)
+    return SimpleNamespace(metadata=metadata, has_error=lambda: error)
+
+
+def test_an_exchange_lists_each_replys_owner_message_and_time_but_no_error_or_bad_time() -> None:
+    replies = [
+        _reply(11, "m-1", 100.25049),
+        _reply(12, "m-2", 100.5, error=True),  # counted in node_errors, not timed
+        _reply(13, "m-3", float("nan")),  # an owner's clock is not trusted to be a time
+        _reply(14, "m-4", float("inf")),
+        _reply(15, "m-5", cast(float, "100.3")),
+    ]
+    got = exchange_record("train", 100.0004, 101.0, replies)
+    assert got == {
+        "type": "train",
+        "sent_at": 100.0,
+        "collected_at": 101.0,
+        "replies": [{"node": "11", "message": "m-1", "replied_at": 100.25}],
+    }
+    json.dumps(got, allow_nan=False)  # summary.json stays strict JSON

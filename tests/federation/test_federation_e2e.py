@@ -17,6 +17,7 @@ the plaintext one (the encrypted aggregate equals the plaintext oracle exactly).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -311,3 +312,22 @@ def test_privacy_ledgers_record_every_round(studies: dict[str, Any]) -> None:
     assert set(ledgers) == {"hospital-1", "hospital-2", "hospital-3"}
     assert [e["round"] for e in ledgers["hospital-1"]["entries"]] == [1, 2]
     assert [e["round"] for e in ledgers[CAPPED]["entries"]] == [1]
+
+
+def test_each_round_lists_its_message_exchanges_in_order(studies: dict[str, Any]) -> None:
+    """rounds[].exchanges: the train message to every hospital (the one that declines round 2
+    answers too), then in CKKS the decryption requests, each answered once, on one clock."""
+    for mode, decrypts in (("ckks", True), ("none", False)):
+        for r in studies[mode]["rounds"]:
+            exchanges = r["exchanges"]
+            kinds = [e["type"] for e in exchanges]
+            assert kinds[0] == "train", kinds
+            assert set(kinds[1:]) == ({"query.decrypt"} if decrypts else set()), kinds
+            assert len(exchanges[0]["replies"]) == 3
+            answered = [x["message"] for e in exchanges for x in e["replies"]]
+            assert len(set(answered)) == len(answered)  # each message answered once
+            for before, after in itertools.pairwise(exchanges):
+                assert before["collected_at"] <= after["sent_at"]
+            for e in exchanges:
+                for x in e["replies"]:  # times rounded to the millisecond
+                    assert e["sent_at"] - 0.001 <= x["replied_at"] <= e["collected_at"] + 0.001
