@@ -96,8 +96,6 @@ HOP_NAMES = {
     "answered": "sent until the owner's reply is created (per owner)",
     "exchange": "the whole exchange, sent to every reply in",
 }
-#: The rows the coordinator's summary alone gives, in the simulation too.
-SUMMARY_HOPS = ("answered", "exchange")
 HOP_LINES = ("message pulled", "message handled", "reply pushed")
 EXCHANGES = {"train": "train", "query.decrypt": "decrypt"}
 
@@ -134,8 +132,9 @@ def exchange_hops(
     round but the first (which warms up): {exchange: {hop: [samples]}}.
 
     ``hospitals``: each hospital's :func:`hospital_events`; None (the simulation) gives the
-    :data:`SUMMARY_HOPS` alone. A node handles one message at a time, so the message an owner
-    handled was the one its node pulled last before and its reply the next one pushed after.
+    coordinator's own rows alone (``answered``, ``exchange``). A node handles one message at
+    a time, so the message an owner handled was the one its node pulled last before and its
+    reply the next one pushed after.
     """
     hops: dict[str, dict[str, list[float]]] = {}
     for rnd in summary["rounds"][1:]:
@@ -154,10 +153,8 @@ def exchange_hops(
                     if found is None:
                         continue
                     i, handled = found
-                    start, end = (
-                        float(handled["started"]),
-                        float(handled["started"]) + float(handled["seconds"]),
-                    )
+                    start = float(handled["started"])
+                    end = start + float(handled["seconds"])
                     pulls = [e for e in events[:i] if e["msg"] == "message pulled"]
                     pushes = [e for e in events[i + 1 :] if e["msg"] == "reply pushed"]
                     if not pulls or not pushes:
