@@ -90,6 +90,11 @@ class Dataset:
 # --------------------------------------------------------------------------- CSV
 
 
+#: The smallest magnitude float32 rounds to infinity (2**128 - 2**103, halfway between its
+#: largest finite value and the next power of two): below it a float stays finite as float32.
+_FLOAT32_OVERFLOW = float(2**128 - 2**103)
+
+
 def _parse_feature(cell: str, *, where: str) -> float:
     text = cell.strip()
     if not text:
@@ -256,10 +261,16 @@ def _read_rows(
             continue  # blank line
         if len(row) != len(names):
             raise BadInputError(f"{path}: line {line}: expected {len(names)} cells, got {len(row)}")
-        values = [
-            _parse_feature(row[pos], where=f"{path}: line {line}, column {names[pos]!r}")
-            for pos in feature_positions
-        ]
+        try:  # every cell a number float32 holds: the usual row, checked in one pass
+            values = [float(row[pos]) for pos in feature_positions]
+            usual = all(abs(v) < _FLOAT32_OVERFLOW for v in values)  # False for NaN too
+        except ValueError:
+            usual = False
+        if not usual:  # find the cell and say what is wrong with it
+            values = [
+                _parse_feature(row[pos], where=f"{path}: line {line}, column {names[pos]!r}")
+                for pos in feature_positions
+            ]
         labels.append(
             _parse_label(
                 row[label_position],

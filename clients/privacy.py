@@ -541,6 +541,24 @@ class PrivacyLedger:
         events = [e.event for e in self._entries if study_id is None or e.study_id == study_id]
         return compute_epsilon(events, delta=self._delta)
 
+    def foresee_next_round(self, study_id: str) -> DpEvent | None:
+        """Compute now what :meth:`guard` will compute for ``study_id``'s next round if it
+        repeats the study's last recorded mechanism (as every round of a fixed plan does),
+        and return that round's event; None when the study has no entry here.
+
+        Run by a deployed data owner once a round's reply is on its way, so that the next
+        round's guard answers from the accountant's memo instead of running the PRV
+        accountant while the study waits. Nothing is recorded or decided: the guard still
+        checks the event it is given, and one that differs is computed then.
+        """
+        own = [e.event for e in self._entries if e.study_id == study_id]
+        if not own:
+            return None
+        nxt = dataclasses.replace(own[-1], round=own[-1].round + 1)
+        self.projected_epsilon(nxt)
+        compute_epsilon((*own, nxt), delta=self._delta)
+        return nxt
+
     def _check_event(self, event: DpEvent, study_id: str) -> None:
         if not isinstance(event, DpEvent):
             raise BadInputError(f"expected a DpEvent, got {type(event).__name__}")

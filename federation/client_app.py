@@ -118,6 +118,39 @@ def _traced(handler: Handler) -> Handler:
     return traced
 
 
+#: Work a handler left for once its reply has gone (see :func:`after_reply`).
+_after_reply: list[Callable[[], object]] = []
+#: True in a warm runner's task fork (:func:`_fork_task`), which runs that work.
+_in_warm_fork = False
+#: The niceness that work runs at: the study's processes on the same cores come first.
+AFTER_REPLY_NICE = 10
+
+
+def after_reply(work: Callable[[], object]) -> None:
+    """Run ``work`` after this message's reply has left, if this is a warm task fork.
+
+    A warm fork (``[hospital] clientapp = "warm"``) runs it once Flower's ``run_clientapp``
+    has pushed the reply and the task's context to the SuperNode, at niceness
+    :data:`AFTER_REPLY_NICE`, before the fork exits; Flower ends the process at most 5 s
+    after that. Elsewhere (``cohort simulate``, Flower's own ``flwr-clientapp``) it is
+    dropped: only work that prepares a later message belongs here, never part of this
+    one's answer. A failure is logged as its type only and changes nothing already sent.
+    """
+    if _in_warm_fork:
+        _after_reply.append(work)
+
+
+def _run_after_reply() -> None:
+    with contextlib.suppress(OSError):
+        os.nice(AFTER_REPLY_NICE)
+    while _after_reply:
+        work = _after_reply.pop(0)
+        try:
+            work()
+        except Exception as exc:
+            log.warning("after-reply work failed", extra=fields(error=type(exc).__name__))
+
+
 def make_client_app(resolve: SettingsResolver) -> ClientApp:
     """Build the ClientApp; ``resolve`` gives the owner's local settings for a node."""
     app = ClientApp()
@@ -148,7 +181,12 @@ def make_client_app(resolve: SettingsResolver) -> ClientApp:
     def _train(msg: Message, context: Context) -> Message:
         instruction = wire.TrainInstruction.from_record(msg.content)
         global_model = wire.get_vector(msg.content, message=wire.TRAIN)
-        outcome = hospital.train(resolve(context), instruction, global_model)
+        settings = resolve(context)
+        outcome = hospital.train(settings, instruction, global_model)
+        if outcome.receipt.status == "ok":
+            after_reply(
+                functools.partial(hospital.foresee_next_round, settings, instruction.study_id)
+            )
         content = outcome.receipt.to_record()
         if outcome.update is not None:
             wire.put_vector(content, outcome.update)
@@ -191,6 +229,12 @@ WARM_IMPORTS = (
     "torch._functorch.deprecated",
     "torch.nn.utils._expanded_weights",
     "torch.onnx",
+    # first used by every message (the identity's key store; the committee's channels; the
+    # owner's mode table): a few milliseconds each, in every fork
+    "cryptography.hazmat.backends.openssl",
+    "grpc.experimental",
+    "cohort.federation.modes.mpc.owner",
+    "cohort.federation.modes.none.owner",
 )
 
 
@@ -329,7 +373,9 @@ def _install_each_fab_once() -> None:
 
 
 def _fork_task(runtime_api_address: str, token: str, threads: int = 0) -> int:
-    """Fork one child that runs one task with Flower's ``run_clientapp``; its pid."""
+    """Fork one child that runs one task with Flower's ``run_clientapp``, then the work its
+    handler left for after the reply (:func:`after_reply`); its pid."""
+    global _in_warm_fork
     import signal
     import sys
     import traceback
@@ -350,16 +396,20 @@ def _fork_task(runtime_api_address: str, token: str, threads: int = 0) -> int:
             import torch
 
             torch.set_num_threads(threads)
-        run_clientapp(
-            runtime_api_address=runtime_api_address,
-            token=token,
-            insecure=True,
-            parent_pid=parent,
-            runtime_dependency_install=False,
-        )
-        code = 0
-    except SystemExit as exc:  # flwr_exit ends every task this way
-        code = exc.code if isinstance(exc.code, int) else 1
+        _in_warm_fork = True
+        try:
+            run_clientapp(
+                runtime_api_address=runtime_api_address,
+                token=token,
+                insecure=True,
+                parent_pid=parent,
+                runtime_dependency_install=False,
+            )
+            code = 0
+        except SystemExit as exc:  # flwr_exit ends every task this way
+            code = exc.code if isinstance(exc.code, int) else 1
+        if code == 0:  # the reply and the task's context are at the SuperNode
+            _run_after_reply()
     except BaseException:
         traceback.print_exc()
     finally:

@@ -316,6 +316,17 @@ def train(
     return TrainOutcome(receipt, delivery.update)
 
 
+def foresee_next_round(settings: HospitalSettings, study_id: str) -> None:
+    """Work out now the privacy accounting of this owner's next round of ``study_id``, if it
+    repeats the last one (:meth:`~cohort.clients.privacy.PrivacyLedger.foresee_next_round`),
+    into the accountant's memo; run once a round's reply has left (a deployed owner's
+    warm ClientApp, :func:`cohort.federation.client_app.after_reply`). Reads the ledger,
+    writes nothing to it.
+    """
+    if settings.ledger_path.is_file():
+        PrivacyLedger.load(settings.ledger_path).foresee_next_round(study_id)
+
+
 def _replayed(
     settings: HospitalSettings,
     identity: Identity,
@@ -362,6 +373,7 @@ __all__ = [
     "check_round",
     "decrypt",
     "enroll",
+    "foresee_next_round",
     "install_key",
     "keygen",
     "member_tls",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cohort.clients.data import (
     MIN_CLASS_EXAMPLES,
@@ -222,3 +224,60 @@ def test_constant_feature_gets_unit_scale() -> None:
     norm = Normalizer.fit(ds)
     assert norm.scale[1] == 1.0
     assert norm.apply(ds).features[:, 1].tolist() == [0.0, 0.0]
+
+
+_CELLS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.floats(min_value=3.4e38, max_value=3.41e38).map(lambda v: repr(v * 1.0)),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "nan",
+            "-inf",
+            "Infinity",
+            "abc",
+            "1e39",
+            " 2.5 ",
+            "1_0",
+            "3.4028235677973362e+38",
+            "3.4028235677973366e+38",
+            "-3.4028235677973366e+38",
+        ]
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.lists(_CELLS, min_size=2, max_size=2), min_size=1, max_size=6))
+def test_the_csv_reader_accepts_and_refuses_exactly_what_each_cells_check_does(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[list[str]]
+) -> None:
+    """The reader's one-pass check of a row agrees with the per-cell check: the same values,
+    or the same error for the first bad cell (file order)."""
+    from cohort.clients.data import _parse_feature
+
+    path = tmp_path_factory.mktemp("csv") / "cells.csv"
+    path.write_text("a,b,label\n" + "".join(f'"{x}","{y}",0\n' for x, y in rows))
+    try:
+        expected: np.ndarray | str = np.asarray(
+            [
+                [
+                    _parse_feature(cell, where=f"{path}: line {line}, column {name!r}")
+                    for cell, name in zip(row, ("a", "b"), strict=True)
+                ]
+                for line, row in enumerate(rows, start=2)
+            ],
+            dtype=np.float32,
+        )
+    except BadInputError as exc:
+        expected = str(exc)
+    try:
+        got: np.ndarray | str = load_csv(path).features
+    except BadInputError as exc:
+        got = str(exc)
+    if isinstance(expected, str):
+        assert got == expected
+    else:
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(got, expected)

@@ -580,3 +580,41 @@ def test_record_refuses_an_unimplemented_noise_generator(tmp_path: Path) -> None
             noise_generator="mt19937",
         )
     assert ledger.entries == ()
+
+
+def test_foreseeing_the_next_round_leaves_its_guard_nothing_to_compute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ``foresee_next_round`` a fresh process (no in-memory cache, the same memo
+    folder) guards and records the study's next round without running the PRV accountant,
+    with the numbers the accountant gives; another study, or a round with another mechanism,
+    is computed as before."""
+    from cohort.clients import accounting
+
+    ledger = open_ledger(tmp_path / "ledger.json")
+    accounting.use_disk_memo(tmp_path / "memo")
+    try:
+        record(ledger, event(1, sigma=1.3, q=0.07))
+        record(ledger, event(1, sigma=0.9), study="other-study")
+        record(ledger, event(2, sigma=1.3, q=0.07))
+        assert ledger.foresee_next_round("unknown-study") is None
+        assert ledger.foresee_next_round(STUDY) == event(3, sigma=1.3, q=0.07)
+
+        def accountant_runs(*_: object) -> float:
+            raise AssertionError("the PRV accountant ran")
+
+        accounting._prv_epsilon.cache_clear()  # a fresh ClientApp process
+        monkeypatch.setattr(accounting, "_prv_epsilon_uncached", accountant_runs)
+        reopened = open_ledger(tmp_path / "ledger.json")
+        reopened.guard(event(3, sigma=1.3, q=0.07), study_id=STUDY, study_cap=9.0)
+        projected = reopened.projected_epsilon(event(3, sigma=1.3, q=0.07))
+        with pytest.raises(AssertionError, match="the PRV accountant ran"):
+            reopened.projected_epsilon(event(3, sigma=1.2, q=0.07))
+        monkeypatch.undo()
+        accounting.use_disk_memo(None)
+        accounting._prv_epsilon.cache_clear()
+        fresh = [*(e.event for e in reopened.entries), event(3, sigma=1.3, q=0.07)]
+        assert projected == compute_epsilon(fresh, delta=DELTA)
+    finally:
+        accounting.use_disk_memo(None)
+        accounting._prv_epsilon.cache_clear()
