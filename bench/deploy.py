@@ -74,10 +74,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 PHASE_NAMES = {
     "open": "open the round at the committee",
-    "train": "train message (send, train, upload, reply)",
+    "train": "train message (send, reveal the last sum, train, upload, reply)",
     "committee": "committee: replicate uploads, aggregate",
     "chain": "attest and finalize on chain",
-    "decrypt": "decrypt message (two owners)",
+    "decrypt": "decrypt message (two owners; the last round only)",
     "evaluate": "evaluate the new model",
     "other": "coordinator bookkeeping",
 }

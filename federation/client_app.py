@@ -181,8 +181,9 @@ def make_client_app(resolve: SettingsResolver) -> ClientApp:
     def _train(msg: Message, context: Context) -> Message:
         instruction = wire.TrainInstruction.from_record(msg.content)
         global_model = wire.get_vector(msg.content, message=wire.TRAIN)
+        reveal = wire.embedded(msg.content, wire.DecryptRequest)
         settings = resolve(context)
-        outcome = hospital.train(settings, instruction, global_model)
+        outcome = hospital.train(settings, instruction, global_model, reveal)
         if outcome.receipt.status == "ok":
             after_reply(
                 functools.partial(hospital.foresee_next_round, settings, instruction.study_id)
@@ -190,6 +191,11 @@ def make_client_app(resolve: SettingsResolver) -> ClientApp:
         content = outcome.receipt.to_record()
         if outcome.update is not None:
             wire.put_vector(content, outcome.update)
+        if outcome.revealed is not None:
+            answer, vector = outcome.revealed
+            wire.embed(content, answer)
+            if reveal is not None and reveal.return_vector:
+                wire.put_vector(content, vector)
         return Message(content, reply_to=msg)
 
     @app.query("decrypt")

@@ -16,7 +16,9 @@ model, client sets), never terms. One study, step by step (see docs/architecture
    turns the usable receipts into the sum of a client set's updates (CKKS: replicate,
    aggregate on quorum, attest, two owners decrypt; MPC: validate norms inside MPC, sum
    shares, reconstruct from a threshold of partials, confirm, attest); the coordinator
-   applies the mean update and evaluates;
+   applies the mean update and evaluates. In CKKS the owners of S usually decrypt the sum
+   beside the next round's training instead, one message exchange for both
+   (:mod:`cohort.federation.reveal`): the round is then concluded in the next one;
 4. settle the bounty by accepted contributions (the contract allows it only after the final
    round or the deadline) and release each owner's payout.
 
@@ -27,6 +29,7 @@ update in any form; :mod:`cohort.federation.transcript` records what it did rece
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 import time
@@ -49,8 +52,16 @@ from cohort.crypto.identity import Identity
 from cohort.errors import BadInputError, CohortError, ProtocolAbort
 from cohort.federation import wire
 from cohort.federation.manifest import Manifest, SignedManifest
-from cohort.federation.modes import CoordinatorMode, RoundSkipped, coordinator_mode
+from cohort.federation.modes import (
+    Aggregated,
+    CoordinatorMode,
+    Reveal,
+    Revealed,
+    RoundSkipped,
+    coordinator_mode,
+)
 from cohort.federation.modes.committee_steps import choose_client_set
+from cohort.federation.reveal import next_model
 from cohort.logs import fields, get_logger
 
 if TYPE_CHECKING:
@@ -123,8 +134,60 @@ class StudyOutcome:
 
 
 @dataclass
+class Pending:
+    """A played round whose sum rides, to be revealed, with the next round's train messages
+    (:mod:`cohort.federation.reveal`): its record so far, its aggregation, the weight of S."""
+
+    record: RoundRecord
+    done: Aggregated
+    reveal: Reveal
+    weight: float
+    released: int
+
+    @property
+    def round(self) -> int:
+        return self.record.round
+
+    def to_json(self) -> dict[str, Any]:
+        """For the coordinator's saved state (:mod:`cohort.federation.coordinator_state`)."""
+        return {
+            "record": dataclasses.asdict(self.record),
+            "client_set": list(self.done.client_set),
+            "aggregate_hash": self.done.aggregate_hash.hex(),
+            "finalized": self.done.finalized,
+            "faulty": dict(self.done.faulty),
+            "rejected": dict(self.done.rejected),
+            "weight": self.weight,
+            "released": self.released,
+            "reveal": self.reveal.to_json(),
+        }
+
+    @classmethod
+    def from_json(
+        cls, data: Mapping[str, Any], mode: CoordinatorMode, party_of: Mapping[int, str]
+    ) -> Pending:
+        """The pending round a restarted coordinator saved, for the owners now enrolled."""
+        try:
+            reveal = mode.restore_reveal(data["reveal"], party_of)
+            done = Aggregated(
+                None,
+                [str(p) for p in data["client_set"]],
+                bytes.fromhex(data["aggregate_hash"]),
+                finalized=bool(data["finalized"]),
+                faulty=dict(data["faulty"]),
+                rejected=dict(data["rejected"]),
+                reveal=reveal,
+            )
+            record = RoundRecord(**data["record"])
+            return cls(record, done, reveal, float(data["weight"]), int(data["released"]))
+        except (KeyError, TypeError, ValueError):
+            raise BadInputError("coordinator state: malformed round to reveal") from None
+
+
+@dataclass
 class Session:
-    """What the coordinator holds between rounds of one study."""
+    """What the coordinator holds between rounds of one study. ``global_vec`` is the model
+    after the last round concluded; ``pending`` the round played since, if it is unrevealed."""
 
     owners: dict[int, wire.EnrollReply]
     party_of: dict[int, str]
@@ -132,6 +195,7 @@ class Session:
     global_vec: np.ndarray
     members: Committee
     mode: CoordinatorMode
+    pending: Pending | None = None
 
 
 @dataclass
@@ -156,6 +220,7 @@ class Coordinator:
     _released: int = field(default=0, repr=False)  # owners in this round's released sum
     _phases: dict[str, float] = field(default_factory=dict, repr=False)  # this round's
     _exchanges: list[dict[str, Any]] = field(default_factory=list, repr=False)  # this round's
+    _progress: CoordinatorState | None = field(default=None, repr=False)  # what ``state`` holds
 
     @property
     def manifest(self) -> Manifest:
@@ -229,16 +294,17 @@ class Coordinator:
         (see :mod:`cohort.federation.coordinator_state`) and records each round as it goes.
         """
         session = self.open_session()
-        state = self._resume(session)
+        state = self._progress = self._resume(session)
         try:
             for rnd in range(state.next_round if state else 1, self.manifest.rounds + 1):
                 if state is not None and self.state is not None:
                     state.opened_round = rnd
                     self.state.save(state)
+                if session.pending is not None and not self._rides(session, session.pending):
+                    self.reveal_pending(session)  # a restored one whose owners changed
                 if not self.play_round(session, rnd):
                     break
-                if state is not None:
-                    self._record(state, session, rnd)
+            self.reveal_pending(session)  # the study stopped, or a restored last round
         finally:
             session.members.close()
         self._settle()
@@ -256,6 +322,11 @@ class Coordinator:
             session.global_vec = state.model.astype(np.float32)
             set_flat(session.model, session.global_vec)
         state.restore(self.outcome)
+        if state.pending is not None:  # played, its sum not yet revealed: reveal it, go on
+            session.pending = Pending.from_json(state.pending, session.mode, session.party_of)
+            log.warning(
+                "resuming with a round to reveal", extra=fields(round=session.pending.round)
+            )
         if state.opened_round > state.finished_round:
             # Played again from the same global model: owners that trained it answer with
             # their stored receipt and spend nothing, members return what they signed.
@@ -264,13 +335,19 @@ class Coordinator:
             log.info("study resumed", extra=fields(after_round=state.finished_round))
         return state
 
-    def _record(self, state: CoordinatorState, session: Session, rnd: int) -> None:
-        state.finished_round = rnd
+    def _record(self, session: Session) -> None:
+        """Persist the rounds concluded so far, as each concludes; a round still to be
+        revealed is played again after a restart (from the model it started with, see
+        coordinator_state)."""
+        state = self._progress
+        if state is None or self.state is None:
+            return
+        state.finished_round = self.outcome.rounds[-1].round if self.outcome.rounds else 0
+        state.pending = None if session.pending is None else session.pending.to_json()
         state.rounds = list(self.outcome.rounds)
         state.clients = dict(self.outcome.clients)
         state.node_errors = list(self.outcome.node_errors)
         state.model = session.global_vec
-        assert self.state is not None
         self.state.save(state)
 
     def open_session(self) -> Session:
@@ -305,13 +382,18 @@ class Coordinator:
         return Session(owners, party_of, model, global_vec, members, mode)
 
     def play_round(self, session: Session, rnd: int) -> bool:
-        """Run round ``rnd``; False when the study had to stop (reason in the outcome)."""
+        """Run round ``rnd``; False when the study had to stop (reason in the outcome).
+
+        The round's record is concluded now, or, when its sum rides with the next round's
+        train messages (``session.pending``), by the next :meth:`play_round` or by
+        :meth:`reveal_pending`; its ``seconds``, ``phases`` and ``exchanges`` are this
+        call's either way (the reveal's share is the next round's)."""
         started = time.perf_counter()
         self._released = 0
         self._phases = {}
         self._exchanges = []
         try:
-            session.global_vec, record = self._round(rnd, session)
+            record = self._round(rnd, session)
         except ProtocolAbort as exc:
             self.outcome.stopped = f"round {rnd}: {exc}"
             log.warning("study stopped", extra=fields(round=rnd, reason=str(exc)))
@@ -319,13 +401,85 @@ class Coordinator:
         record.seconds = round(time.perf_counter() - started, 3)
         record.phases = {p: round(self._phases[p], 3) for p in PHASES if p in self._phases}
         record.exchanges = self._exchanges
+        if session.pending is not None and session.pending.record is record:
+            self._record(session)  # with its timing
+        else:
+            self._conclude(session, record, self._released)
+        return True
+
+    def reveal_pending(self, session: Session) -> None:
+        """Reveal the pending round's sum with the mode's own messages (the study ends or
+        stopped before a next round could carry it) and conclude its record."""
+        pending, session.pending = session.pending, None
+        if pending is None:
+            return
+        started = time.perf_counter()
+        self._phases, self._exchanges = {}, []
+        try:
+            revealed = pending.reveal.reveal_now()
+        except RoundSkipped as exc:
+            self._skip_pending(session, pending, str(exc))
+        else:
+            self._apply_reveal(session, pending.record, pending.done, pending.weight, revealed)
+        # the reveal's messages count towards the round they reveal
+        record = pending.record
+        record.seconds = round(record.seconds + time.perf_counter() - started, 3)
+        for phase, spent in self._phases.items():
+            record.phases[phase] = round(record.phases.get(phase, 0.0) + spent, 3)
+        record.exchanges.extend(self._exchanges)
+        self._phases, self._exchanges = {}, []
+        self._conclude(session, record, pending.released)
+
+    def _conclude(self, session: Session, record: RoundRecord, released: int) -> None:
+        """Add a finished round (played or skipped) to the outcome, and persist it."""
         record.client_level = client_level_record(
-            self.manifest, self.outcome.rounds, rnd, released=self._released
+            self.manifest, self.outcome.rounds, record.round, released=released
         )
         self.outcome.rounds.append(record)
+        self._record(session)
         if self.on_round is not None:
             self.on_round(record)
-        return True
+
+    def _apply_reveal(
+        self,
+        session: Session,
+        record: RoundRecord,
+        done: Aggregated,
+        weight: float,
+        revealed: Revealed,
+    ) -> None:
+        """Apply the revealed mean update (``weight``: of S), evaluate, fill in ``record``."""
+        session.global_vec = next_model(
+            session.global_vec,
+            revealed.total,
+            weight=weight,
+            server_lr=self.manifest.server_lr,
+        )
+        set_flat(session.model, session.global_vec)
+        with self.timed("evaluate"):
+            record.accuracy, record.loss = evaluate(session.model, self.test_set)
+        record.decryptors = revealed.decryptors
+        record.faulty_decryptors = revealed.faulty_decryptors
+        for p in done.client_set:
+            self.outcome.clients[p].rounds_included += 1
+        log.info(
+            "round done",
+            extra=fields(
+                round=record.round, accuracy=record.accuracy, clients=len(done.client_set)
+            ),
+        )
+
+    def _skip_pending(self, session: Session, pending: Pending, reason: str) -> None:
+        """The pending round's sum could not be revealed: it releases no update (as a round
+        whose decryptions disagree, see the mode's ``finish``)."""
+        record = pending.record
+        log.warning("round skipped", extra=fields(round=record.round, reason=reason))
+        with self.timed("evaluate"):
+            record.accuracy, record.loss = evaluate(session.model, self.test_set)
+        record.reason = reason
+        record.finalized = False
+        record.clients_included = []
+        record.aggregate_hash = ""
 
     def require_quorum(self, errors: Mapping[str, CohortError], what: str) -> None:
         """Go on while a quorum of members did ``what``; otherwise stop with the reasons."""
@@ -376,21 +530,35 @@ class Coordinator:
             )
         return dict(sorted(owners.items(), key=lambda kv: kv[1].party_id))
 
-    def _round(self, rnd: int, session: Session) -> tuple[np.ndarray, RoundRecord]:
-        """One round, the same steps in every mode: open it (mode), send the global model,
-        collect receipts, let the mode turn the usable ones into a client set's sum, apply
-        the mean update, evaluate."""
+    def _round(self, rnd: int, session: Session) -> RoundRecord:
+        """One round, the same steps in every mode: open it (mode), send the global model
+        (with the previous round's sum to reveal, when it rides along), collect receipts,
+        let the mode turn the usable ones into a client set's sum, apply the mean update,
+        evaluate. Returns the round's record; it is ``session.pending``'s when the sum is
+        to be revealed beside the next round's training."""
         manifest, mode = self.manifest, session.mode
-        global_vec, model = session.global_vec, session.model
         with self.timed("open"):
             opened = mode.open_round(rnd)
+        pending = session.pending
         instruction = wire.TrainInstruction(
-            study_id=manifest.study_id, round=rnd, weight_unit=self._weight_unit
+            study_id=manifest.study_id,
+            round=rnd,
+            weight_unit=self._weight_unit,
+            reveal_weight=pending.weight if pending is not None else 0.0,
         )
         targets = list(session.party_of)
-        contents = [wire.put_vector(instruction.to_record(), global_vec) for _ in targets]
+        contents = []
+        for node in targets:
+            content = wire.put_vector(instruction.to_record(), session.global_vec)
+            if pending is not None:
+                pending.reveal.attach(content, session.party_of[node])
+            contents.append(content)
         with self.timed("train"):
             replies = self.send(targets, wire.TRAIN, contents, group=f"round-{rnd}")
+        trained_from = None
+        if pending is not None:
+            trained_from = self._reveal_with(session, pending, replies)
+        model = session.model
 
         receipts: dict[str, wire.TrainReceipt] = {}
         updates: dict[str, np.ndarray] = {}
@@ -406,6 +574,11 @@ class Coordinator:
                 if receipt.party_id != party:
                     raise BadInputError(
                         f"receipt from {party} claims to be from {receipt.party_id}"
+                    )
+                if trained_from is not None and party not in trained_from:
+                    raise BadInputError(
+                        f"{party} did not reveal round {rnd - 1}'s agreed sum, so it trained "
+                        "from another model"
                     )
                 if receipt.status == "ok":
                     update = mode.read_update(reply.content)
@@ -428,11 +601,11 @@ class Coordinator:
         declined = sorted(p for p, r in receipts.items() if r.status == "declined")
         max_eps = max((c.epsilon_spent for c in self.outcome.clients.values()), default=0.0)
 
-        def skipped(reason: str, **extra: Any) -> tuple[np.ndarray, RoundRecord]:
+        def skipped(reason: str, **extra: Any) -> RoundRecord:
             log.warning("round skipped", extra=fields(round=rnd, reason=reason))
             with self.timed("evaluate"):
                 acc, loss = evaluate(model, self.test_set)
-            return global_vec, RoundRecord(
+            return RoundRecord(
                 rnd,
                 acc,
                 loss,
@@ -459,17 +632,10 @@ class Coordinator:
         self._released = len(client_set)
         # Owners sent update * examples / weight_unit; divide by the weight of S.
         weight = sum(ok[p].examples for p in client_set) / self._weight_unit
-        mean = done.total / weight
-        global_vec = (global_vec.astype(np.float64) + manifest.server_lr * mean).astype(np.float32)
-        set_flat(model, global_vec)
-        with self.timed("evaluate"):
-            acc, loss = evaluate(model, self.test_set)
-        for p in client_set:
-            self.outcome.clients[p].rounds_included += 1
         record = RoundRecord(
             rnd,
-            acc,
-            loss,
+            0.0,  # accuracy and loss: once the sum is revealed
+            0.0,
             done.aggregate_hash.hex(),
             list(client_set),
             declined,
@@ -479,12 +645,51 @@ class Coordinator:
             max_eps,
             0.0,
             "",
-            done.decryptors,
-            done.faulty_decryptors,
             rejected=done.rejected,
         )
-        log.info("round done", extra=fields(round=rnd, accuracy=acc, clients=len(client_set)))
-        return global_vec, record
+        if done.reveal is None:  # the mode revealed the sum itself
+            assert done.total is not None
+            revealed = Revealed(done.total, done.decryptors, done.faulty_decryptors, frozenset())
+            self._apply_reveal(session, record, done, weight, revealed)
+            return record
+        # From here owners of S may decrypt: the round counts as released to the
+        # coordinator for client-level DP even if the decryptions then disagree. Saved, so
+        # that a restarted coordinator reveals this sum rather than playing the round again
+        # (its members have aggregated it).
+        session.pending = Pending(record, done, done.reveal, weight, len(client_set))
+        self._record(session)
+        if rnd < manifest.rounds and self._rides(session, session.pending):
+            return record
+        pending, session.pending = session.pending, None
+        try:
+            revealed = pending.reveal.reveal_now()
+        except RoundSkipped as exc:
+            return skipped(str(exc), faulty=done.faulty, rejected=done.rejected)
+        self._apply_reveal(session, record, done, weight, revealed)
+        return record
+
+    @staticmethod
+    def _rides(session: Session, pending: Pending) -> bool:
+        """Whether the pending sum can ride with the next round's train messages: every owner
+        that round trains is in its client set (so can decrypt it)."""
+        return set(session.party_of.values()) <= set(pending.done.client_set)
+
+    def _reveal_with(
+        self, session: Session, pending: Pending, replies: Mapping[int, Message]
+    ) -> frozenset[str]:
+        """Conclude the pending round from this round's train replies; returns the owners
+        that trained from the model its agreed sum gives (none, when it was not revealed)."""
+        session.pending = None
+        by_party = {session.party_of[n]: m.content for n, m in replies.items()}
+        try:
+            revealed = pending.reveal.conclude(by_party)
+        except RoundSkipped as exc:
+            self._skip_pending(session, pending, str(exc))
+            self._conclude(session, pending.record, pending.released)
+            return frozenset()
+        self._apply_reveal(session, pending.record, pending.done, pending.weight, revealed)
+        self._conclude(session, pending.record, pending.released)
+        return revealed.trained_from
 
     def _settle(self) -> None:
         contract = self.contract

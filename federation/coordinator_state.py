@@ -19,6 +19,16 @@ no budget (:mod:`cohort.federation.train_receipts`), a member that opened or agg
 returns what it holds (the same client set gets the same signed result), and an owner that
 decrypted its aggregate may decrypt that same aggregate again. So the round is counted once
 and nobody is charged twice.
+
+A round whose aggregate its members have signed and the chain has attested is saved as
+``pending`` until its sum is revealed (:mod:`cohort.federation.reveal`): beside the next
+round's training, or by decryption messages. A restarted coordinator reveals a pending sum
+the same way and goes on with the next round; an owner decrypts the same aggregate again,
+arrives at the same model and, for a round it trained already, sends its stored receipt.
+One gap remains: a coordinator that dies after the members aggregated a round and before it
+saved the round as pending (while it attests on the chain) plays that round again, and the
+members refuse to open a round they aggregated (``round_not_after``): the study stops with
+that reason.
 """
 
 from __future__ import annotations
@@ -52,10 +62,14 @@ class CoordinatorState:
     clients: dict[str, ClientRecord] = field(default_factory=dict)
     node_errors: list[dict[str, str]] = field(default_factory=list)
     model: np.ndarray | None = None
+    #: The round played after ``finished_round`` whose sum is not yet revealed
+    #: (:meth:`cohort.federation.coordinator.Pending.to_json`), if any.
+    pending: dict[str, Any] | None = None
 
     @property
     def next_round(self) -> int:
-        return self.finished_round + 1
+        played = int(self.pending["record"]["round"]) if self.pending else self.finished_round
+        return played + 1
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +80,7 @@ class CoordinatorState:
             "rounds": [asdict(r) for r in self.rounds],
             "clients": {k: asdict(c) for k, c in self.clients.items()},
             "node_errors": self.node_errors,
+            "pending": self.pending,
         }
 
     def restore(self, outcome: StudyOutcome) -> None:
@@ -103,13 +118,17 @@ class StateStore:
                 rounds=[RoundRecord(**r) for r in data["rounds"]],
                 clients={k: ClientRecord(**c) for k, c in data["clients"].items()},
                 node_errors=list(data["node_errors"]),
+                pending=data.get("pending"),
             )
+            if state.pending is not None and not isinstance(state.pending, dict):
+                raise ValueError("pending must be an object")
+            state.next_round  # noqa: B018 (the pending round's number must read)
         except BadInputError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise BadInputError(f"{path}: unreadable coordinator state ({exc})") from None
         model_path = self.root / MODEL_FILE
-        if state.finished_round > 0:
+        if state.finished_round > 0 or state.pending is not None:
             try:
                 state.model = np.load(model_path, allow_pickle=False)
             except (OSError, ValueError) as exc:

@@ -19,6 +19,7 @@ model - never from the message.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from cohort.clients.privacy import PrivacyLedger
 from cohort.clients.training import train_dp
 from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import Identity
-from cohort.errors import BadInputError, BudgetExhausted, ProtocolAbort
+from cohort.errors import BadInputError, BudgetExhausted, ProtocolAbort, VerificationError
 from cohort.federation import train_receipts, wire
 from cohort.federation.dp_terms import dp_config
 from cohort.federation.keystore import KeyStore
@@ -54,6 +55,7 @@ from cohort.federation.owner_net import (
 )
 from cohort.federation.owner_study import check_round, study_of
 from cohort.federation.policy import HospitalPolicy
+from cohort.federation.reveal import check_reveal, next_model
 from cohort.logs import fields, get_logger
 
 log = get_logger(__name__)
@@ -163,6 +165,9 @@ def enroll(settings: HospitalSettings, request: wire.EnrollRequest) -> wire.Enro
 class TrainOutcome:
     receipt: wire.TrainReceipt
     update: np.ndarray | None  # plaintext weighted update: only in SecureMode.NONE
+    #: The previous round's decryption when the train message carried its reveal
+    #: (:mod:`cohort.federation.reveal`): the signed reply and the decrypted sum.
+    revealed: tuple[wire.DecryptReply, np.ndarray] | None = None
 
 
 def _receipt(
@@ -200,7 +205,10 @@ def _ledger_commitment(
 
 
 def train(
-    settings: HospitalSettings, instruction: wire.TrainInstruction, global_model: np.ndarray
+    settings: HospitalSettings,
+    instruction: wire.TrainInstruction,
+    global_model: np.ndarray,
+    reveal: wire.DecryptRequest | None = None,
 ) -> TrainOutcome:
     """Check, guard the budget, train with DP-SGD, protect the weighted update and send it.
 
@@ -212,10 +220,13 @@ def train(
     committee) or a failed upload is a receipt with that status and reason, never an
     exception. With the manifest's ``client_dp`` the weighted update is clipped and noised
     for client-level DP (:mod:`cohort.clients.client_dp`) before the mode protects it.
+
+    With ``reveal`` (the previous round's aggregate, :mod:`cohort.federation.reveal`) the
+    owner first decrypts it under every check of :func:`decrypt` and trains from the model
+    it gives; a refused decryption raises before any budget is spent.
     """
     identity, manifest = study_of(settings, instruction.study_id)
     check_round(manifest, instruction.round, "train")
-    policy = settings.policy
     data = settings.dataset(manifest)
     examples = int(data.labels.shape[0])
     if examples > instruction.weight_unit:
@@ -228,6 +239,36 @@ def train(
             f"train round {instruction.round}: global model has {global_model.shape[0]} values, "
             f"the manifest says {manifest.update_length}"
         )
+    revealed = None
+    if reveal is None and instruction.reveal_weight:
+        raise BadInputError(f"train round {instruction.round}: a reveal weight and no reveal")
+    if reveal is not None:
+        check_reveal(instruction, reveal)
+        revealed = decrypt(settings, reveal)
+        if revealed[1].shape != global_model.shape:
+            raise VerificationError(
+                f"train round {instruction.round}: the revealed sum of round {reveal.round} "
+                f"has {revealed[1].shape[0]} values, the model {global_model.shape[0]}"
+            )
+        global_model = next_model(
+            global_model,
+            revealed[1],
+            weight=instruction.reveal_weight,
+            server_lr=manifest.server_lr,
+        )
+    outcome = _train(settings, identity, manifest, instruction, global_model, data)
+    return dataclasses.replace(outcome, revealed=revealed) if revealed else outcome
+
+
+def _train(
+    settings: HospitalSettings,
+    identity: Identity,
+    manifest: Manifest,
+    instruction: wire.TrainInstruction,
+    global_model: np.ndarray,
+    data: Dataset,
+) -> TrainOutcome:
+    policy = settings.policy
     replayed = _replayed(settings, identity, manifest, instruction.round, global_model)
     if replayed is not None:
         return replayed

@@ -14,9 +14,16 @@ type                   coordinator -> data owner           data owner -> coordin
 ``query.keygen``       :class:`KeygenRequest`              :class:`KeygenReply`
 ``query.install_key``  :class:`InstallKeyRequest`          :class:`InstallKeyReply`
 ``train``              :class:`TrainInstruction`           :class:`TrainReceipt` (+ update in
-                       (+ global model ArrayRecord)        ``none`` mode only)
+                       (+ global model; + the previous     ``none`` mode only; + the reveal's
+                       round's :class:`DecryptRequest`     :class:`DecryptReply` and, from
+                       when it is revealed here)           one owner, the decrypted sum)
 ``query.decrypt``      :class:`DecryptRequest`             :class:`DecryptReply` (+ aggregate)
 =====================  ==================================  ===================================
+
+A train message can carry the previous round's reveal (:mod:`cohort.federation.reveal`):
+its :class:`DecryptRequest` and the reply's :class:`DecryptReply` ride in the same config
+record under the :data:`REVEAL` prefix (:func:`embed`, :func:`embedded`), so the message
+keeps its three content objects.
 """
 
 from __future__ import annotations
@@ -53,11 +60,14 @@ class _Schema:
     MESSAGE: ClassVar[str] = ""
 
     def to_config(self) -> ConfigRecord:
+        return ConfigRecord(self._values())
+
+    def _values(self, prefix: str = "") -> dict[str, Any]:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            values[f.name] = list(value) if isinstance(value, tuple) else value
-        return ConfigRecord(values)
+            values[prefix + f.name] = list(value) if isinstance(value, tuple) else value
+        return values
 
     def to_record(self) -> RecordDict:
         return RecordDict({_CONFIG_KEY: self.to_config()})
@@ -71,15 +81,16 @@ class _Schema:
         return cls.from_mapping(content.config_records[_CONFIG_KEY])
 
     @classmethod
-    def from_mapping(cls: type[T], record: Mapping[str, Any]) -> T:
+    def from_mapping(cls: type[T], record: Mapping[str, Any], prefix: str = "") -> T:
         name = cls.MESSAGE or cls.__name__
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            if f.name not in record:
+            key = prefix + f.name
+            if key not in record:
                 if f.default is not dataclasses.MISSING:
                     continue  # a field added later, with its default (older stored records)
-                raise BadInputError(f"{name}: missing field '{f.name}'")
-            kwargs[f.name] = _coerce(name, f.name, str(f.type), record[f.name])
+                raise BadInputError(f"{name}: missing field '{key}'")
+            kwargs[f.name] = _coerce(name, key, str(f.type), record[key])
         return cls(**kwargs)
 
 
@@ -188,6 +199,9 @@ class TrainInstruction(_Schema):
     study_id: str
     round: int
     weight_unit: int  # largest enrolled example count: owners weight by examples / weight_unit
+    # With the previous round's reveal embedded (:func:`embed`): the weight of its client set,
+    # sum(examples) / weight_unit, by which the owner divides the sum it decrypts; else 0.0
+    reveal_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -241,6 +255,28 @@ class DecryptReply(_Schema):
     length: int
     plain_hash: bytes
     signature: bytes
+
+
+#: Key prefix of a schema embedded in another message's config record (:func:`embed`).
+REVEAL = "reveal."
+
+
+def embed(content: RecordDict, part: _Schema) -> RecordDict:
+    """Add ``part``'s fields to ``content``'s config record, each under :data:`REVEAL`."""
+    if _CONFIG_KEY not in content.config_records:
+        content[_CONFIG_KEY] = ConfigRecord()
+    record = content.config_records[_CONFIG_KEY]
+    for key, value in part._values(REVEAL).items():
+        record[key] = value
+    return content
+
+
+def embedded(content: RecordDict, cls: type[T]) -> T | None:
+    """The ``cls`` that :func:`embed` put in ``content``; None when it carries none."""
+    record = content.config_records.get(_CONFIG_KEY)
+    if record is None or not any(key.startswith(REVEAL) for key in record):
+        return None
+    return cls.from_mapping(record, REVEAL)
 
 
 # ---------------------------------------------------------------- vectors

@@ -15,6 +15,8 @@ from cohort.federation.modes.base import (
     CoordinatorMode,
     Delivery,
     OwnerMode,
+    Reveal,
+    Revealed,
     RoundHost,
     RoundSkipped,
 )
@@ -57,6 +59,8 @@ __all__ = [
     "CoordinatorMode",
     "Delivery",
     "OwnerMode",
+    "Reveal",
+    "Revealed",
     "RoundHost",
     "RoundSkipped",
     "coordinator_mode",

@@ -16,12 +16,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 from flwr.app import Message, RecordDict
 
-from cohort.errors import CohortError
+from cohort.errors import BadInputError, CohortError
 from cohort.federation import wire
 from cohort.federation.manifest import Manifest, SecureMode, SignedManifest
 
@@ -100,10 +100,49 @@ class RoundSkipped(CohortError):
 
 
 @dataclass
+class Revealed:
+    """A client set's sum as its owners revealed it beside the next round's training."""
+
+    total: np.ndarray  # sum over the client set of the weighted updates (float64)
+    decryptors: list[str]  # owners whose signed decryption is the agreed one
+    faulty_decryptors: list[str]  # owners whose signed decryption differs
+    #: Owners whose train reply carried the agreed decryption: they trained the next round
+    #: from the model it gives, so only their training of that round is usable.
+    trained_from: frozenset[str]
+
+
+class Reveal(ABC):
+    """A round's sum that the owners of its client set reveal beside the next round's
+    training (:mod:`cohort.federation.reveal`): what each owner's train message carries,
+    and how the coordinator checks what their replies return."""
+
+    round: int
+    client_set: list[str]
+
+    @abstractmethod
+    def attach(self, content: RecordDict, party: str) -> RecordDict:
+        """Embed what ``party`` needs to reveal the sum in its train message ``content``."""
+
+    @abstractmethod
+    def conclude(self, replies: Mapping[str, RecordDict]) -> Revealed:
+        """From the train replies (party -> content) to the sum; owners that did not reveal
+        it are asked with the mode's own messages. RoundSkipped when it cannot be had."""
+
+    @abstractmethod
+    def reveal_now(self) -> Revealed:
+        """Reveal the sum with the mode's own messages (no next round to ride with)."""
+
+    @abstractmethod
+    def to_json(self) -> dict[str, Any]:
+        """What :meth:`CoordinatorMode.restore_reveal` needs (JSON types only)."""
+
+
+@dataclass
 class Aggregated:
     """What the coordinator learned from one round's secure aggregation."""
 
-    total: np.ndarray  # sum over client_set of the weighted updates (float64)
+    #: Sum over client_set of the weighted updates (float64); None when ``reveal`` opens it.
+    total: np.ndarray | None
     client_set: list[str]
     aggregate_hash: bytes
     finalized: bool = False
@@ -111,6 +150,8 @@ class Aggregated:
     decryptors: list[str] = field(default_factory=list)
     faulty_decryptors: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)  # owner -> validation reason
+    #: How the sum is opened (``total`` is None): now, or beside the next round's training.
+    reveal: Reveal | None = None
 
 
 class RoundHost(Protocol):
@@ -182,4 +223,10 @@ class CoordinatorMode(ABC):
         party_of: Mapping[int, str],
     ) -> Aggregated:
         """From the usable receipts ``ok`` to the sum of a client set's weighted updates.
-        Raises :class:`RoundSkipped` when the round cannot release one."""
+        Raises :class:`RoundSkipped` when the round cannot release one. A mode whose owners
+        open the sum returns it unrevealed, with its :class:`Reveal`."""
+
+    def restore_reveal(self, data: Mapping[str, Any], party_of: Mapping[int, str]) -> Reveal:
+        """A :class:`Reveal` from its :meth:`Reveal.to_json` (a restarted coordinator's
+        saved state), for the owners now enrolled as ``party_of``."""
+        raise BadInputError(f"mode {self.name.value} reveals no sum after its round")

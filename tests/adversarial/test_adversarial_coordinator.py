@@ -192,7 +192,7 @@ class Attacker(Coordinator):
         if rnd == 2:  # replay round 1's instruction: no hospital trains twice
             study = self.manifest.study_id
             FINDINGS["replay_round"] = _ask_all(
-                self, session, wire.TRAIN, _train(study, 1, session.global_vec)
+                self, session, wire.TRAIN, _train(study, 1, CONTEXT["round1_model"] + 0.25)
             )
             FINDINGS["replay_same"] = _ask_all(
                 self, session, wire.TRAIN, _train(study, 1, CONTEXT["round1_model"])
@@ -245,9 +245,25 @@ class Attacker(Coordinator):
         # S's quorum-signed aggregate presented as an aggregate of S minus one owner.
         request = mode.decrypt_request(rnd, smaller, decision)
         owner = smaller[0]
+        # The same, riding with the next round's training; and a reveal of the very round
+        # it trains (out of order). Both refused before anything is decrypted or trained.
+        model = CONTEXT["round1_model"]
+
+        def fold(trains: int, reveal: wire.DecryptRequest) -> RecordDict:
+            told = wire.TrainInstruction(
+                study_id=self.manifest.study_id,
+                round=trains,
+                weight_unit=10_000,
+                reveal_weight=1.0,
+            )
+            return wire.embed(wire.put_vector(told.to_record(), model), reveal)
+
+        whole = mode.decrypt_request(rnd, client_set, decision)
         return {
             "members": member_errors,
             "decrypt": _ask(self, node_of[owner], wire.DECRYPT, request.to_record()),
+            "reveal": _ask(self, node_of[owner], wire.TRAIN, fold(rnd + 1, request)),
+            "reveal_same_round": _ask(self, node_of[owner], wire.TRAIN, fold(rnd, whole)),
         }
 
     def _party_of(self) -> dict[int, str]:
@@ -327,6 +343,9 @@ def test_differencing_within_a_round_is_refused(attack: dict[str, Any]) -> None:
         assert "client_set_changed" in reason
     assert "VerificationError" in found["decrypt"]
     assert "signature does not verify" in found["decrypt"]
+    assert "VerificationError" in found["reveal"]  # through the next round's training too
+    assert "signature does not verify" in found["reveal"]
+    assert "only round 0 rides with it" in found["reveal_same_round"]
 
 
 def _receipts(found: dict[str, Any]) -> dict[str, wire.TrainReceipt]:
@@ -386,11 +405,15 @@ def test_transcript_holds_no_individual_update(attack: dict[str, Any]) -> None:
     assert all("arrays" not in m for m in errors)  # ... carrying nothing but a reason
     replies = [m for m in inbound if "error" not in m]
     with_arrays = {m["message_type"] for m in replies if m["arrays"]}
-    assert with_arrays == {"query.decrypt"}  # only decryptions of quorum-signed aggregates
+    # only decryptions of quorum-signed aggregates: decryption replies, and train replies
+    # that return a revealed sum beside their signed decryption
+    assert with_arrays == {"query.decrypt", "train"}
     for message in replies:
         if message["message_type"] == "train":
-            assert message["arrays"] == {}
-            assert sum(message["configs"].get("cohort", {}).values()) < 1024
+            sizes = message["configs"].get("cohort", {})
+            assert not message["arrays"] or "reveal.signature" in sizes, message
+            receipt = {k: v for k, v in sizes.items() if not k.startswith("reveal.")}
+            assert sum(receipt.values()) < 1024
 
 
 def test_no_ledger_passes_its_cap(attack: dict[str, Any]) -> None:
@@ -406,7 +429,8 @@ def test_honest_study_completes_afterwards(attack: dict[str, Any]) -> None:
     summary = attack["summary"]
     assert [r["round"] for r in summary["rounds"]] == list(range(1, ROUNDS + 1))
     assert all(r["finalized"] and r["aggregate_hash"] for r in summary["rounds"])
-    assert all(len(r["decryptors"]) == 2 for r in summary["rounds"])
+    # every owner of S decrypted each sum that rode with the next round; two the last one
+    assert [len(r["decryptors"]) for r in summary["rounds"]] == [3] * (ROUNDS - 1) + [2]
     assert summary["chain"]["settled"]
     assert summary["stopped"] == ""
     assert summary["rounds"][-1]["accuracy"] > 0.85

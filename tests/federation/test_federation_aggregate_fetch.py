@@ -44,19 +44,20 @@ def test_owners_fetch_a_large_aggregate_from_its_signers_and_the_model_is_fedavg
     np.testing.assert_array_equal(
         np.load(tmp_path / "ckks" / "model.npy"), np.load(tmp_path / "none" / "model.npy")
     )
-    # each round's two decrypting owners fetched the aggregate from a member
+    # each round's sum but the last rode with the next round's training, and every owner of
+    # S (all three) fetched it to decrypt; the last round's two decrypting owners fetched it
     handed = [
         json.loads(line)
         for log in sorted(workdir.glob("*/member.log"))
         for line in log.read_text().splitlines()
         if '"aggregate handed over"' in line
     ]
-    assert sorted(e["round"] for e in handed) == [r for r in range(1, ROUNDS + 1) for _ in "ab"]
-    # ... and of their two replies only one carried the sum: the other is a signed hash
-    replies = [
-        m
-        for m in transcript.read(tmp_path / "ckks" / TRANSCRIPT)
-        if m["message_type"] == "query.decrypt"
-    ]
-    assert len(replies) == 2 * ROUNDS
-    assert sum(1 for m in replies if m["arrays"]) == ROUNDS
+    wanted = [r for r in range(1, ROUNDS) for _ in "abc"] + [ROUNDS, ROUNDS]
+    assert sorted(e["round"] for e in handed) == wanted
+    # ... and of each round's replies only one carried the sum: the others, a signed hash
+    inbound = transcript.read(tmp_path / "ckks" / TRANSCRIPT)
+    replies = [m for m in inbound if m["message_type"] == "query.decrypt"]
+    assert len(replies) == 2
+    assert sum(1 for m in replies if m["arrays"]) == 1
+    revealing = [m for m in inbound if m["message_type"] == "train" and m["arrays"]]
+    assert len(revealing) == ROUNDS - 1

@@ -292,15 +292,27 @@ def test_coordinator_never_received_an_update(studies: dict[str, Any]) -> None:
     inbound = transcript.read(studies["ckks_out"] / TRANSCRIPT)
     trains = [m for m in inbound if m["message_type"] == "train"]
     assert len(trains) == 3 + 3
-    model_bytes = 4 * np.load(studies["ckks_out"] / "model.npy").size
+    model_size = np.load(studies["ckks_out"] / "model.npy").size
+    revealing = []
     for message in trains:
-        assert message["arrays"] == {}, message
         sizes = message["configs"]["cohort"]
         assert sizes["payload_hash"] in (0, 32)
+        receipt = {k: v for k, v in sizes.items() if not k.startswith("reveal.")}
         # ids, status, reason text and numbers: far below one copy of the model
-        assert sum(sizes.values()) < min(1024, model_bytes // 4), message
+        assert sum(receipt.values()) < min(1024, model_size), message
+        if message["group_id"] == "round-1":
+            assert not set(sizes) - set(receipt), message  # nothing to reveal yet
+        else:  # round 1's sum rides with round 2: every owner of S signs its decryption
+            assert sizes["reveal.plain_hash"] == 32, message
+            assert sizes["reveal.signature"] == 64, message
+        if message["arrays"]:
+            # a vector in a train reply is only ever the revealed sum, beside its signature
+            assert message["arrays"] == {"arrays": {"flat": model_size}}, message
+            assert "reveal.signature" in sizes, message
+            revealing.append(message["group_id"])
+    assert revealing == ["round-2"]  # one owner returns the sum, the others its hash
     arrays = [m for m in inbound if m["arrays"]]
-    assert {m["message_type"] for m in arrays} == {"query.decrypt"}
+    assert {m["message_type"] for m in arrays} == {"query.decrypt", "train"}
     # The check can fail: in plaintext mode the updates do reach the coordinator.
     plain = transcript.read(studies["none_out"] / TRANSCRIPT)
     assert any(m["message_type"] == "train" and m["arrays"] for m in plain)
@@ -316,13 +328,16 @@ def test_privacy_ledgers_record_every_round(studies: dict[str, Any]) -> None:
 
 def test_each_round_lists_its_message_exchanges_in_order(studies: dict[str, Any]) -> None:
     """rounds[].exchanges: the train message to every hospital (the one that declines round 2
-    answers too), then in CKKS the decryption requests, each answered once, on one clock."""
+    answers too), then in CKKS the decryption requests of the last round only (round 1's sum
+    rides with round 2's train messages), each answered once, on one clock."""
     for mode, decrypts in (("ckks", True), ("none", False)):
+        last = studies[mode]["rounds"][-1]["round"]
         for r in studies[mode]["rounds"]:
             exchanges = r["exchanges"]
             kinds = [e["type"] for e in exchanges]
             assert kinds[0] == "train", kinds
-            assert set(kinds[1:]) == ({"query.decrypt"} if decrypts else set()), kinds
+            wanted = {"query.decrypt"} if decrypts and r["round"] == last else set()
+            assert set(kinds[1:]) == wanted, kinds
             assert len(exchanges[0]["replies"]) == 3
             answered = [x["message"] for e in exchanges for x in e["replies"]]
             assert len(set(answered)) == len(answered)  # each message answered once

@@ -220,7 +220,7 @@ def test_the_coordinator_takes_a_checking_owners_hash_and_checks_any_sum_it_send
     )
 
     def check(content: object, **kw: bool) -> tuple[bytes, np.ndarray | None]:
-        return coordinator._check_decryption("hospital-3", 1, request, cast(Any, content), **kw)
+        return coordinator.check_decryption("hospital-3", 1, request, cast(Any, content), **kw)
 
     # Asked for its hash only: the signed hash is the answer.
     assert check(reply.to_record(), vector=False) == (reply.plain_hash, None)
@@ -236,7 +236,7 @@ def test_the_coordinator_takes_a_checking_owners_hash_and_checks_any_sum_it_send
     np.testing.assert_array_equal(total, vector)
     # Another owner's signed reply does not pass as this one's.
     with pytest.raises(VerificationError):
-        coordinator._check_decryption("hospital-2", 1, request, reply.to_record(), vector=False)
+        coordinator.check_decryption("hospital-2", 1, request, reply.to_record(), vector=False)
 
 
 def test_a_large_aggregate_is_fetched_only_after_every_check_and_held_to_its_hash(
@@ -446,21 +446,24 @@ def test_an_owner_with_a_chain_checks_the_contract_before_decrypting(
     assert owner.keystore.load_record("decryptions", study.study_id) == {}
 
 
-def test_a_round_asked_again_gets_the_stored_receipt_and_costs_nothing(
-    study: Study, ready: dict[str, np.ndarray]
-) -> None:
-    """A resumed coordinator asks for round 1 again: the owner that trained it answers with
-    its stored receipt (same global model) or declines (another model); neither trains."""
+def _stored_receipt(
+    study: Study,
+    owner: hospital.HospitalSettings,
+    rnd: int,
+    model: np.ndarray,
+    *,
+    epsilon: float,
+) -> wire.TrainReceipt:
+    """A receipt the owner keeps for round ``rnd`` trained from ``model`` (train_receipts):
+    what it answers when asked for that round from exactly that model again."""
     from cohort.federation import train_receipts
 
-    owner = study.owners[0]
-    model = _global(study)
     receipt = wire.TrainReceipt(
         party_id=owner.party_id,
         status="ok",
         reason="",
         examples=40,
-        epsilon=1.25,
+        epsilon=epsilon,
         payload_hash=b"p" * 32,
         delivered=("m1",),
         receipts=(b"r" * 80,),
@@ -468,8 +471,20 @@ def test_a_round_asked_again_gets_the_stored_receipt_and_costs_nothing(
     train_receipts.save(
         Path(owner.workdir),
         study.study_id,
-        train_receipts.StoredReceipt(1, wire.plaintext_hash(model), receipt),
+        train_receipts.StoredReceipt(rnd, wire.plaintext_hash(model), receipt),
     )
+    return receipt
+
+
+def test_a_round_asked_again_gets_the_stored_receipt_and_costs_nothing(
+    study: Study, ready: dict[str, np.ndarray]
+) -> None:
+    """A resumed coordinator asks for round 1 again: the owner that trained it answers with
+    its stored receipt (same global model) or declines (another model); neither trains."""
+
+    owner = study.owners[0]
+    model = _global(study)
+    receipt = _stored_receipt(study, owner, 1, model, epsilon=1.25)
     instruction = wire.TrainInstruction(study_id=study.study_id, round=1, weight_unit=10_000)
     again = hospital.train(owner, instruction, model)
     assert again.receipt == receipt
@@ -478,3 +493,119 @@ def test_a_round_asked_again_gets_the_stored_receipt_and_costs_nothing(
     assert other.receipt.status == "declined"
     assert "already trained on another global model" in other.receipt.reason
     assert _entries(owner) == []  # the committee is dead: only the stored receipt answered
+
+
+# ------------------------------------------------- a round's sum revealed with the next round
+
+
+def _fold(
+    study: Study, *, round: int = 2, weight: float = 1.5, **reveal: object
+) -> tuple[wire.TrainInstruction, wire.DecryptRequest, dict[str, np.ndarray]]:
+    """Round ``round``'s train instruction carrying round ``round - 1``'s quorum-signed
+    aggregate of all three owners' model-sized updates (cohort.federation.reveal)."""
+    dealt = _deal(study)
+    for i in (1, 2):
+        _install(study, i, dealt)
+    grid = study.owners[0].keystore.load_ckks(study.study_id).params.release_grid
+    rng = np.random.default_rng(1)
+    size = study.manifest.update_length
+    updates = {o.party_id: quantize(rng.normal(0, 0.01, size), grid=grid) for o in study.owners}
+    ids = tuple(sorted(updates))
+    request = _decrypt_request(study, ids, study.members[:2], updates, round=round - 1)
+    instruction = wire.TrainInstruction(
+        study_id=study.study_id, round=round, weight_unit=10_000, reveal_weight=weight
+    )
+    return instruction, dataclasses.replace(request, **reveal), updates  # type: ignore[arg-type]
+
+
+def test_a_reveal_riding_with_training_decrypts_then_trains_from_the_model_it_gives(
+    study: Study,
+) -> None:
+    """The owner opens round 1's sum under the decryption checks, applies the mean update
+    with the coordinator's arithmetic, and trains round 2 from that model: a stored round-2
+    receipt for exactly that model is what it answers (nothing else would match)."""
+    from cohort.federation.reveal import next_model
+
+    instruction, request, updates = _fold(study)
+    owner = study.owners[1]
+    model = _global(study)
+    total = np.sum([updates[p] for p in sorted(updates)], axis=0)
+    expected = next_model(model, total, weight=1.5, server_lr=study.manifest.server_lr)
+    stored = _stored_receipt(study, owner, 2, expected, epsilon=1.0)
+    outcome = hospital.train(owner, instruction, model, request)
+    assert outcome.receipt == stored
+    assert outcome.revealed is not None
+    answer, vector = outcome.revealed
+    np.testing.assert_array_equal(vector, total)
+    digest = wire.decryption_digest(
+        study_id=study.study_id,
+        round=1,
+        aggregate_hash=request.aggregate_hash,
+        plain_hash=wire.plaintext_hash(total),
+    )
+    verify_signature(owner.keystore.identity().public, digest, answer.signature)
+    # The same message twice: the same aggregate decrypts again, the same receipt answers.
+    again = hospital.train(owner, instruction, model, request)
+    assert again.receipt == stored
+    assert again.revealed is not None
+    assert again.revealed[0] == answer
+    np.testing.assert_array_equal(again.revealed[1], total)
+    # Without the reveal the coordinator's model is another one: declined, nothing trained.
+    plain = dataclasses.replace(instruction, reveal_weight=0.0)
+    assert hospital.train(owner, plain, model).receipt.status == "declined"
+    assert _entries(owner) == []
+
+
+def test_a_reveal_out_of_order_or_with_a_bad_weight_is_refused_before_decrypting(
+    study: Study,
+) -> None:
+    instruction, request, _ = _fold(study)
+    owner = study.owners[0]
+    model = _global(study)
+    bad = [
+        (dataclasses.replace(request, round=2), instruction, "only round 1 rides with it"),
+        (dataclasses.replace(request, round=0), instruction, "only round 1 rides with it"),
+        (
+            dataclasses.replace(request, study_id="cd" * 32),
+            instruction,
+            "the reveal names study",
+        ),
+    ]
+    for weight in (0.0, -1.0, 3.5, float("nan"), float("inf")):
+        bad.append((request, dataclasses.replace(instruction, reveal_weight=weight), "weight"))
+    for wrong, told, reason in bad:
+        with pytest.raises(BadInputError, match=reason):
+            hospital.train(owner, told, model, wrong)
+    with pytest.raises(BadInputError, match="a reveal weight and no reveal"):
+        hospital.train(owner, instruction, model)
+    assert owner.keystore.load_record("decryptions", study.study_id) == {}
+    assert _entries(owner) == []
+
+
+def test_a_reveal_gets_no_more_than_a_decryption_message_would(study: Study) -> None:
+    """Every decryption check holds for a reveal: an owner outside the client set, a lone
+    aggregate, a foreign signer, and a second aggregate for a round already decrypted are
+    each refused, before any budget is spent."""
+    instruction, request, updates = _fold(study)
+    model = _global(study)
+    two = tuple(sorted(updates))[:2]
+    smaller = _decrypt_request(study, two, study.members[:2], updates, round=1)
+    with pytest.raises(VerificationError, match="this owner is not in the client set"):
+        hospital.train(study.owners[2], instruction, model, smaller)
+    lone = _decrypt_request(study, two[:1], study.members[:2], updates, round=1)
+    with pytest.raises(VerificationError, match="at least 2 required"):
+        hospital.train(
+            study.owners[0], dataclasses.replace(instruction, reveal_weight=1.0), model, lone
+        )
+    foreign = _decrypt_request(
+        study, tuple(sorted(updates)), [study.sponsor, study.members[0]], updates, round=1
+    )
+    with pytest.raises(VerificationError, match="not a committee member"):
+        hospital.train(study.owners[0], instruction, model, foreign)
+    owner = study.owners[1]
+    hospital.train(
+        owner, instruction, model, smaller
+    )  # decrypts S = {1, 2}; declines (dead committee)
+    with pytest.raises(VerificationError, match="already decrypted another aggregate"):
+        hospital.train(owner, instruction, model, request)
+    assert _entries(owner) == []

@@ -30,7 +30,9 @@ def test_train_instruction_round_trips() -> None:
 def test_train_instruction_carries_work_not_terms() -> None:
     """Mode, committee, thresholds, DP terms and model come from the approved manifest."""
     names = {f.name for f in dataclasses.fields(wire.TrainInstruction)}
-    assert names == {"study_id", "round", "weight_unit"}
+    # reveal_weight: the weight of the previous round's S (a sum of example counts), only
+    # beside that round's reveal; owners refuse one outside (0, |S|] (cohort.federation.reveal)
+    assert names == {"study_id", "round", "weight_unit", "reveal_weight"}
     for schema in (wire.KeygenRequest, wire.InstallKeyRequest, wire.DecryptRequest):
         fields = {f.name for f in dataclasses.fields(schema)}
         assert not fields & {"secure", "quorum", "min_clients", "model", "epsilon", "party_ids"}
@@ -99,3 +101,61 @@ def test_client_set_takes_the_largest_set_a_quorum_holds() -> None:
 def test_client_set_is_empty_when_no_quorum_holds_anything() -> None:
     clients, _ = choose_client_set({"h1": {"m1"}, "h2": {"m2"}}, ["m1", "m2", "m3"], 2)
     assert clients == []
+
+
+_DIGESTS = st.binary(min_size=32, max_size=32)
+
+
+@given(
+    round=st.integers(min_value=0, max_value=2**63 - 1),
+    client_ids=st.lists(st.text(min_size=1, max_size=12), max_size=5).map(tuple),
+    aggregate=st.binary(max_size=64),
+    aggregate_hash=_DIGESTS,
+    signatures=st.lists(st.binary(min_size=64, max_size=64), max_size=3).map(tuple),
+    return_vector=st.booleans(),
+)
+def test_a_reveal_embeds_beside_the_train_instruction_and_reads_back_unchanged(
+    round: int,
+    client_ids: tuple[str, ...],
+    aggregate: bytes,
+    aggregate_hash: bytes,
+    signatures: tuple[bytes, ...],
+    return_vector: bool,
+) -> None:
+    request = wire.DecryptRequest(
+        study_id="ab" * 32,
+        round=round,
+        client_ids=client_ids,
+        aggregate=aggregate,
+        aggregate_hash=aggregate_hash,
+        member_ids=tuple(f"member-{i}" for i in range(len(signatures))),
+        member_signatures=signatures,
+        return_vector=return_vector,
+    )
+    instruction = wire.TrainInstruction(
+        study_id="cd" * 32, round=round + 1, weight_unit=7, reveal_weight=1.5
+    )
+    content = wire.embed(instruction.to_record(), request)
+    assert len(content.config_records) == 1  # one config record: no extra Flower object
+    assert wire.TrainInstruction.from_record(content) == instruction
+    assert wire.embedded(content, wire.DecryptRequest) == request
+    assert wire.embedded(instruction.to_record(), wire.DecryptRequest) is None
+
+
+def test_a_malformed_reveal_is_named_with_its_prefix() -> None:
+    request = wire.DecryptRequest(
+        study_id="ab" * 32,
+        round=1,
+        client_ids=("h1", "h2"),
+        aggregate=b"",
+        aggregate_hash=b"h" * 32,
+        member_ids=(),
+        member_signatures=(),
+    )
+    content = wire.embed(_instruction().to_record(), request)
+    content.config_records["cohort"]["reveal.round"] = "one"
+    with pytest.raises(BadInputError, match=r"field 'reveal\.round' must be int"):
+        wire.embedded(content, wire.DecryptRequest)
+    del content["cohort"]["reveal.round"]
+    with pytest.raises(BadInputError, match=r"missing field 'reveal\.round'"):
+        wire.embedded(content, wire.DecryptRequest)

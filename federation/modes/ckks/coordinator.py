@@ -1,7 +1,9 @@
 """CKKS mode, coordinator side: have the key dealer deal, configure the committee, and per
 round replicate the uploads among members, pick the client set, collect a quorum's signed
 aggregate, relay the attestations, and have two owners of S decrypt (the second checks the
-first).
+first) - or, when every owner of the next round is in S, hand the coordinator a
+:class:`CkksReveal` for the next round's train messages, so that every owner of S decrypts
+beside its training (:mod:`cohort.federation.reveal`), checked the same way.
 
 Run by the coordinator (inside Cohort's ServerApp). It never holds a CKKS secret key and
 never receives an individual update in any form.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import RecordDict
@@ -24,7 +26,13 @@ from cohort.crypto.identity import verify_signature
 from cohort.errors import BadInputError, ProtocolAbort, VerificationError
 from cohort.federation import wire
 from cohort.federation.manifest import SecureMode
-from cohort.federation.modes.base import Aggregated, CoordinatorMode, RoundSkipped
+from cohort.federation.modes.base import (
+    Aggregated,
+    CoordinatorMode,
+    Reveal,
+    Revealed,
+    RoundSkipped,
+)
 from cohort.federation.modes.committee_steps import (
     aggregate_quorum,
     attest,
@@ -41,6 +49,75 @@ log = get_logger(__name__)
 #: the owners fetch it from the members that signed it
 #: (:mod:`cohort.aggregator.aggregate_fetch`).
 RELAY_AGGREGATE_MAX = 1 << 20
+
+
+def rotation(rnd: int, client_set: Sequence[str]) -> list[str]:
+    """The order in which the owners of S are asked to decrypt round ``rnd``: the first
+    returns the sum, the others their signed hash (the load rotates through S)."""
+    start = rnd % len(client_set)
+    return [*client_set[start:], *client_set[:start]]
+
+
+#: The DecryptRequest fields a saved reveal holds as hex (:meth:`CkksReveal.to_json`).
+_HEX = ("aggregate", "aggregate_hash")
+_HEX_LISTS = ("member_signatures",)
+
+
+@dataclasses.dataclass
+class CkksReveal(Reveal):
+    """Round ``round``'s quorum-signed aggregate of S, to be decrypted by owners of S: by two
+    with decryption messages (:meth:`reveal_now`), or by every owner beside the next round's
+    training (:meth:`attach`, :meth:`conclude`; :mod:`cohort.federation.reveal`), checked
+    the same way either way."""
+
+    mode: CkksCoordinator
+    round: int
+    client_set: list[str]
+    request: wire.DecryptRequest
+    party_of: Mapping[int, str]
+
+    def attach(self, content: RecordDict, party: str) -> RecordDict:
+        first = rotation(self.round, self.client_set)[0]
+        return wire.embed(content, dataclasses.replace(self.request, return_vector=party == first))
+
+    def conclude(self, replies: Mapping[str, RecordDict]) -> Revealed:
+        rnd, first = self.round, rotation(self.round, self.client_set)[0]
+        answered: dict[str, tuple[bytes, np.ndarray | None]] = {}
+        for party in self.client_set:
+            content = replies.get(party)
+            if content is None:
+                continue
+            try:
+                answered[party] = self.mode.check_decryption(
+                    party, rnd, self.request, content, vector=party == first, embedded=True
+                )
+            except (BadInputError, VerificationError) as exc:
+                log.warning("decryption rejected", extra=fields(party=party, reason=str(exc)))
+        revealed = self._settle(answered)
+        agreed = wire.plaintext_hash(revealed.total)
+        trained = frozenset(p for p, (h, _) in answered.items() if h == agreed)
+        return dataclasses.replace(revealed, trained_from=trained)
+
+    def reveal_now(self) -> Revealed:
+        return self._settle(None)
+
+    def to_json(self) -> dict[str, Any]:
+        values = self.request._values()
+        for key in _HEX:
+            values[key] = values[key].hex()
+        for key in _HEX_LISTS:
+            values[key] = [x.hex() for x in values[key]]
+        return {"request": values}
+
+    def _settle(self, answered: Mapping[str, tuple[bytes, np.ndarray | None]] | None) -> Revealed:
+        try:
+            with self.mode.host.timed("decrypt"):
+                total, decryptors, wrong = self.mode.decrypt(
+                    self.round, self.client_set, self.request, self.party_of, answered
+                )
+        except ProtocolAbort as exc:
+            raise RoundSkipped(str(exc), released=len(self.client_set)) from None
+        return Revealed(total, decryptors, wrong, frozenset())
 
 
 class CkksCoordinator(CoordinatorMode):
@@ -80,20 +157,27 @@ class CkksCoordinator(CoordinatorMode):
         finalized = attest(self.host, rnd, decision, client_set, ledger)
         # From here owners of S may decrypt: the round counts as released to the
         # coordinator for client-level DP even if the decryptions then disagree.
-        try:
-            with self.host.timed("decrypt"):
-                total, decryptors, wrong = self.decrypt(rnd, client_set, decision, party_of)
-        except ProtocolAbort as exc:
-            raise RoundSkipped(str(exc), released=len(client_set)) from None
+        request = self.decrypt_request(rnd, client_set, decision)
         return Aggregated(
-            total,
+            None,
             client_set,
             decision.aggregate_hash,
             finalized=finalized,
             faulty=faulty,
-            decryptors=decryptors,
-            faulty_decryptors=wrong,
+            reveal=CkksReveal(self, rnd, client_set, request, party_of),
         )
+
+    def restore_reveal(self, data: Mapping[str, Any], party_of: Mapping[int, str]) -> Reveal:
+        try:
+            values = dict(data["request"])
+            for key in _HEX:
+                values[key] = bytes.fromhex(values[key])
+            for key in _HEX_LISTS:
+                values[key] = [bytes.fromhex(x) for x in values[key]]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise BadInputError("saved reveal: malformed decryption request") from None
+        request = wire.DecryptRequest.from_mapping(values)
+        return CkksReveal(self, request.round, list(request.client_ids), request, party_of)
 
     def aggregate(
         self,
@@ -216,14 +300,14 @@ class CkksCoordinator(CoordinatorMode):
             if reply is None:
                 continue
             try:
-                answers[party] = self._check_decryption(
+                answers[party] = self.check_decryption(
                     party, rnd, request, reply.content, vector=party not in hash_only
                 )
             except (BadInputError, VerificationError) as exc:
                 log.warning("decryption rejected", extra=fields(party=party, reason=str(exc)))
         return answers
 
-    def _check_decryption(
+    def check_decryption(
         self,
         party: str,
         rnd: int,
@@ -231,8 +315,17 @@ class CkksCoordinator(CoordinatorMode):
         content: RecordDict,
         *,
         vector: bool = True,
+        embedded: bool = False,
     ) -> tuple[bytes, np.ndarray | None]:
-        answer = wire.DecryptReply.from_record(content)
+        """The signed plaintext hash (and the sum, when asked for) of one decryption: a
+        decryption reply, or with ``embedded`` a train reply carrying its reveal."""
+        answer = (
+            wire.embedded(content, wire.DecryptReply)
+            if embedded
+            else wire.DecryptReply.from_record(content)
+        )
+        if answer is None:
+            raise BadInputError(f"train reply from {party} carries no decryption of round {rnd}")
         entry = self.manifest.owner(party)
         assert entry is not None
         digest = wire.decryption_digest(
@@ -247,7 +340,7 @@ class CkksCoordinator(CoordinatorMode):
         if not vector and not wire.has_vector(content):
             return answer.plain_hash, None
         # asked for the sum, or sent it anyway: either way it must match the signed hash
-        plain = wire.get_vector(content, message=wire.DECRYPT, length=None)
+        plain = wire.get_vector(content, message=wire.TRAIN if embedded else wire.DECRYPT)
         if wire.plaintext_hash(plain) != answer.plain_hash:
             raise VerificationError(f"decryption by {party} does not match its signed hash")
         return answer.plain_hash, plain.astype(np.float64)
@@ -267,35 +360,55 @@ class CkksCoordinator(CoordinatorMode):
         )
 
     def decrypt(
-        self, rnd: int, client_set: list[str], decision: QuorumDecision, party_of: Mapping[int, str]
+        self,
+        rnd: int,
+        client_set: list[str],
+        request: wire.DecryptRequest,
+        party_of: Mapping[int, str],
+        answered: Mapping[str, tuple[bytes, np.ndarray | None]] | None = None,
     ) -> tuple[np.ndarray, list[str], list[str]]:
         """Decrypt with one owner of S and check it with a second (rotating through S).
 
         Decryption is deterministic, so two honest owners return the same plaintext hash. On
         a mismatch further owners are asked until two agree; the odd ones out are returned as
-        faulty decryptors. Returns (sum, owners who agree, faulty decryptors).
+        faulty decryptors. ``answered``: checked decryptions already in hand (the owners'
+        reveal beside their training), to which further owners are added one at a time.
+        Returns (sum, owners who agree, faulty decryptors).
         """
         node_of = {p: n for n, p in party_of.items()}
-        request = self.decrypt_request(rnd, client_set, decision)
-        start = rnd % len(client_set)
-        order = client_set[start:] + client_set[:start]
+        order = rotation(rnd, client_set)
         answers: dict[bytes, list[str]] = {}
         vectors: dict[bytes, np.ndarray] = {}
         # The first two owners decrypt in parallel (one message round trip), the second
         # returning only its signed hash; further owners, one at a time and with the sum,
         # only when those two disagree or one of them fails. Two agreeing owners therefore
         # always include one that sent the sum.
-        batches = [order[:2], *([p] for p in order[2:])]
+        batches: list[list[str]] = [order[:2], *([p] for p in order[2:])]
+        got: Mapping[str, tuple[bytes, np.ndarray | None]] = {}
+        if answered is not None:
+            batches = [[]] + [[p] for p in order if p not in answered]
+            got = answered
         for batch in batches:
-            got = self._decrypt_some(batch, node_of, rnd, request, hash_only=batch[1:])
-            for party in batch:
-                if party not in got:
+            if batch:
+                got = self._decrypt_some(batch, node_of, rnd, request, hash_only=batch[1:])
+            for party in order:
+                if party not in got or any(party in ps for ps in answers.values()):
                     continue
                 plain_hash, vector = got[party]
                 answers.setdefault(plain_hash, []).append(party)
                 if vector is not None:
                     vectors.setdefault(plain_hash, vector)
-            agreed_hash = next((h for h, ps in answers.items() if len(ps) >= 2), None)
+            agreed_hash = next(
+                (h for h, ps in answers.items() if len(ps) >= 2 and h in vectors), None
+            )
+            if agreed_hash is None:
+                # two agree but neither sent the sum (its sender failed): ask one of them
+                agreed_hash = next((h for h, ps in answers.items() if len(ps) >= 2), None)
+                if agreed_hash is not None:
+                    first = answers[agreed_hash][0]
+                    self._fetch_sum(first, agreed_hash, node_of, rnd, request, vectors)
+                    if agreed_hash not in vectors:
+                        agreed_hash = None
             if agreed_hash is not None:
                 agreed = answers[agreed_hash]
                 wrong = sorted(p for h, ps in answers.items() if h != agreed_hash for p in ps)
@@ -305,10 +418,22 @@ class CkksCoordinator(CoordinatorMode):
         if len(answers) == 1:
             ((plain_hash, agreed),) = answers.items()
             if plain_hash not in vectors:  # the one answer was a check: ask it for the sum
-                again = self._decrypt_some(agreed[:1], node_of, rnd, request).get(agreed[0])
-                if again is not None and again[0] == plain_hash and again[1] is not None:
-                    vectors[plain_hash] = again[1]
+                self._fetch_sum(agreed[0], plain_hash, node_of, rnd, request, vectors)
             if plain_hash in vectors:
                 log.warning("decryption unchecked: one owner answered", extra=fields(round=rnd))
                 return vectors[plain_hash], agreed, []
         raise ProtocolAbort("no two data owners of the client set agree on the decryption")
+
+    def _fetch_sum(
+        self,
+        party: str,
+        plain_hash: bytes,
+        node_of: Mapping[str, int],
+        rnd: int,
+        request: wire.DecryptRequest,
+        vectors: dict[bytes, np.ndarray],
+    ) -> None:
+        """Ask ``party``, which sent only the signed hash ``plain_hash``, for its sum."""
+        again = self._decrypt_some([party], node_of, rnd, request).get(party)
+        if again is not None and again[0] == plain_hash and again[1] is not None:
+            vectors[plain_hash] = again[1]
