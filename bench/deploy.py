@@ -23,9 +23,12 @@ a message is three content objects, not six (:mod:`cohort.federation.wire`). ``c
 local`` gives each co-located hospital one torch thread (``[hospital] threads = 1``), as the
 simulation gives each ClientApp one CPU. The coordinator times each phase of a round
 (summary.json, ``rounds[].phases``); the breakdown table below the figures comes from there.
-The hop table follows each train and decrypt message from the coordinator's send to its
-collected reply: the coordinator's ``rounds[].exchanges`` (when it sent each message and had
-every reply, when each owner created its reply) and, deployed, each hospital's own log
+In CKKS a round's sum rides with the next round's train message
+(:mod:`cohort.federation.reveal`), so a round is one message exchange; only the last round
+also has decryption messages. The hop table follows each train and decrypt message from the
+coordinator's send to its collected reply: the coordinator's ``rounds[].exchanges`` (when it
+sent each message and had every reply, when each owner created its reply) and, deployed,
+each hospital's own log
 lines at INFO (its SuperNode's ``message pulled`` and ``reply pushed``, its ClientApp's
 ``message handled``), all on this host's clock (:func:`exchange_hops`).
 ``--clientapp both`` also runs Flower's plain SuperNode (``subprocess``) for the comparison.
