@@ -135,8 +135,9 @@ class StudyOutcome:
 
 @dataclass
 class Pending:
-    """A played round whose sum rides, to be revealed, with the next round's train messages
-    (:mod:`cohort.federation.reveal`): its record so far, its aggregation, the weight of S."""
+    """A played round whose sum is not yet revealed: its record so far, its aggregation,
+    the weight of S. It rides with the next round's train messages
+    (:mod:`cohort.federation.reveal`) or is revealed at once with the mode's own messages."""
 
     record: RoundRecord
     done: Aggregated
@@ -336,9 +337,8 @@ class Coordinator:
         return state
 
     def _record(self, session: Session) -> None:
-        """Persist the rounds concluded so far, as each concludes; a round still to be
-        revealed is played again after a restart (from the model it started with, see
-        coordinator_state)."""
+        """Persist the rounds concluded so far and the round whose sum is still to be
+        revealed, if any (a restarted coordinator reveals it, see coordinator_state)."""
         state = self._progress
         if state is None or self.state is None:
             return
