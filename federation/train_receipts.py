@@ -13,11 +13,9 @@ committee's signed upload receipts), never the update.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cohort.errors import BadInputError
 from cohort.federation import wire
@@ -40,31 +38,12 @@ def _path(workdir: Path, study_id: str, round: int) -> Path:
     return study_dir(workdir, study_id) / "receipts" / f"round-{round}.json"
 
 
-def _encode(value: object) -> Any:
-    if isinstance(value, bytes):
-        return {"hex": value.hex()}
-    if isinstance(value, tuple):
-        return [_encode(v) for v in value]
-    return value
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict) and set(value) == {"hex"}:
-        return bytes.fromhex(value["hex"])
-    if isinstance(value, list):
-        return tuple(_decode(v) for v in value)
-    return value
-
-
 def save(workdir: Path, study_id: str, stored: StoredReceipt) -> None:
     record = {
         "format": FORMAT,
         "round": stored.round,
         "global_hash": stored.global_hash.hex(),
-        "receipt": {
-            f.name: _encode(getattr(stored.receipt, f.name))
-            for f in dataclasses.fields(stored.receipt)
-        },
+        "receipt": stored.receipt.to_json(),
     }
     path = _path(workdir, study_id, stored.round)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,11 +58,10 @@ def load(workdir: Path, study_id: str, round: int) -> StoredReceipt | None:
         record = json.loads(path.read_text(encoding="utf-8"))
         if record.get("format") != FORMAT or record.get("round") != round:
             raise ValueError("format or round")
-        fields = {k: _decode(v) for k, v in record["receipt"].items()}
         return StoredReceipt(
             round=round,
             global_hash=bytes.fromhex(record["global_hash"]),
-            receipt=wire.TrainReceipt(**fields),
+            receipt=wire.TrainReceipt.from_json(record["receipt"]),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BadInputError(f"{path}: unreadable train receipt ({exc})") from None

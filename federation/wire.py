@@ -72,6 +72,17 @@ class _Schema:
     def to_record(self) -> RecordDict:
         return RecordDict({_CONFIG_KEY: self.to_config()})
 
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON values, for a party's own stored records: bytes as
+        ``{"hex": ...}``, tuples as lists (:meth:`from_json` reads them back)."""
+        return {k: _to_json(v) for k, v in self._values().items()}
+
+    @classmethod
+    def from_json(cls: type[T], data: Mapping[str, Any]) -> T:
+        """The schema :meth:`to_json` wrote, every field checked as a message's is
+        (BadInputError; a malformed hex string is a ValueError too)."""
+        return cls.from_mapping({k: _from_json(v) for k, v in data.items()})
+
     @classmethod
     def from_record(cls: type[T], content: RecordDict) -> T:
         if _CONFIG_KEY not in content.config_records:
@@ -92,6 +103,22 @@ class _Schema:
                 raise BadInputError(f"{name}: missing field '{key}'")
             kwargs[f.name] = _coerce(name, key, str(f.type), record[key])
         return cls(**kwargs)
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"hex"}:
+        return bytes.fromhex(value["hex"])
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
 
 
 def _coerce(message: str, name: str, annotation: str, value: Any) -> Any:

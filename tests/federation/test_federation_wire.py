@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -140,6 +141,9 @@ def test_a_reveal_embeds_beside_the_train_instruction_and_reads_back_unchanged(
     assert wire.TrainInstruction.from_record(content) == instruction
     assert wire.embedded(content, wire.DecryptRequest) == request
     assert wire.embedded(instruction.to_record(), wire.DecryptRequest) is None
+    # ... and as a stored record (a coordinator's saved reveal): JSON and back, unchanged
+    stored = json.loads(json.dumps(request.to_json()))
+    assert wire.DecryptRequest.from_json(stored) == request
 
 
 def test_a_malformed_reveal_is_named_with_its_prefix() -> None:

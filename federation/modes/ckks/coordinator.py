@@ -58,11 +58,6 @@ def rotation(rnd: int, client_set: Sequence[str]) -> list[str]:
     return [*client_set[start:], *client_set[:start]]
 
 
-#: The DecryptRequest fields a saved reveal holds as hex (:meth:`CkksReveal.to_json`).
-_HEX = ("aggregate", "aggregate_hash")
-_HEX_LISTS = ("member_signatures",)
-
-
 @dataclasses.dataclass
 class CkksReveal(Reveal):
     """Round ``round``'s quorum-signed aggregate of S, to be decrypted by owners of S: by two
@@ -102,12 +97,7 @@ class CkksReveal(Reveal):
         return self._settle(None)
 
     def to_json(self) -> dict[str, Any]:
-        values = self.request._values()
-        for key in _HEX:
-            values[key] = values[key].hex()
-        for key in _HEX_LISTS:
-            values[key] = [x.hex() for x in values[key]]
-        return {"request": values}
+        return {"request": self.request.to_json()}
 
     def _settle(self, answered: Mapping[str, tuple[bytes, np.ndarray | None]] | None) -> Revealed:
         try:
@@ -169,14 +159,9 @@ class CkksCoordinator(CoordinatorMode):
 
     def restore_reveal(self, data: Mapping[str, Any], party_of: Mapping[int, str]) -> Reveal:
         try:
-            values = dict(data["request"])
-            for key in _HEX:
-                values[key] = bytes.fromhex(values[key])
-            for key in _HEX_LISTS:
-                values[key] = [bytes.fromhex(x) for x in values[key]]
+            request = wire.DecryptRequest.from_json(data["request"])
         except (KeyError, TypeError, ValueError, AttributeError):
             raise BadInputError("saved reveal: malformed decryption request") from None
-        request = wire.DecryptRequest.from_mapping(values)
         return CkksReveal(self, request.round, list(request.client_ids), request, party_of)
 
     def aggregate(
