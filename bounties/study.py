@@ -60,6 +60,7 @@ __all__ = [
     "contributors_hash",
     "create_address",
     "load_artifact",
+    "matches_artifact",
     "predict_address",
     "recover_signer",
     "roster_hash",
@@ -316,7 +317,7 @@ class StudyContract:
         code = bytes(provider.web3.eth.get_code(address))
         if not code:
             raise BadInputError(f"address: no contract at {address}")
-        if not _matches_artifact(code):
+        if not matches_artifact(code):
             raise BadInputError(
                 f"address: the code at {address} is not the committed CohortStudy build"
             )
@@ -412,7 +413,7 @@ class StudyContract:
                 f"chain_id: the provider's chain is {self._provider.chain_id}, "
                 f"the manifest names {chain_id}"
             )
-        if not _matches_artifact(bytes(self._provider.web3.eth.get_code(self._address))):
+        if not matches_artifact(bytes(self._provider.web3.eth.get_code(self._address))):
             raise VerificationError(
                 f"code: {self._address} does not run the committed CohortStudy build"
             )
@@ -618,15 +619,15 @@ class StudyContract:
 
     def finalized(self, round: int) -> tuple[bytes, bytes] | None:
         """(aggregate hash, contributors hash) ``round`` was finalized with, or None if it is
-        not final: three reads. A round finalizes once and never changes afterwards, so the
-        reads need no common block."""
+        not final: two reads (the contract finalizes a round exactly when its aggregate hash
+        is not zero). A round finalizes once and never changes afterwards, so the reads need
+        no common block. :class:`cohort.bounties.reads.StudyReads` makes the same reads in
+        one request."""
         state = self._contract.functions
-        if not state.isFinalized(round).call():
+        aggregate = bytes(state.finalizedHash(round).call())
+        if aggregate == bytes(32):
             return None
-        return (
-            bytes(state.finalizedHash(round).call()),
-            bytes(state.finalizedContributorsHash(round).call()),
-        )
+        return aggregate, bytes(state.finalizedContributorsHash(round).call())
 
     def is_finalized(self, round: int) -> bool:
         return bool(self._contract.functions.isFinalized(round).call())
@@ -776,7 +777,7 @@ def _same_roster(field: str, onchain: Sequence[str], expected: set[str]) -> None
         )
 
 
-def _matches_artifact(code: bytes) -> bool:
+def matches_artifact(code: bytes) -> bool:
     """Whether deployed ``code`` equals the artifact's, ignoring the immutables' bytes."""
     artifact = load_artifact()
     expected = bytearray.fromhex(str(artifact["deployedBytecode"])[2:])

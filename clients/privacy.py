@@ -559,6 +559,36 @@ class PrivacyLedger:
         compute_epsilon((*own, nxt), delta=self._delta)
         return nxt
 
+    def foresee_study(self, event: DpEvent, *, study_id: str, rounds: int) -> int:
+        """Compute now what :meth:`guard` and :meth:`record` will compute for each round of
+        ``study_id`` still to come if each repeats ``event``'s mechanism (a study's rounds
+        all do: its manifest fixes the noise, the sample rate and the steps), and return how
+        many rounds that was.
+
+        ``rounds`` is the study's number of rounds; the rounds this ledger already holds for
+        the study are not foreseen again. Stops after the first round whose projection
+        exceeds the cap in force (the guard declines it and every later one). Run by a
+        deployed data owner once its enrollment reply has left, so that no round of the
+        study runs the PRV accountant while the study waits. Nothing is recorded or
+        decided: the guard still checks each event it is given, and one that differs is
+        computed then. An event at another delta than the ledger's foresees nothing (the
+        guard refuses it).
+        """
+        if not isinstance(event, DpEvent):
+            raise BadInputError(f"expected a DpEvent, got {type(event).__name__}")
+        if event.delta != self._delta:
+            return 0
+        own = [e.event for e in self._entries if e.study_id == study_id]
+        prior = self.events
+        planned: list[DpEvent] = []
+        for number in range(len(own) + 1, rounds + 1):
+            planned.append(dataclasses.replace(event, round=number))
+            projected = compute_epsilon((*prior, *planned), delta=self._delta)
+            compute_epsilon((*own, *planned), delta=self._delta)
+            if self._cap is not None and projected > self._cap:
+                break
+        return len(planned)
+
     def _check_event(self, event: DpEvent, study_id: str) -> None:
         if not isinstance(event, DpEvent):
             raise BadInputError(f"expected a DpEvent, got {type(event).__name__}")

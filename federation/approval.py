@@ -21,6 +21,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cohort.bounties.attestation import contributors_hash
 from cohort.bounties.chain import ChainProvider
@@ -135,8 +136,16 @@ def check_contract(contract: StudyContract, manifest: Manifest) -> None:
     )
 
 
+class FinalizedReads(Protocol):
+    """What :func:`check_finalized` asks of a study contract: the contract client
+    (:class:`~cohort.bounties.study.StudyContract`) or an owner's one-request view of it
+    (:class:`~cohort.bounties.reads.StudyReads`)."""
+
+    def finalized(self, round: int) -> tuple[bytes, bytes] | None: ...
+
+
 def check_finalized(
-    contract: StudyContract,
+    contract: FinalizedReads,
     manifest: Manifest,
     *,
     round: int,

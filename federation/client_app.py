@@ -88,7 +88,10 @@ def _with_memo(resolve: SettingsResolver) -> SettingsResolver:
 
 def _traced(handler: Handler) -> Handler:
     """``handler``, logging one ``message handled`` line per message at INFO: its type, its
-    id (the coordinator's reply names it), when the handler started and how long it ran.
+    id (the coordinator's reply names it), when the handler started, how long it ran and
+    the CPU seconds its process spent meanwhile (``cpu_s``: in a deployed task fork the
+    handler's own; in a simulation's actor, which runs one message at a time, the handler's
+    plus the actor's idle runtime threads).
 
     With the SuperNode's ``message pulled`` and ``reply pushed`` lines
     (:mod:`cohort.federation.supernode_loop`) and the coordinator's ``rounds[].exchanges``
@@ -98,6 +101,7 @@ def _traced(handler: Handler) -> Handler:
     @functools.wraps(handler)
     def traced(msg: Message, context: Context) -> Message:
         started = time.time()
+        cpu = time.process_time()
         ok = False
         try:
             reply = handler(msg, context)
@@ -111,6 +115,7 @@ def _traced(handler: Handler) -> Handler:
                     message=msg.metadata.message_id,
                     started=round(started, 3),
                     seconds=round(time.time() - started, 3),
+                    cpu_s=round(time.process_time() - cpu, 3),
                     ok=ok,
                 ),
             )
@@ -159,7 +164,10 @@ def make_client_app(resolve: SettingsResolver) -> ClientApp:
     @app.query("enroll")
     @_traced
     def _enroll(msg: Message, context: Context) -> Message:
-        reply = hospital.enroll(resolve(context), wire.EnrollRequest.from_record(msg.content))
+        request = wire.EnrollRequest.from_record(msg.content)
+        settings = resolve(context)
+        reply = hospital.enroll(settings, request)
+        after_reply(functools.partial(hospital.foresee_study, settings, request.study_id))
         return Message(reply.to_record(), reply_to=msg)
 
     @app.query("keygen")

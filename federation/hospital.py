@@ -45,6 +45,7 @@ from cohort.federation.dp_terms import dp_config
 from cohort.federation.keystore import KeyStore
 from cohort.federation.manifest import Manifest
 from cohort.federation.modes import owner_mode
+from cohort.federation.modes.base import OwnerMode
 from cohort.federation.modes.ckks.owner import decrypt, install_key, keygen
 from cohort.federation.owner_net import (
     LIVENESS_TIMEOUT_S,
@@ -242,6 +243,8 @@ def train(
     revealed = None
     if reveal is None and instruction.reveal_weight:
         raise BadInputError(f"train round {instruction.round}: a reveal weight and no reveal")
+    mode = owner_mode(settings, manifest)
+    mode.begin()  # the committee's liveness travels while the last sum is checked
     if reveal is not None:
         check_reveal(instruction, reveal)
         revealed = decrypt(settings, reveal)
@@ -256,7 +259,7 @@ def train(
             weight=instruction.reveal_weight,
             server_lr=manifest.server_lr,
         )
-    outcome = _train(settings, identity, manifest, instruction, global_model, data)
+    outcome = _train(settings, identity, manifest, instruction, global_model, data, mode)
     return dataclasses.replace(outcome, revealed=revealed) if revealed else outcome
 
 
@@ -267,6 +270,7 @@ def _train(
     instruction: wire.TrainInstruction,
     global_model: np.ndarray,
     data: Dataset,
+    mode: OwnerMode,
 ) -> TrainOutcome:
     policy = settings.policy
     replayed = _replayed(settings, identity, manifest, instruction.round, global_model)
@@ -278,7 +282,6 @@ def _train(
         epsilon_cap=policy.epsilon_cap,
         delta=policy.delta,
     )
-    mode = owner_mode(settings, manifest)
     reason = mode.prepare()
     if reason is not None:
         log.warning("round declined", extra=fields(party=identity.party_id, reason=reason))
@@ -368,6 +371,31 @@ def foresee_next_round(settings: HospitalSettings, study_id: str) -> None:
         PrivacyLedger.load(settings.ledger_path).foresee_next_round(study_id)
 
 
+def foresee_study(settings: HospitalSettings, study_id: str) -> None:
+    """Work out now the noise calibration and the privacy accounting of every round of
+    ``study_id`` this owner may train (:meth:`~cohort.clients.privacy.PrivacyLedger.foresee_study`),
+    into the accountant's memo; run once the enrollment reply has left (a deployed owner's
+    warm ClientApp, :func:`cohort.federation.client_app.after_reply`), so the study's rounds
+    wait on neither. Reads the approved manifest, the data and the ledger; writes nothing
+    but the memo.
+    """
+    identity, manifest = study_of(settings, study_id)
+    policy = settings.policy
+    path = settings.ledger_path
+    entries = PrivacyLedger.load(path).entries if path.is_file() else ()
+    ledger = PrivacyLedger(
+        path,
+        owner=identity.party_id,
+        epsilon_cap=policy.epsilon_cap,
+        delta=policy.delta,
+        entries=entries,
+    )
+    examples = int(settings.dataset(manifest).labels.shape[0])
+    event = dp_config(manifest).event(examples, round=1)
+    foreseen = ledger.foresee_study(event, study_id=manifest.study_id, rounds=manifest.rounds)
+    log.info("study's accounting foreseen", extra=fields(study=study_id[:16], rounds=foreseen))
+
+
 def _replayed(
     settings: HospitalSettings,
     identity: Identity,
@@ -415,6 +443,7 @@ __all__ = [
     "decrypt",
     "enroll",
     "foresee_next_round",
+    "foresee_study",
     "install_key",
     "keygen",
     "member_tls",

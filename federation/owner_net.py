@@ -34,19 +34,39 @@ def member_tls(manifest: Manifest, entry: CommitteeEntry) -> ChannelTls | None:
     return MemberRef.from_entry(entry).channel_tls(manifest.tls_ca)
 
 
+class MemberProbe:
+    """The committee's liveness, asked in the background from the moment it is made.
+
+    Each member is asked for its Info over the manifest's TLS pin, all at once, each within
+    :data:`LIVENESS_TIMEOUT_S`; :meth:`alive` waits for the answers. Made by a data owner
+    at the start of a round (:meth:`~cohort.federation.modes.base.OwnerMode.begin`), so the
+    pings travel while it checks and decrypts the last round's sum. A probe nobody waits on
+    (a round refused before its owner spends anything) ends with its last ping.
+    """
+
+    def __init__(self, manifest: Manifest) -> None:
+        self._entries = list(manifest.committee)
+        pool = ThreadPoolExecutor(max_workers=max(1, len(self._entries)))
+        self._answers = [pool.submit(_ping, manifest, e) for e in self._entries]
+        pool.shutdown(wait=False)
+
+    def alive(self) -> list[str]:
+        """The members that answered as themselves, in the manifest's order."""
+        return [m for m in (a.result() for a in self._answers) if m is not None]
+
+
+def _ping(manifest: Manifest, entry: CommitteeEntry) -> str | None:
+    try:
+        with MemberClient(entry.endpoint, tls=member_tls(manifest, entry)) as client:
+            info = client.info(timeout_s=LIVENESS_TIMEOUT_S)
+    except CohortError:
+        return None
+    return entry.member_id if info.info.member_id == entry.member_id else None
+
+
 def reachable_members(manifest: Manifest) -> list[str]:
     """Members answering Info within :data:`LIVENESS_TIMEOUT_S` (over the manifest's TLS pin)."""
-
-    def ping(entry: CommitteeEntry) -> str | None:
-        try:
-            with MemberClient(entry.endpoint, tls=member_tls(manifest, entry)) as client:
-                info = client.info(timeout_s=LIVENESS_TIMEOUT_S)
-        except CohortError:
-            return None
-        return entry.member_id if info.info.member_id == entry.member_id else None
-
-    with ThreadPoolExecutor(max_workers=len(manifest.committee)) as pool:
-        return [m for m in pool.map(ping, manifest.committee) if m is not None]
+    return MemberProbe(manifest).alive()
 
 
 @dataclass(frozen=True, repr=False)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from cohort.crypto.identity import Identity
     from cohort.federation.coordinator import StudyOutcome
     from cohort.federation.hospital import HospitalSettings
+    from cohort.federation.owner_net import MemberProbe
 
 
 # ------------------------------------------------------------------------ owner side
@@ -66,6 +67,11 @@ class OwnerMode(ABC):
         self.settings = settings
         self.manifest = manifest
 
+    def begin(self) -> None:  # noqa: B027 (a hook: most modes have nothing to start)
+        """Start what :meth:`prepare` will wait on (the committee's liveness, say) as the
+        round begins, before the owner checks and decrypts the last round's sum. Run by the
+        data owner once the round's own terms are checked. Default: nothing."""
+
     def prepare(self) -> str | None:
         """Before any budget is spent: the reason to decline this round (a dead committee,
         say), or None to go on. Run by the data owner. Default: go on."""
@@ -76,6 +82,25 @@ class OwnerMode(ABC):
         """Protect the weighted ``update`` (float64) and send it where the mode says. Run by
         the data owner after training; never raises for a member that is down (that is a
         ``failed`` delivery), only for an update the mode cannot carry (BadInputError)."""
+
+
+class CommitteeOwner(OwnerMode):
+    """An owner mode that sends to the committee (CKKS, MPC): it asks for the members'
+    liveness as the round begins (:meth:`begin`) and waits for it in :meth:`reachable`."""
+
+    _probe: MemberProbe | None = None
+
+    def begin(self) -> None:
+        from cohort.federation.owner_net import MemberProbe
+
+        self._probe = MemberProbe(self.manifest)
+
+    def reachable(self) -> list[str]:
+        """The members that answered the round's liveness probe (asked now if not begun)."""
+        from cohort.federation.owner_net import MemberProbe
+
+        probe, self._probe = self._probe or MemberProbe(self.manifest), None
+        return probe.alive()
 
 
 # ------------------------------------------------------------------ coordinator side

@@ -1236,7 +1236,7 @@ class TestAnvilRpcChain(StudyContractSuite):
     def provider(cls, anvil_url: str) -> ChainProvider:
         return RpcChain(anvil_url, private_keys=RPC_KEYS)
 
-    def test_a_finalized_read_is_three_calls_and_the_chain_id_is_asked_once(
+    def test_a_finalized_read_is_two_calls_and_the_chain_id_is_asked_once(
         self, world: World, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """What an owner asks its chain before it decrypts: web3's validation wanted the
@@ -1255,7 +1255,7 @@ class TestAnvilRpcChain(StudyContractSuite):
         monkeypatch.setattr(provider, "_make_request", recorded)
         for _ in range(3):
             assert world.study.finalized(1) == (AGG_A, contributors_hash(world.owners[:3]))
-        assert asked.count("eth_call") == 9
+        assert asked.count("eth_call") == 6
         assert asked.count("eth_chainId") <= 1
         assert set(asked) <= {"eth_call", "eth_chainId"}
 
@@ -1301,3 +1301,156 @@ def test_rpc_chain_without_keys_is_read_only(anvil_url: str) -> None:
     chain = RpcChain(anvil_url)
     assert chain.accounts() == []
     assert chain.chain_id == 31337
+
+
+# ----------------------------------------------------------------------- StudyReads
+
+
+class _Relay:
+    """A JSON-RPC endpoint in front of anvil that counts the requests it gets and, as told,
+    refuses batches (one error object, as some nodes answer), answers HTTP 500 or answers
+    something that is not JSON."""
+
+    def __init__(self, upstream: str, *, mode: str = "pass") -> None:
+        import http.server
+        import threading
+        import urllib.request
+
+        relay = self
+        self.requests: list[object] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                relay.requests.append(json.loads(body))
+                if mode == "http-500":
+                    self.send_error(500)
+                    return
+                if mode == "not-json":
+                    answer = b"<html>gateway</html>"
+                elif mode == "no-batches" and isinstance(relay.requests[-1], list):
+                    refusal = {"code": -32600, "message": "no batches"}
+                    answer = json.dumps({"jsonrpc": "2.0", "id": None, "error": refusal}).encode()
+                else:
+                    ask = urllib.request.Request(
+                        upstream, data=body, headers={"Content-Type": "application/json"}
+                    )
+                    with urllib.request.urlopen(ask, timeout=10) as response:
+                        answer = response.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class TestStudyReads:
+    """An owner's one-request view of what the contract finalized gives the contract
+    client's answers (:meth:`StudyContract.finalized`), on a real node."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def world(cls, anvil_url: str) -> World:
+        return deploy_world(RpcChain(anvil_url, private_keys=RPC_KEYS))
+
+    def test_it_reads_what_the_contract_client_reads_in_one_request(
+        self, world: World, anvil_url: str
+    ) -> None:
+        from cohort.bounties.reads import StudyReads
+
+        relay = _Relay(anvil_url)
+        try:
+            reads = StudyReads(relay.url, world.study.address)
+            assert reads.finalized(1) is None is world.study.finalized(1)
+            world.attest(0, round=1)
+            assert reads.finalized(1) is None  # one vote of a quorum of two
+            world.attest(1, round=1)
+            world.attest(0, round=2, agg=AGG_B, contributors=world.owners[1:4])
+            expected = (AGG_A, contributors_hash(world.owners[:3]))
+            assert reads.finalized(1) == expected == world.study.finalized(1)
+            assert reads.finalized(2) is None is world.study.finalized(2)
+            assert reads.finalized(7) is None  # a round beyond the study: zero words
+            assert len(relay.requests) == 5  # one POST per read
+            assert all(isinstance(r, list) and len(r) == 3 for r in relay.requests)
+        finally:
+            relay.close()
+
+    def test_a_node_without_batches_is_asked_one_call_at_a_time(
+        self, world: World, anvil_url: str
+    ) -> None:
+        from cohort.bounties.reads import StudyReads
+
+        world.attest(0, round=3)
+        world.attest(1, round=3)
+        relay = _Relay(anvil_url, mode="no-batches")
+        try:
+            reads = StudyReads(relay.url, world.study.address)
+            assert reads.finalized(3) == world.study.finalized(3) is not None
+            assert [type(r).__name__ for r in relay.requests] == ["list", "dict", "dict", "dict"]
+        finally:
+            relay.close()
+
+    def test_an_address_without_the_committed_code_is_refused(
+        self, world: World, anvil_url: str
+    ) -> None:
+        from cohort.bounties.reads import StudyReads
+
+        empty = Account.from_key(keccak(text="cohort-test/nobody")).address
+        with pytest.raises(BadInputError, match="no contract at"):
+            StudyReads(anvil_url, empty).finalized(1)
+        other = Account.from_key(keccak(text="cohort-test/other-code")).address
+        world.provider.web3.provider.make_request(
+            "anvil_setCode",  # type: ignore[arg-type]
+            [other, "0x6001600055"],
+        )
+        with pytest.raises(BadInputError, match="not the committed CohortStudy build"):
+            StudyReads(anvil_url, other).finalized(1)
+
+    @pytest.mark.parametrize(
+        ("mode", "message"),
+        [("http-500", "HTTP 500"), ("not-json", "the answer is not JSON")],
+    )
+    def test_a_node_that_answers_out_of_protocol_is_named(
+        self, world: World, anvil_url: str, mode: str, message: str
+    ) -> None:
+        from cohort.bounties.reads import StudyReads
+
+        relay = _Relay(anvil_url, mode=mode)
+        try:
+            with pytest.raises(ProtocolAbort, match=message):
+                StudyReads(relay.url, world.study.address).finalized(1)
+        finally:
+            relay.close()
+
+
+def test_study_reads_name_a_dead_node_without_its_credentials() -> None:
+    from cohort.bounties.reads import StudyReads
+
+    port = _free_port()
+    address = Account.from_key(keccak(text="cohort-test/nobody")).address
+    reads = StudyReads(f"http://operator:s3cret@127.0.0.1:{port}/rpc", address, timeout_s=2)
+    with pytest.raises(ProtocolAbort, match="no Ethereum JSON-RPC node answers at") as info:
+        reads.finalized(1)
+    assert "s3cret" not in str(info.value)
+    assert f"http://127.0.0.1:{port}/rpc" in str(info.value)
+    for bad, match in [
+        ("ws://127.0.0.1:8545", "expected http"),
+        ("http://127.0.0.1:99999", "bad port"),
+        ("http://user:pw@", "expected http"),
+    ]:
+        with pytest.raises(BadInputError, match=match) as refused:
+            StudyReads(bad, address)
+        assert "pw" not in str(refused.value).replace("expected", "")
+    with pytest.raises(BadInputError, match="round"):
+        reads.finalized(-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -615,6 +616,55 @@ def test_foreseeing_the_next_round_leaves_its_guard_nothing_to_compute(
         accounting._prv_epsilon.cache_clear()
         fresh = [*(e.event for e in reopened.entries), event(3, sigma=1.3, q=0.07)]
         assert projected == compute_epsilon(fresh, delta=DELTA)
+    finally:
+        accounting.use_disk_memo(None)
+        accounting._prv_epsilon.cache_clear()
+
+
+def test_foreseeing_a_study_leaves_none_of_its_rounds_anything_to_compute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ``foresee_study`` a fresh process per round (no in-memory cache, the same memo
+    folder) guards and records every round still to come without running the PRV
+    accountant, with the accountant's own numbers; rounds already held are not foreseen
+    again, the foresight stops at the first round past the cap, and an event at another
+    delta foresees nothing."""
+    from cohort.clients import accounting
+
+    path = tmp_path / "ledger.json"
+    accounting.use_disk_memo(tmp_path / "memo")
+    accounting._prv_epsilon.cache_clear()  # the enrolment's fork: a fresh process too
+    try:
+        ledger = open_ledger(path)
+        record(ledger, event(1, sigma=0.9), study="other-study")
+        record(ledger, event(1))
+        assert ledger.foresee_study(event(9), study_id=STUDY, rounds=5) == 4  # rounds 2..5
+        assert (
+            ledger.foresee_study(
+                dataclasses.replace(event(1), delta=1e-6), study_id=STUDY, rounds=5
+            )
+            == 0
+        )
+
+        def accountant_runs(*_: object) -> float:
+            raise AssertionError("the PRV accountant ran")
+
+        monkeypatch.setattr(accounting, "_prv_epsilon_uncached", accountant_runs)
+        for rnd in range(2, 6):
+            accounting._prv_epsilon.cache_clear()  # each round: a fresh ClientApp process
+            fresh = open_ledger(path)
+            fresh.guard(event(rnd), study_id=STUDY, study_cap=9.0)
+            record(fresh, event(rnd))
+        monkeypatch.undo()
+        accounting.use_disk_memo(None)
+        accounting._prv_epsilon.cache_clear()
+        done = PrivacyLedger.load(path)
+        assert [e.event.round for e in done.entries] == [1, 1, 2, 3, 4, 5]
+        assert done.entries[-1].epsilon_after == compute_epsilon(done.events, delta=DELTA)
+
+        capped = open_ledger(tmp_path / "capped.json", cap=3.0)
+        # PINNED: 2.36, 2.99, 3.49, ... for rounds 1, 2, 3 of event(): round 3 is past the cap
+        assert capped.foresee_study(event(1), study_id=STUDY, rounds=5) == 3
     finally:
         accounting.use_disk_memo(None)
         accounting._prv_epsilon.cache_clear()

@@ -25,7 +25,7 @@ from cohort.crypto.hashing import Tag, tagged_hash
 from cohort.crypto.identity import Identity, verify_signature
 from cohort.errors import BadInputError, VerificationError
 from cohort.federation import hospital, wire
-from cohort.federation.manifest import SecureMode
+from cohort.federation.manifest import CommitteeEntry, SecureMode
 from cohort.federation.modes.ckks import owner as ckks_owner
 from cohort.federation.policy import HospitalPolicy
 
@@ -425,15 +425,16 @@ def test_an_owner_with_a_chain_checks_the_contract_before_decrypting(
     """With ``chain-url`` in its policy the owner asks its own chain view first; here the
     contract the manifest names does not exist there, so nothing is decrypted or recorded."""
     from cohort.bounties.chain import EmbeddedChain
+    from cohort.bounties.study import StudyContract
 
     chain = EmbeddedChain()
     asked: list[str] = []
 
-    def connect(url: str) -> EmbeddedChain:
+    def connect(url: str, address: str) -> StudyContract:
         asked.append(url)
-        return chain
+        return StudyContract.at(chain, address)  # its checks are StudyReads's (tests/bounties)
 
-    monkeypatch.setattr(ckks_owner, "RpcChain", connect)
+    monkeypatch.setattr(ckks_owner, "StudyReads", connect)
     owner = dataclasses.replace(
         study.owners[0],
         policy=dataclasses.replace(study.owners[0].policy, chain_url="http://127.0.0.1:8545"),
@@ -609,3 +610,84 @@ def test_a_reveal_gets_no_more_than_a_decryption_message_would(study: Study) -> 
     with pytest.raises(VerificationError, match="already decrypted another aggregate"):
         hospital.train(owner, instruction, model, request)
     assert _entries(owner) == []
+
+
+def test_foreseeing_a_study_at_enrolment_leaves_its_rounds_no_accounting_to_do(
+    study: Study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a deployed owner works out once its enrolment reply has left: the noise
+    calibration and every round's projection, for the event its training will record (the
+    approved manifest's terms, its own data). Each round then, in a fresh process, guards
+    and records without calibrating or running the PRV accountant."""
+    from cohort.clients import accounting
+    from cohort.clients.privacy import PrivacyLedger
+    from cohort.federation.dp_terms import dp_config
+
+    owner = study.owners[0]
+    accounting.use_disk_memo(tmp_path / "memo")
+    accounting._prv_epsilon.cache_clear()  # the enrolment's fork: a fresh process too
+    accounting.calibrate_noise_multiplier.cache_clear()
+    try:
+        hospital.foresee_study(owner, study.study_id)
+        assert not owner.ledger_path.exists()  # nothing recorded, no ledger created
+
+        def runs(*_: object) -> float:
+            raise AssertionError("the accountant ran during a round")
+
+        monkeypatch.setattr(accounting, "_prv_epsilon_uncached", runs)
+        monkeypatch.setattr(accounting, "_calibrate", runs)
+        examples = int(owner.dataset(study.manifest).labels.shape[0])
+        for rnd in range(1, study.manifest.rounds + 1):
+            accounting._prv_epsilon.cache_clear()  # each round: a fresh ClientApp process
+            accounting.calibrate_noise_multiplier.cache_clear()
+            ledger = PrivacyLedger.open(
+                owner.ledger_path,
+                owner=owner.party_id,
+                epsilon_cap=owner.policy.epsilon_cap,
+                delta=owner.policy.delta,
+            )
+            event = dp_config(study.manifest).event(examples, round=rnd)
+            ledger.guard(event, study_id=study.study_id, study_cap=study.manifest.dp.epsilon)
+            ledger.record(
+                event,
+                study_id=study.study_id,
+                epsilon=ledger.projected_epsilon(event),
+                seeded=False,
+            )
+        assert len(PrivacyLedger.load(owner.ledger_path).entries) == study.manifest.rounds
+    finally:
+        accounting.use_disk_memo(None)
+        accounting._prv_epsilon.cache_clear()
+        accounting.calibrate_noise_multiplier.cache_clear()
+
+
+def test_the_committee_liveness_is_asked_once_a_round_as_it_begins(
+    study: Study, ready: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``begin`` sends the pings at once (before the owner checks and decrypts the last
+    sum); ``prepare`` waits on those answers and asks nobody again; a mode not begun asks
+    in ``prepare``."""
+    import threading
+
+    from cohort.federation import owner_net
+    from cohort.federation.modes import owner_mode
+
+    asked: list[str] = []
+    all_asked = threading.Event()
+
+    def ping(manifest: object, entry: CommitteeEntry) -> str | None:
+        member = entry.member_id
+        asked.append(member)
+        if len(asked) == len(study.manifest.committee):
+            all_asked.set()
+        return member
+
+    monkeypatch.setattr(owner_net, "_ping", ping)
+    mode = owner_mode(study.owners[0], study.manifest)
+    mode.begin()
+    assert all_asked.wait(10)  # before prepare
+    assert mode.prepare() is None
+    assert sorted(asked) == sorted(m.member_id for m in study.manifest.committee)
+    asked.clear()
+    assert owner_mode(study.owners[0], study.manifest).prepare() is None
+    assert len(asked) == len(study.manifest.committee)

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from cohort.aggregator.member import aggregate_result_digest
-from cohort.bounties.chain import RpcChain
-from cohort.bounties.study import StudyContract
+from cohort.bounties.reads import StudyReads
 from cohort.crypto.ckks import CkksSecretContext, dealt_context_digest
 from cohort.crypto.encoding import quantize
 from cohort.crypto.hashing import Tag, client_set_hash, tagged_hash
@@ -26,8 +25,8 @@ from cohort.errors import BadInputError, VerificationError
 from cohort.federation import wire
 from cohort.federation.approval import check_finalized
 from cohort.federation.manifest import CommitteeEntry, Manifest, SecureMode
-from cohort.federation.modes.base import Delivery, OwnerMode
-from cohort.federation.owner_net import fetch_aggregate, reachable_members, upload
+from cohort.federation.modes.base import CommitteeOwner, Delivery
+from cohort.federation.owner_net import fetch_aggregate, upload
 from cohort.federation.owner_study import check_round, study_of
 from cohort.logs import fields, get_logger
 
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-class CkksOwner(OwnerMode):
+class CkksOwner(CommitteeOwner):
     """Encrypt under the study's installed context; upload once to a reachable member."""
 
     name: ClassVar[SecureMode] = SecureMode.CKKS
@@ -45,7 +44,7 @@ class CkksOwner(OwnerMode):
     def prepare(self) -> str | None:
         manifest = self.manifest
         self._context = self.settings.keystore.load_ckks(manifest.study_id)
-        self._alive = reachable_members(manifest)
+        self._alive = self.reachable()
         if len(self._alive) < manifest.quorum:
             return (
                 f"only {len(self._alive)} of {len(manifest.committee)} committee members "
@@ -223,7 +222,7 @@ def decrypt(
     _check_quorum_signatures(manifest, request)
     if settings.policy.chain_url is not None:
         check_finalized(
-            StudyContract.at(RpcChain(settings.policy.chain_url), manifest.contract),
+            StudyReads(settings.policy.chain_url, manifest.contract),
             manifest,
             round=request.round,
             client_ids=request.client_ids,

@@ -21,8 +21,8 @@ from cohort.crypto.prg import share_domain
 from cohort.crypto.shamir import ShamirScheme, share
 from cohort.crypto.share_payload import SharePayload
 from cohort.federation.manifest import Manifest, SecureMode
-from cohort.federation.modes.base import Delivery, OwnerMode
-from cohort.federation.owner_net import Delivered, reachable_members, upload_to
+from cohort.federation.modes.base import CommitteeOwner, Delivery
+from cohort.federation.owner_net import Delivered, upload_to
 from cohort.logs import fields, get_logger
 
 log = get_logger(__name__)
@@ -53,14 +53,14 @@ def share_payloads(
     return {members[s.index]: SharePayload(scheme, int(secret.size), s).to_bytes() for s in shares}
 
 
-class MpcOwner(OwnerMode):
+class MpcOwner(CommitteeOwner):
     """Share the update to every reachable member; a threshold of them must take it."""
 
     name: ClassVar[SecureMode] = SecureMode.MPC
 
     def prepare(self) -> str | None:
         manifest = self.manifest
-        self._alive = reachable_members(manifest)
+        self._alive = self.reachable()
         if len(self._alive) < manifest.quorum:
             return (
                 f"only {len(self._alive)} of {len(manifest.committee)} committee members "
