@@ -27,7 +27,7 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from cohort.errors import BadInputError
+from cohort.errors import BadInputError, VerificationError
 from cohort.federation import hospital, wire
 from cohort.federation.policy import HospitalPolicy
 from cohort.logs import fields, get_logger
@@ -373,6 +373,7 @@ def _install_each_fab_once() -> None:
     def install_once(fab_file: Path | bytes, *args: Any, **kwargs: Any) -> Path:
         if not isinstance(fab_file, bytes):
             return Path(install(fab_file, *args, **kwargs))
+        check_fab_carries_no_code(fab_file)
         marker = get_flwr_home() / VERIFIED_FABS / hashlib.sha256(fab_file).hexdigest()
         with contextlib.suppress(OSError, UnicodeDecodeError):
             installed = Path(marker.read_text(encoding="utf-8"))
@@ -384,6 +385,34 @@ def _install_each_fab_once() -> None:
         return installed
 
     setattr(flower_task, "install_from_fab", install_once)  # noqa: B010 (a module global)
+
+
+#: What a Cohort FAB may hold (federation/FAB.md): Flower's pyproject.toml and .info/, notes.
+_FAB_FILES = ("pyproject.toml",)
+
+
+def check_fab_carries_no_code(fab: bytes) -> None:
+    """VerificationError unless the run's FAB holds only Flower's ``pyproject.toml`` and
+    ``.info/`` files and Markdown notes, as Cohort's own FAB does (federation/FAB.md).
+
+    A node runs the Cohort its operator installed; Flower puts a FAB's folder first on the
+    import path of a fresh ClientApp process, so a bundle with modules in it is refused
+    before it is installed, whatever they are called.
+    """
+    import io
+    import zipfile
+
+    try:
+        names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
+    except zipfile.BadZipFile:
+        raise VerificationError("the run's app bundle (FAB) is not a zip archive") from None
+    for name in names:
+        if name in _FAB_FILES or name.startswith(".info/") or name.endswith(".md"):
+            continue
+        raise VerificationError(
+            f"the run's app bundle carries {name[:80]!r}: this node runs the Cohort its "
+            "operator installed, not code sent with a run (refused before installing it)"
+        )
 
 
 def _fork_task(runtime_api_address: str, token: str, threads: int = 0) -> int:

@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from cohort.federation.flower_waits import OBJECTS_IN_FLIGHT, PULL_FIRST_S, PULL_MAX_S
 
 
@@ -83,17 +85,49 @@ def test_the_warm_runner_extracts_and_verifies_each_fab_once(tmp_path: Path) -> 
         task.install_from_fab = flowers_install
         from cohort.federation.client_app import _install_each_fab_once
         _install_each_fab_once()
-        first = task.install_from_fab(b"fab one", skip_prompt=True)
-        again = task.install_from_fab(b"fab one", skip_prompt=True)
-        other = task.install_from_fab(b"fab two", skip_prompt=True)
+        first = task.install_from_fab(ONE, skip_prompt=True)
+        again = task.install_from_fab(ONE, skip_prompt=True)
+        other = task.install_from_fab(TWO, skip_prompt=True)
         print(json.dumps({
             "calls": len(calls), "same": first == again, "other": other != first,
         }))
-        """.replace("HOME", repr(str(tmp_path))),
+        """.replace("HOME", repr(str(tmp_path)))
+        .replace("ONE", repr(_fab({"pyproject.toml": "[project]\nname = 'one'\n"})))
+        .replace("TWO", repr(_fab({"pyproject.toml": "[project]\nname = 'two'\n"}))),
         env={**_env(), "FLWR_HOME": str(tmp_path)},
     )
     # Flower's install (extract, verify every file's hash) ran once per distinct FAB bytes
     assert got == {"calls": 2, "same": True, "other": True}
+
+
+def _fab(files: dict[str, str]) -> bytes:
+    """A zip archive with ``files`` (name -> text), as a FAB's bytes."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return out.getvalue()
+
+
+def test_a_fab_that_carries_code_is_refused_before_it_is_installed() -> None:
+    """Cohort's FAB holds Flower's pyproject.toml, its .info/ and a note (federation/FAB.md);
+    a bundle with modules in it (a ``cohort/`` package that a fresh ClientApp process would
+    import ahead of the installed one, or any other file) is refused, naming the file."""
+    from flwr.cli.build import build_fab_from_disk
+
+    from cohort.errors import VerificationError
+    from cohort.federation.client_app import check_fab_carries_no_code
+
+    check_fab_carries_no_code(build_fab_from_disk(Path(__file__).resolve().parents[2]))
+    check_fab_carries_no_code(_fab({"pyproject.toml": "", ".info/CONTENT": "", "a/b.md": ""}))
+    for name in ("cohort/__init__.py", "federation/client_app.py", "lib.so", "run.sh"):
+        with pytest.raises(VerificationError, match=f"carries '{name}'.*not code sent"):
+            check_fab_carries_no_code(_fab({"pyproject.toml": "", name: "print('hi')"}))
+    with pytest.raises(VerificationError, match="not a zip archive"):
+        check_fab_carries_no_code(b"fab one")
 
 
 def _env() -> dict[str, str]:
