@@ -127,7 +127,12 @@ def check_norms(job: NormCheckJob, *, start_ttp: bool) -> list[bool]:
                     raise ProtocolAbort(f"norm check: party {job.rank} failed during {payload}")
                 continue
             if ttp is not None and ttp.exitcode is not None and not receiver.poll():
-                raise ProtocolAbort(f"norm check: TTP died during {stage} (code {ttp.exitcode})")
+                # The TTP's rendezvous has the same timeout as this wait: when a peer never
+                # joins, either may give up first.
+                why = ": a peer never joined, or the TTP failed" if stage == "rendezvous" else ""
+                raise ProtocolAbort(
+                    f"norm check: TTP died during {stage} (code {ttp.exitcode}){why}"
+                )
             if time.monotonic() > deadline:
                 what = "a peer or the TTP never joined" if stage == "rendezvous" else "no result"
                 raise ProtocolAbort(
