@@ -8,11 +8,11 @@ a task for it, pulls the message's objects and waits for the ClientApp's reply:
 * Idle poll. With no message waiting it sleeps a fixed 3 s (:data:`FLOWER_IDLE_S`) before
   asking again, so every message waits 1.5 s on average before the node sees it. Here it
   sleeps the configured ``[superlink] poll-interval`` (0.25 s by default), and
-  :data:`ACTIVE_POLL_S` for :data:`ACTIVE_S` after it received a message or sent a reply: a
-  study's next message (the decryption after training, the next round after decryption)
-  follows within a second or two, and an idle node keeps asking only at the poll-interval.
+  :data:`ACTIVE_POLL_S` (50 ms) for :data:`ACTIVE_S` after it received a message or sent a
+  reply: a study's next message (the next round's training after a reply) follows within
+  a second or two, and an idle node keeps asking only at the poll-interval.
 * Local waits. It checks its own memory for the ClientApp's reply, and for each reply
-  object, every 0.5 s; here every :data:`LOCAL_WAIT_S`.
+  object, every 0.5 s; here every :data:`LOCAL_WAIT_S` (5 ms).
 * Tasks. The runner used to ask the node for a task every 50 ms, from its first second to
   its last (three idle hospitals' nodes and runners used 22% of a core on a 2-core machine,
   5% without it); here the node writes one byte to a pipe once it holds a whole message,
@@ -46,12 +46,14 @@ log = get_logger(__name__)
 
 #: Flower 1.42's SuperNode's fixed idle sleep between requests to the SuperLink (seconds).
 FLOWER_IDLE_S = 3.0
-#: How often the SuperNode checks its own memory for a ClientApp's reply (Flower: 0.5 s).
-LOCAL_WAIT_S = 0.02
+#: How often the SuperNode checks its own memory for a ClientApp's reply (Flower: 0.5 s);
+#: a look at a dict in this process, no request.
+LOCAL_WAIT_S = 0.005
 #: The node's poll while a study is under way: after a message or a reply (seconds). Each
-#: poll is a SuperLink request (TLS, node authentication, a state lookup), from every node:
-#: the most frequent kind of SuperLink request in a round (bench/deploy.py, at 0.05 s).
-ACTIVE_POLL_S = 0.1
+#: poll is a SuperLink request (TLS, node authentication, a state lookup), from every node;
+#: a round's next message follows a reply within about half a second (bench/deploy.py), so
+#: the node asks some ten times in that wait, and the message waits 25 ms on average.
+ACTIVE_POLL_S = 0.05
 #: How long after its last message or reply the node polls every :data:`ACTIVE_POLL_S`.
 ACTIVE_S = 3.0
 #: The runner asks its node for a task at least this often, byte or not (seconds).
