@@ -15,7 +15,7 @@ object. Flower's own SuperNode polls the SuperLink every 3 s when idle and start
 Cohort's default ``[hospital] clientapp = "warm"`` runs each message in a fork of a process
 that has the ClientApp (and what training imports on its first step) imported, installs a
 run's FAB once, and polls every ``[superlink] poll-interval`` (0.25 s) when idle, every
-0.1 s for 3 s after a message or reply; its SuperNode tells the runner of each whole
+0.05 s for 3 s after a message or reply; its SuperNode tells the runner of each whole
 message on a pipe instead of being asked every 50 ms (:mod:`cohort.federation.supernode_loop`);
 :mod:`cohort.federation.flower_waits` shortens Flower's 1 s, 2 s, 4 s waits for message
 objects that have not arrived yet; each message's vector rides inside its config record, so
