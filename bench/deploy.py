@@ -31,7 +31,8 @@ sent each message and had every reply, when each owner created its reply) and, d
 each hospital's own log
 lines at INFO (its SuperNode's ``message pulled`` and ``reply pushed``, its ClientApp's
 ``message handled``), all on this host's clock (:func:`exchange_hops`).
-``--clientapp both`` also runs Flower's plain SuperNode (``subprocess``) for the comparison.
+``--clientapp both`` also runs the ``subprocess`` runner (a new interpreter per message) for
+the comparison.
 
 Every process shares this machine's cores, so a deployed round's time is mostly CPU: the
 bench samples ``/proc`` every 0.25 s during each deployment and reports each party's CPU
@@ -607,7 +608,7 @@ def main() -> None:
         "--clientapp",
         choices=["warm", "subprocess", "both"],
         default="warm",
-        help="the hospitals' [hospital] clientapp; both: warm, then Flower's subprocess",
+        help="the hospitals' [hospital] clientapp; both: warm, then subprocess",
     )
     parser.add_argument(
         "--superlink-state",

@@ -65,9 +65,9 @@ def _supernode_argv(config: HospitalConfig) -> list[str]:
             )
         argv += ["--auth-supernode-private-key", str(config.auth_key)]
     argv += ["--node-config", config.node_config(), "--port", str(config.node_port)]
-    if config.clientapp == "warm":
-        # No SuperExec inside the node: cohort node start serves the ClientApp tasks itself.
-        argv += ["--isolation", "process"]
+    # No SuperExec inside the node: cohort node start serves the ClientApp tasks itself, so
+    # that every task runs under Cohort's checks (cohort.federation.task_process).
+    argv += ["--isolation", "process"]
     if not config.data.is_file():
         raise CohortError(f"{config.path}: [hospital] data {config.data}: file not found")
     return argv
@@ -83,10 +83,11 @@ def node_start(
     """Start this hospital's Flower SuperNode (TLS, node authentication) on its own CSV.
 
     The node only connects out, to the SuperLink in \\[superlink]; it trains on \\[hospital]
-    data under your \\[policy], for studies you approved with `cohort study approve`. With
-    \\[hospital] clientapp = "warm" (the default) this process also runs the ClientApp: one
-    fresh child of a process that has it imported per message; "subprocess" leaves that to
-    Flower (a cold `flwr-clientapp` per message).
+    data under your \\[policy], for studies you approved with `cohort study approve`. This
+    process also runs the ClientApp for each message: with \\[hospital] clientapp = "warm"
+    (the default) in a fresh child of a process that has it imported, with "subprocess" in a
+    new interpreter (seconds of imports per message). Either way a run's app bundle that
+    carries code is refused.
     """
     from cohort.federation.deploy_config import HospitalConfig
 
@@ -100,16 +101,11 @@ def node_start(
         return
     err_console.print(f"starting the SuperNode: connects to {argv[2]}")
     sys.stdout.flush()
-    if hospital.clientapp == "warm":
-        raise typer.Exit(_run_warm_node(argv, hospital))
-    if hospital.threads:  # read by torch in each flwr-clientapp the node's SuperExec starts
-        os.environ["OMP_NUM_THREADS"] = str(hospital.threads)
-    # The SuperNode replaces this process, so signals reach it directly.
-    os.execvp(argv[0], argv)  # noqa: S606 (argv built from the checked file, no shell)
+    raise typer.Exit(_run_node(argv, hospital))
 
 
-def _run_warm_node(argv: list[str], hospital: HospitalConfig) -> int:
-    """The SuperNode as a child process plus the warm ClientApp runner in this one.
+def _run_node(argv: list[str], hospital: HospitalConfig) -> int:
+    """The SuperNode as a child process plus the ClientApp runner in this one.
 
     Either one ending, SIGTERM or Ctrl-C stops both (and any ClientApp child); the exit
     status is the SuperNode's. The SuperNode runs in its own session and gets exactly one
@@ -154,6 +150,7 @@ def _run_warm_node(argv: list[str], hospital: HospitalConfig) -> int:
             running=lambda: not stopping and node.poll() is None,
             threads=hospital.threads,
             wake_fd=wake_read,
+            fresh_interpreter=hospital.clientapp == "subprocess",
         )
     finally:
         os.close(wake_read)
@@ -195,7 +192,7 @@ def _supernode_main(args: list[str]) -> None:
     from cohort.federation.supernode_loop import tune_supernode_loop
     from cohort.logs import configure
 
-    configure()  # at the runner's level (COHORT_LOG_LEVEL, set by _run_warm_node)
+    configure()  # at the runner's level (COHORT_LOG_LEVEL, set by _run_node)
     start_parent_process_monitor(os.getppid())  # the runner gone: stop (SIGINT) gracefully
     try:
         tune_supernode_loop(idle_s=float(args[0]), wake_fd=int(args[1]))

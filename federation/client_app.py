@@ -259,6 +259,7 @@ def serve_tasks(
     poll_s: float = TASK_POLL_S,
     threads: int = 0,
     wake_fd: int | None = None,
+    fresh_interpreter: bool = False,
 ) -> None:
     """Run a SuperNode's ClientApp tasks (``flower-supernode --isolation process``).
 
@@ -273,6 +274,10 @@ def serve_tasks(
     asks for a task when a byte arrives (and every ``TASK_FALLBACK_S`` regardless); without
     it, every ``poll_s``. Returns once ``running()`` is false, after stopping the children
     still at work.
+
+    With ``fresh_interpreter`` (``[hospital] clientapp = "subprocess"``) each task runs in a
+    new interpreter instead (:mod:`cohort.federation.task_process`), under the same checks,
+    and this process imports nothing for it.
     """
     import importlib
     import signal
@@ -286,10 +291,12 @@ def serve_tasks(
     from cohort.federation.flower_waits import tune_object_transfers
     from cohort.federation.supernode_loop import wait_for_task
 
-    for name in WARM_IMPORTS:
-        importlib.import_module(name)
-    tune_object_transfers()  # inherited by every task's fork
-    _install_each_fab_once()
+    if not fresh_interpreter:
+        for name in WARM_IMPORTS:
+            importlib.import_module(name)
+        tune_object_transfers()  # inherited by every task's fork
+        _install_each_fab_once()
+    start_task = _spawn_task if fresh_interpreter else _fork_task
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address,
         insecure=True,
@@ -307,7 +314,7 @@ def serve_tasks(
                 time.sleep(max(poll_s, 0.5))
                 continue
             if response.HasField("task") and response.token:
-                children.add(_fork_task(runtime_api_address, response.token, threads))
+                children.add(start_task(runtime_api_address, response.token, threads))
                 log.info("clientapp task", extra=fields(task_id=response.task.task_id))
                 continue
             if wake_fd is None or not wait_for_task(wake_fd):
@@ -329,8 +336,8 @@ def serve_tasks(
 
 
 def _reaped(pid: int, log: logging.Logger) -> bool:
-    """True once task fork ``pid`` has exited, logging its exit code, its CPU seconds and
-    its minor page faults (the pages it copied from the runner or newly touched)."""
+    """True once task process ``pid`` has exited, logging its exit code, its CPU seconds and
+    its minor page faults (a fork's: the pages it copied from the runner or newly touched)."""
     done, status, usage = os.wait4(pid, os.WNOHANG)
     if not done:
         return False
@@ -413,6 +420,27 @@ def check_fab_carries_no_code(fab: bytes) -> None:
             f"the run's app bundle carries {name[:80]!r}: this node runs the Cohort its "
             "operator installed, not code sent with a run (refused before installing it)"
         )
+
+
+def _spawn_task(runtime_api_address: str, token: str, threads: int = 0) -> int:
+    """Start one fresh interpreter that runs one task (:mod:`cohort.federation.task_process`);
+    its pid. The token goes to its standard input, not its command line."""
+    import sys
+
+    read, write = os.pipe()
+    try:
+        argv = [sys.executable, "-m", "cohort.federation.task_process"]
+        argv += [runtime_api_address, str(threads), str(os.getpid())]
+        pid = os.posix_spawn(
+            sys.executable, argv, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, read, 0)]
+        )
+    finally:
+        os.close(read)
+    try:  # a token is a few hundred bytes: the pipe holds it whether or not the child reads
+        os.write(write, token.encode("ascii"))
+    finally:
+        os.close(write)
+    return pid
 
 
 def _fork_task(runtime_api_address: str, token: str, threads: int = 0) -> int:

@@ -36,11 +36,12 @@ if TYPE_CHECKING:
 SUPERNODE_AUTH_KEY = "supernode-auth"
 # [hospital] clientapp: how the node runs Cohort's ClientApp for each Flower message.
 # "warm": ``cohort node start`` keeps one process with the ClientApp imported (torch, Opacus,
-# TenSEAL) and forks a fresh child of it per message; "subprocess": Flower's own SuperExec
-# starts a cold ``flwr-clientapp`` process per message (seconds of imports each time).
+# TenSEAL) and forks a fresh child of it per message; "subprocess": it starts a new
+# interpreter per message (cohort.federation.task_process; seconds of imports each time).
+# Both refuse a run's app bundle that carries code; Flower's own SuperExec is never used.
 CLIENTAPP_RUNNERS = ("warm", "subprocess")
 # [superlink] poll-interval: seconds an idle SuperNode waits before asking the SuperLink for
-# work again (Flower 1.42 waits 3 s; only the "warm" runner can shorten it).
+# work again (Flower 1.42 waits 3 s).
 DEFAULT_POLL_INTERVAL_S = 0.25
 CONFIG_FILE_KEY = "config-file"
 

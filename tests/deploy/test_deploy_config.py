@@ -241,6 +241,9 @@ def test_torch_threads_per_message_default_to_torchs_own(tmp_path: Path) -> None
     assert HospitalConfig.load(write(tmp_path, "hospital.toml", text)).threads == 1
 
 
-def test_the_subprocess_runner_is_flowers_own_supernode(tmp_path: Path) -> None:
+def test_the_subprocess_runner_also_serves_the_nodes_tasks_itself(tmp_path: Path) -> None:
+    """No task is left to Flower's SuperExec, whose flwr-clientapp installs any FAB: the
+    node runs with --isolation process and cohort node start starts each task."""
     text = HOSPITAL.replace('data = "data.csv"\n', 'data = "data.csv"\nclientapp = "subprocess"\n')
-    assert "--isolation" not in _print_command(tmp_path, text)
+    argv = _print_command(tmp_path, text)
+    assert argv[argv.index("--isolation") + 1] == "process"
