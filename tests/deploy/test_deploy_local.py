@@ -15,6 +15,7 @@ CSVs, the ServerApp launched by ``flwr run``) is put through what a real one mee
 * the auditor's ``cohort audit`` of what the study published passes, ledger heads checked
   against the chain;
 * every command the deployment ran is shown in a role guide;
+* no party's log holds a key store's password (every party logs at INFO);
 * the result matches ``cohort simulate`` with the same seed within 0.01.
 """
 
@@ -162,6 +163,13 @@ def test_deployed_study_survives_a_dead_member_and_a_coordinator_crash(
         assert "ledger heads and epsilons match contract" in audit.output
 
     assert summary["runtime"] == "deployment"
+    # no party logged a secret: no key store's password is in any log (at INFO, each step)
+    passwords = [p.read_text(encoding="utf-8").strip() for p in d.out.glob("**/password")]
+    assert len(passwords) == 7  # the sponsor, 3 members, 3 hospitals
+    assert all(len(p) >= 16 for p in passwords)
+    for party_log in sorted(d.logs.glob("*.log")):
+        text = party_log.read_text(encoding="utf-8", errors="replace")
+        assert not any(p in text for p in passwords), f"{party_log.name} holds a password"
     launched = (d.logs / "launch.log").read_text(encoding="utf-8", errors="replace")
     assert "resuming with a round to reveal" in launched  # round 2, played before the crash
     rounds = [r["round"] for r in summary["rounds"]]
@@ -240,6 +248,36 @@ def test_deployed_mpc_study_finalizes_and_matches_the_simulation(
         assert '"msg": "norm check done"' in log
     simulated = run_study(
         StudyConfig(clients=3, rounds=2, seed=SEED, secure=SecureMode.MPC),
+        tmp_path / "simulate",
+    )
+    assert abs(summary["final_accuracy"] - simulated["final_accuracy"]) <= 0.01
+
+
+def test_the_subprocess_runner_runs_each_message_in_a_new_interpreter(
+    anvil: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[hospital] clientapp = "subprocess"``: each task in a new interpreter that
+    ``cohort node start`` starts (cohort.federation.task_process, with the FAB check), never
+    Flower's SuperExec; the study finalizes with every hospital and matches the simulation."""
+    monkeypatch.setenv("COHORT_LOG_LEVEL", "INFO")  # the runner logs each task it started
+    plan = LocalPlan(
+        hospitals=3, members=3, rounds=2, seed=SEED, secure=SecureMode.CKKS, clientapp="subprocess"
+    )
+    with LocalDeployment(plan, tmp_path / "deploy") as d:
+        d.start()
+        summary = d.launch()
+    assert [r["finalized"] for r in summary["rounds"]] == [True, True]
+    for r in summary["rounds"]:
+        assert r["clients_included"] == ["hospital-1", "hospital-2", "hospital-3"]
+    for h in ("hospital-1", "hospital-2", "hospital-3"):
+        node_log = (d.logs / f"{h}.log").read_text(encoding="utf-8", errors="replace")
+        # logged by cohort node start's runner for each task process it started and reaped
+        tasks = re.findall(r'"msg": "clientapp task finished".*"exit_code": (-?\d+)', node_log)
+        assert tasks.count("0") >= 2, f"{h}: finished tasks {tasks}"  # enroll ... train
+    simulated = run_study(
+        StudyConfig(
+            clients=3, rounds=2, committee=3, quorum=2, seed=SEED, dp=DpSettings(epsilon=3.0)
+        ),
         tmp_path / "simulate",
     )
     assert abs(summary["final_accuracy"] - simulated["final_accuracy"]) <= 0.01
