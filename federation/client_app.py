@@ -427,12 +427,17 @@ def _spawn_task(runtime_api_address: str, token: str, threads: int = 0) -> int:
     its pid. The token goes to its standard input, not its command line."""
     import sys
 
+    from cohort.logs import ROOT
+
+    # the task logs at this runner's level, however it was set (--log-level or the variable)
+    level = logging.getLevelName(logging.getLogger(ROOT).getEffectiveLevel())
+    env = {**os.environ, "COHORT_LOG_LEVEL": level}
     read, write = os.pipe()
     try:
         argv = [sys.executable, "-m", "cohort.federation.task_process"]
         argv += [runtime_api_address, str(threads), str(os.getpid())]
         pid = os.posix_spawn(
-            sys.executable, argv, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, read, 0)]
+            sys.executable, argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, read, 0)]
         )
     finally:
         os.close(read)

@@ -122,13 +122,23 @@ def test_the_runner_hands_the_token_over_stdin_not_the_command_line(
     """What ``_spawn_task`` starts: the interpreter, the module, address, threads, the
     runner's pid; the token on the child's standard input (other users of the machine see
     every command line in the process table)."""
+    import logging
+
+    from cohort.logs import ROOT
+
     fake = tmp_path / "python"
-    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv\ncat > {tmp_path}/stdin\n')
+    fake.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv\ncat > {tmp_path}/stdin\n'
+        f'echo "$COHORT_LOG_LEVEL" > {tmp_path}/level\n'
+    )
     fake.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(fake))
+    monkeypatch.setenv("COHORT_LOG_LEVEL", "ERROR")  # the runner's level came from a flag
+    monkeypatch.setattr(logging.getLogger(ROOT), "level", logging.INFO)
     pid = client_app._spawn_task("127.0.0.1:7", "secret-task-token", threads=2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     argv = (tmp_path / "argv").read_text().splitlines()
     assert argv == ["-m", "cohort.federation.task_process", "127.0.0.1:7", "2", str(os.getpid())]
     assert (tmp_path / "stdin").read_text() == "secret-task-token"
+    assert (tmp_path / "level").read_text().strip() == "INFO"  # the task logs as the runner
