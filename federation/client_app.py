@@ -422,6 +422,25 @@ def check_fab_carries_no_code(fab: bytes) -> None:
         )
 
 
+def run_task(runtime_api_address: str, token: str, *, parent_pid: int, threads: int) -> None:
+    """Flower's own ``run_clientapp`` for the task ``token`` names, from this node's runtime
+    API, with ``threads`` torch threads (0: torch's default); ends with ``SystemExit`` as
+    Flower does. Run in each task process, a warm fork or a new interpreter."""
+    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    run_clientapp(
+        runtime_api_address=runtime_api_address,
+        token=token,
+        insecure=True,
+        parent_pid=parent_pid,
+        runtime_dependency_install=False,
+    )
+
+
 def _spawn_task(runtime_api_address: str, token: str, threads: int = 0) -> int:
     """Start one fresh interpreter that runs one task (:mod:`cohort.federation.task_process`);
     its pid. The token goes to its standard input, not its command line."""
@@ -456,8 +475,6 @@ def _fork_task(runtime_api_address: str, token: str, threads: int = 0) -> int:
     import sys
     import traceback
 
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
-
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -468,19 +485,9 @@ def _fork_task(runtime_api_address: str, token: str, threads: int = 0) -> int:
     try:  # the child: never returns into the runner's loop
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
         _in_warm_fork = True
         try:
-            run_clientapp(
-                runtime_api_address=runtime_api_address,
-                token=token,
-                insecure=True,
-                parent_pid=parent,
-                runtime_dependency_install=False,
-            )
+            run_task(runtime_api_address, token, parent_pid=parent, threads=threads)
             code = 0
         except SystemExit as exc:  # flwr_exit ends every task this way
             code = exc.code if isinstance(exc.code, int) else 1

@@ -24,27 +24,15 @@ from __future__ import annotations
 import sys
 
 
-def run_task(runtime_api_address: str, token: str, *, threads: int, parent_pid: int) -> None:
-    """Run the task ``token`` names with Flower's ``run_clientapp``; exits as Flower does
-    (``SystemExit`` with the task's exit code)."""
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
-
-    from cohort.federation.client_app import _install_each_fab_once
+def run_fresh_task(runtime_api_address: str, token: str, *, threads: int, parent_pid: int) -> None:
+    """The checks and tuning a warm fork inherits, then the task ``token`` names
+    (:func:`~cohort.federation.client_app.run_task`); ends with ``SystemExit`` as Flower does."""
+    from cohort.federation.client_app import _install_each_fab_once, run_task
     from cohort.federation.flower_waits import tune_object_transfers
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     tune_object_transfers()
     _install_each_fab_once()
-    run_clientapp(
-        runtime_api_address=runtime_api_address,
-        token=token,
-        insecure=True,
-        parent_pid=parent_pid,
-        runtime_dependency_install=False,
-    )
+    run_task(runtime_api_address, token, parent_pid=parent_pid, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     if not token:
         raise SystemExit("task_process: no task token on standard input")
     configure()  # at the runner's level (COHORT_LOG_LEVEL)
-    run_task(args[0], token, threads=int(args[1]), parent_pid=int(args[2]))
+    run_fresh_task(args[0], token, threads=int(args[1]), parent_pid=int(args[2]))
 
 
 if __name__ == "__main__":
