@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fabkit import fab
 
 from cohort.federation.flower_waits import OBJECTS_IN_FLIGHT, PULL_FIRST_S, PULL_MAX_S
 
@@ -92,24 +93,12 @@ def test_the_warm_runner_extracts_and_verifies_each_fab_once(tmp_path: Path) -> 
             "calls": len(calls), "same": first == again, "other": other != first,
         }))
         """.replace("HOME", repr(str(tmp_path)))
-        .replace("ONE", repr(_fab({"pyproject.toml": "[project]\nname = 'one'\n"})))
-        .replace("TWO", repr(_fab({"pyproject.toml": "[project]\nname = 'two'\n"}))),
+        .replace("ONE", repr(fab({"pyproject.toml": "[project]\nname = 'one'\n"})))
+        .replace("TWO", repr(fab({"pyproject.toml": "[project]\nname = 'two'\n"}))),
         env={**_env(), "FLWR_HOME": str(tmp_path)},
     )
     # Flower's install (extract, verify every file's hash) ran once per distinct FAB bytes
     assert got == {"calls": 2, "same": True, "other": True}
-
-
-def _fab(files: dict[str, str]) -> bytes:
-    """A zip archive with ``files`` (name -> text), as a FAB's bytes."""
-    import io
-    import zipfile
-
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
-        for name, text in files.items():
-            archive.writestr(name, text)
-    return out.getvalue()
 
 
 def test_a_fab_that_carries_code_is_refused_before_it_is_installed() -> None:
@@ -122,10 +111,10 @@ def test_a_fab_that_carries_code_is_refused_before_it_is_installed() -> None:
     from cohort.federation.client_app import check_fab_carries_no_code
 
     check_fab_carries_no_code(build_fab_from_disk(Path(__file__).resolve().parents[2]))
-    check_fab_carries_no_code(_fab({"pyproject.toml": "", ".info/CONTENT": "", "a/b.md": ""}))
+    check_fab_carries_no_code(fab({"pyproject.toml": "", ".info/CONTENT": "", "a/b.md": ""}))
     for name in ("cohort/__init__.py", "federation/client_app.py", "lib.so", "run.sh"):
         with pytest.raises(VerificationError, match=f"carries '{name}'.*not code sent"):
-            check_fab_carries_no_code(_fab({"pyproject.toml": "", name: "print('hi')"}))
+            check_fab_carries_no_code(fab({"pyproject.toml": "", name: "print('hi')"}))
     with pytest.raises(VerificationError, match="not a zip archive"):
         check_fab_carries_no_code(b"fab one")
 

@@ -9,29 +9,20 @@ arrives on standard input and never on a command line.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import zipfile
 from pathlib import Path
 
 import pytest
+from fabkit import fab
 
 from cohort.federation import client_app
 
 
-def _fab(files: dict[str, str]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
-        for name, text in files.items():
-            archive.writestr(name, text)
-    return out.getvalue()
-
-
-def _run_task_process(tmp_path: Path, fab: bytes, token: str = "t0ken") -> dict[str, object]:
+def _run_task_process(tmp_path: Path, bundle: bytes, token: str = "t0ken") -> dict[str, object]:
     """``task_process.main`` in a fresh interpreter; what the stand-in run_clientapp saw."""
     code = f"""
         import json, sys
@@ -51,7 +42,7 @@ def _run_task_process(tmp_path: Path, fab: bytes, token: str = "t0ken") -> dict[
             seen["address"] = kwargs["runtime_api_address"]
             seen["parent"] = kwargs["parent_pid"]
             try:
-                flower_task.install_from_fab({fab!r}, skip_prompt=True)
+                flower_task.install_from_fab({bundle!r}, skip_prompt=True)
                 seen["refused"] = None
             except Exception as exc:
                 seen["refused"] = type(exc).__name__ + ": " + str(exc)
@@ -78,7 +69,7 @@ def _run_task_process(tmp_path: Path, fab: bytes, token: str = "t0ken") -> dict[
 
 
 def test_a_fab_that_carries_code_is_refused_before_flower_installs_it(tmp_path: Path) -> None:
-    seen = _run_task_process(tmp_path, _fab({"pyproject.toml": "", "cohort/__init__.py": "1"}))
+    seen = _run_task_process(tmp_path, fab({"pyproject.toml": "", "cohort/__init__.py": "1"}))
     assert seen["installed"] == 0
     assert isinstance(seen["refused"], str)
     assert seen["refused"].startswith("VerificationError")
@@ -89,9 +80,9 @@ def test_a_fab_that_carries_code_is_refused_before_flower_installs_it(tmp_path: 
 
 
 def test_a_code_free_fab_is_installed_once_per_node(tmp_path: Path) -> None:
-    fab = _fab({"pyproject.toml": "[project]\nname = 'x'\n", ".info/CONTENT": "", "FAB.md": ""})
-    assert _run_task_process(tmp_path, fab)["installed"] == 1
-    assert _run_task_process(tmp_path, fab)["installed"] == 0  # the node's marker: extracted once
+    bundle = fab({"pyproject.toml": "[project]\nname = 'x'\n", ".info/CONTENT": "", "FAB.md": ""})
+    assert _run_task_process(tmp_path, bundle)["installed"] == 1
+    assert _run_task_process(tmp_path, bundle)["installed"] == 0  # the node's marker: once
 
 
 @pytest.mark.parametrize(
